@@ -1,0 +1,1 @@
+//! SciStream-compatible control plane (placeholder; see issue 4).

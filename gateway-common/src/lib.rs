@@ -1,0 +1,40 @@
+//! Plain-data types shared between the gateway's eBPF programs (`gateway-ebpf`)
+//! and its userspace loader (`gateway`).
+//!
+//! Everything here is `#[repr(C)]`, `Copy`, free of implicit padding, and in host
+//! byte order unless a field's doc says otherwise. Map names are constants so the
+//! kernel side and the user side cannot disagree on them.
+#![no_std]
+
+/// Name of the SockHash holding every socket relayed in the kernel, keyed by
+/// socket cookie (`SO_COOKIE`).
+pub const SOCKS_MAP: &str = "SOCKS";
+/// Name of the hash map from a socket's cookie to its [`RelayEntry`].
+pub const RELAY_MAP: &str = "RELAY";
+/// Name of the sk_skb stream verdict program that redirects to the peer socket.
+pub const VERDICT_PROG: &str = "relay_verdict";
+/// Capacity of the SockHash and of the relay map (sockets, i.e. twice the
+/// number of connections relayed in the kernel at once).
+pub const MAX_RELAYED_SOCKETS: u32 = 65_536;
+
+/// Per-socket relay state, keyed by the cookie of the socket whose *incoming*
+/// bytes it describes.
+///
+/// Userspace writes `peer` before it puts the socket into the SockHash; the
+/// verdict program adds to the counters atomically.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RelayEntry {
+    /// Cookie of the socket that receives this socket's incoming bytes.
+    pub peer: u64,
+    /// Bytes redirected to the peer's egress so far.
+    pub redirected_bytes: u64,
+    /// Socket buffers the program could not redirect (the peer was gone); they
+    /// are dropped and userspace tears the connection down.
+    pub redirect_failures: u64,
+}
+
+#[cfg(feature = "user")]
+// SAFETY: RelayEntry is repr(C), Copy, has no padding (three u64) and every bit
+// pattern is a valid value.
+unsafe impl aya::Pod for RelayEntry {}
