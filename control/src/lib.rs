@@ -1,1 +1,2 @@
-//! SciStream-compatible control plane (placeholder; see issue 4).
+#![forbid(unsafe_code)]
+pub mod proto { tonic::include_proto!("scistream"); }

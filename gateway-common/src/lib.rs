@@ -13,6 +13,8 @@ pub const SOCKS_MAP: &str = "SOCKS";
 pub const RELAY_MAP: &str = "RELAY";
 /// Name of the sk_skb stream verdict program that redirects to the peer socket.
 pub const VERDICT_PROG: &str = "relay_verdict";
+/// Name of the XDP program guarding the data ports.
+pub const XDP_GUARD_PROG: &str = "xdp_guard";
 /// Capacity of the SockHash and of the relay map (sockets, i.e. twice the
 /// number of connections relayed in the kernel at once).
 pub const MAX_RELAYED_SOCKETS: u32 = 65_536;
@@ -29,12 +31,20 @@ pub struct RelayEntry {
     pub peer: u64,
     /// Bytes redirected to the peer's egress so far.
     pub redirected_bytes: u64,
-    /// Socket buffers the program could not redirect (the peer was gone); they
-    /// are dropped and userspace tears the connection down.
-    pub redirect_failures: u64,
+    /// Bytes handed to userspace instead (see [`PASS_TO_USER`]).
+    pub passed_bytes: u64,
+    /// Bit flags, see [`PASS_TO_USER`].
+    pub flags: u64,
 }
 
+/// Set by the verdict program when it could not redirect because the peer was
+/// not (yet, or any more) in the SockHash: from then on every incoming byte of
+/// this socket is passed to its own receive queue, in order, and userspace
+/// relays this direction itself. This closes the window between inserting the
+/// two sockets of a pair without ever dropping or reordering a byte.
+pub const PASS_TO_USER: u64 = 1;
+
 #[cfg(feature = "user")]
-// SAFETY: RelayEntry is repr(C), Copy, has no padding (three u64) and every bit
+// SAFETY: RelayEntry is repr(C), Copy, has no padding (four u64) and every bit
 // pattern is a valid value.
 unsafe impl aya::Pod for RelayEntry {}

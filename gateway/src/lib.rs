@@ -1,0 +1,15 @@
+//! `s2cs`, the gateway daemon: the data plane that relays SciStream sessions'
+//! TCP connections, preferably inside the kernel, and the probes that tell an
+//! operator what this kernel offers.
+//!
+//! Layout:
+//! - [`sys`]: every raw system call outside aya (socket options, ioctls, splice);
+//! - [`ebpf`]: loads the embedded eBPF object and owns the kernel relay maps;
+//! - [`relay`]: the relay engine and its three data paths;
+//! - [`check`]: `s2cs check`, the capability report;
+//! - [`proxy`]: a listener that relays every accepted connection to a target.
+pub mod check;
+pub mod ebpf;
+pub mod proxy;
+pub mod relay;
+pub mod sys;

@@ -1,1 +1,115 @@
-fn main() {}
+//! `s2cs`: the gateway daemon's command line. The logic lives in the library.
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use gateway::check;
+use gateway::ebpf::KernelRelay;
+use gateway::proxy::{self, ProxyPlan, ProxyStats};
+use gateway::relay::{DataPath, RelayEngine};
+
+#[derive(Parser)]
+#[command(name = "s2cs", version, about = "SciStream-compatible gateway: control server and kernel data plane")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Report which kernel capabilities and data paths this machine offers.
+    Check {
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Exit non-zero unless this data path is available (sockmap, splice, copy).
+        #[arg(long, value_name = "PATH")]
+        require: Option<DataPath>,
+    },
+    /// Relay every connection accepted on LISTEN to TARGET (a plain relay
+    /// without the control plane, for tests and benchmarks).
+    Relay {
+        #[arg(long)]
+        listen: SocketAddr,
+        #[arg(long)]
+        target: SocketAddr,
+        /// Data path: auto (best available), sockmap, splice or copy.
+        #[arg(long, default_value = "auto")]
+        path: String,
+        /// Pacing cap per socket, in bytes per second.
+        #[arg(long)]
+        rate: Option<u64>,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("s2cs: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Check { json, require } => {
+            let report = check::run();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", check::render(&report));
+            }
+            let required_ok = match require {
+                None => true,
+                Some(DataPath::Copy) => report.can_run,
+                Some(DataPath::Splice) => report.capability(check::SPLICE).is_some_and(|c| c.available),
+                Some(DataPath::Sockmap) => report.capability(check::SOCKMAP).is_some_and(|c| c.available),
+            };
+            Ok(if report.can_run && required_ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        Command::Relay { listen, target, path, rate } => {
+            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            runtime.block_on(relay(listen, target, &path, rate))?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn relay(listen: SocketAddr, target: SocketAddr, path: &str, rate: Option<u64>) -> anyhow::Result<()> {
+    let wanted: Option<DataPath> = match path {
+        "auto" => None,
+        other => Some(other.parse().map_err(anyhow::Error::msg)?),
+    };
+    let engine = match wanted {
+        Some(DataPath::Copy | DataPath::Splice) => RelayEngine::userspace(),
+        Some(DataPath::Sockmap) => RelayEngine::with_kernel(Arc::new(
+            KernelRelay::load().context("--path sockmap needs the kernel relay")?,
+        )),
+        None => match KernelRelay::load() {
+            Ok(kernel) => RelayEngine::with_kernel(Arc::new(kernel)),
+            Err(err) => {
+                tracing::warn!(error = %err, "kernel relay unavailable; using splice");
+                RelayEngine::userspace()
+            }
+        },
+    };
+    let path = wanted.unwrap_or_else(|| engine.best_path());
+    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
+    tracing::info!(%listen, %target, %path, "relaying");
+    let stats = Arc::new(ProxyStats::default());
+    let shutdown = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    proxy::run(listener, ProxyPlan { target, path, rate }, engine, stats, shutdown).await;
+    Ok(())
+}

@@ -1,1 +1,46 @@
-//! Namespace test harness (placeholder).
+//! Test harness for the gateway's end-to-end tests: real network topologies in
+//! network namespaces, code and processes running inside them, and verifiable
+//! byte streams.
+//!
+//! Layout:
+//! - [`netns`]: the [`Topology`] of namespaces `prod`, `gwa`, `gwb`, `cons`
+//!   (and an optional `attacker` on the WAN), its address plan, cleanup on drop
+//!   and [`sweep_stale`] for leftovers of crashed runs.
+//! - [`exec`]: running a process ([`Topology::spawn`]), a closure
+//!   ([`Topology::run_in`]) or a tokio runtime ([`Topology::block_on_in`])
+//!   inside a namespace.
+//! - [`stream`]: a seeded pseudo-random byte source and a sink that verifies
+//!   every byte in order, with SHA-256 digests, bounded in bytes and time.
+//! - [`wait`]: [`Deadline`], [`eventually`] and [`wait_for_port`] (poll, never
+//!   sleep blindly).
+//! - `sys` (private): the crate's only `unsafe` code.
+//!
+//! Everything here needs root (namespaces, veths); [`require_root`] says so
+//! clearly. Traffic only ever goes to loopback or to addresses inside the
+//! namespaces a [`Topology`] created.
+
+#![deny(unsafe_code)]
+
+pub mod exec;
+pub mod netns;
+pub mod stream;
+mod sys;
+pub mod wait;
+
+pub use exec::{NsChild, NsThread};
+pub use netns::{Link, Node, Topology, TopologyBuilder, sweep_stale};
+pub use stream::{Report, StreamError, StreamSpec};
+pub use wait::{Deadline, eventually, wait_for_port};
+
+/// Fails with a clear message unless the process runs as root: creating network
+/// namespaces and veth pairs needs CAP_SYS_ADMIN and CAP_NET_ADMIN.
+pub fn require_root() -> anyhow::Result<()> {
+    if nix::unistd::geteuid().is_root() {
+        Ok(())
+    } else {
+        anyhow::bail!(
+            "the e2e tests build network namespaces and need root (CAP_SYS_ADMIN and \
+             CAP_NET_ADMIN); run them as root, e.g. `sudo -E cargo test -p e2e` (CI runs as root)"
+        )
+    }
+}

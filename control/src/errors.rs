@@ -1,0 +1,144 @@
+//! The control plane's one error type, [`ControlError`], and its conversion to a
+//! gRPC [`tonic::Status`] (the only place where that mapping is decided).
+//!
+//! Every variant's message says what was wrong and, where useful, what to do.
+//! Each variant's doc says who is probably at fault.
+
+use std::time::Duration;
+
+use crate::dataplane::DataPlaneError;
+
+/// Errors of the control plane.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ControlError {
+    /// Client: the call is not valid in the session's current state.
+    #[error("session {uid}: `{call}` is not allowed in state {state}; {hint}")]
+    OutOfOrder {
+        uid: String,
+        call: &'static str,
+        state: &'static str,
+        hint: &'static str,
+    },
+    /// Client: no session with this uid.
+    #[error("no session with uid {uid:?} (it was never requested, or it was released or expired)")]
+    UnknownSession { uid: String },
+    /// Client: a session with this uid already exists.
+    #[error("a session with uid {uid:?} already exists; pick a new uid")]
+    DuplicateSession { uid: String },
+    /// Client: an address could not be parsed.
+    #[error("bad address {addr:?}: {reason}")]
+    InvalidAddress { addr: String, reason: String },
+    /// Client: some other field is invalid.
+    #[error("invalid {field}: {reason}")]
+    InvalidArgument { field: &'static str, reason: String },
+    /// Operator/load: the port range has no free port.
+    #[error("no free port: wanted {wanted} listener port(s) in range {range}, {free} free")]
+    NoFreePort {
+        wanted: usize,
+        range: String,
+        free: usize,
+    },
+    /// Operator: too many sessions.
+    #[error("too many sessions: the limit is {limit}")]
+    TooManySessions { limit: usize },
+    /// Client: missing or invalid credentials.
+    #[error("unauthenticated: {reason}")]
+    Unauthenticated { reason: String },
+    /// Client: authenticated, but not allowed to do this.
+    #[error("permission denied: {reason}")]
+    PermissionDenied { reason: String },
+    /// Client/operator: an update target is outside the operator's allow-list.
+    #[error(
+        "target {target} is not in this gateway's target allow-list (deny by default; the operator must allow its network and port)"
+    )]
+    TargetNotAllowed { target: String },
+    /// Client: no hello arrived for a pending req in time.
+    #[error(
+        "no hello for session {uid} within {timeout:?}; the session was released (start the application controller / appctrl hello within the timeout)"
+    )]
+    HelloTimeout { uid: String, timeout: Duration },
+    /// Client: the session was released while its req was waiting for hello.
+    #[error("session {uid} was released while its req was waiting for hello")]
+    ReleasedWhileWaiting { uid: String },
+    /// Operator policy: legacy uid-derived secrets are disabled.
+    #[error(
+        "session {uid}: the client sent no data-channel secret and this gateway forbids the legacy uid-derived secret; use a current s2uc (it sends the secret), or ask the operator to allow legacy secrets"
+    )]
+    LegacySecretForbidden { uid: String },
+    /// Gateway: the data plane failed to start a session.
+    #[error("session {uid}: the data plane could not start: {source}")]
+    DataPlane {
+        uid: String,
+        #[source]
+        source: DataPlaneError,
+    },
+    /// Remote: the token introspection endpoint failed.
+    #[error("token introspection failed: {reason}")]
+    AuthBackend { reason: String },
+    /// Operator: bad configuration.
+    #[error("configuration error: {reason}")]
+    Config { reason: String },
+    /// Operator/system: I/O failure.
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Operator: TLS material could not be loaded or generated.
+    #[error("TLS setup failed: {reason}")]
+    Tls { reason: String },
+    /// System: the gRPC transport failed.
+    #[error("gRPC transport error: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+impl ControlError {
+    /// Shorthand for an [`ControlError::Io`] with context.
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        ControlError::Io {
+            context: context.into(),
+            source,
+        }
+    }
+
+    /// The gRPC status code this error maps to.
+    pub fn code(&self) -> tonic::Code {
+        use tonic::Code;
+        match self {
+            ControlError::OutOfOrder { .. }
+            | ControlError::ReleasedWhileWaiting { .. }
+            | ControlError::LegacySecretForbidden { .. } => Code::FailedPrecondition,
+            ControlError::UnknownSession { .. } => Code::NotFound,
+            ControlError::DuplicateSession { .. } => Code::AlreadyExists,
+            ControlError::InvalidAddress { .. } | ControlError::InvalidArgument { .. } => {
+                Code::InvalidArgument
+            }
+            ControlError::NoFreePort { .. } | ControlError::TooManySessions { .. } => {
+                Code::ResourceExhausted
+            }
+            ControlError::Unauthenticated { .. } => Code::Unauthenticated,
+            ControlError::PermissionDenied { .. } | ControlError::TargetNotAllowed { .. } => {
+                Code::PermissionDenied
+            }
+            ControlError::HelloTimeout { .. } => Code::DeadlineExceeded,
+            ControlError::AuthBackend { .. } => Code::Unavailable,
+            ControlError::DataPlane { .. }
+            | ControlError::Config { .. }
+            | ControlError::Io { .. }
+            | ControlError::Tls { .. }
+            | ControlError::Transport(_) => Code::Internal,
+        }
+    }
+}
+
+/// The one place where control errors become gRPC statuses.
+impl From<ControlError> for tonic::Status {
+    fn from(err: ControlError) -> Self {
+        tonic::Status::new(err.code(), err.to_string())
+    }
+}
+
+/// Result alias for the control plane.
+pub type Result<T, E = ControlError> = std::result::Result<T, E>;

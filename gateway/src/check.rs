@@ -1,0 +1,259 @@
+//! `s2cs check`: probes, on this kernel and with these privileges, every
+//! capability the gateway can use, by really doing each thing once (load the
+//! programs, relay a byte in the kernel, attach XDP in a private namespace,
+//! splice, set the TLS upper-layer protocol) and reports which data paths the
+//! gateway would pick.
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::fd::AsFd;
+use std::sync::Arc;
+use std::time::Duration;
+
+use aya::Ebpf;
+use aya::programs::{Xdp, XdpMode};
+use gateway_common::XDP_GUARD_PROG;
+use serde::Serialize;
+
+use crate::ebpf::{KernelRelay, PROGRAMS};
+use crate::relay::DataPath;
+use crate::sys::{self, Pipe};
+
+/// One probed capability.
+#[derive(Clone, Debug, Serialize)]
+pub struct Capability {
+    pub name: &'static str,
+    pub available: bool,
+    /// What was observed: how it works, or why it does not.
+    pub detail: String,
+}
+
+/// The whole report.
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    pub kernel: String,
+    pub root: bool,
+    pub capabilities: Vec<Capability>,
+    /// Path for plaintext-to-plaintext relays (LAN legs, plaintext channel).
+    pub plaintext_path: DataPath,
+    /// How the encrypted gateway-to-gateway channel would be carried.
+    pub channel_path: &'static str,
+    /// False when not even the userspace relay works: the gateway cannot run.
+    pub can_run: bool,
+}
+
+impl Report {
+    pub fn capability(&self, name: &str) -> Option<&Capability> {
+        self.capabilities.iter().find(|c| c.name == name)
+    }
+}
+
+pub const BPF_LOAD: &str = "BPF program load";
+pub const SOCKMAP: &str = "SockHash + sk_skb verdict";
+pub const XDP: &str = "XDP attach";
+pub const SPLICE: &str = "splice";
+pub const KTLS: &str = "kernel TLS";
+pub const TCP: &str = "TCP sockets";
+
+/// Runs every probe.
+pub fn run() -> Report {
+    let root = nix::unistd::geteuid().is_root();
+    let kernel = nix::sys::utsname::uname()
+        .map(|u| format!("{} {}", u.release().to_string_lossy(), u.machine().to_string_lossy()))
+        .unwrap_or_else(|err| format!("unknown ({err})"));
+    let mut capabilities = Vec::new();
+    let tcp = probe(TCP, probe_tcp);
+    let can_run = tcp.available;
+    capabilities.push(tcp);
+    let need_root = |what: &str| format!("{what} needs root (CAP_BPF and CAP_NET_ADMIN); run `sudo s2cs check`");
+    let (load, sockmap) = if root {
+        match KernelRelay::load() {
+            Ok(relay) => (
+                Capability { name: BPF_LOAD, available: true, detail: "relay_verdict accepted by the verifier".into() },
+                probe(SOCKMAP, || probe_sockmap(Arc::new(relay))),
+            ),
+            Err(err) => {
+                let why = error_chain(&err);
+                (
+                    Capability { name: BPF_LOAD, available: false, detail: why.clone() },
+                    Capability { name: SOCKMAP, available: false, detail: format!("not tried: {why}") },
+                )
+            }
+        }
+    } else {
+        (
+            Capability { name: BPF_LOAD, available: false, detail: need_root("loading eBPF programs") },
+            Capability { name: SOCKMAP, available: false, detail: need_root("the kernel relay") },
+        )
+    };
+    capabilities.push(load);
+    let sockmap_ok = sockmap.available;
+    capabilities.push(sockmap);
+    capabilities.push(if root {
+        probe(XDP, probe_xdp)
+    } else {
+        Capability { name: XDP, available: false, detail: need_root("attaching XDP") }
+    });
+    let splice = probe(SPLICE, probe_splice);
+    let splice_ok = splice.available;
+    capabilities.push(splice);
+    let ktls = probe(KTLS, probe_ktls);
+    let ktls_ok = ktls.available;
+    capabilities.push(ktls);
+    let plaintext_path = if sockmap_ok {
+        DataPath::Sockmap
+    } else if splice_ok {
+        DataPath::Splice
+    } else {
+        DataPath::Copy
+    };
+    let channel_path = if ktls_ok && splice_ok {
+        "kernel TLS fed by splice"
+    } else {
+        "userspace TLS (rustls)"
+    };
+    Report { kernel, root, capabilities, plaintext_path, channel_path, can_run }
+}
+
+/// Prints the report for a person.
+pub fn render(report: &Report) -> String {
+    let mut out = format!("s2cs check: kernel {}, {}\n", report.kernel, if report.root { "root" } else { "not root" });
+    for cap in &report.capabilities {
+        out.push_str(&format!(
+            "  [{}] {:<26} {}\n",
+            if cap.available { " ok " } else { "FAIL" },
+            cap.name,
+            cap.detail
+        ));
+    }
+    out.push_str(&format!(
+        "data path: plaintext relay = {}; gateway-to-gateway channel = {}\n",
+        report.plaintext_path, report.channel_path
+    ));
+    if !report.can_run {
+        out.push_str("the gateway cannot run here: not even a loopback TCP relay works\n");
+    }
+    out
+}
+
+fn probe(name: &'static str, f: impl FnOnce() -> Result<String, String>) -> Capability {
+    match f() {
+        Ok(detail) => Capability { name, available: true, detail },
+        Err(detail) => Capability { name, available: false, detail },
+    }
+}
+
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A connected loopback pair: (the connecting end, the accepted end).
+fn loopback_pair() -> Result<(TcpStream, TcpStream), String> {
+    let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("bind 127.0.0.1: {e}"))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let near = TcpStream::connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
+    let (far, _) = listener.accept().map_err(|e| format!("accept: {e}"))?;
+    for s in [&near, &far] {
+        s.set_read_timeout(Some(PROBE_TIMEOUT)).map_err(|e| e.to_string())?;
+    }
+    Ok((near, far))
+}
+
+fn expect_byte(reader: &mut TcpStream, what: &str) -> Result<(), String> {
+    let mut byte = [0u8; 1];
+    reader.read_exact(&mut byte).map_err(|e| format!("{what}: {e}"))?;
+    if byte[0] == 0x5a { Ok(()) } else { Err(format!("{what}: got byte {:#x}, expected 0x5a", byte[0])) }
+}
+
+fn probe_tcp() -> Result<String, String> {
+    let (mut near, mut far) = loopback_pair()?;
+    near.write_all(&[0x5a]).map_err(|e| e.to_string())?;
+    expect_byte(&mut far, "loopback TCP")?;
+    Ok("loopback TCP works (the userspace copy path is available)".into())
+}
+
+fn probe_sockmap(relay: Arc<KernelRelay>) -> Result<String, String> {
+    // client -> (gateway end a) ==kernel==> (gateway end b) -> server
+    let (mut client, a) = loopback_pair()?;
+    let (b, mut server) = loopback_pair()?;
+    let pair = relay.arm(a.as_fd(), b.as_fd()).map_err(|e| error_chain(&e))?;
+    client.write_all(&[0x5a]).map_err(|e| e.to_string())?;
+    expect_byte(&mut server, "byte relayed by the verdict program")?;
+    let (entry_a, _) = pair.entries();
+    if entry_a.redirected_bytes != 1 {
+        return Err(format!("the program counted {} redirected bytes, expected 1", entry_a.redirected_bytes));
+    }
+    drop(pair);
+    Ok("a byte crossed two loopback sockets inside the kernel".into())
+}
+
+fn probe_xdp() -> Result<String, String> {
+    // Attach in a private network namespace on a thread of its own, so the
+    // host's interfaces are never touched.
+    std::thread::spawn(|| -> Result<String, String> {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+            .map_err(|e| format!("unshare(CLONE_NEWNET): {e}"))?;
+        let mut ebpf = Ebpf::load(PROGRAMS).map_err(|e| error_chain(&e))?;
+        let program: &mut Xdp = ebpf
+            .program_mut(XDP_GUARD_PROG)
+            .ok_or("the eBPF object has no xdp_guard program")?
+            .try_into()
+            .map_err(|e: aya::programs::ProgramError| error_chain(&e))?;
+        program.load().map_err(|e| format!("verifier: {}", error_chain(&e)))?;
+        match program.attach("lo", XdpMode::Driver) {
+            Ok(_) => Ok("native (driver) mode attaches on lo".into()),
+            Err(native) => match program.attach("lo", XdpMode::Skb) {
+                Ok(_) => Ok(format!(
+                    "generic (skb) mode attaches (native on lo: {}); veth WAN links support native mode",
+                    error_chain(&native)
+                )),
+                Err(generic) => Err(format!("attach failed: {}", error_chain(&generic))),
+            },
+        }
+    })
+    .join()
+    .map_err(|_| "the XDP probe thread panicked".to_string())?
+}
+
+fn probe_splice() -> Result<String, String> {
+    let (mut near, far) = loopback_pair()?;
+    let (out_near, mut out_far) = loopback_pair()?;
+    let pipe = Pipe::new(64 * 1024).map_err(|e| format!("pipe: {e}"))?;
+    near.write_all(&[0x5a]).map_err(|e| e.to_string())?;
+    let deadline = std::time::Instant::now() + PROBE_TIMEOUT;
+    loop {
+        match sys::splice(far.as_fd(), pipe.write.as_fd(), 1) {
+            Ok(1) => break,
+            Ok(n) => return Err(format!("splice socket -> pipe moved {n} bytes, expected 1")),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err(e) => return Err(format!("splice socket -> pipe: {e}")),
+        }
+    }
+    sys::splice(pipe.read.as_fd(), out_near.as_fd(), 1).map_err(|e| format!("splice pipe -> socket: {e}"))?;
+    expect_byte(&mut out_far, "byte spliced socket -> pipe -> socket")?;
+    Ok("socket -> pipe -> socket works".into())
+}
+
+fn probe_ktls() -> Result<String, String> {
+    let available = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_available_ulp").unwrap_or_default();
+    let (near, _far) = loopback_pair()?;
+    match sys::set_tcp_ulp(near.as_fd(), "tls") {
+        Ok(()) => Ok(format!("TCP_ULP \"tls\" attaches (available ULPs: {})", available.trim())),
+        Err(err) if err.raw_os_error() == Some(libc::ENOENT) => Err(format!(
+            "TCP_ULP \"tls\" is unavailable (ENOENT): this kernel has no TLS module loaded or built \
+             (CONFIG_TLS); try `modprobe tls`. Available ULPs: {}",
+            if available.trim().is_empty() { "none" } else { available.trim() }
+        )),
+        Err(err) => Err(format!("setting TCP_ULP \"tls\" failed: {err}")),
+    }
+}

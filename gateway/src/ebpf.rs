@@ -1,0 +1,173 @@
+//! Loads the gateway's eBPF object (built by build.rs, embedded in the binary)
+//! and owns the kernel relay: the `SOCKS` SockHash with the `relay_verdict`
+//! program attached, and the `RELAY` map of per-socket peers and counters.
+//!
+//! [`KernelRelay::arm`] puts the two sockets of a connection into the maps and
+//! returns a [`KernelPair`] guard whose Drop removes every entry again, so a
+//! connection that ends in any way (including a panic) leaves nothing behind.
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::sync::{Arc, Mutex};
+
+use aya::Ebpf;
+use aya::maps::{HashMap, MapData, SockHash};
+use aya::programs::SkSkb;
+use gateway_common::{RELAY_MAP, RelayEntry, SOCKS_MAP, VERDICT_PROG};
+
+use crate::sys;
+
+/// The eBPF object produced by `gateway-ebpf`.
+pub static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gateway-programs"));
+
+/// Why the kernel relay could not be set up or used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EbpfError {
+    #[error("loading the eBPF object into the kernel failed (are you root, with CAP_BPF?)")]
+    Load(#[source] aya::EbpfError),
+    #[error("the eBPF object has no {kind} named {name}")]
+    Missing { kind: &'static str, name: &'static str },
+    #[error("program {name}: {action} failed")]
+    Program {
+        name: &'static str,
+        action: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("map {name}: {action} failed")]
+    Map {
+        name: &'static str,
+        action: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("socket: {action} failed")]
+    Socket {
+        action: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The loaded verdict program and its maps. One per gateway process.
+pub struct KernelRelay {
+    socks: Mutex<SockHash<MapData, u64>>,
+    relay: Mutex<HashMap<MapData, u64, RelayEntry>>,
+    /// Keeps the program loaded and attached for as long as the relay lives.
+    _ebpf: Ebpf,
+}
+
+impl KernelRelay {
+    /// Loads the embedded object, verifies and attaches `relay_verdict`.
+    pub fn load() -> Result<Self, EbpfError> {
+        let mut ebpf = Ebpf::load(PROGRAMS).map_err(EbpfError::Load)?;
+        let socks = ebpf
+            .take_map(SOCKS_MAP)
+            .ok_or(EbpfError::Missing { kind: "map", name: SOCKS_MAP })?;
+        let socks: SockHash<MapData, u64> = SockHash::try_from(socks)
+            .map_err(|source| EbpfError::Map { name: SOCKS_MAP, action: "open", source })?;
+        let relay = ebpf
+            .take_map(RELAY_MAP)
+            .ok_or(EbpfError::Missing { kind: "map", name: RELAY_MAP })?;
+        let relay: HashMap<MapData, u64, RelayEntry> = HashMap::try_from(relay)
+            .map_err(|source| EbpfError::Map { name: RELAY_MAP, action: "open", source })?;
+        let program: &mut SkSkb = ebpf
+            .program_mut(VERDICT_PROG)
+            .ok_or(EbpfError::Missing { kind: "program", name: VERDICT_PROG })?
+            .try_into()
+            .map_err(|source| EbpfError::Program { name: VERDICT_PROG, action: "type check", source })?;
+        program
+            .load()
+            .map_err(|source| EbpfError::Program { name: VERDICT_PROG, action: "load (verifier)", source })?;
+        program
+            .attach(socks.fd())
+            .map_err(|source| EbpfError::Program { name: VERDICT_PROG, action: "attach", source })?;
+        Ok(KernelRelay { socks: Mutex::new(socks), relay: Mutex::new(relay), _ebpf: ebpf })
+    }
+
+    /// Puts `a` and `b` into the maps so that each one's incoming bytes go out
+    /// of the other. Bytes already queued on either socket are processed too
+    /// (the data-ready callback is kicked once both are in).
+    pub fn arm(self: &Arc<Self>, a: BorrowedFd<'_>, b: BorrowedFd<'_>) -> Result<KernelPair, EbpfError> {
+        let cookie = |fd| {
+            sys::socket_cookie(fd).map_err(|source| EbpfError::Socket { action: "read SO_COOKIE", source })
+        };
+        let (a_cookie, b_cookie) = (cookie(a)?, cookie(b)?);
+        // The guard exists before the first insert so every error path cleans up.
+        let pair = KernelPair { relay: Arc::clone(self), cookies: [a_cookie, b_cookie] };
+        {
+            let mut relay = self.relay.lock().unwrap_or_else(|poison| poison.into_inner());
+            for (me, peer) in [(a_cookie, b_cookie), (b_cookie, a_cookie)] {
+                let entry = RelayEntry { peer, ..RelayEntry::default() };
+                relay
+                    .insert(me, entry, 0)
+                    .map_err(|source| EbpfError::Map { name: RELAY_MAP, action: "insert", source })?;
+            }
+        }
+        {
+            let mut socks = self.socks.lock().unwrap_or_else(|poison| poison.into_inner());
+            for (key, fd) in [(b_cookie, b), (a_cookie, a)] {
+                socks
+                    .insert(key, fd.as_raw_fd(), 0)
+                    .map_err(|source| EbpfError::Map { name: SOCKS_MAP, action: "insert socket", source })?;
+            }
+        }
+        for fd in [a, b] {
+            sys::set_recv_low_water(fd, 1)
+                .map_err(|source| EbpfError::Socket { action: "kick data-ready (SO_RCVLOWAT)", source })?;
+        }
+        Ok(pair)
+    }
+
+    /// The counters of one socket, by cookie.
+    pub fn entry(&self, cookie: u64) -> Option<RelayEntry> {
+        let relay = self.relay.lock().unwrap_or_else(|poison| poison.into_inner());
+        relay.get(&cookie, 0).ok()
+    }
+
+    /// How many sockets are in the SockHash and how many relay entries exist
+    /// (both zero when no connection is being relayed in the kernel).
+    pub fn occupancy(&self) -> (usize, usize) {
+        let socks = self.socks.lock().unwrap_or_else(|poison| poison.into_inner()).keys().count();
+        let relay = self.relay.lock().unwrap_or_else(|poison| poison.into_inner()).keys().count();
+        (socks, relay)
+    }
+
+    fn disarm(&self, cookies: [u64; 2]) {
+        {
+            let mut socks = self.socks.lock().unwrap_or_else(|poison| poison.into_inner());
+            for cookie in cookies {
+                // Closing a socket removes it by itself; NotFound is expected then.
+                let _ = socks.remove(&cookie);
+            }
+        }
+        let mut relay = self.relay.lock().unwrap_or_else(|poison| poison.into_inner());
+        for cookie in cookies {
+            let _ = relay.remove(&cookie);
+        }
+    }
+}
+
+/// Two sockets relayed in the kernel; dropping it takes them out of the maps.
+pub struct KernelPair {
+    relay: Arc<KernelRelay>,
+    cookies: [u64; 2],
+}
+
+impl KernelPair {
+    /// Counters of the first (`a`) and second (`b`) socket given to `arm`.
+    pub fn entries(&self) -> (RelayEntry, RelayEntry) {
+        let get = |cookie| self.relay.entry(cookie).unwrap_or_default();
+        (get(self.cookies[0]), get(self.cookies[1]))
+    }
+}
+
+impl Drop for KernelPair {
+    fn drop(&mut self) {
+        self.relay.disarm(self.cookies);
+    }
+}
+
+/// For callers holding a socket type: its descriptor.
+pub fn fd<T: AsFd>(socket: &T) -> BorrowedFd<'_> {
+    socket.as_fd()
+}

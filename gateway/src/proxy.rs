@@ -1,0 +1,96 @@
+//! A relaying listener: accepts connections, dials the target for each one and
+//! relays the pair over the chosen data path until both sides close. This is
+//! the unit a session's listener is built from, and `s2cs relay` runs it alone.
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinSet;
+
+use crate::relay::{ConnCounters, DataPath, RelayEngine};
+use crate::sys;
+
+/// Counters of everything one proxy relayed.
+#[derive(Debug, Default)]
+pub struct ProxyStats {
+    pub accepted: AtomicU64,
+    pub active: AtomicU64,
+    pub completed: AtomicU64,
+    pub failed: AtomicU64,
+    pub to_server: AtomicU64,
+    pub to_client: AtomicU64,
+}
+
+/// What to relay to and how.
+#[derive(Clone, Debug)]
+pub struct ProxyPlan {
+    pub target: SocketAddr,
+    pub path: DataPath,
+    /// Pacing cap in bytes per second on both sockets (None: unlimited).
+    pub rate: Option<u64>,
+}
+
+/// Accepts on `listener` until `shutdown` resolves, then waits for the
+/// connections in flight to finish.
+pub async fn run(
+    listener: TcpListener,
+    plan: ProxyPlan,
+    engine: RelayEngine,
+    stats: Arc<ProxyStats>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let mut connections = JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((client, peer)) => {
+                    stats.accepted.fetch_add(1, Ordering::Relaxed);
+                    let (plan, engine, stats) = (plan.clone(), engine.clone(), Arc::clone(&stats));
+                    connections.spawn(async move { serve(client, peer, plan, engine, stats).await });
+                }
+                Err(err) => {
+                    // Out of fds or similar: back off instead of spinning.
+                    tracing::warn!(error = %err, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+    while connections.join_next().await.is_some() {}
+}
+
+async fn serve(client: TcpStream, peer: SocketAddr, plan: ProxyPlan, engine: RelayEngine, stats: Arc<ProxyStats>) {
+    stats.active.fetch_add(1, Ordering::Relaxed);
+    let counters = ConnCounters::default();
+    let result = async {
+        let server = TcpStream::connect(plan.target).await.map_err(|err| format!("dialling {}: {err}", plan.target))?;
+        for socket in [&client, &server] {
+            socket.set_nodelay(true).map_err(|err| format!("TCP_NODELAY: {err}"))?;
+            if let Some(rate) = plan.rate {
+                sys::set_max_pacing_rate(sys::fd_of(socket), rate).map_err(|err| format!("pacing rate: {err}"))?;
+            }
+        }
+        engine.relay(plan.path, client, server, &counters).await.map_err(|err| err.to_string())
+    }
+    .await;
+    let (up, down) = counters.snapshot();
+    stats.to_server.fetch_add(up, Ordering::Relaxed);
+    stats.to_client.fetch_add(down, Ordering::Relaxed);
+    stats.active.fetch_sub(1, Ordering::Relaxed);
+    match result {
+        Ok(summary) => {
+            stats.completed.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%peer, path = %summary.path, up, down, "connection closed");
+        }
+        Err(err) => {
+            stats.failed.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(%peer, path = %plan.path, up, down, error = %err, "connection reset");
+        }
+    }
+}

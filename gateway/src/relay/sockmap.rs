@@ -1,0 +1,135 @@
+//! The kernel data path: both sockets go into the SockHash and the
+//! `relay_verdict` program redirects each one's incoming bytes to the other's
+//! egress. Userspace only watches for the end of each direction:
+//!
+//! - FIN is not carried by the redirect. When the source reports end of
+//!   stream, bytes may still sit in the kernel's redirect queue, so the
+//!   destination is half-closed only once everything the program redirected
+//!   has been written into the destination socket (TCP_INFO bytes_acked +
+//!   SIOCOUTQ, read in that order so the sum never overestimates).
+//! - If the program had to hand bytes to userspace (the peer was not yet in
+//!   the SockHash), that direction continues as a userspace copy, in order.
+//! - A reset on either side resets the other.
+use std::io;
+use std::os::fd::AsFd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use gateway_common::RelayEntry;
+use tokio::io::Interest;
+use tokio::net::TcpStream;
+
+use super::watch::{first_error, shutdown_write};
+use super::{ConnCounters, RelayError, Side, copy};
+use crate::ebpf::{KernelPair, KernelRelay};
+use crate::sys;
+
+/// How often the per-connection counters are refreshed from the map while
+/// bytes flow in the kernel.
+const COUNTER_REFRESH: Duration = Duration::from_millis(250);
+
+pub(super) async fn relay(
+    kernel: &Arc<KernelRelay>,
+    client: &TcpStream,
+    server: &TcpStream,
+    counters: &ConnCounters,
+) -> Result<(), RelayError> {
+    let client_base = bytes_written(client).map_err(|source| RelayError::Io { side: Side::Client, source })?;
+    let server_base = bytes_written(server).map_err(|source| RelayError::Io { side: Side::Server, source })?;
+    let pair = kernel.arm(client.as_fd(), server.as_fd())?;
+    let up = async {
+        direction(&pair, Side::Client, client, server, server_base, &counters.to_server)
+            .await
+            .map_err(|source| RelayError::Io { side: Side::Server, source })
+    };
+    let down = async {
+        direction(&pair, Side::Server, server, client, client_base, &counters.to_client)
+            .await
+            .map_err(|source| RelayError::Io { side: Side::Client, source })
+    };
+    let outcome = tokio::select! {
+        both = async { tokio::try_join!(up, down) } => both.map(drop),
+        err = first_error(client, server) => Err(err),
+    };
+    // Final counters, then `pair` drops and takes both sockets out of the maps.
+    refresh(&pair, counters);
+    outcome
+}
+
+fn entry_of(pair: &KernelPair, source: Side) -> RelayEntry {
+    let (client, server) = pair.entries();
+    match source {
+        Side::Client => client,
+        Side::Server => server,
+    }
+}
+
+fn refresh(pair: &KernelPair, counters: &ConnCounters) {
+    let (client, server) = pair.entries();
+    counters.to_server.fetch_max(client.redirected_bytes, Ordering::Relaxed);
+    counters.to_client.fetch_max(server.redirected_bytes, Ordering::Relaxed);
+}
+
+/// Watches one direction (`from`'s incoming bytes, sent out of `to`).
+async fn direction(
+    pair: &KernelPair,
+    source: Side,
+    from: &TcpStream,
+    to: &TcpStream,
+    to_base: u64,
+    counter: &AtomicU64,
+) -> io::Result<()> {
+    loop {
+        let ready = tokio::select! {
+            ready = from.readable() => Some(ready?),
+            () = tokio::time::sleep(COUNTER_REFRESH) => None,
+        };
+        counter.fetch_max(entry_of(pair, source).redirected_bytes, Ordering::Relaxed);
+        if ready.is_none() {
+            continue;
+        }
+        match from.try_io(Interest::READABLE, || sys::peek_nonblocking(from.as_fd())) {
+            // End of stream: drain, then carry the FIN.
+            Ok(0) => break,
+            // The program passed bytes to userspace: continue this direction
+            // in userspace, after what was already redirected has left.
+            Ok(_) => {
+                let redirected = entry_of(pair, source).redirected_bytes;
+                wait_drained(to, to_base, redirected).await?;
+                counter.store(redirected, Ordering::Relaxed);
+                tracing::debug!(%source, redirected, "peer missing from the SockHash; continuing in userspace");
+                return copy::direction(from, to, counter).await;
+            }
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
+            Err(err) => return Err(err),
+        }
+    }
+    let redirected = entry_of(pair, source).redirected_bytes;
+    wait_drained(to, to_base, redirected).await?;
+    counter.fetch_max(redirected, Ordering::Relaxed);
+    shutdown_write(to)
+}
+
+/// Total bytes ever written into `socket`: acknowledged plus still queued.
+/// bytes_acked is read first, so a concurrent ACK can only make the sum low.
+fn bytes_written(socket: &TcpStream) -> io::Result<u64> {
+    let acked = sys::tcp_bytes_acked(socket.as_fd())?;
+    let queued = sys::send_queue_len(socket.as_fd())?;
+    Ok(acked + queued)
+}
+
+/// Waits until `redirected` bytes beyond `base` were written into `to`.
+async fn wait_drained(to: &TcpStream, base: u64, redirected: u64) -> io::Result<()> {
+    let mut pause = Duration::from_micros(200);
+    loop {
+        if bytes_written(to)?.saturating_sub(base) >= redirected {
+            return Ok(());
+        }
+        if let Some(err) = sys::take_socket_error(to.as_fd())? {
+            return Err(err);
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(20));
+    }
+}
