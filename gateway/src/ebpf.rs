@@ -93,7 +93,7 @@ impl KernelRelay {
         };
         let (a_cookie, b_cookie) = (cookie(a)?, cookie(b)?);
         // The guard exists before the first insert so every error path cleans up.
-        let pair = KernelPair { relay: Arc::clone(self), cookies: [a_cookie, b_cookie] };
+        let pair = KernelPair { relay: Arc::clone(self), cookies: [a_cookie, b_cookie], complete: true };
         {
             let mut relay = self.relay.lock().unwrap_or_else(|poison| poison.into_inner());
             for (me, peer) in [(a_cookie, b_cookie), (b_cookie, a_cookie)] {
@@ -103,12 +103,21 @@ impl KernelRelay {
                     .map_err(|source| EbpfError::Map { name: RELAY_MAP, action: "insert", source })?;
             }
         }
+        let mut pair = pair;
         {
             let mut socks = self.socks.lock().unwrap_or_else(|poison| poison.into_inner());
-            for (key, fd) in [(b_cookie, b), (a_cookie, a)] {
-                socks
-                    .insert(key, fd.as_raw_fd(), 0)
-                    .map_err(|source| EbpfError::Map { name: SOCKS_MAP, action: "insert socket", source })?;
+            // Only established sockets may enter a SockHash. If the first one
+            // cannot (it already received FIN, say), nothing is in the kernel
+            // and the caller relays in userspace.
+            socks
+                .insert(b_cookie, b.as_raw_fd(), 0)
+                .map_err(|source| EbpfError::Map { name: SOCKS_MAP, action: "insert socket", source })?;
+            // If the second one cannot, the first stays in the map until the
+            // connection ends: any byte it received was passed to its own
+            // queue (PASS_TO_USER) and must be read from there, in order.
+            if let Err(err) = socks.insert(a_cookie, a.as_raw_fd(), 0) {
+                tracing::debug!(error = %err, "second socket refused by the SockHash; relaying in userspace");
+                pair.complete = false;
             }
         }
         for fd in [a, b] {
@@ -151,9 +160,16 @@ impl KernelRelay {
 pub struct KernelPair {
     relay: Arc<KernelRelay>,
     cookies: [u64; 2],
+    complete: bool,
 }
 
 impl KernelPair {
+    /// False when only the second socket could enter the SockHash: then both
+    /// directions must be relayed in userspace (while the pair is held).
+    pub fn is_complete(&self) -> bool {
+        self.complete
+    }
+
     /// Counters of the first (`a`) and second (`b`) socket given to `arm`.
     pub fn entries(&self) -> (RelayEntry, RelayEntry) {
         let get = |cookie| self.relay.entry(cookie).unwrap_or_default();

@@ -22,6 +22,17 @@ pub struct ProxyStats {
     pub failed: AtomicU64,
     pub to_server: AtomicU64,
     pub to_client: AtomicU64,
+    /// Completed connections per data path really used, indexed like
+    /// [`DataPath::ALL`] (sockmap, splice, copy).
+    pub by_path: [AtomicU64; 3],
+}
+
+impl ProxyStats {
+    /// Completed connections that used `path`.
+    pub fn completed_on(&self, path: DataPath) -> u64 {
+        let index = DataPath::ALL.iter().position(|p| *p == path).unwrap_or(0);
+        self.by_path[index].load(Ordering::Relaxed)
+    }
 }
 
 /// What to relay to and how.
@@ -86,6 +97,9 @@ async fn serve(client: TcpStream, peer: SocketAddr, plan: ProxyPlan, engine: Rel
     match result {
         Ok(summary) => {
             stats.completed.fetch_add(1, Ordering::Relaxed);
+            if let Some(index) = DataPath::ALL.iter().position(|p| *p == summary.path) {
+                stats.by_path[index].fetch_add(1, Ordering::Relaxed);
+            }
             tracing::debug!(%peer, path = %summary.path, up, down, "connection closed");
         }
         Err(err) => {

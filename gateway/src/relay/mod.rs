@@ -82,7 +82,7 @@ impl ConnCounters {
     }
 }
 
-/// What a finished relay reports.
+/// What a finished relay reports (`path` is the one really used).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RelaySummary {
     pub path: DataPath,
@@ -161,8 +161,8 @@ impl RelayEngine {
         counters: &ConnCounters,
     ) -> Result<RelaySummary, RelayError> {
         let outcome = match path {
-            DataPath::Copy => copy::relay(&client, &server, counters).await,
-            DataPath::Splice => splice::relay(&client, &server, counters).await,
+            DataPath::Copy => copy::relay(&client, &server, counters).await.map(|()| path),
+            DataPath::Splice => splice::relay(&client, &server, counters).await.map(|()| path),
             DataPath::Sockmap => {
                 let kernel = self.kernel.as_ref().ok_or(RelayError::Unavailable(path))?;
                 sockmap::relay(kernel, &client, &server, counters).await
@@ -172,7 +172,9 @@ impl RelayEngine {
             watch::reset(&client);
             watch::reset(&server);
         }
-        outcome?;
+        // The path really taken: sockmap falls back for connections the
+        // kernel cannot take (see `sockmap.rs`).
+        let path = outcome?;
         let (to_server, to_client) = counters.snapshot();
         Ok(RelaySummary { path, to_server, to_client })
     }

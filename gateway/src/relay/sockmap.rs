@@ -21,7 +21,7 @@ use tokio::io::Interest;
 use tokio::net::TcpStream;
 
 use super::watch::{first_error, shutdown_write};
-use super::{ConnCounters, RelayError, Side, copy};
+use super::{ConnCounters, DataPath, RelayError, Side, copy, splice};
 use crate::ebpf::{KernelPair, KernelRelay};
 use crate::sys;
 
@@ -34,10 +34,21 @@ pub(super) async fn relay(
     client: &TcpStream,
     server: &TcpStream,
     counters: &ConnCounters,
-) -> Result<(), RelayError> {
+) -> Result<DataPath, RelayError> {
     let client_base = bytes_written(client).map_err(|source| RelayError::Io { side: Side::Client, source })?;
     let server_base = bytes_written(server).map_err(|source| RelayError::Io { side: Side::Server, source })?;
-    let pair = kernel.arm(client.as_fd(), server.as_fd())?;
+    let pair = match kernel.arm(client.as_fd(), server.as_fd()) {
+        Ok(pair) => pair,
+        Err(err) => {
+            // Nothing entered the kernel (e.g. a socket already half-closed):
+            // this connection is relayed with splice instead.
+            tracing::debug!(error = %err, "kernel relay refused the connection; using splice");
+            return splice::relay(client, server, counters).await.map(|()| DataPath::Splice);
+        }
+    };
+    if !pair.is_complete() {
+        return copy::relay(client, server, counters).await.map(|()| DataPath::Copy);
+    }
     let up = async {
         direction(&pair, Side::Client, client, server, server_base, &counters.to_server)
             .await
@@ -54,7 +65,7 @@ pub(super) async fn relay(
     };
     // Final counters, then `pair` drops and takes both sockets out of the maps.
     refresh(&pair, counters);
-    outcome
+    outcome.map(|()| DataPath::Sockmap)
 }
 
 fn entry_of(pair: &KernelPair, source: Side) -> RelayEntry {
@@ -106,7 +117,9 @@ async fn direction(
         }
     }
     let redirected = entry_of(pair, source).redirected_bytes;
+    tracing::debug!(%source, redirected, written = bytes_written(to).ok(), to_base, "end of stream; draining");
     wait_drained(to, to_base, redirected).await?;
+    tracing::debug!(%source, redirected, written = bytes_written(to).ok(), "drained; half-closing");
     counter.fetch_max(redirected, Ordering::Relaxed);
     shutdown_write(to)
 }

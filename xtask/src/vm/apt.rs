@@ -14,8 +14,18 @@ use super::host;
 
 /// Names that identify a Debian (not Ubuntu, not a third-party) archive entry.
 const DEBIAN_SUITES: &[&str] = &[
-    "buster", "bullseye", "bookworm", "trixie", "forky", "duke", "sid", "oldoldstable",
-    "oldstable", "stable", "testing", "unstable",
+    "buster",
+    "bullseye",
+    "bookworm",
+    "trixie",
+    "forky",
+    "duke",
+    "sid",
+    "oldoldstable",
+    "oldstable",
+    "stable",
+    "testing",
+    "unstable",
 ];
 
 /// A Debian archive as the machine's sources name it.
@@ -28,10 +38,13 @@ pub struct Mirror {
 
 /// Find the machine's Debian mirror.
 pub fn machine_mirror() -> Result<Mirror> {
-    if let Ok(uri) = std::env::var("XTASK_VM_APT_MIRROR") {
-        if !uri.trim().is_empty() {
-            return Ok(Mirror { uri: uri.trim().trim_end_matches('/').to_string(), signed_by: None });
-        }
+    if let Ok(uri) = std::env::var("XTASK_VM_APT_MIRROR")
+        && !uri.trim().is_empty()
+    {
+        return Ok(Mirror {
+            uri: uri.trim().trim_end_matches('/').to_string(),
+            signed_by: None,
+        });
     }
     let mut files: Vec<PathBuf> = vec![PathBuf::from("/etc/apt/sources.list")];
     if let Ok(rd) = std::fs::read_dir("/etc/apt/sources.list.d") {
@@ -41,11 +54,15 @@ pub fn machine_mirror() -> Result<Mirror> {
     }
     let mut found = Vec::new();
     for f in &files {
-        let Ok(text) = std::fs::read_to_string(f) else { continue };
+        let Ok(text) = std::fs::read_to_string(f) else {
+            continue;
+        };
         match f.extension().and_then(|e| e.to_str()) {
             Some("sources") => found.extend(parse_deb822(&text)),
             Some("list") => found.extend(parse_one_line(&text)),
-            _ if f.file_name().is_some_and(|n| n == "sources.list") => found.extend(parse_one_line(&text)),
+            _ if f.file_name().is_some_and(|n| n == "sources.list") => {
+                found.extend(parse_one_line(&text))
+            }
             _ => {}
         }
     }
@@ -67,7 +84,10 @@ fn parse_one_line(text: &str) -> Vec<Mirror> {
     let mut out = Vec::new();
     for line in text.lines() {
         let line = line.split('#').next().unwrap_or("").trim();
-        let Some(rest) = line.strip_prefix("deb ").or_else(|| line.strip_prefix("deb\t")) else {
+        let Some(rest) = line
+            .strip_prefix("deb ")
+            .or_else(|| line.strip_prefix("deb\t"))
+        else {
             continue;
         };
         let rest = rest.trim_start();
@@ -85,10 +105,16 @@ fn parse_one_line(text: &str) -> Vec<Mirror> {
         }
         let signed_by = opts
             .split_whitespace()
-            .find_map(|o| o.strip_prefix("signed-by=").or_else(|| o.strip_prefix("Signed-By=")))
+            .find_map(|o| {
+                o.strip_prefix("signed-by=")
+                    .or_else(|| o.strip_prefix("Signed-By="))
+            })
             .map(str::to_string);
         if is_debian_entry(words[0], &words[1..2], &words[2..]) {
-            out.push(Mirror { uri: words[0].trim_end_matches('/').to_string(), signed_by });
+            out.push(Mirror {
+                uri: words[0].trim_end_matches('/').to_string(),
+                signed_by,
+            });
         }
     }
     out
@@ -119,7 +145,11 @@ fn parse_deb822(text: &str) -> Vec<Mirror> {
         if get("enabled").is_some_and(|v| v.eq_ignore_ascii_case("no")) {
             continue;
         }
-        if !get("types").unwrap_or("").split_whitespace().any(|t| t == "deb") {
+        if !get("types")
+            .unwrap_or("")
+            .split_whitespace()
+            .any(|t| t == "deb")
+        {
             continue;
         }
         let suites: Vec<&str> = get("suites").unwrap_or("").split_whitespace().collect();
@@ -150,19 +180,31 @@ impl PrivateApt {
         let root = cache_dir.join("apt").join(suite);
         let lists = root.join("lists");
         let cache = root.join("cache");
-        for d in [lists.join("partial"), cache.join("archives").join("partial")] {
+        for d in [
+            lists.join("partial"),
+            cache.join("archives").join("partial"),
+        ] {
             std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
         }
         let mirror = machine_mirror()?;
-        let mut text = format!("Types: deb\nURIs: {}\nSuites: {suite}\nComponents: main\n", mirror.uri);
+        let mut text = format!(
+            "Types: deb\nURIs: {}\nSuites: {suite}\nComponents: main\n",
+            mirror.uri
+        );
         if let Some(sb) = &mirror.signed_by {
             text.push_str(&format!("Signed-By: {sb}\n"));
         }
         let sources = root.join("private.sources");
         if std::fs::read_to_string(&sources).ok().as_deref() != Some(text.as_str()) {
-            std::fs::write(&sources, &text).with_context(|| format!("writing {}", sources.display()))?;
+            std::fs::write(&sources, &text)
+                .with_context(|| format!("writing {}", sources.display()))?;
         }
-        Ok(Self { root, sources, lists, cache })
+        Ok(Self {
+            root,
+            sources,
+            lists,
+            cache,
+        })
     }
 
     /// The `-o` options that point apt at the private state only.
@@ -206,7 +248,11 @@ impl PrivateApt {
 
     /// The candidate version's control fields of a package (`apt-cache show --no-all-versions`).
     pub fn show(&self, pkg: &str) -> Result<Vec<(String, String)>> {
-        let text = host::run_stdout(self.cmd("apt-cache").args(["show", "--no-all-versions", pkg]))?;
+        let text =
+            host::run_stdout(
+                self.cmd("apt-cache")
+                    .args(["show", "--no-all-versions", pkg]),
+            )?;
         let mut fields: Vec<(String, String)> = Vec::new();
         for line in text.lines() {
             if line.is_empty() {
@@ -230,7 +276,11 @@ impl PrivateApt {
     /// Package names in the Depends field (alternatives flattened, version constraints dropped).
     pub fn depends(&self, pkg: &str) -> Result<Vec<String>> {
         let fields = self.show(pkg)?;
-        let deps = fields.iter().find(|(k, _)| k == "Depends").map(|(_, v)| v.as_str()).unwrap_or("");
+        let deps = fields
+            .iter()
+            .find(|(k, _)| k == "Depends")
+            .map(|(_, v)| v.as_str())
+            .unwrap_or("");
         Ok(deps
             .split([',', '|'])
             .filter_map(|d| d.split_whitespace().next())
@@ -251,16 +301,25 @@ impl PrivateApt {
     pub fn download(&self, pkgs: &[String], dest: &Path) -> Result<Vec<PathBuf>> {
         std::fs::create_dir_all(dest)?;
         let find = |pkg: &str| -> Option<PathBuf> {
-            std::fs::read_dir(dest).ok()?.filter_map(|e| e.ok()).map(|e| e.path()).find(|p| {
-                p.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.starts_with(&format!("{pkg}_")) && n.ends_with(".deb"))
-            })
+            std::fs::read_dir(dest)
+                .ok()?
+                .filter_map(|e| e.ok())
+                .map(|e| e.path())
+                .find(|p| {
+                    p.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.starts_with(&format!("{pkg}_")) && n.ends_with(".deb"))
+                })
         };
         let missing: Vec<&String> = pkgs.iter().filter(|p| find(p).is_none()).collect();
         if !missing.is_empty() {
-            host::run(self.cmd("apt-get").arg("download").args(&missing).current_dir(dest))
-                .context("private apt-get download failed")?;
+            host::run(
+                self.cmd("apt-get")
+                    .arg("download")
+                    .args(&missing)
+                    .current_dir(dest),
+            )
+            .context("private apt-get download failed")?;
         }
         pkgs.iter()
             .map(|p| find(p).with_context(|| format!("apt-get download left no .deb for {p}")))
@@ -280,7 +339,10 @@ mod tests {
         let m = parse_deb822(text);
         assert_eq!(m.len(), 1);
         assert_eq!(m[0].uri, "http://mirror.example/debian");
-        assert_eq!(m[0].signed_by.as_deref(), Some("/usr/share/keyrings/debian-archive-keyring.gpg"));
+        assert_eq!(
+            m[0].signed_by.as_deref(),
+            Some("/usr/share/keyrings/debian-archive-keyring.gpg")
+        );
     }
 
     #[test]
@@ -289,7 +351,13 @@ mod tests {
                     deb http://m.example/debian-security trixie-security main\n\
                     deb https://other.example/apt cloud-sdk main\n";
         let m = parse_one_line(text);
-        assert_eq!(m, vec![Mirror { uri: "http://m.example/debian".into(), signed_by: Some("/k.gpg".into()) }]);
+        assert_eq!(
+            m,
+            vec![Mirror {
+                uri: "http://m.example/debian".into(),
+                signed_by: Some("/k.gpg".into())
+            }]
+        );
     }
 
     #[test]

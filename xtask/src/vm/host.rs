@@ -15,6 +15,7 @@ pub const TOOLS: &[(&str, &str)] = &[
     ("modinfo", "kmod"),
     ("xz", "xz-utils"),
     ("zstd", "zstd"),
+    ("gzip", "gzip"),
     ("qemu-system-x86_64", "qemu-system-x86"),
 ];
 
@@ -63,12 +64,16 @@ pub fn which(name: impl AsRef<OsStr>) -> Option<PathBuf> {
     for extra in ["/usr/local/sbin", "/usr/sbin", "/sbin", "/usr/bin", "/bin"] {
         dirs.push(PathBuf::from(extra));
     }
-    dirs.into_iter().map(|d| d.join(name)).find(|p| is_executable(p))
+    dirs.into_iter()
+        .map(|d| d.join(name))
+        .find(|p| is_executable(p))
 }
 
 fn is_executable(p: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(p).map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
+    std::fs::metadata(p)
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
 }
 
 /// Effective user id, read from /proc (std has no getuid and we avoid a libc dependency).
@@ -87,7 +92,11 @@ pub fn tool(name: &str) -> Result<PathBuf> {
     if let Some(p) = which(name) {
         return Ok(p);
     }
-    let pkg = TOOLS.iter().find(|(t, _)| *t == name).map(|(_, p)| *p).unwrap_or(name);
+    let pkg = TOOLS
+        .iter()
+        .find(|(t, _)| *t == name)
+        .map(|(_, p)| *p)
+        .unwrap_or(name);
     apt_install(&[pkg]).with_context(|| format!("`{name}` is missing"))?;
     which(name).with_context(|| format!("`{name}` still missing after installing {pkg}"))
 }
@@ -103,7 +112,8 @@ pub fn static_busybox() -> Result<PathBuf> {
     if let Some(p) = find() {
         return Ok(p);
     }
-    apt_install(&["busybox-static"]).context("a static busybox is needed for the VM's initramfs")?;
+    apt_install(&["busybox-static"])
+        .context("a static busybox is needed for the VM's initramfs")?;
     find().context("no static busybox found even after installing busybox-static")
 }
 
@@ -111,7 +121,10 @@ pub fn static_busybox() -> Result<PathBuf> {
 /// apt state is used).
 pub fn apt_install(pkgs: &[&str]) -> Result<()> {
     if !is_root() {
-        bail!("not root: install the Debian packages {} yourself", pkgs.join(" "));
+        bail!(
+            "not root: install the Debian packages {} yourself",
+            pkgs.join(" ")
+        );
     }
     eprintln!("vm: installing Debian packages: {}", pkgs.join(" "));
     let install = |update: bool| -> Result<()> {

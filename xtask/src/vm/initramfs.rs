@@ -29,11 +29,21 @@ pub struct Cpio<W: Write> {
 impl<W: Write> Cpio<W> {
     /// `first_ino` keeps inode numbers of concatenated archives apart.
     pub fn new(out: W, first_ino: u32) -> Self {
-        Self { out, next_ino: first_ino, written: 0 }
+        Self {
+            out,
+            next_ino: first_ino,
+            written: 0,
+        }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn entry(&mut self, name: &str, mode: u32, nlink: u32, rdev: (u32, u32), data: &[u8]) -> Result<()> {
+    fn entry(
+        &mut self,
+        name: &str,
+        mode: u32,
+        nlink: u32,
+        rdev: (u32, u32),
+        data: &[u8],
+    ) -> Result<()> {
         let name = name.trim_start_matches('/');
         let ino = self.next_ino;
         self.next_ino += 1;
@@ -116,14 +126,34 @@ impl<W: Write> Cpio<W> {
 
 /// Module file name inside the VM for a prepared module path.
 pub fn vm_module_name(module: &Path) -> String {
-    module.file_name().unwrap_or_default().to_string_lossy().into_owned()
+    module
+        .file_name()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .into_owned()
 }
 
 /// Write the cached base archive (busybox + modules).
 pub fn write_base(dest: &Path, busybox: &Path, modules: &[std::path::PathBuf]) -> Result<()> {
     let tmp = dest.with_extension("cpio.tmp");
     let mut c = Cpio::new(BufWriter::new(File::create(&tmp)?), 1);
-    for d in ["bin", "sbin", "dev", "etc", "lib", "lib/modules", "proc", "root", "run", "sys", "tmp", "usr", "usr/bin", "usr/sbin", "var"] {
+    for d in [
+        "bin",
+        "sbin",
+        "dev",
+        "etc",
+        "lib",
+        "lib/modules",
+        "proc",
+        "root",
+        "run",
+        "sys",
+        "tmp",
+        "usr",
+        "usr/bin",
+        "usr/sbin",
+        "var",
+    ] {
         c.dir(d)?;
     }
     c.char_dev("dev/console", 0o600, 5, 1)?;
@@ -193,7 +223,11 @@ pub fn write_overlay<W: Write>(
         if name.is_empty() || name.contains("..") {
             bail!("bad VM path {name:?} for {}", src.display());
         }
-        let dest = if name.contains('/') { name.trim_start_matches('/').to_string() } else { format!("bin/{name}") };
+        let dest = if name.contains('/') {
+            name.trim_start_matches('/').to_string()
+        } else {
+            format!("bin/{name}")
+        };
         c.parents(&dest)?;
         let mode = std::fs::metadata(src)
             .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) | 0o755)

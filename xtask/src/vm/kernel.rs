@@ -32,7 +32,8 @@ pub fn prepare_kernel(spec: &KernelSpec, cache_dir: &Path) -> Result<PreparedKer
     std::fs::create_dir_all(&kernels)?;
     if dir.exists() {
         // Incomplete or for another suite: start over.
-        std::fs::remove_dir_all(&dir).with_context(|| format!("removing stale {}", dir.display()))?;
+        std::fs::remove_dir_all(&dir)
+            .with_context(|| format!("removing stale {}", dir.display()))?;
     }
     let tmp = kernels.join(format!(".{}.tmp-{}", spec.name, std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
@@ -57,7 +58,7 @@ pub fn prepare_kernel(spec: &KernelSpec, cache_dir: &Path) -> Result<PreparedKer
 }
 
 fn build(spec: &KernelSpec, cache_dir: &Path, out: &Path) -> Result<()> {
-    for t in ["apt-get", "apt-cache", "dpkg-deb", "modinfo", "xz", "zstd"] {
+    for t in ["apt-get", "apt-cache", "dpkg-deb", "modinfo"] {
         host::tool(t)?;
     }
     let busybox = host::static_busybox()?;
@@ -69,7 +70,12 @@ fn build(spec: &KernelSpec, cache_dir: &Path, out: &Path) -> Result<()> {
         .depends(spec.meta_package)?
         .into_iter()
         .find(|d| d.starts_with("linux-image-") && d != spec.meta_package)
-        .with_context(|| format!("{} ({}) depends on no linux-image-* package", spec.meta_package, spec.suite))?;
+        .with_context(|| {
+            format!(
+                "{} ({}) depends on no linux-image-* package",
+                spec.meta_package, spec.suite
+            )
+        })?;
     // "linux-image-6.1.0-50-amd64" -> "6.1.0-50-amd64"; split packages share that suffix.
     let flavour = image.trim_start_matches("linux-image-").to_string();
     let split: Vec<String> = apt
@@ -107,12 +113,22 @@ fn build(spec: &KernelSpec, cache_dir: &Path, out: &Path) -> Result<()> {
     Ok(())
 }
 
-fn extract(spec: &KernelSpec, staging: &Path, out: &Path, packages: &[String], busybox: &Path) -> Result<()> {
+fn extract(
+    spec: &KernelSpec,
+    staging: &Path,
+    out: &Path,
+    packages: &[String],
+    busybox: &Path,
+) -> Result<()> {
     // The modules directory: lib/modules/<rel> (bookworm) or usr/lib/modules/<rel> (trixie on).
     let mut mod_dirs = Vec::new();
     for base in ["lib/modules", "usr/lib/modules"] {
         if let Ok(rd) = std::fs::read_dir(staging.join(base)) {
-            mod_dirs.extend(rd.filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| p.join("kernel").is_dir()));
+            mod_dirs.extend(
+                rd.filter_map(|e| e.ok())
+                    .map(|e| e.path())
+                    .filter(|p| p.join("kernel").is_dir()),
+            );
         }
     }
     let [mod_dir] = mod_dirs.as_slice() else {
@@ -127,10 +143,13 @@ fn extract(spec: &KernelSpec, staging: &Path, out: &Path, packages: &[String], b
         );
     }
     // vmlinuz: boot/vmlinuz-<rel> (up to 6.12) or usr/lib/modules/<rel>/vmlinuz (sid's 7.x).
-    let vmlinuz_src = [staging.join("boot").join(format!("vmlinuz-{release}")), mod_dir.join("vmlinuz")]
-        .into_iter()
-        .find(|p| p.is_file())
-        .with_context(|| format!("no vmlinuz for {release} in the package(s)"))?;
+    let vmlinuz_src = [
+        staging.join("boot").join(format!("vmlinuz-{release}")),
+        mod_dir.join("vmlinuz"),
+    ]
+    .into_iter()
+    .find(|p| p.is_file())
+    .with_context(|| format!("no vmlinuz for {release} in the package(s)"))?;
 
     // Index every module file by its normalised name; read modules.builtin.
     let mut index: BTreeMap<String, PathBuf> = BTreeMap::new();
@@ -143,10 +162,19 @@ fn extract(spec: &KernelSpec, staging: &Path, out: &Path, packages: &[String], b
     let builtin_list = std::fs::read_to_string(mod_dir.join("modules.builtin")).unwrap_or_default();
     let builtin_set: BTreeSet<String> = builtin_list
         .lines()
-        .filter_map(|l| Path::new(l).file_name()?.to_str()?.split(".ko").next().map(host::module_key))
+        .filter_map(|l| {
+            Path::new(l)
+                .file_name()?
+                .to_str()?
+                .split(".ko")
+                .next()
+                .map(host::module_key)
+        })
         .collect();
     if builtin_set.is_empty() {
-        eprintln!("vm: warning: {release} ships no modules.builtin; unknown modules will be an error");
+        eprintln!(
+            "vm: warning: {release} ships no modules.builtin; unknown modules will be an error"
+        );
     }
 
     let modules_out = out.join("modules");
@@ -157,7 +185,15 @@ fn extract(spec: &KernelSpec, staging: &Path, out: &Path, packages: &[String], b
     for want in spec.modules {
         let key = host::module_key(want);
         if index.contains_key(&key) {
-            add_module(&key, &index, &builtin_set, &modules_out, &mut done, &mut Vec::new(), &mut order)?;
+            add_module(
+                &key,
+                &index,
+                &builtin_set,
+                &modules_out,
+                &mut done,
+                &mut Vec::new(),
+                &mut order,
+            )?;
         } else if builtin_set.contains(&key) {
             builtin.push(want.to_string());
         } else {
@@ -173,7 +209,10 @@ fn extract(spec: &KernelSpec, staging: &Path, out: &Path, packages: &[String], b
     let rel = |p: &Path| p.strip_prefix(out).unwrap_or(p).display().to_string();
     let mut m = String::new();
     m.push_str("# written by xtask vm; delete this directory to prepare the kernel again\n");
-    m.push_str(&format!("name={}\nsuite={}\nrelease={release}\n", spec.name, spec.suite));
+    m.push_str(&format!(
+        "name={}\nsuite={}\nrelease={release}\n",
+        spec.name, spec.suite
+    ));
     for p in packages {
         m.push_str(&format!("package={p}\n"));
     }
@@ -203,13 +242,28 @@ fn add_module(
     if stack.iter().any(|s| s == key) {
         bail!("module dependency cycle: {} -> {key}", stack.join(" -> "));
     }
-    let src = index.get(key).with_context(|| format!("dependency {key} not found among the modules"))?;
+    let src = index
+        .get(key)
+        .with_context(|| format!("dependency {key} not found among the modules"))?;
     let dst = out.join(format!("{key}.ko"));
     decompress(src, &dst)?;
     let deps = host::run_stdout(Command::new("modinfo").args(["-F", "depends"]).arg(&dst))?;
     stack.push(key.to_string());
-    for dep in deps.trim().split(',').map(str::trim).filter(|d| !d.is_empty()) {
-        add_module(&host::module_key(dep), index, builtin, out, done, stack, order)?;
+    for dep in deps
+        .trim()
+        .split(',')
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+    {
+        add_module(
+            &host::module_key(dep),
+            index,
+            builtin,
+            out,
+            done,
+            stack,
+            order,
+        )?;
     }
     stack.pop();
     done.insert(key.to_string());
@@ -231,7 +285,7 @@ fn decompress(src: &Path, dst: &Path) -> Result<()> {
     } else {
         bail!("unknown module compression: {name}");
     };
-    let status = Command::new(tool)
+    let status = Command::new(host::tool(tool)?)
         .args(["-d", "-c"])
         .arg(src)
         .stdin(Stdio::null())
@@ -259,7 +313,9 @@ fn walk(dir: &Path, f: &mut dyn FnMut(&Path)) -> Result<()> {
 
 /// Read a prepared kernel's manifest; `None` if the kernel is not (completely) prepared.
 fn load_manifest(spec: &KernelSpec, dir: &Path) -> Result<Option<PreparedKernel>> {
-    let Ok(text) = std::fs::read_to_string(dir.join(MANIFEST)) else { return Ok(None) };
+    let Ok(text) = std::fs::read_to_string(dir.join(MANIFEST)) else {
+        return Ok(None);
+    };
     let mut k = PreparedKernel {
         spec: *spec,
         dir: dir.to_path_buf(),
@@ -271,7 +327,9 @@ fn load_manifest(spec: &KernelSpec, dir: &Path) -> Result<Option<PreparedKernel>
         base_initramfs: dir.join("base.cpio"),
     };
     for line in text.lines().filter(|l| !l.starts_with('#')) {
-        let Some((key, v)) = line.split_once('=') else { continue };
+        let Some((key, v)) = line.split_once('=') else {
+            continue;
+        };
         match key {
             "release" => k.release = v.to_string(),
             "package" => k.packages.push(v.to_string()),

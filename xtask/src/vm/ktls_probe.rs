@@ -7,7 +7,9 @@
 //! given the same keys), then:
 //! 1. checks that the kernel really encrypts: one record read from a third, plain socket has a
 //!    TLS 1.3 application-data header (0x17 0x03 0x03), the right length, and no plaintext;
-//! 2. sends 1 MiB through TX -> RX and compares it byte for byte.
+//! 2. sends 1 MiB (or the byte count given as the first argument) through TX -> RX and compares
+//!    it byte for byte.
+//!
 //! Exit status 0 and a final "PASS" line when everything holds; 1 with the reason otherwise.
 
 use std::io::{Read, Write};
@@ -60,15 +62,30 @@ fn crypto_info() -> CryptoInfoAesGcm128 {
 
 fn as_bytes(ci: &CryptoInfoAesGcm128) -> &[u8] {
     unsafe {
-        std::slice::from_raw_parts(ci as *const _ as *const u8, std::mem::size_of::<CryptoInfoAesGcm128>())
+        std::slice::from_raw_parts(
+            ci as *const _ as *const u8,
+            std::mem::size_of::<CryptoInfoAesGcm128>(),
+        )
     }
 }
 
 fn enable(sock: &TcpStream, dir: i32, side: &str) -> Result<(), String> {
     let fd = sock.as_raw_fd();
-    set(fd, SOL_TCP, TCP_ULP, b"tls", &format!("{side}: setsockopt(TCP_ULP, \"tls\")"))?;
+    set(
+        fd,
+        SOL_TCP,
+        TCP_ULP,
+        b"tls",
+        &format!("{side}: setsockopt(TCP_ULP, \"tls\")"),
+    )?;
     let name = if dir == TLS_TX { "TLS_TX" } else { "TLS_RX" };
-    set(fd, SOL_TLS, dir, as_bytes(&crypto_info()), &format!("{side}: setsockopt(SOL_TLS, {name})"))
+    set(
+        fd,
+        SOL_TLS,
+        dir,
+        as_bytes(&crypto_info()),
+        &format!("{side}: setsockopt(SOL_TLS, {name})"),
+    )
 }
 
 fn pair() -> Result<(TcpStream, TcpStream), String> {
@@ -95,15 +112,21 @@ fn wire_check() -> Result<(), String> {
     let (mut tx, mut raw) = pair()?;
     enable(&tx, TLS_TX, "tx")?;
     let msg = b"kernel TLS wire check: this text must not appear on the wire";
-    tx.write_all(msg).map_err(|e| format!("send on kTLS socket: {e}"))?;
+    tx.write_all(msg)
+        .map_err(|e| format!("send on kTLS socket: {e}"))?;
     let mut hdr = [0u8; 5];
-    raw.read_exact(&mut hdr).map_err(|e| format!("read record header: {e}"))?;
+    raw.read_exact(&mut hdr)
+        .map_err(|e| format!("read record header: {e}"))?;
     let len = u16::from_be_bytes([hdr[3], hdr[4]]) as usize;
     let mut body = vec![0u8; len];
-    raw.read_exact(&mut body).map_err(|e| format!("read record body: {e}"))?;
+    raw.read_exact(&mut body)
+        .map_err(|e| format!("read record body: {e}"))?;
     // TLS 1.3: opaque type application_data, legacy version 1.2, inner type byte + 16-byte tag.
     if hdr[..3] != [0x17, 0x03, 0x03] || len != msg.len() + 1 + 16 {
-        return Err(format!("unexpected record header {hdr:02x?} (len {len}, want {})", msg.len() + 17));
+        return Err(format!(
+            "unexpected record header {hdr:02x?} (len {len}, want {})",
+            msg.len() + 17
+        ));
     }
     if body.windows(8).any(|w| msg.windows(8).any(|m| m == w)) {
         return Err("plaintext visible on the wire".into());
@@ -123,7 +146,8 @@ fn stream_check(total: usize) -> Result<(), String> {
         for chunk in data.chunks(64 * 1024) {
             tx.write_all(chunk).map_err(|e| format!("send: {e}"))?;
         }
-        tx.shutdown(std::net::Shutdown::Write).map_err(|e| format!("shutdown: {e}"))?;
+        tx.shutdown(std::net::Shutdown::Write)
+            .map_err(|e| format!("shutdown: {e}"))?;
         Ok(())
     });
     let mut got = Vec::with_capacity(total);
@@ -132,7 +156,12 @@ fn stream_check(total: usize) -> Result<(), String> {
         match rx.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => got.extend_from_slice(&buf[..n]),
-            Err(e) => return Err(format!("recv on kTLS RX socket after {} bytes: {e}", got.len())),
+            Err(e) => {
+                return Err(format!(
+                    "recv on kTLS RX socket after {} bytes: {e}",
+                    got.len()
+                ))
+            }
         }
         if got.len() > total {
             break;
@@ -141,7 +170,10 @@ fn stream_check(total: usize) -> Result<(), String> {
     writer.join().map_err(|_| "writer panicked".to_string())??;
     if got != expect {
         let first = got.iter().zip(&expect).position(|(a, b)| a != b);
-        return Err(format!("received {} bytes, first difference at {first:?} (want {total} identical)", got.len()));
+        return Err(format!(
+            "received {} bytes, first difference at {first:?} (want {total} identical)",
+            got.len()
+        ));
     }
     println!(
         "stream: {total} bytes TX -> RX identical in {:.2} s",
@@ -153,8 +185,15 @@ fn stream_check(total: usize) -> Result<(), String> {
 fn main() {
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let ulp = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_available_ulp").unwrap_or_default();
-    println!("kernel {} ; tcp_available_ulp: {}", release.trim(), ulp.trim());
-    let total = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(1 << 20);
+    println!(
+        "kernel {} ; tcp_available_ulp: {}",
+        release.trim(),
+        ulp.trim()
+    );
+    let total = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(1 << 20);
     let result = wire_check().and_then(|_| stream_check(total));
     match result {
         Ok(()) => println!("PASS: kernel TLS 1.3 AES-GCM-128 TX and RX work"),

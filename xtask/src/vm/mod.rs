@@ -68,7 +68,15 @@ pub const KERNEL_6_1: KernelSpec = KernelSpec {
     meta_package: "linux-image-amd64",
     release_prefix: "6.1.",
     // crypto_null is builtin on 6.1.
-    modules: &["gf128mul", "ghash-generic", "crypto_null", "ctr", "gcm", "tls", "veth"],
+    modules: &[
+        "gf128mul",
+        "ghash-generic",
+        "crypto_null",
+        "ctr",
+        "gcm",
+        "tls",
+        "veth",
+    ],
 };
 
 /// Debian 13 (trixie): 6.12 LTS.
@@ -78,7 +86,15 @@ pub const KERNEL_6_12: KernelSpec = KernelSpec {
     meta_package: "linux-image-amd64",
     release_prefix: "6.12.",
     // ctr is builtin on 6.12; gcm depends on crypto_null.
-    modules: &["gf128mul", "ghash-generic", "crypto_null", "ctr", "gcm", "tls", "veth"],
+    modules: &[
+        "gf128mul",
+        "ghash-generic",
+        "crypto_null",
+        "ctr",
+        "gcm",
+        "tls",
+        "veth",
+    ],
 };
 
 /// Debian unstable (sid): 7.x at the time of writing. A moving target: its cache is kept until
@@ -109,7 +125,11 @@ pub fn default_cache_dir(workspace_root: &Path) -> PathBuf {
     match std::env::var_os("CARGO_TARGET_DIR") {
         Some(t) if !t.is_empty() => {
             let t = PathBuf::from(t);
-            if t.is_absolute() { t.join("vm-cache") } else { workspace_root.join(t).join("vm-cache") }
+            if t.is_absolute() {
+                t.join("vm-cache")
+            } else {
+                workspace_root.join(t).join("vm-cache")
+            }
         }
         _ => workspace_root.join("target").join("vm-cache"),
     }

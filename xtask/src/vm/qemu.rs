@@ -37,10 +37,25 @@ pub fn run_in_vm(
         );
     }
 
-    let nonce = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-    let marker = format!("@@XTASK-VM-{:x}@@", nonce as u64 ^ std::process::id() as u64);
-    let cache = kernel.dir.parent().and_then(Path::parent).unwrap_or(&kernel.dir);
-    let run_dir = cache.join("runs").join(format!("{}-{}-{:x}", kernel.spec.name, std::process::id(), nonce));
+    let nonce = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let marker = format!(
+        "@@XTASK-VM-{:x}@@",
+        nonce as u64 ^ std::process::id() as u64
+    );
+    let cache = kernel
+        .dir
+        .parent()
+        .and_then(Path::parent)
+        .unwrap_or(&kernel.dir);
+    let run_dir = cache.join("runs").join(format!(
+        "{}-{}-{:x}",
+        kernel.spec.name,
+        std::process::id(),
+        nonce
+    ));
     std::fs::create_dir_all(&run_dir)?;
 
     let result = boot(kernel, &qemu, binaries, command, timeout, &marker, &run_dir);
@@ -52,7 +67,10 @@ pub fn run_in_vm(
             // Keep the evidence of a failed boot.
             let _ = std::fs::remove_file(run_dir.join("initrd.cpio"));
             let _ = std::fs::write(run_dir.join("console.log"), &out.console);
-            eprintln!("vm: no exit status from the VM; console saved in {}", run_dir.display());
+            eprintln!(
+                "vm: no exit status from the VM; console saved in {}",
+                run_dir.display()
+            );
         }
         Err(_) => {
             let _ = std::fs::remove_dir_all(&run_dir);
@@ -74,23 +92,40 @@ fn boot(
     let initrd: PathBuf = run_dir.join("initrd.cpio");
     let mut data = std::fs::read(&kernel.base_initramfs)
         .with_context(|| format!("reading {}", kernel.base_initramfs.display()))?;
-    let modules: Vec<String> = kernel.modules.iter().map(|m| initramfs::vm_module_name(m)).collect();
+    let modules: Vec<String> = kernel
+        .modules
+        .iter()
+        .map(|m| initramfs::vm_module_name(m))
+        .collect();
     let init = initramfs::init_script(marker, &modules);
     data = initramfs::write_overlay(data, &init, command, binaries)?;
     std::fs::write(&initrd, &data)?;
 
     let mut cmd = Command::new(qemu);
-    cmd.args(["-accel", "tcg", "-m", "1024", "-smp", "1", "-nographic", "-no-reboot", "-nic", "none"])
-        .arg("-kernel")
-        .arg(&kernel.vmlinuz)
-        .arg("-initrd")
-        .arg(&initrd)
-        .args(["-append", "console=ttyS0 panic=-1 quiet"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    cmd.args([
+        "-accel",
+        "tcg",
+        "-m",
+        "1024",
+        "-smp",
+        "1",
+        "-nographic",
+        "-no-reboot",
+        "-nic",
+        "none",
+    ])
+    .arg("-kernel")
+    .arg(&kernel.vmlinuz)
+    .arg("-initrd")
+    .arg(&initrd)
+    .args(["-append", "console=ttyS0 panic=-1 quiet"])
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
     let started = Instant::now();
-    let mut child = cmd.spawn().with_context(|| format!("starting {}", host::describe(&cmd)))?;
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("starting {}", host::describe(&cmd)))?;
     let mut stdout = child.stdout.take().unwrap();
     let mut stderr = child.stderr.take().unwrap();
     let out_t = std::thread::spawn(move || {
@@ -118,13 +153,51 @@ fn boot(
         std::thread::sleep(Duration::from_millis(50));
     }
     let elapsed = started.elapsed();
-    let console = String::from_utf8_lossy(&out_t.join().unwrap_or_default()).replace('\r', "");
+    let console = strip_terminal_codes(&String::from_utf8_lossy(&out_t.join().unwrap_or_default()));
     let qemu_stderr = String::from_utf8_lossy(&err_t.join().unwrap_or_default()).into_owned();
-    Ok(parse_console(console, qemu_stderr, marker, timed_out, elapsed))
+    Ok(parse_console(
+        console,
+        qemu_stderr,
+        marker,
+        timed_out,
+        elapsed,
+    ))
+}
+
+/// Drop carriage returns and the terminal control sequences SeaBIOS prints (ESC c, ESC [ ... X).
+fn strip_terminal_codes(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\r' => {}
+            '\x1b' => {
+                if chars.peek() == Some(&'[') {
+                    chars.next();
+                    // parameters and intermediates, then one final byte in '@'..='~'
+                    for c in chars.by_ref() {
+                        if ('@'..='~').contains(&c) {
+                            break;
+                        }
+                    }
+                } else {
+                    chars.next();
+                }
+            }
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// Pull the init script's marker lines out of the console text.
-fn parse_console(console: String, qemu_stderr: String, marker: &str, timed_out: bool, elapsed: Duration) -> VmOutput {
+fn parse_console(
+    console: String,
+    qemu_stderr: String,
+    marker: &str,
+    timed_out: bool,
+    elapsed: Duration,
+) -> VmOutput {
     let mut out = VmOutput {
         console: String::new(),
         qemu_stderr,
@@ -182,5 +255,10 @@ mod tests {
         assert_eq!(o.guest_boot_secs, Some(3.52));
         assert_eq!(o.command_output, "hello\nworld\n");
         assert!(!o.success());
+    }
+
+    #[test]
+    fn strips_terminal_codes() {
+        assert_eq!(strip_terminal_codes("\x1bc\x1b[?7l\x1b[2Jx\r\ny"), "x\ny");
     }
 }
