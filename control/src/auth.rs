@@ -73,7 +73,10 @@ impl std::fmt::Debug for IntrospectionConfig {
         f.debug_struct("IntrospectionConfig")
             .field("url", &self.url)
             .field("client_id", &self.client_id)
-            .field("client_secret", &self.client_secret.as_ref().map(|_| "<redacted>"))
+            .field(
+                "client_secret",
+                &self.client_secret.as_ref().map(|_| "<redacted>"),
+            )
             .field("client_secret_file", &self.client_secret_file)
             .field("required_scope", &self.required_scope)
             .field("cache_max_secs", &self.cache_max_secs)
@@ -91,6 +94,9 @@ pub fn bearer_token(md: &MetadataMap) -> Result<Option<Zeroizing<String>>, Contr
         reason: "the authorization metadata is not printable ASCII".into(),
     })?;
     let s = s.trim();
+    if s.eq_ignore_ascii_case("bearer") {
+        return Ok(None);
+    }
     let tok = match s.get(..7) {
         Some(p) if p.eq_ignore_ascii_case("bearer ") => s[7..].trim(),
         _ => s,
@@ -130,10 +136,10 @@ impl TokenTable {
     /// mode is not 0600 (or stricter).
     pub fn load(path: &Path) -> Result<Self, ControlError> {
         check_private_file(path, "token file")?;
-        let text = Zeroizing::new(
-            std::fs::read_to_string(path)
-                .map_err(|e| ControlError::io(format!("reading token file {}", path.display()), e))?,
-        );
+        let text =
+            Zeroizing::new(std::fs::read_to_string(path).map_err(|e| {
+                ControlError::io(format!("reading token file {}", path.display()), e)
+            })?);
         let mut entries = Vec::new();
         for (i, line) in text.lines().enumerate() {
             let line = line.trim();
@@ -273,9 +279,10 @@ impl Introspector {
                 reason: format!("POST {} answered HTTP {status}", self.url),
             });
         }
-        let ans: IntrospectionAnswer = resp.json().await.map_err(|e| ControlError::AuthBackend {
-            reason: format!("bad JSON from {}: {}", self.url, e.without_url()),
-        })?;
+        let ans: IntrospectionAnswer =
+            resp.json().await.map_err(|e| ControlError::AuthBackend {
+                reason: format!("bad JSON from {}: {}", self.url, e.without_url()),
+            })?;
         if !ans.active {
             return Err(ControlError::Unauthenticated {
                 reason: "the token is not active (expired, revoked or unknown); obtain a new one (s2uc login)".into(),
@@ -370,13 +377,17 @@ impl Authenticator {
             return Ok(Identity::anonymous());
         }
         let token = bearer_token(md)?.ok_or_else(|| ControlError::Unauthenticated {
-            reason: "no token: send it in metadata `authorization` (\"Bearer TOKEN\" or the raw token)".into(),
+            reason:
+                "no token: send it in metadata `authorization` (\"Bearer TOKEN\" or the raw token)"
+                    .into(),
         })?;
         match &self.kind {
             Kind::NoAuth => Ok(Identity::anonymous()),
-            Kind::TokenFile(t) => t.lookup(&token).ok_or_else(|| ControlError::Unauthenticated {
-                reason: "the token is not in this gateway's token file".into(),
-            }),
+            Kind::TokenFile(t) => t
+                .lookup(&token)
+                .ok_or_else(|| ControlError::Unauthenticated {
+                    reason: "the token is not in this gateway's token file".into(),
+                }),
             Kind::Introspection(i) => i.validate(&token).await,
         }
     }
@@ -396,8 +407,14 @@ mod tests {
 
     #[test]
     fn bearer_prefix_optional() {
-        assert_eq!(bearer_token(&md("Bearer abc")).unwrap().unwrap().as_str(), "abc");
-        assert_eq!(bearer_token(&md("bearer abc")).unwrap().unwrap().as_str(), "abc");
+        assert_eq!(
+            bearer_token(&md("Bearer abc")).unwrap().unwrap().as_str(),
+            "abc"
+        );
+        assert_eq!(
+            bearer_token(&md("bearer abc")).unwrap().unwrap().as_str(),
+            "abc"
+        );
         assert_eq!(bearer_token(&md("abc")).unwrap().unwrap().as_str(), "abc");
         assert!(bearer_token(&md("Bearer ")).unwrap().is_none());
         assert!(bearer_token(&MetadataMap::new()).unwrap().is_none());

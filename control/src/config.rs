@@ -133,10 +133,16 @@ impl ServerConfig {
             return bad("no authentication mode chosen: set [auth] (kind = \"token_file\", \"introspection\" or \"none\"), or pass --token-file, --introspect-url or --no-auth".into());
         }
         if !(self.hello_timeout_secs.is_finite() && self.hello_timeout_secs > 0.0) {
-            return bad(format!("hello_timeout_secs must be > 0, got {}", self.hello_timeout_secs));
+            return bad(format!(
+                "hello_timeout_secs must be > 0, got {}",
+                self.hello_timeout_secs
+            ));
         }
         if !(self.ready_timeout_secs.is_finite() && self.ready_timeout_secs > 0.0) {
-            return bad(format!("ready_timeout_secs must be > 0, got {}", self.ready_timeout_secs));
+            return bad(format!(
+                "ready_timeout_secs must be > 0, got {}",
+                self.ready_timeout_secs
+            ));
         }
         if self.max_num_conn == 0 || self.max_sessions == 0 {
             return bad("max_num_conn and max_sessions must be at least 1".into());
@@ -145,10 +151,14 @@ impl ServerConfig {
             return bad("tls.cert and tls.key must be given together".into());
         }
         if self.advertise_ip.is_none() && self.listener_ip.is_unspecified() {
-            tracing::warn!("advertise_ip is not set and listener_ip is unspecified: advertising 127.0.0.1, which remote peers cannot reach; set advertise_ip");
+            tracing::warn!(
+                "advertise_ip is not set and listener_ip is unspecified: advertising 127.0.0.1, which remote peers cannot reach; set advertise_ip"
+            );
         }
         if self.allow.0.is_empty() {
-            tracing::warn!("the target allow-list is empty: every update will be refused (deny by default); add allow rules");
+            tracing::warn!(
+                "the target allow-list is empty: every update will be refused (deny by default); add allow rules"
+            );
         }
         Ok(())
     }
@@ -219,17 +229,6 @@ pub struct ServerArgs {
     #[arg(long)]
     pub client_ca: Option<PathBuf>,
 }
-
-impl std::str::FromStr for PortRangeArg {
-    type Err = ControlError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Ok(PortRangeArg(s.parse()?))
-    }
-}
-
-/// Helper newtype (kept for API symmetry; `PortRange` parses directly).
-#[derive(Clone, Copy, Debug)]
-pub struct PortRangeArg(pub PortRange);
 
 impl ServerArgs {
     /// The TOML file (if any) with the flags applied on top, validated.

@@ -73,6 +73,9 @@ pub enum ControlError {
         #[source]
         source: DataPlaneError,
     },
+    /// Nobody: the server is shutting down.
+    #[error("the control server is shutting down; retry against the restarted server")]
+    ShuttingDown,
     /// Remote: the token introspection endpoint failed.
     #[error("token introspection failed: {reason}")]
     AuthBackend { reason: String },
@@ -123,7 +126,7 @@ impl ControlError {
                 Code::PermissionDenied
             }
             ControlError::HelloTimeout { .. } => Code::DeadlineExceeded,
-            ControlError::AuthBackend { .. } => Code::Unavailable,
+            ControlError::AuthBackend { .. } | ControlError::ShuttingDown => Code::Unavailable,
             ControlError::DataPlane { .. }
             | ControlError::Config { .. }
             | ControlError::Io { .. }

@@ -1,2 +1,57 @@
+//! SciStream-compatible control plane.
+//!
+//! Layout (each module owns one thing):
+//! - [`proto`]: code generated from `proto/scistream.proto` (wire format).
+//! - [`types`]: validated newtypes (session id, role, identity) and the
+//!   address parser.
+//! - [`errors`]: the one error enum and its single mapping to gRPC status.
+//! - [`session`]: the per-session state machine.
+//! - [`registry`]: the concurrent session table (hello signalling, expiry,
+//!   persistence hooks).
+//! - [`ports`]: the operator port range; allocation by binding.
+//! - [`auth`] / [`authz`]: who is calling, and what they may touch.
+//! - [`allowlist`]: which update targets are allowed.
+//! - [`secret`]: data-channel session secrets.
+//! - [`persist`]: atomic JSON session files.
+//! - [`tls`]: control-channel certificate (operator or self-signed).
+//! - [`config`]: TOML configuration and the server's clap flags.
+//! - [`dataplane`]: the trait the gateway's data plane implements, and a
+//!   plain userspace relay for tests.
+//! - [`server`]: the gRPC services and `serve()`.
+//! - [`cli`]: clap definitions and commands of `s2uc` and `appctrl`.
+//! - [`client`]: client connection and the s2uc/appctrl operations.
+//! - [`mock`]: a mock producer application for `appctrl mock` and tests.
 #![forbid(unsafe_code)]
-pub mod proto { tonic::include_proto!("scistream"); }
+
+pub mod allowlist;
+pub mod auth;
+pub mod authz;
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod dataplane;
+pub mod errors;
+pub mod mock;
+pub mod persist;
+pub mod ports;
+pub mod registry;
+pub mod secret;
+pub mod server;
+pub mod session;
+pub mod tls;
+pub mod types;
+
+/// Code generated from `proto/scistream.proto` (package `scistream`).
+#[allow(non_camel_case_types, clippy::all, missing_docs)]
+pub mod proto {
+    tonic::include_proto!("scistream");
+}
+
+pub use config::{ServerArgs, ServerConfig, TlsConfig};
+pub use dataplane::{
+    BoxFuture, DataPlane, DataPlaneError, Link, PlainCopyDataPlane, SessionCounters, SessionPlan,
+};
+pub use errors::ControlError;
+pub use secret::SessionSecret;
+pub use server::{ControlServer, ServerHandle, serve};
+pub use types::{Identity, Role, SessionId};

@@ -99,7 +99,8 @@ impl Store {
             .map_err(|e| ControlError::io(ctx("chmod"), e))?;
         f.write_all(&data)
             .map_err(|e| ControlError::io(ctx("writing"), e))?;
-        f.sync_all().map_err(|e| ControlError::io(ctx("fsync"), e))?;
+        f.sync_all()
+            .map_err(|e| ControlError::io(ctx("fsync"), e))?;
         drop(f);
         std::fs::rename(&tmp, &path)
             .map_err(|e| ControlError::io(format!("renaming to {}", path.display()), e))?;
@@ -111,7 +112,10 @@ impl Store {
         match std::fs::remove_file(self.path(uid)) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(ControlError::io(format!("removing session file of {uid}"), e)),
+            Err(e) => Err(ControlError::io(
+                format!("removing session file of {uid}"),
+                e,
+            )),
         }
     }
 
@@ -128,12 +132,14 @@ impl Store {
             if name.starts_with('.') || !name.ends_with(".json") {
                 continue;
             }
-            let parsed = std::fs::read(&p)
-                .map_err(|e| e.to_string())
-                .and_then(|b| serde_json::from_slice::<SessionRecord>(&b).map_err(|e| e.to_string()));
+            let parsed = std::fs::read(&p).map_err(|e| e.to_string()).and_then(|b| {
+                serde_json::from_slice::<SessionRecord>(&b).map_err(|e| e.to_string())
+            });
             match parsed {
                 Ok(r) => out.push(r),
-                Err(e) => tracing::error!(file = %p.display(), error = %e, "skipping unreadable session file"),
+                Err(e) => {
+                    tracing::error!(file = %p.display(), error = %e, "skipping unreadable session file")
+                }
             }
         }
         Ok(out)

@@ -12,7 +12,7 @@ use std::fmt;
 use rand::TryRngCore;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
-use zeroize::{Zeroize, ZeroizeOnDrop};
+use zeroize::Zeroize;
 
 use crate::errors::ControlError;
 use crate::types::SessionId;
@@ -21,8 +21,14 @@ use crate::types::SessionId;
 pub const SECRET_LEN: usize = 32;
 
 /// A 32-byte data-channel secret.
-#[derive(Clone, Zeroize, ZeroizeOnDrop)]
+#[derive(Clone)]
 pub struct SessionSecret([u8; SECRET_LEN]);
+
+impl Drop for SessionSecret {
+    fn drop(&mut self) {
+        self.0.zeroize();
+    }
+}
 
 impl SessionSecret {
     /// A fresh secret from the OS CSPRNG.

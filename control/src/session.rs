@@ -67,9 +67,9 @@ impl SessionState {
             (Requested, Call::Update) => {
                 Err("send hello first (req is still waiting for the application's hello)")
             }
-            (Active, Call::Update) => {
-                Err("the session is already active; release it and request a new one to change targets")
-            }
+            (Active, Call::Update) => Err(
+                "the session is already active; release it and request a new one to change targets",
+            ),
             (Released, _) => Err("the session was released"),
         }
     }

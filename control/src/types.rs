@@ -40,7 +40,9 @@ impl SessionId {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
         {
-            return Err(bad("only ASCII letters, digits, '-', '_' and '.' are allowed"));
+            return Err(bad(
+                "only ASCII letters, digits, '-', '_' and '.' are allowed",
+            ));
         }
         Ok(SessionId(s.to_owned()))
     }

@@ -6,6 +6,7 @@
 //! returns a [`KernelPair`] guard whose Drop removes every entry again, so a
 //! connection that ends in any way (including a panic) leaves nothing behind.
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use aya::Ebpf;
@@ -52,6 +53,10 @@ pub enum EbpfError {
 pub struct KernelRelay {
     socks: Mutex<SockHash<MapData, u64>>,
     relay: Mutex<HashMap<MapData, u64, RelayEntry>>,
+    /// Directions that the program handed to userspace (see PASS_TO_USER).
+    handed_to_userspace: AtomicU64,
+    /// Test hook: pause between the two SockHash inserts of a pair (µs).
+    insert_pause_micros: AtomicU64,
     /// Keeps the program loaded and attached for as long as the relay lives.
     _ebpf: Ebpf,
 }
@@ -81,7 +86,13 @@ impl KernelRelay {
         program
             .attach(socks.fd())
             .map_err(|source| EbpfError::Program { name: VERDICT_PROG, action: "attach", source })?;
-        Ok(KernelRelay { socks: Mutex::new(socks), relay: Mutex::new(relay), _ebpf: ebpf })
+        Ok(KernelRelay {
+            socks: Mutex::new(socks),
+            relay: Mutex::new(relay),
+            handed_to_userspace: AtomicU64::new(0),
+            insert_pause_micros: AtomicU64::new(0),
+            _ebpf: ebpf,
+        })
     }
 
     /// Puts `a` and `b` into the maps so that each one's incoming bytes go out
@@ -112,6 +123,10 @@ impl KernelRelay {
             socks
                 .insert(b_cookie, b.as_raw_fd(), 0)
                 .map_err(|source| EbpfError::Map { name: SOCKS_MAP, action: "insert socket", source })?;
+            let pause = self.insert_pause_micros.load(Ordering::Relaxed);
+            if pause > 0 {
+                std::thread::sleep(std::time::Duration::from_micros(pause));
+            }
             // If the second one cannot, the first stays in the map until the
             // connection ends: any byte it received was passed to its own
             // queue (PASS_TO_USER) and must be read from there, in order.
@@ -125,6 +140,23 @@ impl KernelRelay {
                 .map_err(|source| EbpfError::Socket { action: "kick data-ready (SO_RCVLOWAT)", source })?;
         }
         Ok(pair)
+    }
+
+    /// Widens the window between the two inserts of every pair, so tests can
+    /// prove that bytes arriving in it are neither lost nor reordered.
+    #[doc(hidden)]
+    pub fn pause_between_inserts(&self, pause: std::time::Duration) {
+        let micros = u64::try_from(pause.as_micros()).unwrap_or(u64::MAX);
+        self.insert_pause_micros.store(micros, Ordering::Relaxed);
+    }
+
+    /// How many relay directions the program has handed to userspace.
+    pub fn handed_to_userspace(&self) -> u64 {
+        self.handed_to_userspace.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn note_handed_to_userspace(&self) {
+        self.handed_to_userspace.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The counters of one socket, by cookie.
@@ -164,6 +196,10 @@ pub struct KernelPair {
 }
 
 impl KernelPair {
+    pub(crate) fn relay(&self) -> &KernelRelay {
+        &self.relay
+    }
+
     /// False when only the second socket could enter the SockHash: then both
     /// directions must be relayed in userspace (while the pair is held).
     pub fn is_complete(&self) -> bool {

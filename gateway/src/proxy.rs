@@ -73,8 +73,20 @@ pub async fn run(
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
         }
     }
-    while connections.join_next().await.is_some() {}
+    // Drain: connections in flight get a grace period, then are reset.
+    let drained = tokio::time::timeout(DRAIN_GRACE, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(left = connections.len(), "grace period over; resetting the connections still open");
+        connections.abort_all();
+        while connections.join_next().await.is_some() {}
+    }
 }
+
+/// How long a stopping proxy waits for its connections to finish.
+pub const DRAIN_GRACE: Duration = Duration::from_secs(10);
 
 async fn serve(client: TcpStream, peer: SocketAddr, plan: ProxyPlan, engine: RelayEngine, stats: Arc<ProxyStats>) {
     stats.active.fetch_add(1, Ordering::Relaxed);

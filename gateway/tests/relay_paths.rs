@@ -382,3 +382,25 @@ async fn sockmap_releases_every_entry_and_fd() {
     assert!(after <= before, "descriptors leaked: {before} before, {after} after");
     relay.stop().await;
 }
+
+/// The server streams from the first instant while the relay is slowed down
+/// between its two SockHash inserts: the bytes that arrive in that window are
+/// handed to userspace by the program and must still arrive whole and in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sockmap_bytes_in_the_insert_window_are_kept_in_order() {
+    const LEN: u64 = 16 << 20;
+    let (listener, target) = server().await;
+    let kernel = Arc::new(KernelRelay::load().expect("loading the eBPF relay (needs root)"));
+    kernel.pause_between_inserts(Duration::from_millis(100));
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.expect("accept");
+        send_pattern(&mut s, 9, LEN).await.expect("stream");
+        s.shutdown().await.expect("fin");
+    });
+    let relay = Relay::start_with(RelayEngine::with_kernel(Arc::clone(&kernel)), DataPath::Sockmap, target).await;
+    let mut client = TcpStream::connect(relay.addr).await.expect("connect");
+    within("stream through the window", expect_pattern(&mut client, 9, LEN)).await.expect("intact stream");
+    drop(client);
+    relay.stop().await;
+    assert!(kernel.handed_to_userspace() >= 1, "the window must have been exercised");
+}

@@ -1,1 +1,15 @@
-fn main() {}
+//! `appctrl`: the SciStream application controller (see `control::cli`).
+#![forbid(unsafe_code)]
+
+use clap::Parser;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = control::cli::AppCtrl::parse();
+    control::cli::run_appctrl(cli).await?;
+    Ok(())
+}

@@ -1,1 +1,15 @@
-fn main() {}
+//! `s2uc`: the SciStream user client (see `control::cli`).
+#![forbid(unsafe_code)]
+
+use clap::Parser;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = control::cli::S2uc::parse();
+    control::cli::run_s2uc(cli).await?;
+    Ok(())
+}

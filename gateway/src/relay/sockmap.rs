@@ -110,6 +110,7 @@ async fn direction(
                 wait_drained(to, to_base, redirected).await?;
                 counter.store(redirected, Ordering::Relaxed);
                 tracing::debug!(%source, redirected, "peer missing from the SockHash; continuing in userspace");
+                pair.relay().note_handed_to_userspace();
                 return copy::direction(from, to, counter).await;
             }
             Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}

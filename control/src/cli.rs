@@ -1,0 +1,556 @@
+//! Command lines of `s2uc` and `appctrl` (clap definitions) and what each
+//! command does. The binaries only parse, set up logging and call [`run_s2uc`]
+//! or [`run_appctrl`]. SciStream's underscore spellings (`--server_cert`,
+//! `--num_conn`, `--remote_ip`, `--receiver_ports`) are accepted as aliases.
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use tokio_stream::StreamExt;
+use zeroize::Zeroizing;
+
+use crate::client::{
+    Client, ClientError, ClientOptions, connect_both, default_token_file, listeners_from, new_uid,
+    resolve_token, write_token_file,
+};
+use crate::secret::SessionSecret;
+
+/// How to reach one control server.
+#[derive(Args, Clone, Debug)]
+pub struct ServerOpts {
+    /// Control server address (host:port).
+    #[arg(long, default_value = "localhost:5000")]
+    pub s2cs: String,
+    /// The server's control certificate (PEM) to pin.
+    #[arg(
+        long = "server-cert",
+        alias = "server_cert",
+        default_value = "server.crt"
+    )]
+    pub server_cert: PathBuf,
+    /// TLS name to verify instead of the host part of --s2cs.
+    #[arg(long)]
+    pub tls_domain: Option<String>,
+}
+
+/// Where the token comes from.
+#[derive(Args, Clone, Debug, Default)]
+pub struct TokenOpts {
+    /// Bearer token (else $S2UC_TOKEN, else the token file).
+    #[arg(long, global = true)]
+    pub token: Option<String>,
+    /// Token file (mode 0600), written by `s2uc login`.
+    #[arg(long, global = true)]
+    pub token_file: Option<PathBuf>,
+    /// OAuth scope (accepted for SciStream compatibility; informational).
+    #[arg(long, global = true)]
+    pub scope: Option<String>,
+}
+
+/// Session shape.
+#[derive(Args, Clone, Debug)]
+pub struct StreamOpts {
+    /// Number of parallel connections (listeners) per side.
+    #[arg(long = "num-conn", alias = "num_conn", default_value_t = 5)]
+    pub num_conn: i32,
+    /// Rate limit in Mbit/s (0 = unlimited).
+    #[arg(long, default_value_t = 10000)]
+    pub rate: i32,
+}
+
+/// The SciStream user client.
+#[derive(Parser, Debug)]
+#[command(
+    name = "s2uc",
+    version,
+    about = "SciStream user client: sets up streams through gateways"
+)]
+pub struct S2uc {
+    /// Token options.
+    #[command(flatten)]
+    pub token: TokenOpts,
+    /// Command.
+    #[command(subcommand)]
+    pub cmd: S2ucCmd,
+}
+
+/// s2uc commands.
+#[derive(Subcommand, Debug)]
+pub enum S2ucCmd {
+    /// Set up the PROD side (gateway beside ProdApp).
+    InboundRequest {
+        #[command(flatten)]
+        server: ServerOpts,
+        #[command(flatten)]
+        stream: StreamOpts,
+        /// ProdApp's IP.
+        #[arg(long = "remote-ip", alias = "remote_ip", default_value = "127.0.0.1")]
+        remote_ip: String,
+        /// ProdApp's ports, comma-separated.
+        #[arg(
+            long = "receiver-ports",
+            alias = "receiver_ports",
+            default_value = "5074"
+        )]
+        receiver_ports: String,
+    },
+    /// Set up the CONS side with the PROD gateway's listeners.
+    OutboundRequest {
+        #[command(flatten)]
+        server: ServerOpts,
+        #[command(flatten)]
+        stream: StreamOpts,
+        /// Data-channel secret (hex) printed by inbound-request.
+        #[arg(long, env = "S2UC_CHANNEL_SECRET", hide_env_values = true)]
+        channel_secret: Option<String>,
+        /// Session uid from inbound-request.
+        uid: String,
+        /// PROD gateway listeners, comma-separated ip:port.
+        prod_lstn: String,
+    },
+    /// Release a session.
+    Release {
+        #[command(flatten)]
+        server: ServerOpts,
+        /// Session uid.
+        uid: String,
+    },
+    /// Show where the token comes from and, with --s2cs, who the server says you are.
+    CheckAuth {
+        /// Ask this server to validate the token.
+        #[arg(long)]
+        s2cs: Option<String>,
+        /// The server's control certificate (PEM).
+        #[arg(
+            long = "server-cert",
+            alias = "server_cert",
+            default_value = "server.crt"
+        )]
+        server_cert: PathBuf,
+    },
+    /// Store a token in the token file (mode 0600); reads stdin if --token is absent.
+    Login,
+    /// Set up both sides in one command and print where ConsApp connects.
+    Connect {
+        /// PROD gateway control server.
+        #[arg(long)]
+        prod_s2cs: String,
+        /// CONS gateway control server.
+        #[arg(long)]
+        cons_s2cs: String,
+        /// PROD gateway's control certificate.
+        #[arg(long)]
+        prod_cert: PathBuf,
+        /// CONS gateway's control certificate.
+        #[arg(long)]
+        cons_cert: PathBuf,
+        #[command(flatten)]
+        stream: StreamOpts,
+        /// ProdApp listeners, comma-separated ip:port.
+        #[arg(long)]
+        producer: String,
+    },
+    /// Show one session.
+    Status {
+        #[command(flatten)]
+        server: ServerOpts,
+        /// Session uid.
+        uid: String,
+    },
+    /// List your sessions.
+    List {
+        #[command(flatten)]
+        server: ServerOpts,
+    },
+    /// Live throughput of a session.
+    Watch {
+        #[command(flatten)]
+        server: ServerOpts,
+        /// Interval in milliseconds.
+        #[arg(long, default_value_t = 1000)]
+        interval_ms: u32,
+        /// Session uid.
+        uid: String,
+    },
+}
+
+/// The application controller.
+#[derive(Parser, Debug)]
+#[command(name = "appctrl", version, about = "SciStream application controller")]
+pub struct AppCtrl {
+    /// Token options.
+    #[command(flatten)]
+    pub token: TokenOpts,
+    /// Command.
+    #[command(subcommand)]
+    pub cmd: AppCtrlCmd,
+}
+
+/// appctrl commands.
+#[derive(Subcommand, Debug)]
+pub enum AppCtrlCmd {
+    /// Announce the application's listeners for a session.
+    Hello {
+        #[command(flatten)]
+        server: ServerOpts,
+        /// Session uid.
+        uid: String,
+        /// PROD or CONS.
+        role: String,
+        /// Listeners, comma-separated ip:port.
+        listeners: String,
+    },
+    /// Start mock producer listeners (echo servers on loopback), announce
+    /// them with hello and serve until Ctrl-C.
+    Mock {
+        #[command(flatten)]
+        server: ServerOpts,
+        /// Session uid.
+        uid: String,
+        /// PROD or CONS.
+        #[arg(default_value = "PROD")]
+        role: String,
+        /// Number of mock listeners.
+        #[arg(long, default_value_t = 1)]
+        num_listeners: usize,
+    },
+}
+
+fn token_of(t: &TokenOpts) -> Result<Option<Zeroizing<String>>, ClientError> {
+    let file = t.token_file.clone().unwrap_or_else(default_token_file);
+    let env = std::env::var("S2UC_TOKEN").ok();
+    Ok(resolve_token(t.token.as_deref(), env.as_deref(), &file)?.map(|(t, _)| t))
+}
+
+async fn connect(s: &ServerOpts, t: &TokenOpts) -> Result<Client, ClientError> {
+    Client::connect(&ClientOptions {
+        s2cs: s.s2cs.clone(),
+        server_cert: Some(s.server_cert.clone()),
+        tls_domain: s.tls_domain.clone(),
+        token: token_of(t)?,
+        ..ClientOptions::default()
+    })
+    .await
+}
+
+fn split_list(s: &str) -> Vec<String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Runs one s2uc command.
+pub async fn run_s2uc(cli: S2uc) -> Result<(), ClientError> {
+    let t = &cli.token;
+    match cli.cmd {
+        S2ucCmd::InboundRequest {
+            server,
+            stream,
+            remote_ip,
+            receiver_ports,
+        } => {
+            let c = connect(&server, t).await?;
+            let prod_app = listeners_from(&remote_ip, &receiver_ports)?;
+            let uid = new_uid();
+            let r = c
+                .inbound(&uid, stream.num_conn, stream.rate, &prod_app)
+                .await?;
+            println!("uid: {}", r.uid);
+            println!("prod_listeners: {}", r.prod_listeners.join(","));
+            println!("listeners: {}", r.listeners.join(","));
+            if let Some(s) = &r.secret {
+                println!("channel_secret: {}", hex::encode(s.expose()));
+                eprintln!(
+                    "pass the channel secret to outbound-request via $S2UC_CHANNEL_SECRET; keep it private"
+                );
+            }
+        }
+        S2ucCmd::OutboundRequest {
+            server,
+            stream,
+            channel_secret,
+            uid,
+            prod_lstn,
+        } => {
+            let secret = match channel_secret {
+                Some(h) => {
+                    let b =
+                        Zeroizing::new(hex::decode(h.trim()).map_err(|_| {
+                            ClientError::Invalid("--channel-secret is not hex".into())
+                        })?);
+                    Some(
+                        SessionSecret::from_bytes(&b)
+                            .map_err(|e| ClientError::Invalid(e.to_string()))?,
+                    )
+                }
+                None => None,
+            };
+            let c = connect(&server, t).await?;
+            let ls = c
+                .outbound(
+                    &uid,
+                    &split_list(&prod_lstn),
+                    stream.num_conn,
+                    stream.rate,
+                    secret.as_ref(),
+                )
+                .await?;
+            println!("uid: {uid}");
+            println!("listeners: {}", ls.join(","));
+        }
+        S2ucCmd::Release { server, uid } => {
+            connect(&server, t).await?.release(&uid).await?;
+            println!("Release completed");
+        }
+        S2ucCmd::CheckAuth { s2cs, server_cert } => {
+            let file = t.token_file.clone().unwrap_or_else(default_token_file);
+            let env = std::env::var("S2UC_TOKEN").ok();
+            match resolve_token(t.token.as_deref(), env.as_deref(), &file)? {
+                Some((_, src)) => println!("token: present (from {src:?})"),
+                None => println!("token: none (use --token, $S2UC_TOKEN or s2uc login)"),
+            }
+            if let Some(s2cs) = s2cs {
+                let c = connect(
+                    &ServerOpts {
+                        s2cs,
+                        server_cert,
+                        tls_domain: None,
+                    },
+                    t,
+                )
+                .await?;
+                let v = c.version().await?;
+                println!(
+                    "server {} accepts the token as identity {:?}",
+                    v.version, v.identity
+                );
+            }
+        }
+        S2ucCmd::Login => {
+            let file = t.token_file.clone().unwrap_or_else(default_token_file);
+            let token = match &t.token {
+                Some(tok) => Zeroizing::new(tok.clone()),
+                None => {
+                    let mut s = Zeroizing::new(String::new());
+                    std::io::stdin()
+                        .read_line(&mut s)
+                        .map_err(|e| ClientError::Io {
+                            context: "reading the token from stdin".into(),
+                            source: e,
+                        })?;
+                    s
+                }
+            };
+            if token.trim().is_empty() {
+                return Err(ClientError::Invalid("empty token".into()));
+            }
+            write_token_file(&file, &token)?;
+            println!("token stored in {} (mode 0600)", file.display());
+        }
+        S2ucCmd::Connect {
+            prod_s2cs,
+            cons_s2cs,
+            prod_cert,
+            cons_cert,
+            stream,
+            producer,
+        } => {
+            let token = token_of(t)?;
+            let opts = |s2cs: String, cert: PathBuf| ClientOptions {
+                s2cs,
+                server_cert: Some(cert),
+                token: token.clone(),
+                ..ClientOptions::default()
+            };
+            let p = Client::connect(&opts(prod_s2cs, prod_cert)).await?;
+            let c = Client::connect(&opts(cons_s2cs, cons_cert)).await?;
+            let started = std::time::Instant::now();
+            let r =
+                connect_both(&p, &c, &split_list(&producer), stream.num_conn, stream.rate).await?;
+            println!("uid: {}", r.uid);
+            println!("prod gateway listeners: {}", r.prod_listeners.join(","));
+            println!("consumer connects to: {}", r.cons_listeners.join(","));
+            println!("setup time: {:.3} s", started.elapsed().as_secs_f64());
+        }
+        S2ucCmd::Status { server, uid } => {
+            let s = connect(&server, t).await?.status(&uid).await?;
+            print_status(&s);
+        }
+        S2ucCmd::List { server } => {
+            for s in connect(&server, t).await?.list().await?.sessions {
+                print_status(&s);
+            }
+        }
+        S2ucCmd::Watch {
+            server,
+            interval_ms,
+            uid,
+        } => {
+            let c = connect(&server, t).await?;
+            let mut stream = c.watch(&uid, interval_ms).await?;
+            let tty = std::io::stdout().is_terminal();
+            let mut last: Option<(u64, u64)> = None;
+            while let Some(ev) = stream.next().await {
+                let ev = ev.map_err(|s| ClientError::Rpc {
+                    call: "watch",
+                    code: s.code(),
+                    message: s.message().to_owned(),
+                })?;
+                let c = ev.counters.unwrap_or_default();
+                let total = c.bytes_to_target + c.bytes_from_target;
+                let rate = match last {
+                    Some((t0, b0)) if ev.unix_millis > t0 => {
+                        (total.saturating_sub(b0)) as f64 * 8.0
+                            / ((ev.unix_millis - t0) as f64 / 1000.0)
+                            / 1e6
+                    }
+                    _ => 0.0,
+                };
+                last = Some((ev.unix_millis, total));
+                let line = format!(
+                    "{} {} to_target={} from_target={} conns={}/{} {:.1} Mbit/s",
+                    ev.uid,
+                    ev.state,
+                    c.bytes_to_target,
+                    c.bytes_from_target,
+                    c.connections_active,
+                    c.connections_total,
+                    rate
+                );
+                if tty {
+                    print!("\r\x1b[2K{line}");
+                    let _ = std::io::stdout().flush();
+                } else {
+                    println!("{line}");
+                }
+            }
+            if tty {
+                println!();
+            }
+        }
+    }
+    Ok(())
+}
+
+fn print_status(s: &crate::proto::SessionStatus) {
+    let c = s.counters.unwrap_or_default();
+    println!(
+        "{} role={} state={} owner={} num_conn={} listeners={} targets={} bytes={}/{} conns={}",
+        s.uid,
+        s.role,
+        s.state,
+        s.owner,
+        s.num_conn,
+        s.listeners.join(","),
+        s.targets.join(","),
+        c.bytes_to_target,
+        c.bytes_from_target,
+        c.connections_total
+    );
+}
+
+/// Runs one appctrl command.
+pub async fn run_appctrl(cli: AppCtrl) -> Result<(), ClientError> {
+    let t = &cli.token;
+    match cli.cmd {
+        AppCtrlCmd::Hello {
+            server,
+            uid,
+            role,
+            listeners,
+        } => {
+            let r = connect(&server, t)
+                .await?
+                .hello(&uid, &role, &split_list(&listeners))
+                .await?;
+            println!("{}", r.message);
+            println!("listeners: {}", r.listeners.join(","));
+        }
+        AppCtrlCmd::Mock {
+            server,
+            uid,
+            role,
+            num_listeners,
+        } => {
+            let echo = crate::mock::start_echo_servers(
+                num_listeners,
+                std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+            )
+            .await
+            .map_err(|e| ClientError::Io {
+                context: "starting mock listeners".into(),
+                source: e,
+            })?;
+            let ls: Vec<String> = echo.addrs.iter().map(ToString::to_string).collect();
+            println!("mock listeners: {}", ls.join(","));
+            let r = connect(&server, t)
+                .await?
+                .hello_after_req(&uid, &role, &ls)
+                .await?;
+            println!("{}", r.message);
+            println!("gateway listeners: {}", r.listeners.join(","));
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn underscore_and_dash_spellings() {
+        let a = S2uc::try_parse_from([
+            "s2uc",
+            "inbound-request",
+            "--server_cert",
+            "c.pem",
+            "--num_conn",
+            "3",
+            "--remote_ip",
+            "10.0.0.1",
+            "--receiver_ports",
+            "1,2",
+            "--s2cs",
+            "h:1",
+            "--rate",
+            "5",
+        ])
+        .unwrap();
+        let b = S2uc::try_parse_from([
+            "s2uc",
+            "inbound-request",
+            "--server-cert",
+            "c.pem",
+            "--num-conn",
+            "3",
+            "--remote-ip",
+            "10.0.0.1",
+            "--receiver-ports",
+            "1,2",
+            "--s2cs",
+            "h:1",
+            "--rate",
+            "5",
+        ])
+        .unwrap();
+        assert_eq!(format!("{a:?}"), format!("{b:?}"));
+        S2uc::try_parse_from([
+            "s2uc",
+            "outbound-request",
+            "UID",
+            "1.2.3.4:5",
+            "--scope",
+            "x",
+        ])
+        .unwrap();
+        S2uc::try_parse_from(["s2uc", "release", "UID"]).unwrap();
+        S2uc::try_parse_from(["s2uc", "check-auth"]).unwrap();
+        AppCtrl::try_parse_from(["appctrl", "hello", "UID", "PROD", "1.2.3.4:5"]).unwrap();
+        AppCtrl::try_parse_from(["appctrl", "mock", "UID"]).unwrap();
+    }
+}

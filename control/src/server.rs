@@ -1,0 +1,614 @@
+//! The gRPC server: the `scistream.Control` and `scistream.ControlExt`
+//! services, and [`serve`], which runs them on an already-bound listener
+//! until a shutdown future completes.
+//!
+//! [`ControlServer::new`] validates the configuration, builds the
+//! authenticator, loads or generates the TLS certificate and restores
+//! persisted sessions (re-binding their listeners) before anything is
+//! served. On shutdown, pending `req` calls and `watch` streams end with
+//! UNAVAILABLE, every running session is stopped in the data plane, and the
+//! persisted files are kept so the next start restores the sessions.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::watch;
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tonic::metadata::MetadataMap;
+use tonic::{Request, Response, Status};
+
+use crate::allowlist::AllowList;
+use crate::auth::Authenticator;
+use crate::authz::Authz;
+use crate::config::ServerConfig;
+use crate::dataplane::{DataPlane, SessionCounters};
+use crate::errors::ControlError;
+use crate::persist::Store;
+use crate::ports::PortAllocator;
+use crate::proto;
+use crate::registry::{NewSession, Registry, SessionView};
+use crate::secret::SessionSecret;
+use crate::session::SessionState;
+use crate::tls::TlsMaterial;
+use crate::types::{Identity, Role, SessionId, parse_addr_list};
+
+/// Capabilities announced by `ControlExt.version`.
+pub const CAPABILITIES: &[&str] = &[
+    "channel_secret",
+    "status",
+    "list",
+    "watch",
+    "ipv6",
+    "target_allowlist",
+    "persistence",
+];
+
+/// How long shutdown waits for in-flight calls before giving up.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Shared state behind both services.
+struct Core {
+    cfg: ServerConfig,
+    registry: Arc<Registry>,
+    auth: Authenticator,
+    allow: AllowList,
+    data_plane: Arc<dyn DataPlane>,
+    shutdown: watch::Sender<bool>,
+}
+
+/// Removes a REQUESTED session if the req future is dropped (the client
+/// went away) before hello arrived.
+struct AbandonGuard {
+    registry: Arc<Registry>,
+    uid: Option<SessionId>,
+}
+
+impl Drop for AbandonGuard {
+    fn drop(&mut self) {
+        if let Some(uid) = self.uid.take()
+            && let Some(s) = self.registry.abandon_requested(&uid)
+        {
+            tracing::info!(%uid, "req abandoned before hello; session released");
+            drop(s);
+        }
+    }
+}
+
+fn view_to_status(v: SessionView, c: Option<SessionCounters>) -> proto::SessionStatus {
+    proto::SessionStatus {
+        uid: v.uid.to_string(),
+        role: v.role.as_str().to_owned(),
+        state: v.state.as_str().to_owned(),
+        owner: v.owner.0,
+        num_conn: i32::try_from(v.num_conn).unwrap_or(i32::MAX),
+        rate: v.rate,
+        listeners: v.listeners.iter().map(ToString::to_string).collect(),
+        prod_listeners: v.prod_listeners,
+        targets: v.targets.iter().map(ToString::to_string).collect(),
+        created_unix: v.created_unix,
+        counters: c.map(counters_to_proto),
+        legacy_secret: v.legacy_secret,
+    }
+}
+
+fn counters_to_proto(c: SessionCounters) -> proto::Counters {
+    proto::Counters {
+        bytes_to_target: c.bytes_to_target,
+        bytes_from_target: c.bytes_from_target,
+        connections_total: c.connections_total,
+        connections_active: c.connections_active,
+    }
+}
+
+impl Core {
+    async fn who(&self, md: &MetadataMap) -> Result<Identity, ControlError> {
+        self.auth.authenticate(md).await
+    }
+
+    async fn req(
+        &self,
+        md: &MetadataMap,
+        r: proto::Request,
+    ) -> Result<proto::Response, ControlError> {
+        let who = self.who(md).await?;
+        let uid = SessionId::parse(&r.uid)?;
+        let role = Role::parse(&r.role)?;
+        let max = self.cfg.max_num_conn;
+        let num_conn = u32::try_from(r.num_conn)
+            .ok()
+            .filter(|n| (1..=max).contains(n))
+            .ok_or_else(|| ControlError::InvalidArgument {
+                field: "num_conn",
+                reason: format!("{} is not in 1..={max}", r.num_conn),
+            })?;
+        let (secret, legacy) = match role {
+            Role::Prod if r.want_channel_secret => (Some(SessionSecret::generate()?), false),
+            Role::Prod if self.cfg.allow_legacy_secret => {
+                tracing::warn!(%uid, "client did not ask for a data-channel secret (old client): using the legacy uid-derived secret, which anyone who knows the uid can derive");
+                (Some(SessionSecret::legacy_from_uid(&uid)), true)
+            }
+            Role::Prod => {
+                return Err(ControlError::LegacySecretForbidden {
+                    uid: uid.to_string(),
+                });
+            }
+            Role::Cons => (None, false),
+        };
+        let rx = self.registry.create(NewSession {
+            uid: uid.clone(),
+            role,
+            owner: who.clone(),
+            num_conn,
+            rate: r.rate,
+            secret,
+            legacy_secret: legacy,
+            want_secret: r.want_channel_secret,
+        })?;
+        tracing::info!(%uid, %role, num_conn, owner = %who, "req: session created, waiting for hello");
+        let mut guard = AbandonGuard {
+            registry: self.registry.clone(),
+            uid: Some(uid.clone()),
+        };
+        let timeout = self.cfg.hello_timeout();
+        let mut shutdown = self.shutdown.subscribe();
+        tokio::select! {
+            r = tokio::time::timeout(timeout, rx) => match r {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => {
+                    guard.uid = None;
+                    return Err(ControlError::ReleasedWhileWaiting { uid: uid.to_string() });
+                }
+                Err(_) => {
+                    guard.uid = None;
+                    if let Some(s) = self.registry.abandon_requested(&uid) {
+                        drop(s);
+                        tracing::warn!(%uid, ?timeout, "no hello in time; session released");
+                        return Err(ControlError::HelloTimeout { uid: uid.to_string(), timeout });
+                    }
+                    // hello won the race against the timer: answer normally.
+                }
+            },
+            _ = shutdown.wait_for(|v| *v) => {
+                return Err(ControlError::ShuttingDown);
+            }
+        }
+        guard.uid = None;
+        let ans = self.registry.req_answer(&uid)?;
+        Ok(proto::Response {
+            listeners: ans.listeners.iter().map(ToString::to_string).collect(),
+            prod_listeners: ans.prod_listeners,
+            channel_secret: ans
+                .secret
+                .as_ref()
+                .map(|s| s.expose().to_vec())
+                .unwrap_or_default(),
+            state: SessionState::Ready.as_str().to_owned(),
+        })
+    }
+
+    async fn hello(
+        &self,
+        md: &MetadataMap,
+        h: proto::Hello,
+    ) -> Result<proto::AppResponse, ControlError> {
+        let who = self.who(md).await?;
+        let uid = SessionId::parse(&h.uid)?;
+        let announced: Vec<String> = parse_addr_list(&h.prod_listeners)?
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        let listeners = self.registry.hello(&uid, &who, announced)?;
+        self.registry.sync_persist(&uid).await;
+        tracing::info!(%uid, role = %h.role, "hello received");
+        Ok(proto::AppResponse {
+            message: format!("hello received for session {uid}"),
+            listeners: listeners.iter().map(ToString::to_string).collect(),
+        })
+    }
+
+    async fn update(
+        &self,
+        md: &MetadataMap,
+        u: proto::UpdateTargets,
+    ) -> Result<proto::Response, ControlError> {
+        let who = self.who(md).await?;
+        let uid = SessionId::parse(&u.uid)?;
+        let targets = parse_addr_list(&u.remote_listeners)?;
+        self.allow.check_all(&targets)?;
+        let client_secret = if u.channel_secret.is_empty() {
+            None
+        } else {
+            Some(SessionSecret::from_bytes(&u.channel_secret)?)
+        };
+        let (plan, view, answer_secret) = self.registry.begin_update(
+            &uid,
+            &who,
+            &targets,
+            client_secret,
+            self.cfg.allow_legacy_secret,
+        )?;
+        if !u.role.is_empty() && Role::parse(&u.role).ok() != Some(view.role) {
+            tracing::warn!(%uid, role = %u.role, session_role = %view.role, "update role differs from the session's role; using the session's");
+        }
+        if let Err(e) = self.data_plane.start_session(plan).await {
+            if let Some(s) = self.registry.remove(&uid) {
+                drop(s);
+            }
+            self.registry.sync_persist(&uid).await;
+            return Err(ControlError::DataPlane {
+                uid: uid.to_string(),
+                source: e,
+            });
+        }
+        if !self.registry.is_active(&uid) {
+            // Released while the data plane was starting.
+            self.data_plane.stop_session(&uid).await;
+            return Err(ControlError::UnknownSession {
+                uid: uid.to_string(),
+            });
+        }
+        self.registry.sync_persist(&uid).await;
+        tracing::info!(%uid, role = %view.role, targets = ?view.targets, "update: session active");
+        Ok(proto::Response {
+            listeners: view.listeners.iter().map(ToString::to_string).collect(),
+            prod_listeners: view.targets.iter().map(ToString::to_string).collect(),
+            channel_secret: answer_secret
+                .as_ref()
+                .map(|s| s.expose().to_vec())
+                .unwrap_or_default(),
+            state: SessionState::Active.as_str().to_owned(),
+        })
+    }
+
+    async fn release(
+        &self,
+        md: &MetadataMap,
+        r: proto::Release,
+    ) -> Result<proto::Response, ControlError> {
+        let who = self.who(md).await?;
+        let uid = SessionId::parse(&r.uid)?;
+        let session = self.registry.release(&uid, &who)?;
+        // Stop relaying (closing the listeners) before the ports go back.
+        self.data_plane.stop_session(&uid).await;
+        drop(session);
+        self.registry.sync_persist(&uid).await;
+        tracing::info!(%uid, "session released");
+        Ok(proto::Response {
+            state: SessionState::Released.as_str().to_owned(),
+            ..Default::default()
+        })
+    }
+
+    async fn status(
+        &self,
+        md: &MetadataMap,
+        r: proto::StatusRequest,
+    ) -> Result<proto::SessionStatus, ControlError> {
+        let who = self.who(md).await?;
+        let uid = SessionId::parse(&r.uid)?;
+        let v = self.registry.status(&uid, &who)?;
+        let c = self.data_plane.counters(&uid);
+        Ok(view_to_status(v, c))
+    }
+
+    async fn list(&self, md: &MetadataMap) -> Result<proto::SessionList, ControlError> {
+        let who = self.who(md).await?;
+        let sessions = self
+            .registry
+            .list(&who)
+            .into_iter()
+            .map(|v| {
+                let c = self.data_plane.counters(&v.uid);
+                view_to_status(v, c)
+            })
+            .collect();
+        Ok(proto::SessionList { sessions })
+    }
+
+    /// Stops every session in the data plane (persisted files stay).
+    async fn stop_all(&self) {
+        for uid in self.registry.uids() {
+            if let Some(s) = self.registry.remove(&uid) {
+                self.data_plane.stop_session(&uid).await;
+                drop(s);
+            }
+        }
+    }
+
+    /// Restores persisted sessions.
+    async fn restore(&self) -> Result<(), ControlError> {
+        let Some(store) = self.registry.store() else {
+            return Ok(());
+        };
+        let records = store.load_all()?;
+        for rec in records {
+            let uid = rec.uid.clone();
+            match self.registry.restore(rec) {
+                Ok(None) => tracing::info!(%uid, "restored READY session"),
+                Ok(Some(plan)) => match self.data_plane.start_session(plan).await {
+                    Ok(()) => tracing::info!(%uid, "restored ACTIVE session"),
+                    Err(e) => {
+                        tracing::error!(%uid, error = %e, "restored session could not start; dropping it");
+                        drop(self.registry.remove(&uid));
+                        self.registry.forget_persisted(&uid);
+                    }
+                },
+                Err(e) => {
+                    tracing::error!(%uid, error = %e, "persisted session could not be restored; dropping it");
+                    self.registry.forget_persisted(&uid);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The tonic service (both `Control` and `ControlExt`).
+#[derive(Clone)]
+pub struct Service {
+    core: Arc<Core>,
+}
+
+type TonicResult<T> = Result<Response<T>, Status>;
+
+#[tonic::async_trait]
+impl proto::control_server::Control for Service {
+    async fn req(&self, request: Request<proto::Request>) -> TonicResult<proto::Response> {
+        let (md, _, r) = request.into_parts();
+        Ok(Response::new(self.core.req(&md, r).await?))
+    }
+
+    async fn hello(&self, request: Request<proto::Hello>) -> TonicResult<proto::AppResponse> {
+        let (md, _, r) = request.into_parts();
+        Ok(Response::new(self.core.hello(&md, r).await?))
+    }
+
+    async fn update(&self, request: Request<proto::UpdateTargets>) -> TonicResult<proto::Response> {
+        let (md, _, r) = request.into_parts();
+        Ok(Response::new(self.core.update(&md, r).await?))
+    }
+
+    async fn release(&self, request: Request<proto::Release>) -> TonicResult<proto::Response> {
+        let (md, _, r) = request.into_parts();
+        Ok(Response::new(self.core.release(&md, r).await?))
+    }
+}
+
+type WatchStream =
+    Pin<Box<dyn tokio_stream::Stream<Item = Result<proto::WatchEvent, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl proto::control_ext_server::ControlExt for Service {
+    async fn status(
+        &self,
+        request: Request<proto::StatusRequest>,
+    ) -> TonicResult<proto::SessionStatus> {
+        let (md, _, r) = request.into_parts();
+        Ok(Response::new(self.core.status(&md, r).await?))
+    }
+
+    async fn list(&self, request: Request<proto::ListRequest>) -> TonicResult<proto::SessionList> {
+        let (md, _, _) = request.into_parts();
+        Ok(Response::new(self.core.list(&md).await?))
+    }
+
+    type watchStream = WatchStream;
+
+    async fn watch(&self, request: Request<proto::WatchRequest>) -> TonicResult<WatchStream> {
+        let (md, _, r) = request.into_parts();
+        let who = self.core.who(&md).await?;
+        let uid = SessionId::parse(&r.uid)?;
+        // Fails now (NOT_FOUND / PERMISSION_DENIED) rather than in the stream.
+        self.core.registry.status(&uid, &who)?;
+        let interval = Duration::from_millis(match r.interval_ms {
+            0 => 1000,
+            n => u64::from(n.max(50)),
+        });
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let core = self.core.clone();
+        let mut shutdown = core.shutdown.subscribe();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = shutdown.wait_for(|v| *v) => break,
+                }
+                let state = core
+                    .registry
+                    .status(&uid, &who)
+                    .map(|v| v.state)
+                    .unwrap_or(SessionState::Released);
+                let ev = proto::WatchEvent {
+                    uid: uid.to_string(),
+                    state: state.as_str().to_owned(),
+                    counters: core.data_plane.counters(&uid).map(counters_to_proto),
+                    unix_millis: SystemTime::now()
+                        .duration_since(UNIX_EPOCH)
+                        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+                        .unwrap_or(0),
+                };
+                if tx.send(Ok(ev)).await.is_err() || state == SessionState::Released {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn version(
+        &self,
+        request: Request<proto::VersionRequest>,
+    ) -> TonicResult<proto::VersionInfo> {
+        let (md, _, _) = request.into_parts();
+        let who = self.core.who(&md).await?;
+        Ok(Response::new(proto::VersionInfo {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            capabilities: CAPABILITIES.iter().map(|s| (*s).to_owned()).collect(),
+            identity: who.0,
+        }))
+    }
+}
+
+/// A read-only view of a running server, for tests and metrics.
+#[derive(Clone)]
+pub struct ServerHandle {
+    core: Arc<Core>,
+}
+
+impl ServerHandle {
+    /// Listener ports currently leased.
+    pub fn ports_in_use(&self) -> usize {
+        self.core.registry.ports().in_use()
+    }
+    /// Sessions in the table.
+    pub fn sessions(&self) -> usize {
+        self.core.registry.len()
+    }
+}
+
+/// A configured server, ready to serve.
+pub struct ControlServer {
+    core: Arc<Core>,
+    tls: Option<TlsMaterial>,
+}
+
+impl ControlServer {
+    /// Validates the configuration, prepares auth and TLS, and restores
+    /// persisted sessions.
+    pub async fn new(
+        cfg: ServerConfig,
+        data_plane: Arc<dyn DataPlane>,
+    ) -> Result<Self, ControlError> {
+        cfg.validate()?;
+        let auth =
+            Authenticator::from_config(cfg.auth.as_ref().ok_or_else(|| ControlError::Config {
+                reason: "no authentication mode chosen".into(),
+            })?)?;
+        let tls = if cfg.tls.dangerous_disable {
+            tracing::warn!("control-channel TLS is DISABLED: tokens travel in the clear");
+            None
+        } else {
+            let m = crate::tls::load_or_generate(&cfg.tls, cfg.state_dir.as_deref())?;
+            tracing::info!(cert = %m.cert_path.display(), fingerprint = %m.fingerprint(), "control-channel TLS certificate (SHA-256)");
+            Some(m)
+        };
+        let store = match &cfg.state_dir {
+            Some(d) => Some(Store::open(&d.join("sessions"))?),
+            None => None,
+        };
+        let registry = Arc::new(Registry::new(
+            PortAllocator::new(cfg.port_range, cfg.listener_ip),
+            cfg.effective_advertise_ip(),
+            cfg.max_sessions,
+            Authz::new(cfg.admins.iter().cloned()),
+            store,
+        ));
+        let (shutdown, _) = watch::channel(false);
+        let core = Arc::new(Core {
+            allow: cfg.allow.clone(),
+            cfg,
+            registry,
+            auth,
+            data_plane,
+            shutdown,
+        });
+        core.restore().await?;
+        Ok(ControlServer { core, tls })
+    }
+
+    /// SHA-256 fingerprint of the control-channel certificate.
+    pub fn tls_fingerprint(&self) -> Option<&str> {
+        self.tls.as_ref().map(|t| t.fingerprint())
+    }
+
+    /// The control-channel certificate (PEM), for clients to pin.
+    pub fn cert_pem(&self) -> Option<&[u8]> {
+        self.tls.as_ref().map(|t| t.cert_pem.as_slice())
+    }
+
+    /// A handle for inspecting the running server.
+    pub fn handle(&self) -> ServerHandle {
+        ServerHandle {
+            core: self.core.clone(),
+        }
+    }
+
+    /// Serves on `listener` until `shutdown` completes, then drains (with a
+    /// grace period) and stops every session's data plane.
+    pub async fn serve<F>(
+        self,
+        listener: tokio::net::TcpListener,
+        shutdown: F,
+    ) -> Result<(), ControlError>
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let core = self.core;
+        let svc = Service { core: core.clone() };
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(t) = &self.tls {
+            builder = builder.tls_config(t.server_tls_config())?;
+        }
+        let reaper = {
+            let core = core.clone();
+            tokio::spawn(async move {
+                let max_age = core.cfg.ready_timeout();
+                let mut tick = tokio::time::interval(Duration::from_secs(1).min(max_age));
+                loop {
+                    tick.tick().await;
+                    for s in core.registry.expire_ready(max_age) {
+                        let uid = s.uid().clone();
+                        drop(s);
+                        tracing::warn!(%uid, ?max_age, "session READY without update for too long; released");
+                        core.registry.sync_persist(&uid).await;
+                    }
+                }
+            })
+        };
+        let mut stop_rx = core.shutdown.subscribe();
+        let serve_fut = builder
+            .add_service(proto::control_server::ControlServer::new(svc.clone()))
+            .add_service(proto::control_ext_server::ControlExtServer::new(svc))
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+                let _ = stop_rx.wait_for(|v| *v).await;
+            });
+        let trigger = {
+            let core = core.clone();
+            async move {
+                shutdown.await;
+                tracing::info!("control server shutting down");
+                core.shutdown.send_replace(true);
+                tokio::time::sleep(SHUTDOWN_GRACE).await;
+            }
+        };
+        let result = tokio::select! {
+            r = serve_fut => r.map_err(ControlError::from),
+            _ = trigger => {
+                tracing::warn!(?SHUTDOWN_GRACE, "in-flight calls did not finish within the grace period");
+                Ok(())
+            }
+        };
+        reaper.abort();
+        core.stop_all().await;
+        result
+    }
+}
+
+/// Convenience: [`ControlServer::new`] then [`ControlServer::serve`].
+pub async fn serve<F>(
+    listener: tokio::net::TcpListener,
+    config: ServerConfig,
+    data_plane: Arc<dyn DataPlane>,
+    shutdown: F,
+) -> Result<(), ControlError>
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    ControlServer::new(config, data_plane)
+        .await?
+        .serve(listener, shutdown)
+        .await
+}

@@ -1,0 +1,215 @@
+//! Authentication with the token file and with RFC 7662 introspection
+//! against a real HTTP server started here; authorization by owner/admin.
+
+mod common;
+
+use std::collections::HashMap;
+use std::os::unix::fs::PermissionsExt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::extract::{Form, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use common::{TestServer, base_config, port_range};
+use control::auth::{AuthConfig, IntrospectionConfig};
+use control::client::ClientError;
+use tonic::Code;
+
+const BASE: u16 = 25000;
+
+fn rpc_code<T>(r: Result<T, ClientError>) -> (Code, String) {
+    match r {
+        Ok(_) => panic!("expected an error"),
+        Err(ClientError::Rpc { code, message, .. }) => (code, message),
+        Err(e) => panic!("expected an RPC error, got {e}"),
+    }
+}
+
+async fn full_session(c: &control::client::Client, uid: &str) {
+    let c2 = c.clone();
+    let u = uid.to_owned();
+    let req = tokio::spawn(async move { c2.req(&u, "PROD", 1, 0).await });
+    c.hello_after_req(uid, "PROD", &["127.0.0.1:7000".into()])
+        .await
+        .expect("hello");
+    req.await.unwrap().expect("req");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_file_and_ownership() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens");
+    std::fs::write(&tokens, "alice tok-alice\nbob tok-bob\nroot tok-root\n").unwrap();
+    std::fs::set_permissions(&tokens, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let mut cfg = base_config(port_range(BASE, 10), dir.path());
+    cfg.auth = Some(AuthConfig::TokenFile {
+        path: tokens.clone(),
+    });
+    cfg.admins = vec!["root".into()];
+    let err =
+        control::ControlServer::new(cfg.clone(), Arc::new(control::PlainCopyDataPlane::new()))
+            .await
+            .err()
+            .expect("a 0644 token file must be refused");
+    assert!(err.to_string().contains("chmod 600"), "{err}");
+    std::fs::set_permissions(&tokens, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let srv = TestServer::start(cfg).await;
+
+    let (k, m) = rpc_code(srv.client(None).await.req("u1", "PROD", 1, 0).await);
+    assert_eq!(k, Code::Unauthenticated);
+    assert!(m.contains("no token"), "{m}");
+    let (k, m) = rpc_code(
+        srv.client(Some("tok-wrong"))
+            .await
+            .req("u1", "PROD", 1, 0)
+            .await,
+    );
+    assert_eq!(k, Code::Unauthenticated);
+    assert!(!m.contains("tok-wrong"), "tokens must not be echoed: {m}");
+
+    let alice = srv.client(Some("tok-alice")).await;
+    let bob = srv.client(Some("tok-bob")).await;
+    let root = srv.client(Some("tok-root")).await;
+    assert_eq!(alice.version().await.unwrap().identity, "alice");
+    // Raw token without "Bearer " works too (the old client's form).
+    let mut raw = alice.control.clone();
+    let mut req = tonic::Request::new(control::proto::Release { uid: "none".into() });
+    req.metadata_mut()
+        .insert("authorization", "tok-alice".parse().unwrap());
+    let st = raw.release(req).await.expect_err("unknown uid");
+    assert_eq!(st.code(), Code::NotFound);
+
+    full_session(&alice, "a1").await;
+    let (k, m) = rpc_code(
+        bob.update("a1", "PROD", &["127.0.0.1:7000".into()], None)
+            .await,
+    );
+    assert_eq!(k, Code::PermissionDenied);
+    assert!(m.contains("bob") && m.contains("a1"), "{m}");
+    let (k, _) = rpc_code(bob.release("a1").await);
+    assert_eq!(k, Code::PermissionDenied);
+    let (k, _) = rpc_code(bob.status("a1").await);
+    assert_eq!(k, Code::PermissionDenied);
+    assert!(bob.list().await.unwrap().sessions.is_empty());
+    assert_eq!(alice.list().await.unwrap().sessions.len(), 1);
+    assert_eq!(root.list().await.unwrap().sessions.len(), 1);
+    assert_eq!(alice.status("a1").await.unwrap().owner, "alice");
+    root.release("a1").await.expect("admin may release");
+    srv.stop().await;
+}
+
+#[derive(Default)]
+struct Idp {
+    calls: AtomicUsize,
+    /// token -> (username, scope, absolute exp in Unix seconds)
+    tokens: HashMap<String, (String, String, i64)>,
+}
+
+async fn introspect(
+    State(idp): State<Arc<Idp>>,
+    headers: HeaderMap,
+    Form(form): Form<HashMap<String, String>>,
+) -> Result<axum::Json<serde_json::Value>, StatusCode> {
+    idp.calls.fetch_add(1, Ordering::SeqCst);
+    // Basic auth "rs-client:rs-secret".
+    let expected = "Basic cnMtY2xpZW50OnJzLXNlY3JldA==";
+    if headers.get("authorization").and_then(|v| v.to_str().ok()) != Some(expected) {
+        return Err(StatusCode::UNAUTHORIZED);
+    }
+    let tok = form.get("token").cloned().unwrap_or_default();
+    Ok(axum::Json(match idp.tokens.get(&tok) {
+        Some((user, scope, exp)) => serde_json::json!({
+            "active": true, "username": user, "sub": "uuid-1", "scope": scope, "exp": exp,
+        }),
+        None => serde_json::json!({"active": false}),
+    }))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn introspection_with_scope_and_cache() {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let mut idp = Idp::default();
+    idp.tokens.insert(
+        "good".into(),
+        (
+            "alice@example.org".into(),
+            "other scistream".into(),
+            now + 3600,
+        ),
+    );
+    idp.tokens.insert(
+        "noscope".into(),
+        ("bob@example.org".into(), "other".into(), now + 3600),
+    );
+    idp.tokens.insert(
+        "short".into(),
+        ("carol@example.org".into(), "scistream".into(), now + 2),
+    );
+    let idp = Arc::new(idp);
+    let app = axum::Router::new()
+        .route("/introspect", post(introspect))
+        .with_state(idp.clone());
+    let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let http_addr = http.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(http, app).await });
+
+    let dir = tempfile::tempdir().unwrap();
+    let secret_file = dir.path().join("client-secret");
+    std::fs::write(&secret_file, "rs-secret\n").unwrap();
+    std::fs::set_permissions(&secret_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let mut cfg = base_config(port_range(BASE, 10), dir.path());
+    cfg.auth = Some(AuthConfig::Introspection(IntrospectionConfig {
+        url: format!("http://{http_addr}/introspect"),
+        client_id: "rs-client".into(),
+        client_secret: None,
+        client_secret_file: Some(secret_file),
+        required_scope: Some("scistream".into()),
+        cache_max_secs: 300,
+    }));
+    let srv = TestServer::start(cfg).await;
+
+    let good = srv.client(Some("good")).await;
+    assert_eq!(good.version().await.unwrap().identity, "alice@example.org");
+    assert_eq!(idp.calls.load(Ordering::SeqCst), 1);
+    good.list().await.unwrap();
+    good.list().await.unwrap();
+    assert_eq!(
+        idp.calls.load(Ordering::SeqCst),
+        1,
+        "answers must be cached"
+    );
+
+    let (k, m) = rpc_code(srv.client(Some("noscope")).await.list().await);
+    assert_eq!(k, Code::Unauthenticated);
+    assert!(m.contains("scope"), "{m}");
+    let (k, m) = rpc_code(srv.client(Some("unknown")).await.list().await);
+    assert_eq!(k, Code::Unauthenticated);
+    assert!(m.contains("not active"), "{m}");
+
+    // A token expiring in 1 s is cached at most until then.
+    let short = srv.client(Some("short")).await;
+    short.list().await.unwrap();
+    let before = idp.calls.load(Ordering::SeqCst);
+    short.list().await.unwrap();
+    assert_eq!(
+        idp.calls.load(Ordering::SeqCst),
+        before,
+        "cached while valid"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(3100)).await;
+    let (k, _) = rpc_code(short.list().await);
+    assert_eq!(k, Code::Unauthenticated, "expired token must be refused");
+    assert!(
+        idp.calls.load(Ordering::SeqCst) > before,
+        "expired cache entry re-checked"
+    );
+
+    full_session(&good, "g1").await;
+    good.release("g1").await.unwrap();
+    srv.stop().await;
+}

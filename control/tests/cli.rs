@@ -1,0 +1,123 @@
+//! The `s2uc` and `appctrl` binaries against real servers.
+
+mod common;
+
+use std::process::Output;
+
+use common::{TestServer, base_config, port_range};
+
+async fn run(bin: &str, args: &[&str]) -> Output {
+    tokio::process::Command::new(bin)
+        .args(args)
+        .env_remove("S2UC_TOKEN")
+        .env("HOME", std::env::temp_dir())
+        .output()
+        .await
+        .expect("run binary")
+}
+
+fn ok(o: &Output) -> String {
+    let s = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(
+        o.status.success(),
+        "command failed: {}\nstdout:\n{s}\nstderr:\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stderr)
+    );
+    s
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s2uc_connect_status_list_release_and_appctrl_hello() {
+    let s2uc = env!("CARGO_BIN_EXE_s2uc");
+    let appctrl = env!("CARGO_BIN_EXE_appctrl");
+    let echo = control::mock::start_echo_servers(1, "127.0.0.1".parse().unwrap())
+        .await
+        .unwrap();
+    let d1 = tempfile::tempdir().unwrap();
+    let d2 = tempfile::tempdir().unwrap();
+    let prod = TestServer::start(base_config(port_range(28000, 10), d1.path())).await;
+    let cons = TestServer::start(base_config(port_range(28000, 10), d2.path())).await;
+    let pc = d1.path().join("prod.pem");
+    let cc = d2.path().join("cons.pem");
+    std::fs::write(&pc, &prod.cert_pem).unwrap();
+    std::fs::write(&cc, &cons.cert_pem).unwrap();
+    let (pa, ca) = (prod.addr.to_string(), cons.addr.to_string());
+    let (pcs, ccs) = (pc.display().to_string(), cc.display().to_string());
+    let producer = echo.addrs[0].to_string();
+    let out = ok(&run(
+        s2uc,
+        &[
+            "connect",
+            "--prod-s2cs",
+            &pa,
+            "--cons-s2cs",
+            &ca,
+            "--prod-cert",
+            &pcs,
+            "--cons-cert",
+            &ccs,
+            "--num_conn",
+            "2",
+            "--producer",
+            &producer,
+        ],
+    )
+    .await);
+    let uid = out
+        .lines()
+        .find_map(|l| l.strip_prefix("uid: "))
+        .expect("uid printed")
+        .to_owned();
+    let consumer = out
+        .lines()
+        .find_map(|l| l.strip_prefix("consumer connects to: "))
+        .expect("consumer address printed");
+    assert_eq!(consumer.split(',').count(), 2);
+    let status = ok(&run(
+        s2uc,
+        &["status", "--s2cs", &ca, "--server_cert", &ccs, &uid],
+    )
+    .await);
+    assert!(status.contains("state=ACTIVE"), "{status}");
+    let list = ok(&run(s2uc, &["list", "--s2cs", &pa, "--server-cert", &pcs]).await);
+    assert!(list.contains(&uid), "{list}");
+    for (a, c) in [(&pa, &pcs), (&ca, &ccs)] {
+        let r = ok(&run(s2uc, &["release", "--s2cs", a, "--server-cert", c, &uid]).await);
+        assert!(r.contains("Release completed"), "{r}");
+    }
+    // A failing command exits non-zero with the server's message.
+    let bad = run(
+        s2uc,
+        &["release", "--s2cs", &pa, "--server-cert", &pcs, &uid],
+    )
+    .await;
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("no session"));
+
+    // appctrl hello answers a pending req.
+    let c = prod.client(None).await;
+    let c2 = c.clone();
+    let req = tokio::spawn(async move { c2.req("app-1", "PROD", 1, 0).await });
+    common::eventually("req registered", || prod.handle.sessions() == 1).await;
+    let h = ok(&run(
+        appctrl,
+        &[
+            "hello",
+            "--s2cs",
+            &pa,
+            "--server-cert",
+            &pcs,
+            "app-1",
+            "PROD",
+            &producer,
+        ],
+    )
+    .await);
+    assert!(h.contains("hello received"), "{h}");
+    let resp = req.await.unwrap().expect("req answered");
+    assert_eq!(resp.prod_listeners, vec![producer.clone()]);
+    c.release("app-1").await.unwrap();
+    prod.stop().await;
+    cons.stop().await;
+}
