@@ -47,6 +47,13 @@ fn try_relay_verdict(ctx: &SkBuffContext) -> u32 {
     // SAFETY: `entry` points at a live, aligned map value.
     let (peer, flags) = unsafe { ((*entry).peer, read_volatile(&raw const (*entry).flags)) };
     if flags & PASS_TO_USER == 0 {
+        // A bare FIN arrives as an empty buffer. TCP has already recorded the
+        // end of stream on this socket (userspace carries it over once the
+        // peer drained); sending an empty buffer out of the peer would make
+        // the kernel report EPIPE there and break the relay, so drop it.
+        if len == 0 {
+            return sk_action::SK_DROP;
+        }
         let mut key = peer;
         // flags 0: to the peer's egress (it is sent out of the peer socket).
         if SOCKS.redirect_skb(ctx, &mut key, 0) == i64::from(sk_action::SK_PASS) {
