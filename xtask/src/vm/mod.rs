@@ -39,7 +39,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use kernel::prepare_kernel;
-pub use probe::{build_ktls_probe, ktls_probe_source, run_ktls_probe};
+pub use probe::run_ktls_probe;
 pub use qemu::run_in_vm;
 
 /// One Debian kernel the VM tests can boot.

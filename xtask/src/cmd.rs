@@ -1,0 +1,55 @@
+//! Running external commands with context: every failure names the command.
+use std::process::{Command, ExitStatus};
+
+use anyhow::{Context as _, bail};
+
+/// A printable form of a command line.
+pub fn describe(cmd: &Command) -> String {
+    let mut text = cmd.get_program().to_string_lossy().into_owned();
+    for arg in cmd.get_args() {
+        text.push(' ');
+        text.push_str(&arg.to_string_lossy());
+    }
+    text
+}
+
+/// Runs `cmd` with inherited stdio; fails unless it exits 0.
+pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
+    let status = status(cmd)?;
+    if !status.success() {
+        bail!("`{}` failed ({status})", describe(cmd));
+    }
+    Ok(())
+}
+
+/// Runs `cmd` with inherited stdio and returns its exit status.
+pub fn status(cmd: &mut Command) -> anyhow::Result<ExitStatus> {
+    cmd.status().with_context(|| format!("could not start `{}`", describe(cmd)))
+}
+
+/// Runs `cmd` and returns its stdout, failing unless it exits 0.
+pub fn output(cmd: &mut Command) -> anyhow::Result<String> {
+    let out = cmd.output().with_context(|| format!("could not start `{}`", describe(cmd)))?;
+    if !out.status.success() {
+        bail!(
+            "`{}` failed ({}): {}",
+            describe(cmd),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// True when `cmd` runs and exits 0 (its output is discarded).
+pub fn succeeds(cmd: &mut Command) -> bool {
+    cmd.stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// True when running as root.
+pub fn is_root() -> bool {
+    output(Command::new("id").arg("-u")).is_ok_and(|uid| uid.trim() == "0")
+}

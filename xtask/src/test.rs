@@ -1,0 +1,135 @@
+//! `cargo xtask test`: the one command that proves the project on a machine:
+//! setup, formatting and lints, every cargo test (unit, loopback, and the
+//! end-to-end suites in network namespaces, which need root), then the kernel
+//! TLS tests in VMs. It ends with one line counting every test it ran.
+use std::io::{BufRead as _, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use anyhow::{Context as _, bail};
+
+use crate::{cmd, setup, vm};
+
+/// Passed and failed counts, summed over stages.
+#[derive(Default, Clone, Copy)]
+pub struct Tally {
+    pub passed: u64,
+    pub failed: u64,
+}
+
+pub fn run(root: &Path, with_vm: bool, cargo_args: &[String]) -> anyhow::Result<()> {
+    let started = Instant::now();
+    setup::run(root)?;
+    if !cmd::is_root() {
+        bail!(
+            "the end-to-end tests build network namespaces and load eBPF programs: run as root \
+             (CI does), e.g. `sudo -E cargo xtask test`"
+        );
+    }
+    stage("formatting", || cmd::run(Command::new("cargo").args(["fmt", "--all", "--check"]).current_dir(root)))?;
+    stage("lints", || {
+        cmd::run(Command::new("cargo").args(["clippy", "--all-targets", "--", "-D", "warnings"]).current_dir(root))
+    })?;
+    stage("build", || cmd::run(Command::new("cargo").args(["build", "--bins"]).current_dir(root)))?;
+    let mut tally = cargo_tests(root, cargo_args)?;
+    if with_vm {
+        let vm = vm_stage(root, &[])?;
+        tally.passed += vm.passed;
+        tally.failed += vm.failed;
+    }
+    println!("xtask test: finished in {:.0} s", started.elapsed().as_secs_f64());
+    println!("tests: {} passed, {} failed", tally.passed, tally.failed);
+    if tally.failed > 0 {
+        bail!("{} tests failed", tally.failed);
+    }
+    Ok(())
+}
+
+fn stage(name: &str, f: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<()> {
+    println!("xtask test: {name} ...");
+    f().with_context(|| format!("stage `{name}` failed"))
+}
+
+/// Runs `cargo test` over the default members, echoing its output and
+/// summing its "test result" lines.
+fn cargo_tests(root: &Path, extra: &[String]) -> anyhow::Result<Tally> {
+    println!("xtask test: cargo test ...");
+    let mut command = Command::new("cargo");
+    command.arg("test").args(extra).current_dir(root).stdout(Stdio::piped());
+    let mut child = command.spawn().with_context(|| format!("could not start `{}`", cmd::describe(&command)))?;
+    let stdout = child.stdout.take().context("cargo test has no stdout")?;
+    let mut tally = Tally::default();
+    for line in BufReader::new(stdout).lines() {
+        let line = line.context("reading cargo test output")?;
+        println!("{line}");
+        if let Some((passed, failed)) = parse_result_line(&line) {
+            tally.passed += passed;
+            tally.failed += failed;
+        }
+    }
+    let status = child.wait().context("waiting for cargo test")?;
+    if !status.success() && tally.failed == 0 {
+        // A build failure or a crashed test binary: count it as a failure.
+        tally.failed += 1;
+    }
+    Ok(tally)
+}
+
+/// Parses "test result: ok. 19 passed; 0 failed; ..." lines.
+fn parse_result_line(line: &str) -> Option<(u64, u64)> {
+    let rest = line.trim().strip_prefix("test result: ")?;
+    let count = |word: &str| -> Option<u64> {
+        rest.split([';', '.'])
+            .map(str::trim)
+            .find_map(|part| part.strip_suffix(word).and_then(|n| n.trim().parse().ok()))
+    };
+    Some((count(" passed")?, count(" failed")?))
+}
+
+/// Boots each kernel under qemu and runs the kernel-TLS tests inside.
+pub fn vm_stage(root: &Path, names: &[String]) -> anyhow::Result<Tally> {
+    let kernels: Vec<vm::KernelSpec> = if names.is_empty() {
+        vm::DEFAULT_KERNELS.to_vec()
+    } else {
+        names
+            .iter()
+            .map(|name| vm::kernel_by_name(name).copied().with_context(|| format!("unknown kernel {name:?}: use 6.1, 6.12 or 7.x")))
+            .collect::<anyhow::Result<_>>()?
+    };
+    let cache = vm::default_cache_dir(root);
+    let mut tally = Tally::default();
+    for spec in &kernels {
+        println!("xtask vm-test: kernel {} (Debian {}) ...", spec.name, spec.suite);
+        let kernel = vm::prepare_kernel(spec, &cache).with_context(|| format!("preparing kernel {}", spec.name))?;
+        let outcome = vm::run_ktls_probe(&kernel, &cache, 4 << 20, std::time::Duration::from_secs(120))?;
+        print!("{}", outcome.command_output);
+        match outcome.ensure_success() {
+            Ok(()) => {
+                println!("test vm::{}::ktls_probe ... ok", spec.name);
+                tally.passed += 1;
+            }
+            Err(err) => {
+                println!("test vm::{}::ktls_probe ... FAILED: {err:#}", spec.name);
+                tally.failed += 1;
+            }
+        }
+    }
+    println!("vm-test: {} passed, {} failed", tally.passed, tally.failed);
+    Ok(tally)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_result_line;
+
+    #[test]
+    fn reads_cargo_result_lines() {
+        assert_eq!(
+            parse_result_line("test result: ok. 19 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 3.44s"),
+            Some((19, 0))
+        );
+        assert_eq!(parse_result_line("test result: FAILED. 8 passed; 11 failed; 0 ignored"), Some((8, 11)));
+        assert_eq!(parse_result_line("running 3 tests"), None);
+    }
+}
