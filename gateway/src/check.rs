@@ -58,31 +58,59 @@ pub const TCP: &str = "TCP sockets";
 pub fn run() -> Report {
     let root = nix::unistd::geteuid().is_root();
     let kernel = nix::sys::utsname::uname()
-        .map(|u| format!("{} {}", u.release().to_string_lossy(), u.machine().to_string_lossy()))
+        .map(|u| {
+            format!(
+                "{} {}",
+                u.release().to_string_lossy(),
+                u.machine().to_string_lossy()
+            )
+        })
         .unwrap_or_else(|err| format!("unknown ({err})"));
     let mut capabilities = Vec::new();
     let tcp = probe(TCP, probe_tcp);
     let can_run = tcp.available;
     capabilities.push(tcp);
-    let need_root = |what: &str| format!("{what} needs root (CAP_BPF and CAP_NET_ADMIN); run `sudo s2cs check`");
+    let need_root = |what: &str| {
+        format!("{what} needs root (CAP_BPF and CAP_NET_ADMIN); run `sudo s2cs check`")
+    };
     let (load, sockmap) = if root {
         match KernelRelay::load() {
             Ok(relay) => (
-                Capability { name: BPF_LOAD, available: true, detail: "relay_verdict accepted by the verifier".into() },
+                Capability {
+                    name: BPF_LOAD,
+                    available: true,
+                    detail: "relay_verdict accepted by the verifier".into(),
+                },
                 probe(SOCKMAP, || probe_sockmap(Arc::new(relay))),
             ),
             Err(err) => {
                 let why = error_chain(&err);
                 (
-                    Capability { name: BPF_LOAD, available: false, detail: why.clone() },
-                    Capability { name: SOCKMAP, available: false, detail: format!("not tried: {why}") },
+                    Capability {
+                        name: BPF_LOAD,
+                        available: false,
+                        detail: why.clone(),
+                    },
+                    Capability {
+                        name: SOCKMAP,
+                        available: false,
+                        detail: format!("not tried: {why}"),
+                    },
                 )
             }
         }
     } else {
         (
-            Capability { name: BPF_LOAD, available: false, detail: need_root("loading eBPF programs") },
-            Capability { name: SOCKMAP, available: false, detail: need_root("the kernel relay") },
+            Capability {
+                name: BPF_LOAD,
+                available: false,
+                detail: need_root("loading eBPF programs"),
+            },
+            Capability {
+                name: SOCKMAP,
+                available: false,
+                detail: need_root("the kernel relay"),
+            },
         )
     };
     capabilities.push(load);
@@ -91,7 +119,11 @@ pub fn run() -> Report {
     capabilities.push(if root {
         probe(XDP, probe_xdp)
     } else {
-        Capability { name: XDP, available: false, detail: need_root("attaching XDP") }
+        Capability {
+            name: XDP,
+            available: false,
+            detail: need_root("attaching XDP"),
+        }
     });
     let splice = probe(SPLICE, probe_splice);
     let splice_ok = splice.available;
@@ -111,12 +143,23 @@ pub fn run() -> Report {
     } else {
         "userspace TLS (rustls)"
     };
-    Report { kernel, root, capabilities, plaintext_path, channel_path, can_run }
+    Report {
+        kernel,
+        root,
+        capabilities,
+        plaintext_path,
+        channel_path,
+        can_run,
+    }
 }
 
 /// Prints the report for a person.
 pub fn render(report: &Report) -> String {
-    let mut out = format!("s2cs check: kernel {}, {}\n", report.kernel, if report.root { "root" } else { "not root" });
+    let mut out = format!(
+        "s2cs check: kernel {}, {}\n",
+        report.kernel,
+        if report.root { "root" } else { "not root" }
+    );
     for cap in &report.capabilities {
         out.push_str(&format!(
             "  [{}] {:<26} {}\n",
@@ -137,8 +180,16 @@ pub fn render(report: &Report) -> String {
 
 fn probe(name: &'static str, f: impl FnOnce() -> Result<String, String>) -> Capability {
     match f() {
-        Ok(detail) => Capability { name, available: true, detail },
-        Err(detail) => Capability { name, available: false, detail },
+        Ok(detail) => Capability {
+            name,
+            available: true,
+            detail,
+        },
+        Err(detail) => Capability {
+            name,
+            available: false,
+            detail,
+        },
     }
 }
 
@@ -162,15 +213,22 @@ fn loopback_pair() -> Result<(TcpStream, TcpStream), String> {
     let near = TcpStream::connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
     let (far, _) = listener.accept().map_err(|e| format!("accept: {e}"))?;
     for s in [&near, &far] {
-        s.set_read_timeout(Some(PROBE_TIMEOUT)).map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(PROBE_TIMEOUT))
+            .map_err(|e| e.to_string())?;
     }
     Ok((near, far))
 }
 
 fn expect_byte(reader: &mut TcpStream, what: &str) -> Result<(), String> {
     let mut byte = [0u8; 1];
-    reader.read_exact(&mut byte).map_err(|e| format!("{what}: {e}"))?;
-    if byte[0] == 0x5a { Ok(()) } else { Err(format!("{what}: got byte {:#x}, expected 0x5a", byte[0])) }
+    reader
+        .read_exact(&mut byte)
+        .map_err(|e| format!("{what}: {e}"))?;
+    if byte[0] == 0x5a {
+        Ok(())
+    } else {
+        Err(format!("{what}: got byte {:#x}, expected 0x5a", byte[0]))
+    }
 }
 
 fn probe_tcp() -> Result<String, String> {
@@ -184,12 +242,17 @@ fn probe_sockmap(relay: Arc<KernelRelay>) -> Result<String, String> {
     // client -> (gateway end a) ==kernel==> (gateway end b) -> server
     let (mut client, a) = loopback_pair()?;
     let (b, mut server) = loopback_pair()?;
-    let pair = relay.arm(a.as_fd(), b.as_fd()).map_err(|e| error_chain(&e))?;
+    let pair = relay
+        .arm(a.as_fd(), b.as_fd())
+        .map_err(|e| error_chain(&e))?;
     client.write_all(&[0x5a]).map_err(|e| e.to_string())?;
     expect_byte(&mut server, "byte relayed by the verdict program")?;
     let (entry_a, _) = pair.entries();
     if entry_a.redirected_bytes != 1 {
-        return Err(format!("the program counted {} redirected bytes, expected 1", entry_a.redirected_bytes));
+        return Err(format!(
+            "the program counted {} redirected bytes, expected 1",
+            entry_a.redirected_bytes
+        ));
     }
     drop(pair);
     Ok("a byte crossed two loopback sockets inside the kernel".into())
@@ -233,26 +296,38 @@ fn probe_splice() -> Result<String, String> {
         match sys::splice(far.as_fd(), pipe.write.as_fd(), 1) {
             Ok(1) => break,
             Ok(n) => return Err(format!("splice socket -> pipe moved {n} bytes, expected 1")),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && std::time::Instant::now() < deadline => {
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    && std::time::Instant::now() < deadline =>
+            {
                 std::thread::sleep(Duration::from_millis(1));
             }
             Err(e) => return Err(format!("splice socket -> pipe: {e}")),
         }
     }
-    sys::splice(pipe.read.as_fd(), out_near.as_fd(), 1).map_err(|e| format!("splice pipe -> socket: {e}"))?;
+    sys::splice(pipe.read.as_fd(), out_near.as_fd(), 1)
+        .map_err(|e| format!("splice pipe -> socket: {e}"))?;
     expect_byte(&mut out_far, "byte spliced socket -> pipe -> socket")?;
     Ok("socket -> pipe -> socket works".into())
 }
 
 fn probe_ktls() -> Result<String, String> {
-    let available = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_available_ulp").unwrap_or_default();
+    let available =
+        std::fs::read_to_string("/proc/sys/net/ipv4/tcp_available_ulp").unwrap_or_default();
     let (near, _far) = loopback_pair()?;
     match sys::set_tcp_ulp(near.as_fd(), "tls") {
-        Ok(()) => Ok(format!("TCP_ULP \"tls\" attaches (available ULPs: {})", available.trim())),
+        Ok(()) => Ok(format!(
+            "TCP_ULP \"tls\" attaches (available ULPs: {})",
+            available.trim()
+        )),
         Err(err) if err.raw_os_error() == Some(libc::ENOENT) => Err(format!(
             "TCP_ULP \"tls\" is unavailable (ENOENT): this kernel has no TLS module loaded or built \
              (CONFIG_TLS); try `modprobe tls`. Available ULPs: {}",
-            if available.trim().is_empty() { "none" } else { available.trim() }
+            if available.trim().is_empty() {
+                "none"
+            } else {
+                available.trim()
+            }
         )),
         Err(err) => Err(format!("setting TCP_ULP \"tls\" failed: {err}")),
     }

@@ -17,7 +17,8 @@ use gateway_common::{RELAY_MAP, RelayEntry, SOCKS_MAP, VERDICT_PROG};
 use crate::sys;
 
 /// The eBPF object produced by `gateway-ebpf`.
-pub static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gateway-programs"));
+pub static PROGRAMS: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gateway-programs"));
 
 /// Why the kernel relay could not be set up or used.
 #[derive(Debug, thiserror::Error)]
@@ -26,7 +27,10 @@ pub enum EbpfError {
     #[error("loading the eBPF object into the kernel failed (are you root, with CAP_BPF?)")]
     Load(#[source] aya::EbpfError),
     #[error("the eBPF object has no {kind} named {name}")]
-    Missing { kind: &'static str, name: &'static str },
+    Missing {
+        kind: &'static str,
+        name: &'static str,
+    },
     #[error("program {name}: {action} failed")]
     Program {
         name: &'static str,
@@ -65,27 +69,50 @@ impl KernelRelay {
     /// Loads the embedded object, verifies and attaches `relay_verdict`.
     pub fn load() -> Result<Self, EbpfError> {
         let mut ebpf = Ebpf::load(PROGRAMS).map_err(EbpfError::Load)?;
-        let socks = ebpf
-            .take_map(SOCKS_MAP)
-            .ok_or(EbpfError::Missing { kind: "map", name: SOCKS_MAP })?;
-        let socks: SockHash<MapData, u64> = SockHash::try_from(socks)
-            .map_err(|source| EbpfError::Map { name: SOCKS_MAP, action: "open", source })?;
-        let relay = ebpf
-            .take_map(RELAY_MAP)
-            .ok_or(EbpfError::Missing { kind: "map", name: RELAY_MAP })?;
-        let relay: HashMap<MapData, u64, RelayEntry> = HashMap::try_from(relay)
-            .map_err(|source| EbpfError::Map { name: RELAY_MAP, action: "open", source })?;
+        let socks = ebpf.take_map(SOCKS_MAP).ok_or(EbpfError::Missing {
+            kind: "map",
+            name: SOCKS_MAP,
+        })?;
+        let socks: SockHash<MapData, u64> =
+            SockHash::try_from(socks).map_err(|source| EbpfError::Map {
+                name: SOCKS_MAP,
+                action: "open",
+                source,
+            })?;
+        let relay = ebpf.take_map(RELAY_MAP).ok_or(EbpfError::Missing {
+            kind: "map",
+            name: RELAY_MAP,
+        })?;
+        let relay: HashMap<MapData, u64, RelayEntry> =
+            HashMap::try_from(relay).map_err(|source| EbpfError::Map {
+                name: RELAY_MAP,
+                action: "open",
+                source,
+            })?;
         let program: &mut SkSkb = ebpf
             .program_mut(VERDICT_PROG)
-            .ok_or(EbpfError::Missing { kind: "program", name: VERDICT_PROG })?
+            .ok_or(EbpfError::Missing {
+                kind: "program",
+                name: VERDICT_PROG,
+            })?
             .try_into()
-            .map_err(|source| EbpfError::Program { name: VERDICT_PROG, action: "type check", source })?;
-        program
-            .load()
-            .map_err(|source| EbpfError::Program { name: VERDICT_PROG, action: "load (verifier)", source })?;
+            .map_err(|source| EbpfError::Program {
+                name: VERDICT_PROG,
+                action: "type check",
+                source,
+            })?;
+        program.load().map_err(|source| EbpfError::Program {
+            name: VERDICT_PROG,
+            action: "load (verifier)",
+            source,
+        })?;
         program
             .attach(socks.fd())
-            .map_err(|source| EbpfError::Program { name: VERDICT_PROG, action: "attach", source })?;
+            .map_err(|source| EbpfError::Program {
+                name: VERDICT_PROG,
+                action: "attach",
+                source,
+            })?;
         Ok(KernelRelay {
             socks: Mutex::new(socks),
             relay: Mutex::new(relay),
@@ -98,31 +125,59 @@ impl KernelRelay {
     /// Puts `a` and `b` into the maps so that each one's incoming bytes go out
     /// of the other. Bytes already queued on either socket are processed too
     /// (the data-ready callback is kicked once both are in).
-    pub fn arm(self: &Arc<Self>, a: BorrowedFd<'_>, b: BorrowedFd<'_>) -> Result<KernelPair, EbpfError> {
+    pub fn arm(
+        self: &Arc<Self>,
+        a: BorrowedFd<'_>,
+        b: BorrowedFd<'_>,
+    ) -> Result<KernelPair, EbpfError> {
         let cookie = |fd| {
-            sys::socket_cookie(fd).map_err(|source| EbpfError::Socket { action: "read SO_COOKIE", source })
+            sys::socket_cookie(fd).map_err(|source| EbpfError::Socket {
+                action: "read SO_COOKIE",
+                source,
+            })
         };
         let (a_cookie, b_cookie) = (cookie(a)?, cookie(b)?);
         // The guard exists before the first insert so every error path cleans up.
-        let pair = KernelPair { relay: Arc::clone(self), cookies: [a_cookie, b_cookie], complete: true };
+        let pair = KernelPair {
+            relay: Arc::clone(self),
+            cookies: [a_cookie, b_cookie],
+            complete: true,
+        };
         {
-            let mut relay = self.relay.lock().unwrap_or_else(|poison| poison.into_inner());
+            let mut relay = self
+                .relay
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner());
             for (me, peer) in [(a_cookie, b_cookie), (b_cookie, a_cookie)] {
-                let entry = RelayEntry { peer, ..RelayEntry::default() };
+                let entry = RelayEntry {
+                    peer,
+                    ..RelayEntry::default()
+                };
                 relay
                     .insert(me, entry, 0)
-                    .map_err(|source| EbpfError::Map { name: RELAY_MAP, action: "insert", source })?;
+                    .map_err(|source| EbpfError::Map {
+                        name: RELAY_MAP,
+                        action: "insert",
+                        source,
+                    })?;
             }
         }
         let mut pair = pair;
         {
-            let mut socks = self.socks.lock().unwrap_or_else(|poison| poison.into_inner());
+            let mut socks = self
+                .socks
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner());
             // Only established sockets may enter a SockHash. If the first one
             // cannot (it already received FIN, say), nothing is in the kernel
             // and the caller relays in userspace.
             socks
                 .insert(b_cookie, b.as_raw_fd(), 0)
-                .map_err(|source| EbpfError::Map { name: SOCKS_MAP, action: "insert socket", source })?;
+                .map_err(|source| EbpfError::Map {
+                    name: SOCKS_MAP,
+                    action: "insert socket",
+                    source,
+                })?;
             let pause = self.insert_pause_micros.load(Ordering::Relaxed);
             if pause > 0 {
                 std::thread::sleep(std::time::Duration::from_micros(pause));
@@ -136,8 +191,10 @@ impl KernelRelay {
             }
         }
         for fd in [a, b] {
-            sys::set_recv_low_water(fd, 1)
-                .map_err(|source| EbpfError::Socket { action: "kick data-ready (SO_RCVLOWAT)", source })?;
+            sys::set_recv_low_water(fd, 1).map_err(|source| EbpfError::Socket {
+                action: "kick data-ready (SO_RCVLOWAT)",
+                source,
+            })?;
         }
         Ok(pair)
     }
@@ -161,27 +218,46 @@ impl KernelRelay {
 
     /// The counters of one socket, by cookie.
     pub fn entry(&self, cookie: u64) -> Option<RelayEntry> {
-        let relay = self.relay.lock().unwrap_or_else(|poison| poison.into_inner());
+        let relay = self
+            .relay
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
         relay.get(&cookie, 0).ok()
     }
 
     /// How many sockets are in the SockHash and how many relay entries exist
     /// (both zero when no connection is being relayed in the kernel).
     pub fn occupancy(&self) -> (usize, usize) {
-        let socks = self.socks.lock().unwrap_or_else(|poison| poison.into_inner()).keys().count();
-        let relay = self.relay.lock().unwrap_or_else(|poison| poison.into_inner()).keys().count();
+        let socks = self
+            .socks
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .keys()
+            .count();
+        let relay = self
+            .relay
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .keys()
+            .count();
         (socks, relay)
     }
 
     fn disarm(&self, cookies: [u64; 2]) {
         {
-            let mut socks = self.socks.lock().unwrap_or_else(|poison| poison.into_inner());
+            let mut socks = self
+                .socks
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner());
             for cookie in cookies {
                 // Closing a socket removes it by itself; NotFound is expected then.
                 let _ = socks.remove(&cookie);
             }
         }
-        let mut relay = self.relay.lock().unwrap_or_else(|poison| poison.into_inner());
+        let mut relay = self
+            .relay
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
         for cookie in cookies {
             let _ = relay.remove(&cookie);
         }

@@ -79,7 +79,10 @@ pub async fn run(
     })
     .await;
     if drained.is_err() {
-        tracing::warn!(left = connections.len(), "grace period over; resetting the connections still open");
+        tracing::warn!(
+            left = connections.len(),
+            "grace period over; resetting the connections still open"
+        );
         connections.abort_all();
         while connections.join_next().await.is_some() {}
     }
@@ -88,18 +91,32 @@ pub async fn run(
 /// How long a stopping proxy waits for its connections to finish.
 pub const DRAIN_GRACE: Duration = Duration::from_secs(10);
 
-async fn serve(client: TcpStream, peer: SocketAddr, plan: ProxyPlan, engine: RelayEngine, stats: Arc<ProxyStats>) {
+async fn serve(
+    client: TcpStream,
+    peer: SocketAddr,
+    plan: ProxyPlan,
+    engine: RelayEngine,
+    stats: Arc<ProxyStats>,
+) {
     stats.active.fetch_add(1, Ordering::Relaxed);
     let counters = ConnCounters::default();
     let result = async {
-        let server = TcpStream::connect(plan.target).await.map_err(|err| format!("dialling {}: {err}", plan.target))?;
+        let server = TcpStream::connect(plan.target)
+            .await
+            .map_err(|err| format!("dialling {}: {err}", plan.target))?;
         for socket in [&client, &server] {
-            socket.set_nodelay(true).map_err(|err| format!("TCP_NODELAY: {err}"))?;
+            socket
+                .set_nodelay(true)
+                .map_err(|err| format!("TCP_NODELAY: {err}"))?;
             if let Some(rate) = plan.rate {
-                sys::set_max_pacing_rate(sys::fd_of(socket), rate).map_err(|err| format!("pacing rate: {err}"))?;
+                sys::set_max_pacing_rate(sys::fd_of(socket), rate)
+                    .map_err(|err| format!("pacing rate: {err}"))?;
             }
         }
-        engine.relay(plan.path, client, server, &counters).await.map_err(|err| err.to_string())
+        engine
+            .relay(plan.path, client, server, &counters)
+            .await
+            .map_err(|err| err.to_string())
     }
     .await;
     let (up, down) = counters.snapshot();

@@ -22,7 +22,13 @@ fn getsockopt<T: Copy>(fd: BorrowedFd<'_>, level: libc::c_int, name: libc::c_int
     // SAFETY: `value` is a writable buffer of `len` bytes that outlives the
     // call; the kernel writes at most `len` bytes and reports how many.
     check(unsafe {
-        libc::getsockopt(fd.as_raw_fd(), level, name, value.as_mut_ptr().cast(), &mut len)
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            value.as_mut_ptr().cast(),
+            &mut len,
+        )
     })?;
     // SAFETY: the buffer was zero-initialised and T is plain old data (u64 or
     // a repr(C) struct of integers), so any prefix the kernel filled is valid.
@@ -104,7 +110,12 @@ pub fn set_recv_low_water(fd: BorrowedFd<'_>, bytes: i32) -> io::Result<()> {
 /// Caps the socket's sending rate in bytes per second (SO_MAX_PACING_RATE);
 /// enforced by TCP's internal pacing (or the fq qdisc) in every data path.
 pub fn set_max_pacing_rate(fd: BorrowedFd<'_>, bytes_per_sec: u64) -> io::Result<()> {
-    setsockopt(fd, libc::SOL_SOCKET, libc::SO_MAX_PACING_RATE, &bytes_per_sec)
+    setsockopt(
+        fd,
+        libc::SOL_SOCKET,
+        libc::SO_MAX_PACING_RATE,
+        &bytes_per_sec,
+    )
 }
 
 /// Attaches an upper-layer protocol such as "tls" to a connected TCP socket.

@@ -46,7 +46,11 @@ impl Pattern {
     }
 }
 
-async fn send_pattern(w: &mut (impl AsyncWriteExt + Unpin), seed: u64, len: u64) -> std::io::Result<()> {
+async fn send_pattern(
+    w: &mut (impl AsyncWriteExt + Unpin),
+    seed: u64,
+    len: u64,
+) -> std::io::Result<()> {
     let mut pattern = Pattern::new(seed);
     let mut buf = vec![0u8; 64 * 1024];
     let mut left = len;
@@ -60,18 +64,28 @@ async fn send_pattern(w: &mut (impl AsyncWriteExt + Unpin), seed: u64, len: u64)
 }
 
 /// Reads to EOF and checks every byte against the pattern.
-async fn expect_pattern(r: &mut (impl AsyncReadExt + Unpin), seed: u64, len: u64) -> Result<(), String> {
+async fn expect_pattern(
+    r: &mut (impl AsyncReadExt + Unpin),
+    seed: u64,
+    len: u64,
+) -> Result<(), String> {
     let mut pattern = Pattern::new(seed);
     let mut got = vec![0u8; 64 * 1024];
     let mut want = vec![0u8; 64 * 1024];
     let mut offset = 0u64;
     loop {
-        let n = r.read(&mut got).await.map_err(|e| format!("read at offset {offset}: {e}"))?;
+        let n = r
+            .read(&mut got)
+            .await
+            .map_err(|e| format!("read at offset {offset}: {e}"))?;
         if n == 0 {
             break;
         }
         if offset + n as u64 > len {
-            return Err(format!("{} bytes more than the {len} sent", offset + n as u64 - len));
+            return Err(format!(
+                "{} bytes more than the {len} sent",
+                offset + n as u64 - len
+            ));
         }
         pattern.fill(&mut want[..n]);
         if let Some(i) = (0..n).find(|&i| got[i] != want[i]) {
@@ -79,7 +93,11 @@ async fn expect_pattern(r: &mut (impl AsyncReadExt + Unpin), seed: u64, len: u64
         }
         offset += n as u64;
     }
-    if offset == len { Ok(()) } else { Err(format!("stream ended after {offset} of {len} bytes")) }
+    if offset == len {
+        Ok(())
+    } else {
+        Err(format!("stream ended after {offset} of {len} bytes"))
+    }
 }
 
 struct Relay {
@@ -107,18 +125,37 @@ impl Relay {
         let addr = listener.local_addr().expect("relay addr");
         let stats = Arc::new(ProxyStats::default());
         let (stop, stopped) = oneshot::channel();
-        let plan = ProxyPlan { target, path, rate: None };
-        let task = tokio::spawn(proxy::run(listener, plan, engine.clone(), Arc::clone(&stats), async {
-            let _ = stopped.await;
-        }));
-        Relay { addr, stats, engine, stop: Some(stop), task }
+        let plan = ProxyPlan {
+            target,
+            path,
+            rate: None,
+        };
+        let task = tokio::spawn(proxy::run(
+            listener,
+            plan,
+            engine.clone(),
+            Arc::clone(&stats),
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        Relay {
+            addr,
+            stats,
+            engine,
+            stop: Some(stop),
+            task,
+        }
     }
 
     async fn stop(mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        tokio::time::timeout(DEADLINE, self.task).await.expect("relay drains").expect("relay task");
+        tokio::time::timeout(DEADLINE, self.task)
+            .await
+            .expect("relay drains")
+            .expect("relay task");
     }
 }
 
@@ -129,11 +166,16 @@ async fn server() -> (TcpListener, SocketAddr) {
 }
 
 fn init_logs() {
-    let _ = tracing_subscriber::fmt().with_test_writer().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .try_init();
 }
 
 async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(DEADLINE, f).await.unwrap_or_else(|_| panic!("{what}: timed out after {DEADLINE:?}"))
+    tokio::time::timeout(DEADLINE, f)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: timed out after {DEADLINE:?}"))
 }
 
 /// 256 MiB one way (the namespace suite moves 1 GiB), verified byte by byte.
@@ -146,16 +188,28 @@ async fn one_way(path: DataPath) {
         expect_pattern(&mut s, 1, LEN).await
     });
     let mut client = TcpStream::connect(relay.addr).await.expect("connect");
-    within("one-way send", send_pattern(&mut client, 1, LEN)).await.expect("send");
+    within("one-way send", send_pattern(&mut client, 1, LEN))
+        .await
+        .expect("send");
     client.shutdown().await.expect("shutdown");
-    within("one-way verify", sink).await.expect("sink").unwrap_or_else(|e| panic!("{path}: {e}"));
+    within("one-way verify", sink)
+        .await
+        .expect("sink")
+        .unwrap_or_else(|e| panic!("{path}: {e}"));
     let mut rest = Vec::new();
-    client.read_to_end(&mut rest).await.expect("client sees the server's FIN");
+    client
+        .read_to_end(&mut rest)
+        .await
+        .expect("client sees the server's FIN");
     assert!(rest.is_empty());
     drop(client);
     let stats = Arc::clone(&relay.stats);
     relay.stop().await;
-    assert_eq!(stats.completed_on(path), 1, "{path}: the connection must have used the {path} path");
+    assert_eq!(
+        stats.completed_on(path),
+        1,
+        "{path}: the connection must have used the {path} path"
+    );
 }
 
 /// 64 MiB each way at the same time (256 MiB in the namespace suite).
@@ -167,7 +221,9 @@ async fn both_ways(path: DataPath) {
         let (s, _) = listener.accept().await.expect("accept");
         let (mut r, mut w) = s.into_split();
         let send = async {
-            send_pattern(&mut w, 3, LEN).await.map_err(|e| e.to_string())?;
+            send_pattern(&mut w, 3, LEN)
+                .await
+                .map_err(|e| e.to_string())?;
             w.shutdown().await.map_err(|e| e.to_string())
         };
         let (a, b) = tokio::join!(send, expect_pattern(&mut r, 2, LEN));
@@ -176,15 +232,37 @@ async fn both_ways(path: DataPath) {
     let client = TcpStream::connect(relay.addr).await.expect("connect");
     let (mut r, mut w) = client.into_split();
     let send = async {
-        send_pattern(&mut w, 2, LEN).await.map_err(|e| e.to_string())?;
+        send_pattern(&mut w, 2, LEN)
+            .await
+            .map_err(|e| e.to_string())?;
         w.shutdown().await.map_err(|e| e.to_string())
     };
-    let (a, b) = within("duplex", async { tokio::join!(send, expect_pattern(&mut r, 3, LEN)) }).await;
-    a.and(b).unwrap_or_else(|e| panic!("{path} client side: {e}"));
-    within("duplex far", far).await.expect("far").unwrap_or_else(|e| panic!("{path} server side: {e}"));
-    let (up, down) = (relay.stats.to_server.load(std::sync::atomic::Ordering::Relaxed), relay.stats.to_client.load(std::sync::atomic::Ordering::Relaxed));
+    let (a, b) = within("duplex", async {
+        tokio::join!(send, expect_pattern(&mut r, 3, LEN))
+    })
+    .await;
+    a.and(b)
+        .unwrap_or_else(|e| panic!("{path} client side: {e}"));
+    within("duplex far", far)
+        .await
+        .expect("far")
+        .unwrap_or_else(|e| panic!("{path} server side: {e}"));
+    let (up, down) = (
+        relay
+            .stats
+            .to_server
+            .load(std::sync::atomic::Ordering::Relaxed),
+        relay
+            .stats
+            .to_client
+            .load(std::sync::atomic::Ordering::Relaxed),
+    );
     relay.stop().await;
-    assert_eq!((up, down), (LEN, LEN), "{path}: per-direction byte counters");
+    assert_eq!(
+        (up, down),
+        (LEN, LEN),
+        "{path}: per-direction byte counters"
+    );
 }
 
 /// The client sends a request, shuts its write side and then reads the
@@ -208,11 +286,17 @@ async fn request_response(path: DataPath) {
     client.write_all(&request).await.expect("request");
     client.shutdown().await.expect("half-close");
     let mut answer = Vec::new();
-    within("answer", client.read_to_end(&mut answer)).await.expect("read answer");
+    within("answer", client.read_to_end(&mut answer))
+        .await
+        .expect("read answer");
     assert_eq!(within("server", far).await.expect("server"), request.len());
     let mut expected = request;
     expected.reverse();
-    assert!(answer == expected, "{path}: answer differs ({} bytes)", answer.len());
+    assert!(
+        answer == expected,
+        "{path}: answer differs ({} bytes)",
+        answer.len()
+    );
     relay.stop().await;
 }
 
@@ -223,20 +307,32 @@ async fn early_bytes(path: DataPath) {
     let relay = Relay::start(path, target).await;
     let far = tokio::spawn(async move {
         let (mut s, _) = listener.accept().await.expect("accept");
-        s.write_all(b"greeting from the server").await.expect("greet");
+        s.write_all(b"greeting from the server")
+            .await
+            .expect("greet");
         let mut hello = [0u8; 17];
         s.read_exact(&mut hello).await.expect("read hello");
         s.write_all(b"!").await.expect("ack");
         hello
     });
     let mut client = TcpStream::connect(relay.addr).await.expect("connect");
-    client.write_all(b"hello from client").await.expect("early write");
+    client
+        .write_all(b"hello from client")
+        .await
+        .expect("early write");
     let mut greeting = [0u8; 24];
-    within("greeting", client.read_exact(&mut greeting)).await.expect("greeting");
+    within("greeting", client.read_exact(&mut greeting))
+        .await
+        .expect("greeting");
     assert_eq!(&greeting, b"greeting from the server");
     let mut ack = [0u8; 1];
-    within("ack", client.read_exact(&mut ack)).await.expect("ack");
-    assert_eq!(&within("server", far).await.expect("server"), b"hello from client");
+    within("ack", client.read_exact(&mut ack))
+        .await
+        .expect("ack");
+    assert_eq!(
+        &within("server", far).await.expect("server"),
+        b"hello from client"
+    );
     drop(client);
     relay.stop().await;
 }
@@ -264,7 +360,10 @@ async fn reset_mid_stream(path: DataPath) {
     })
     .await;
     assert!(
-        matches!(outcome.kind(), std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe),
+        matches!(
+            outcome.kind(),
+            std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+        ),
         "{path}: expected a reset, got {outcome:?}"
     );
     relay.stop().await;
@@ -274,11 +373,21 @@ async fn reset_mid_stream(path: DataPath) {
 async fn many_connections(path: DataPath) {
     let (listener, target) = server().await;
     let relay = Relay::start(path, target).await;
-    let sizes: Vec<u64> = (0..64u64).map(|i| if i % 8 == 0 { 0 } else { (i * 7919 * 131) % (3 << 20) }).collect();
+    let sizes: Vec<u64> = (0..64u64)
+        .map(|i| {
+            if i % 8 == 0 {
+                0
+            } else {
+                (i * 7919 * 131) % (3 << 20)
+            }
+        })
+        .collect();
     // The server echoes whatever it gets (the client verifies the echo).
     tokio::spawn(async move {
         loop {
-            let Ok((s, _)) = listener.accept().await else { return };
+            let Ok((s, _)) = listener.accept().await else {
+                return;
+            };
             tokio::spawn(async move {
                 let (mut r, mut w) = s.into_split();
                 let _ = tokio::io::copy(&mut r, &mut w).await;
@@ -293,15 +402,21 @@ async fn many_connections(path: DataPath) {
             let s = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
             let (mut r, mut w) = s.into_split();
             let send = async {
-                send_pattern(&mut w, 100 + i as u64, len).await.map_err(|e| e.to_string())?;
+                send_pattern(&mut w, 100 + i as u64, len)
+                    .await
+                    .map_err(|e| e.to_string())?;
                 w.shutdown().await.map_err(|e| e.to_string())
             };
             let (a, b) = tokio::join!(send, expect_pattern(&mut r, 100 + i as u64, len));
-            a.and(b).map_err(|e| format!("connection {i} ({len} bytes): {e}"))
+            a.and(b)
+                .map_err(|e| format!("connection {i} ({len} bytes): {e}"))
         }));
     }
     for task in tasks {
-        within("connection", task).await.expect("task").unwrap_or_else(|e| panic!("{path}: {e}"));
+        within("connection", task)
+            .await
+            .expect("task")
+            .unwrap_or_else(|e| panic!("{path}: {e}"));
     }
     relay.stop().await;
 }
@@ -311,17 +426,29 @@ macro_rules! path_tests {
         mod $module {
             use super::*;
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn one_way_256mib() { one_way($path).await }
+            async fn one_way_256mib() {
+                one_way($path).await
+            }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn both_ways_at_once() { both_ways($path).await }
+            async fn both_ways_at_once() {
+                both_ways($path).await
+            }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn request_then_half_close_then_response() { request_response($path).await }
+            async fn request_then_half_close_then_response() {
+                request_response($path).await
+            }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn bytes_before_setup_are_kept() { early_bytes($path).await }
+            async fn bytes_before_setup_are_kept() {
+                early_bytes($path).await
+            }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn reset_propagates() { reset_mid_stream($path).await }
+            async fn reset_propagates() {
+                reset_mid_stream($path).await
+            }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sixty_four_connections() { many_connections($path).await }
+            async fn sixty_four_connections() {
+                many_connections($path).await
+            }
         }
     };
 }
@@ -331,7 +458,9 @@ path_tests!(splice, DataPath::Splice);
 path_tests!(copy, DataPath::Copy);
 
 fn open_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd").expect("list fds").count()
+    std::fs::read_dir("/proc/self/fd")
+        .expect("list fds")
+        .count()
 }
 
 /// 10,000 connections through the kernel relay: afterwards both maps are
@@ -342,7 +471,9 @@ async fn sockmap_releases_every_entry_and_fd() {
     let kernel = Arc::new(KernelRelay::load().expect("loading the eBPF relay (needs root)"));
     tokio::spawn(async move {
         loop {
-            let Ok((mut s, _)) = listener.accept().await else { return };
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
             tokio::spawn(async move {
                 let mut b = [0u8; 8];
                 if s.read_exact(&mut b).await.is_ok() {
@@ -351,35 +482,77 @@ async fn sockmap_releases_every_entry_and_fd() {
             });
         }
     });
-    let relay = Relay::start_with(RelayEngine::with_kernel(Arc::clone(&kernel)), DataPath::Sockmap, target).await;
+    let relay = Relay::start_with(
+        RelayEngine::with_kernel(Arc::clone(&kernel)),
+        DataPath::Sockmap,
+        target,
+    )
+    .await;
     // Warm up so lazily opened descriptors (epoll, runtime) are counted.
     let before = open_fds();
     let mut batch = tokio::task::JoinSet::new();
     for i in 0..10_000u64 {
         let addr = relay.addr;
         batch.spawn(async move {
-            let mut s = TcpStream::connect(addr).await.map_err(|e| format!("connect {i}: {e}"))?;
-            s.write_all(&i.to_le_bytes()).await.map_err(|e| e.to_string())?;
+            let mut s = TcpStream::connect(addr)
+                .await
+                .map_err(|e| format!("connect {i}: {e}"))?;
+            s.write_all(&i.to_le_bytes())
+                .await
+                .map_err(|e| e.to_string())?;
             let mut back = [0u8; 8];
-            s.read_exact(&mut back).await.map_err(|e| format!("echo {i}: {e}"))?;
-            if back != i.to_le_bytes() { return Err(format!("connection {i} echoed {back:?}")) }
+            s.read_exact(&mut back)
+                .await
+                .map_err(|e| format!("echo {i}: {e}"))?;
+            if back != i.to_le_bytes() {
+                return Err(format!("connection {i} echoed {back:?}"));
+            }
             Ok::<_, String>(())
         });
         if batch.len() >= 64 {
-            within("batch", batch.join_next()).await.expect("task").expect("join").expect("connection");
+            within("batch", batch.join_next())
+                .await
+                .expect("task")
+                .expect("join")
+                .expect("connection");
         }
     }
     while let Some(done) = within("drain", batch.join_next()).await {
         done.expect("join").expect("connection");
     }
-    let completed = || relay.stats.completed.load(std::sync::atomic::Ordering::Relaxed) + relay.stats.failed.load(std::sync::atomic::Ordering::Relaxed);
+    let completed = || {
+        relay
+            .stats
+            .completed
+            .load(std::sync::atomic::Ordering::Relaxed)
+            + relay
+                .stats
+                .failed
+                .load(std::sync::atomic::Ordering::Relaxed)
+    };
     within("relay to finish every connection", async {
-        while completed() < 10_000 { tokio::time::sleep(Duration::from_millis(20)).await }
-    }).await;
-    assert_eq!(relay.stats.failed.load(std::sync::atomic::Ordering::Relaxed), 0);
-    assert_eq!(relay.engine.kernel().expect("kernel").occupancy(), (0, 0), "SockHash and relay map must be empty");
+        while completed() < 10_000 {
+            tokio::time::sleep(Duration::from_millis(20)).await
+        }
+    })
+    .await;
+    assert_eq!(
+        relay
+            .stats
+            .failed
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+    assert_eq!(
+        relay.engine.kernel().expect("kernel").occupancy(),
+        (0, 0),
+        "SockHash and relay map must be empty"
+    );
     let after = open_fds();
-    assert!(after <= before, "descriptors leaked: {before} before, {after} after");
+    assert!(
+        after <= before,
+        "descriptors leaked: {before} before, {after} after"
+    );
     relay.stop().await;
 }
 
@@ -397,10 +570,23 @@ async fn sockmap_bytes_in_the_insert_window_are_kept_in_order() {
         send_pattern(&mut s, 9, LEN).await.expect("stream");
         s.shutdown().await.expect("fin");
     });
-    let relay = Relay::start_with(RelayEngine::with_kernel(Arc::clone(&kernel)), DataPath::Sockmap, target).await;
+    let relay = Relay::start_with(
+        RelayEngine::with_kernel(Arc::clone(&kernel)),
+        DataPath::Sockmap,
+        target,
+    )
+    .await;
     let mut client = TcpStream::connect(relay.addr).await.expect("connect");
-    within("stream through the window", expect_pattern(&mut client, 9, LEN)).await.expect("intact stream");
+    within(
+        "stream through the window",
+        expect_pattern(&mut client, 9, LEN),
+    )
+    .await
+    .expect("intact stream");
     drop(client);
     relay.stop().await;
-    assert!(kernel.handed_to_userspace() >= 1, "the window must have been exercised");
+    assert!(
+        kernel.handed_to_userspace() >= 1,
+        "the window must have been exercised"
+    );
 }

@@ -24,12 +24,15 @@ pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
 
 /// Runs `cmd` with inherited stdio and returns its exit status.
 pub fn status(cmd: &mut Command) -> anyhow::Result<ExitStatus> {
-    cmd.status().with_context(|| format!("could not start `{}`", describe(cmd)))
+    cmd.status()
+        .with_context(|| format!("could not start `{}`", describe(cmd)))
 }
 
 /// Runs `cmd` and returns its stdout, failing unless it exits 0.
 pub fn output(cmd: &mut Command) -> anyhow::Result<String> {
-    let out = cmd.output().with_context(|| format!("could not start `{}`", describe(cmd)))?;
+    let out = cmd
+        .output()
+        .with_context(|| format!("could not start `{}`", describe(cmd)))?;
     if !out.status.success() {
         bail!(
             "`{}` failed ({}): {}",

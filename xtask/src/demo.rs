@@ -9,6 +9,10 @@ use crate::{cmd, setup};
 
 pub fn run(root: &Path) -> anyhow::Result<()> {
     setup::run(root)?;
-    cmd::run(Command::new("cargo").args(["build", "--release", "-p", "gateway"]).current_dir(root))?;
+    cmd::run(
+        Command::new("cargo")
+            .args(["build", "--release", "-p", "gateway"])
+            .current_dir(root),
+    )?;
     cmd::run(&mut Command::new(root.join("target/release/s2cs")).arg("check"))
 }

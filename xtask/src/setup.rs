@@ -35,10 +35,19 @@ const DEBIAN_PACKAGES: &[&str] = &[
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
 pub fn run(root: &Path) -> anyhow::Result<()> {
-    step("nightly toolchain with rust-src (builds the eBPF programs)", nightly_rust_src)?;
+    step(
+        "nightly toolchain with rust-src (builds the eBPF programs)",
+        nightly_rust_src,
+    )?;
     step("bpf-linker linked against nightly's LLVM", bpf_linker)?;
-    step("Debian packages for tests, VM tests and benchmarks", debian_packages)?;
-    step("Python grpcio (independent wire-compatibility client)", python_grpcio)?;
+    step(
+        "Debian packages for tests, VM tests and benchmarks",
+        debian_packages,
+    )?;
+    step(
+        "Python grpcio (independent wire-compatibility client)",
+        python_grpcio,
+    )?;
     let _ = root;
     println!("setup: done");
     Ok(())
@@ -53,23 +62,45 @@ fn step(what: &str, f: impl FnOnce() -> anyhow::Result<String>) -> anyhow::Resul
 
 fn nightly_rust_src() -> anyhow::Result<String> {
     if !cmd::succeeds(Command::new("rustup").arg("--version")) {
-        bail!("rustup is missing: install it (https://rustup.rs) with the stable and nightly toolchains");
+        bail!(
+            "rustup is missing: install it (https://rustup.rs) with the stable and nightly toolchains"
+        );
     }
     let toolchains = cmd::output(Command::new("rustup").args(["toolchain", "list"]))?;
     if !toolchains.lines().any(|l| l.starts_with("nightly")) {
-        cmd::run(Command::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal"]))
-            .context("no nightly toolchain and it could not be installed; the eBPF build needs one")?;
+        cmd::run(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+        ]))
+        .context("no nightly toolchain and it could not be installed; the eBPF build needs one")?;
     }
-    let installed = cmd::output(Command::new("rustup").args(["component", "list", "--installed", "--toolchain", "nightly"]))?;
+    let installed = cmd::output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--installed",
+        "--toolchain",
+        "nightly",
+    ]))?;
     if installed.lines().any(|l| l.trim() == "rust-src") {
         return Ok("already installed".into());
     }
-    cmd::run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
+    cmd::run(Command::new("rustup").args([
+        "component",
+        "add",
+        "rust-src",
+        "--toolchain",
+        "nightly",
+    ]))?;
     Ok("installed rust-src for nightly".into())
 }
 
 fn home() -> anyhow::Result<PathBuf> {
-    std::env::var_os("HOME").map(PathBuf::from).context("HOME is not set")
+    std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .context("HOME is not set")
 }
 
 fn bpf_linker() -> anyhow::Result<String> {
@@ -81,7 +112,9 @@ fn bpf_linker() -> anyhow::Result<String> {
     // library. Point LLVM_PREFIX at a directory whose lib/ has it under both
     // its soname and libLLVM.so; the installed binary keeps that directory as
     // its runpath, so it must stay put (~/.cache/s2-llvm).
-    let sysroot = cmd::output(Command::new("rustup").args(["run", "nightly", "rustc", "--print", "sysroot"]))?;
+    let sysroot = cmd::output(
+        Command::new("rustup").args(["run", "nightly", "rustc", "--print", "sysroot"]),
+    )?;
     let lib = Path::new(sysroot.trim()).join("lib");
     let llvm = std::fs::read_dir(&lib)
         .with_context(|| format!("reading {}", lib.display()))?
@@ -92,8 +125,16 @@ fn bpf_linker() -> anyhow::Result<String> {
                 .and_then(|n| n.to_str())
                 .is_some_and(|n| n.starts_with("libLLVM.so.") && n.contains("-rust-"))
         })
-        .with_context(|| format!("no libLLVM.so.*-rust-* in {}: is the nightly toolchain complete?", lib.display()))?;
-    let soname = llvm.file_name().context("LLVM library has no name")?.to_owned();
+        .with_context(|| {
+            format!(
+                "no libLLVM.so.*-rust-* in {}: is the nightly toolchain complete?",
+                lib.display()
+            )
+        })?;
+    let soname = llvm
+        .file_name()
+        .context("LLVM library has no name")?
+        .to_owned();
     let major = soname
         .to_string_lossy()
         .trim_start_matches("libLLVM.so.")
@@ -103,17 +144,31 @@ fn bpf_linker() -> anyhow::Result<String> {
         .to_string();
     let prefix = home()?.join(".cache/s2-llvm");
     let prefix_lib = prefix.join("lib");
-    std::fs::create_dir_all(&prefix_lib).with_context(|| format!("creating {}", prefix_lib.display()))?;
+    std::fs::create_dir_all(&prefix_lib)
+        .with_context(|| format!("creating {}", prefix_lib.display()))?;
     for name in [std::ffi::OsString::from("libLLVM.so"), soname] {
         let link = prefix_lib.join(&name);
         let _ = std::fs::remove_file(&link);
-        std::os::unix::fs::symlink(&llvm, &link).with_context(|| format!("linking {}", link.display()))?;
+        std::os::unix::fs::symlink(&llvm, &link)
+            .with_context(|| format!("linking {}", link.display()))?;
     }
-    println!("setup:   building bpf-linker {BPF_LINKER_VERSION} against LLVM {major} (about a minute)");
+    println!(
+        "setup:   building bpf-linker {BPF_LINKER_VERSION} against LLVM {major} (about a minute)"
+    );
     cmd::run(
         Command::new("cargo")
-            .args(["install", "bpf-linker", "--locked", "--version", BPF_LINKER_VERSION])
-            .args(["--no-default-features", "--features", &format!("llvm-{major}")])
+            .args([
+                "install",
+                "bpf-linker",
+                "--locked",
+                "--version",
+                BPF_LINKER_VERSION,
+            ])
+            .args([
+                "--no-default-features",
+                "--features",
+                &format!("llvm-{major}"),
+            ])
             .env("LLVM_PREFIX", &prefix),
     )
     .or_else(|_| {
@@ -122,7 +177,11 @@ fn bpf_linker() -> anyhow::Result<String> {
         cmd::run(
             Command::new("cargo")
                 .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION])
-                .args(["--no-default-features", "--features", &format!("llvm-{major}")])
+                .args([
+                    "--no-default-features",
+                    "--features",
+                    &format!("llvm-{major}"),
+                ])
                 .env("LLVM_PREFIX", &prefix),
         )
     })?;
@@ -143,7 +202,11 @@ fn debian_packages() -> anyhow::Result<String> {
         return Ok("all installed".into());
     }
     if !cmd::is_root() {
-        bail!("missing Debian packages {}: run `sudo cargo xtask setup` or `sudo apt-get install {}`", missing.join(" "), missing.join(" "));
+        bail!(
+            "missing Debian packages {}: run `sudo cargo xtask setup` or `sudo apt-get install {}`",
+            missing.join(" "),
+            missing.join(" ")
+        );
     }
     println!("setup:   installing {}", missing.join(" "));
     cmd::run(Command::new("apt-get").args(["update", "-q"]))?;

@@ -27,18 +27,37 @@ pub fn run(root: &Path, with_vm: bool, cargo_args: &[String]) -> anyhow::Result<
              (CI does), e.g. `sudo -E cargo xtask test`"
         );
     }
-    stage("formatting", || cmd::run(Command::new("cargo").args(["fmt", "--all", "--check"]).current_dir(root)))?;
-    stage("lints", || {
-        cmd::run(Command::new("cargo").args(["clippy", "--all-targets", "--", "-D", "warnings"]).current_dir(root))
+    stage("formatting", || {
+        cmd::run(
+            Command::new("cargo")
+                .args(["fmt", "--all", "--check"])
+                .current_dir(root),
+        )
     })?;
-    stage("build", || cmd::run(Command::new("cargo").args(["build", "--bins"]).current_dir(root)))?;
+    stage("lints", || {
+        cmd::run(
+            Command::new("cargo")
+                .args(["clippy", "--all-targets", "--", "-D", "warnings"])
+                .current_dir(root),
+        )
+    })?;
+    stage("build", || {
+        cmd::run(
+            Command::new("cargo")
+                .args(["build", "--bins"])
+                .current_dir(root),
+        )
+    })?;
     let mut tally = cargo_tests(root, cargo_args)?;
     if with_vm {
         let vm = vm_stage(root, &[])?;
         tally.passed += vm.passed;
         tally.failed += vm.failed;
     }
-    println!("xtask test: finished in {:.0} s", started.elapsed().as_secs_f64());
+    println!(
+        "xtask test: finished in {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
     println!("tests: {} passed, {} failed", tally.passed, tally.failed);
     if tally.failed > 0 {
         bail!("{} tests failed", tally.failed);
@@ -56,8 +75,14 @@ fn stage(name: &str, f: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<(
 fn cargo_tests(root: &Path, extra: &[String]) -> anyhow::Result<Tally> {
     println!("xtask test: cargo test ...");
     let mut command = Command::new("cargo");
-    command.arg("test").args(extra).current_dir(root).stdout(Stdio::piped());
-    let mut child = command.spawn().with_context(|| format!("could not start `{}`", cmd::describe(&command)))?;
+    command
+        .arg("test")
+        .args(extra)
+        .current_dir(root)
+        .stdout(Stdio::piped());
+    let mut child = command
+        .spawn()
+        .with_context(|| format!("could not start `{}`", cmd::describe(&command)))?;
     let stdout = child.stdout.take().context("cargo test has no stdout")?;
     let mut tally = Tally::default();
     for line in BufReader::new(stdout).lines() {
@@ -94,15 +119,28 @@ pub fn vm_stage(root: &Path, names: &[String]) -> anyhow::Result<Tally> {
     } else {
         names
             .iter()
-            .map(|name| vm::kernel_by_name(name).copied().with_context(|| format!("unknown kernel {name:?}: use 6.1, 6.12 or 7.x")))
+            .map(|name| {
+                vm::kernel_by_name(name)
+                    .copied()
+                    .with_context(|| format!("unknown kernel {name:?}: use 6.1, 6.12 or 7.x"))
+            })
             .collect::<anyhow::Result<_>>()?
     };
     let cache = vm::default_cache_dir(root);
     let mut tally = Tally::default();
     for spec in &kernels {
-        println!("xtask vm-test: kernel {} (Debian {}) ...", spec.name, spec.suite);
-        let kernel = vm::prepare_kernel(spec, &cache).with_context(|| format!("preparing kernel {}", spec.name))?;
-        let outcome = vm::run_ktls_probe(&kernel, &cache, 4 << 20, std::time::Duration::from_secs(120))?;
+        println!(
+            "xtask vm-test: kernel {} (Debian {}) ...",
+            spec.name, spec.suite
+        );
+        let kernel = vm::prepare_kernel(spec, &cache)
+            .with_context(|| format!("preparing kernel {}", spec.name))?;
+        let outcome = vm::run_ktls_probe(
+            &kernel,
+            &cache,
+            4 << 20,
+            std::time::Duration::from_secs(120),
+        )?;
         print!("{}", outcome.command_output);
         match outcome.ensure_success() {
             Ok(()) => {
@@ -126,10 +164,15 @@ mod tests {
     #[test]
     fn reads_cargo_result_lines() {
         assert_eq!(
-            parse_result_line("test result: ok. 19 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 3.44s"),
+            parse_result_line(
+                "test result: ok. 19 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 3.44s"
+            ),
             Some((19, 0))
         );
-        assert_eq!(parse_result_line("test result: FAILED. 8 passed; 11 failed; 0 ignored"), Some((8, 11)));
+        assert_eq!(
+            parse_result_line("test result: FAILED. 8 passed; 11 failed; 0 ignored"),
+            Some((8, 11))
+        );
         assert_eq!(parse_result_line("running 3 tests"), None);
     }
 }

@@ -11,16 +11,26 @@ use super::{ConnCounters, RelayError, Side};
 /// Read buffer per direction: large enough for 100 Gbit/s-class batching.
 const BUFFER: usize = 256 * 1024;
 
-pub(super) async fn relay(client: &TcpStream, server: &TcpStream, counters: &ConnCounters) -> Result<(), RelayError> {
+pub(super) async fn relay(
+    client: &TcpStream,
+    server: &TcpStream,
+    counters: &ConnCounters,
+) -> Result<(), RelayError> {
     let up = async {
         direction(client, server, &counters.to_server)
             .await
-            .map_err(|source| RelayError::Io { side: Side::Server, source })
+            .map_err(|source| RelayError::Io {
+                side: Side::Server,
+                source,
+            })
     };
     let down = async {
         direction(server, client, &counters.to_client)
             .await
-            .map_err(|source| RelayError::Io { side: Side::Client, source })
+            .map_err(|source| RelayError::Io {
+                side: Side::Client,
+                source,
+            })
     };
     tokio::select! {
         both = async { tokio::try_join!(up, down) } => both.map(drop),
@@ -29,7 +39,11 @@ pub(super) async fn relay(client: &TcpStream, server: &TcpStream, counters: &Con
 }
 
 /// Copies `from` -> `to` until FIN, then half-closes `to`.
-pub(super) async fn direction(from: &TcpStream, to: &TcpStream, counter: &AtomicU64) -> io::Result<()> {
+pub(super) async fn direction(
+    from: &TcpStream,
+    to: &TcpStream,
+    counter: &AtomicU64,
+) -> io::Result<()> {
     let mut buffer = vec![0u8; BUFFER];
     loop {
         from.readable().await?;

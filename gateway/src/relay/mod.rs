@@ -62,7 +62,9 @@ impl FromStr for DataPath {
             "sockmap" => Ok(DataPath::Sockmap),
             "splice" => Ok(DataPath::Splice),
             "copy" => Ok(DataPath::Copy),
-            other => Err(format!("unknown data path {other:?}: expected sockmap, splice or copy")),
+            other => Err(format!(
+                "unknown data path {other:?}: expected sockmap, splice or copy"
+            )),
         }
     }
 }
@@ -78,7 +80,10 @@ pub struct ConnCounters {
 
 impl ConnCounters {
     pub fn snapshot(&self) -> (u64, u64) {
-        (self.to_server.load(Ordering::Relaxed), self.to_client.load(Ordering::Relaxed))
+        (
+            self.to_server.load(Ordering::Relaxed),
+            self.to_client.load(Ordering::Relaxed),
+        )
     }
 }
 
@@ -138,7 +143,9 @@ impl RelayEngine {
 
     /// An engine that can also relay in the kernel.
     pub fn with_kernel(kernel: Arc<KernelRelay>) -> Self {
-        RelayEngine { kernel: Some(kernel) }
+        RelayEngine {
+            kernel: Some(kernel),
+        }
     }
 
     /// The loaded kernel relay, if any (for occupancy checks and metrics).
@@ -148,7 +155,11 @@ impl RelayEngine {
 
     /// The best path this engine has.
     pub fn best_path(&self) -> DataPath {
-        if self.kernel.is_some() { DataPath::Sockmap } else { DataPath::Splice }
+        if self.kernel.is_some() {
+            DataPath::Sockmap
+        } else {
+            DataPath::Splice
+        }
     }
 
     /// Relays until both directions are closed. On error both sockets are
@@ -162,7 +173,9 @@ impl RelayEngine {
     ) -> Result<RelaySummary, RelayError> {
         let outcome = match path {
             DataPath::Copy => copy::relay(&client, &server, counters).await.map(|()| path),
-            DataPath::Splice => splice::relay(&client, &server, counters).await.map(|()| path),
+            DataPath::Splice => splice::relay(&client, &server, counters)
+                .await
+                .map(|()| path),
             DataPath::Sockmap => {
                 let kernel = self.kernel.as_ref().ok_or(RelayError::Unavailable(path))?;
                 sockmap::relay(kernel, &client, &server, counters).await
@@ -176,6 +189,10 @@ impl RelayEngine {
         // kernel cannot take (see `sockmap.rs`).
         let path = outcome?;
         let (to_server, to_client) = counters.snapshot();
-        Ok(RelaySummary { path, to_server, to_client })
+        Ok(RelaySummary {
+            path,
+            to_server,
+            to_client,
+        })
     }
 }

@@ -35,29 +35,59 @@ pub(super) async fn relay(
     server: &TcpStream,
     counters: &ConnCounters,
 ) -> Result<DataPath, RelayError> {
-    let client_base = bytes_written(client).map_err(|source| RelayError::Io { side: Side::Client, source })?;
-    let server_base = bytes_written(server).map_err(|source| RelayError::Io { side: Side::Server, source })?;
+    let client_base = bytes_written(client).map_err(|source| RelayError::Io {
+        side: Side::Client,
+        source,
+    })?;
+    let server_base = bytes_written(server).map_err(|source| RelayError::Io {
+        side: Side::Server,
+        source,
+    })?;
     let pair = match kernel.arm(client.as_fd(), server.as_fd()) {
         Ok(pair) => pair,
         Err(err) => {
             // Nothing entered the kernel (e.g. a socket already half-closed):
             // this connection is relayed with splice instead.
             tracing::debug!(error = %err, "kernel relay refused the connection; using splice");
-            return splice::relay(client, server, counters).await.map(|()| DataPath::Splice);
+            return splice::relay(client, server, counters)
+                .await
+                .map(|()| DataPath::Splice);
         }
     };
     if !pair.is_complete() {
-        return copy::relay(client, server, counters).await.map(|()| DataPath::Copy);
+        return copy::relay(client, server, counters)
+            .await
+            .map(|()| DataPath::Copy);
     }
     let up = async {
-        direction(&pair, Side::Client, client, server, server_base, &counters.to_server)
-            .await
-            .map_err(|source| RelayError::Io { side: Side::Server, source })
+        direction(
+            &pair,
+            Side::Client,
+            client,
+            server,
+            server_base,
+            &counters.to_server,
+        )
+        .await
+        .map_err(|source| RelayError::Io {
+            side: Side::Server,
+            source,
+        })
     };
     let down = async {
-        direction(&pair, Side::Server, server, client, client_base, &counters.to_client)
-            .await
-            .map_err(|source| RelayError::Io { side: Side::Client, source })
+        direction(
+            &pair,
+            Side::Server,
+            server,
+            client,
+            client_base,
+            &counters.to_client,
+        )
+        .await
+        .map_err(|source| RelayError::Io {
+            side: Side::Client,
+            source,
+        })
     };
     let outcome = tokio::select! {
         both = async { tokio::try_join!(up, down) } => both.map(drop),
@@ -78,8 +108,12 @@ fn entry_of(pair: &KernelPair, source: Side) -> RelayEntry {
 
 fn refresh(pair: &KernelPair, counters: &ConnCounters) {
     let (client, server) = pair.entries();
-    counters.to_server.fetch_max(client.redirected_bytes, Ordering::Relaxed);
-    counters.to_client.fetch_max(server.redirected_bytes, Ordering::Relaxed);
+    counters
+        .to_server
+        .fetch_max(client.redirected_bytes, Ordering::Relaxed);
+    counters
+        .to_client
+        .fetch_max(server.redirected_bytes, Ordering::Relaxed);
 }
 
 /// Watches one direction (`from`'s incoming bytes, sent out of `to`).

@@ -16,16 +16,26 @@ use crate::sys::{self, Pipe};
 /// Pipe buffer per direction.
 const PIPE_SIZE: usize = 1024 * 1024;
 
-pub(super) async fn relay(client: &TcpStream, server: &TcpStream, counters: &ConnCounters) -> Result<(), RelayError> {
+pub(super) async fn relay(
+    client: &TcpStream,
+    server: &TcpStream,
+    counters: &ConnCounters,
+) -> Result<(), RelayError> {
     let up = async {
         direction(client, server, &counters.to_server)
             .await
-            .map_err(|source| RelayError::Io { side: Side::Server, source })
+            .map_err(|source| RelayError::Io {
+                side: Side::Server,
+                source,
+            })
     };
     let down = async {
         direction(server, client, &counters.to_client)
             .await
-            .map_err(|source| RelayError::Io { side: Side::Client, source })
+            .map_err(|source| RelayError::Io {
+                side: Side::Client,
+                source,
+            })
     };
     tokio::select! {
         both = async { tokio::try_join!(up, down) } => both.map(drop),
@@ -48,7 +58,9 @@ async fn direction(from: &TcpStream, to: &TcpStream, counter: &AtomicU64) -> io:
         };
         while in_pipe > 0 {
             to.writable().await?;
-            match to.try_io(Interest::WRITABLE, || sys::splice(pipe.read.as_fd(), to.as_fd(), in_pipe)) {
+            match to.try_io(Interest::WRITABLE, || {
+                sys::splice(pipe.read.as_fd(), to.as_fd(), in_pipe)
+            }) {
                 Ok(n) => {
                     in_pipe -= n;
                     counter.fetch_add(n as u64, Ordering::Relaxed);

@@ -28,7 +28,9 @@ async fn socket_error(socket: &TcpStream) -> io::Error {
             Err(err) => return err,
             // EPOLLERR without a pending error: clear the readiness and wait on.
             Ok(None) => {
-                let _ = socket.try_io(Interest::ERROR, || Err::<(), _>(io::ErrorKind::WouldBlock.into()));
+                let _ = socket.try_io(Interest::ERROR, || {
+                    Err::<(), _>(io::ErrorKind::WouldBlock.into())
+                });
             }
         }
     }
