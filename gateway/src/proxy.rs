@@ -101,9 +101,14 @@ async fn serve(
     stats.active.fetch_add(1, Ordering::Relaxed);
     let counters = ConnCounters::default();
     let result = async {
-        let server = TcpStream::connect(plan.target)
-            .await
-            .map_err(|err| format!("dialling {}: {err}", plan.target))?;
+        let server = match TcpStream::connect(plan.target).await {
+            Ok(server) => server,
+            Err(err) => {
+                // Tell the client at once (RST) rather than with a clean FIN.
+                let _ = client.set_linger(Some(Duration::ZERO));
+                return Err(format!("dialling {}: {err}", plan.target));
+            }
+        };
         for socket in [&client, &server] {
             socket
                 .set_nodelay(true)

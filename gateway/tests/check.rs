@@ -1,0 +1,87 @@
+//! `s2cs check` on this machine: the eBPF object really loads and relays, and
+//! a run without privileges explains itself instead of failing obscurely.
+//! Needs root (CI runs as root); the kernel must have BPF and sockmap, as
+//! every kernel this project targets does.
+use std::process::Command;
+
+use gateway::check::{self, BPF_LOAD, SOCKMAP, SPLICE, TCP};
+use gateway::relay::DataPath;
+
+#[test]
+fn the_ebpf_object_loads_and_relays_in_this_kernel() {
+    let report = check::run();
+    assert!(report.root, "this test must run as root");
+    for name in [TCP, BPF_LOAD, SOCKMAP, SPLICE] {
+        let cap = report
+            .capability(name)
+            .unwrap_or_else(|| panic!("no {name} in the report"));
+        assert!(cap.available, "{name} unavailable: {}", cap.detail);
+    }
+    assert_eq!(report.plaintext_path, DataPath::Sockmap);
+    assert!(report.can_run);
+    let text = check::render(&report);
+    assert!(text.contains("plaintext relay = sockmap"), "{text}");
+}
+
+#[test]
+fn the_binary_reports_json_and_exit_status() {
+    let out = Command::new(env!("CARGO_BIN_EXE_s2cs"))
+        .args(["check", "--json", "--require", "sockmap"])
+        .output()
+        .expect("run s2cs check");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    assert_eq!(report["plaintext_path"], "sockmap");
+    assert_eq!(report["can_run"], true);
+}
+
+/// Without root the BPF checks fail with a message that says why and what to
+/// do, nothing panics, and the gateway still reports it can run (userspace).
+#[test]
+fn a_non_root_run_explains_itself() {
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
+        .args(["--bounding-set=-all"])
+        .arg(env!("CARGO_BIN_EXE_s2cs"))
+        .args(["check"])
+        .output()
+        .expect("run s2cs check through setpriv (util-linux)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "s2cs panicked: {err}");
+    assert!(text.contains("not root"), "{text}");
+    assert!(
+        text.contains("needs root (CAP_BPF and CAP_NET_ADMIN)"),
+        "{text}"
+    );
+    assert!(text.contains("plaintext relay = splice"), "{text}");
+    assert!(
+        out.status.success(),
+        "copy/splice still work without root: {text}{err}"
+    );
+    let required = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
+        .args(["--bounding-set=-all"])
+        .arg(env!("CARGO_BIN_EXE_s2cs"))
+        .args(["check", "--require", "sockmap"])
+        .output()
+        .expect("run s2cs check --require sockmap");
+    assert!(
+        !required.status.success(),
+        "--require sockmap must fail without root"
+    );
+}
