@@ -6,10 +6,16 @@
 //! - [`sys`]: every raw system call outside aya (socket options, ioctls, splice);
 //! - [`ebpf`]: loads the embedded eBPF object and owns the kernel relay maps;
 //! - [`relay`]: the relay engine and its three data paths;
+//! - [`channel`]: the secure gateway-to-gateway channel (TLS, per-session
+//!   proof, kernel/userspace TLS data paths);
 //! - [`check`]: `s2cs check`, the capability report;
-//! - [`proxy`]: a listener that relays every accepted connection to a target.
+//! - [`proxy`]: a listener that relays every accepted connection to a target;
+//! - [`session`]: the data plane of SciStream sessions (`control::DataPlane`)
+//!   and `s2cs serve`.
+pub mod channel;
 pub mod check;
 pub mod ebpf;
 pub mod proxy;
 pub mod relay;
+pub mod session;
 pub mod sys;

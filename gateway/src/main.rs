@@ -9,6 +9,7 @@ use gateway::check;
 use gateway::ebpf::KernelRelay;
 use gateway::proxy::{self, ProxyPlan, ProxyStats};
 use gateway::relay::{DataPath, RelayEngine};
+use gateway::session::serve::{Gateway, ServeArgs, shutdown_signal};
 
 #[derive(Parser)]
 #[command(name = "s2cs", version, about = "SciStream-compatible gateway: control server and kernel data plane")]
@@ -42,6 +43,9 @@ enum Command {
         #[arg(long)]
         rate: Option<u64>,
     },
+    /// Run the gateway: the SciStream control server with the kernel data
+    /// plane, until SIGINT or SIGTERM.
+    Serve(Box<ServeArgs>),
 }
 
 fn main() -> ExitCode {
@@ -82,7 +86,37 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             runtime.block_on(relay(listen, target, &path, rate))?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Serve(args) => {
+            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            runtime.block_on(serve(*args))?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let gateway = Gateway::prepare(args).await?;
+    println!(
+        "s2cs: control server on {} (data path {}, gateway channel {})",
+        gateway.control_addr(),
+        gateway.data_path(),
+        gateway.channel()
+    );
+    match (gateway.tls_fingerprint(), gateway.cert_path()) {
+        (Some(fingerprint), Some(cert)) => {
+            println!(
+                "s2cs: control TLS certificate {} SHA-256 fingerprint {fingerprint}",
+                cert.display()
+            );
+        }
+        (Some(fingerprint), None) => {
+            println!("s2cs: control TLS certificate SHA-256 fingerprint {fingerprint}")
+        }
+        (None, _) => println!("s2cs: control channel WITHOUT TLS"),
+    }
+    gateway.serve(shutdown_signal()).await?;
+    println!("s2cs: stopped");
+    Ok(())
 }
 
 async fn relay(listen: SocketAddr, target: SocketAddr, path: &str, rate: Option<u64>) -> anyhow::Result<()> {

@@ -105,7 +105,7 @@ async fn serve(
             Ok(server) => server,
             Err(err) => {
                 // Tell the client at once (RST) rather than with a clean FIN.
-                let _ = client.set_linger(Some(Duration::ZERO));
+                let _ = socket2::SockRef::from(&client).set_linger(Some(Duration::ZERO));
                 return Err(format!("dialling {}: {err}", plan.target));
             }
         };

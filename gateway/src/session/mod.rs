@@ -1,0 +1,714 @@
+//! The gateway's data plane for SciStream sessions: [`KernelDataPlane`]
+//! implements [`control::DataPlane`] with the relay engine.
+//!
+//! For each link of a session (one listener, one target) a task accepts
+//! connections, dials the target for each one, caps the pacing rate of both
+//! sockets (the session's `rate`, shared among its open connections, enforced
+//! by SO_MAX_PACING_RATE so it holds in every data path) and relays the pair
+//! over the engine's data path until both sides close. Live byte and
+//! connection counters per session answer [`DataPlane::counters`].
+//!
+//! Which side of a connection crosses the WAN depends on the role: a PROD
+//! gateway *accepts* the peer gateway's connections on its WAN listeners and
+//! dials ProdApp on its LAN; a CONS gateway accepts ConsApp on its LAN and
+//! *dials* the PROD gateway over the WAN. Both WAN sides go through
+//! [`wan::wan_leg`], the one place where the secure channel plugs in.
+//!
+//! Stopping a session ([`DataPlane::stop_session`]) closes its listeners at
+//! once, lets open connections finish for a short grace period, then resets
+//! the ones still open (RST to both peers) and waits until every task of the
+//! session is gone.
+//!
+//! Layout:
+//! - this file: the session table, accept loops, connections, counters;
+//! - [`wan`]: [`ChannelMode`] and [`wan::wan_leg`] (plain TCP for now);
+//! - [`serve`]: `s2cs serve`, the control server on top of this data plane.
+#![forbid(unsafe_code)]
+
+pub mod serve;
+pub mod wan;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, OwnedFd};
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use control::{
+    BoxFuture, DataPlane, DataPlaneError, Role, SessionCounters, SessionId, SessionPlan,
+    SessionSecret,
+};
+use socket2::SockRef;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::task::JoinHandle;
+
+pub use wan::{ChannelError, ChannelMode, Leg, WanSide};
+
+use crate::ebpf::{EbpfError, KernelRelay};
+use crate::relay::{ConnCounters, DataPath, RelayEngine, RelayError};
+use crate::sys;
+
+/// Tunables of the data plane.
+#[derive(Clone, Debug)]
+pub struct SessionOptions {
+    /// How long open connections may go on after their session is stopped
+    /// before they are reset. Keep it short: `release` waits for it.
+    pub stop_grace: Duration,
+    /// How long dialling a target may take.
+    pub dial_timeout: Duration,
+    /// Open connections per session; further ones wait in the listen queue.
+    pub max_connections: usize,
+}
+
+impl Default for SessionOptions {
+    fn default() -> Self {
+        SessionOptions {
+            stop_grace: Duration::from_secs(1),
+            dial_timeout: Duration::from_secs(10),
+            max_connections: 1024,
+        }
+    }
+}
+
+/// How long a stopping session waits for reset connections to be gone.
+const RESET_WAIT: Duration = Duration::from_secs(5);
+
+/// Data-plane failures of a whole session (a connection's failures are only
+/// logged: they end that connection, not the session).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SessionError {
+    /// Operator: `--data-path sockmap` was asked for but the kernel relay
+    /// cannot be loaded here (see `s2cs check`).
+    #[error("data path {path} needs the kernel relay, which could not be loaded")]
+    KernelUnavailable {
+        path: DataPath,
+        #[source]
+        source: EbpfError,
+    },
+    /// System: a listener handed over by the control plane is unusable.
+    #[error("registering listener {addr} with the runtime failed")]
+    Listener {
+        addr: String,
+        #[source]
+        source: io::Error,
+    },
+    /// Control-plane bug: the session already runs.
+    #[error("session {uid} is already running in the data plane")]
+    AlreadyRunning { uid: String },
+}
+
+impl From<SessionError> for DataPlaneError {
+    fn from(err: SessionError) -> Self {
+        match err {
+            SessionError::AlreadyRunning { uid } => DataPlaneError::AlreadyRunning { uid },
+            SessionError::Listener { addr, source } => DataPlaneError::Io {
+                context: format!("registering listener {addr} with the runtime"),
+                source,
+            },
+            other => DataPlaneError::Other(error_chain(&other)),
+        }
+    }
+}
+
+/// Why one relayed connection ended abnormally (logged, never returned).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnError {
+    /// The target refused or is unreachable.
+    #[error("dialling {target} failed")]
+    Dial {
+        target: SocketAddr,
+        #[source]
+        source: io::Error,
+    },
+    /// The target did not answer in time.
+    #[error("dialling {target} timed out after {timeout:?}")]
+    DialTimeout {
+        target: SocketAddr,
+        timeout: Duration,
+    },
+    /// A socket option could not be set (e.g. the pacing rate).
+    #[error("setting {option} failed")]
+    Socket {
+        option: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    /// The WAN leg could not be set up.
+    #[error("setting up the WAN leg failed")]
+    Channel(#[from] ChannelError),
+    /// Relaying stopped with an error (the sockets were reset).
+    #[error("relaying failed")]
+    Relay(#[from] RelayError),
+}
+
+/// `--data-path`: the best one this gateway has, or a fixed one.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PathChoice {
+    /// sockmap when the kernel relay loads, else splice.
+    #[default]
+    Auto,
+    /// Exactly this path (sockmap fails to start without the kernel relay).
+    Only(DataPath),
+}
+
+impl FromStr for PathChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(PathChoice::Auto),
+            other => other.parse().map(PathChoice::Only).map_err(|_| {
+                format!("unknown data path {other:?}: expected auto, sockmap, splice or copy")
+            }),
+        }
+    }
+}
+
+impl fmt::Display for PathChoice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PathChoice::Auto => f.write_str("auto"),
+            PathChoice::Only(path) => path.fmt(f),
+        }
+    }
+}
+
+/// Builds the relay engine for `choice` and returns it with the path to use.
+/// With `Auto`, a kernel relay that cannot be loaded is a warning (splice is
+/// used); with `Only(Sockmap)` it is an error.
+pub fn engine_for(choice: PathChoice) -> Result<(RelayEngine, DataPath), SessionError> {
+    match choice {
+        PathChoice::Only(path @ (DataPath::Splice | DataPath::Copy)) => {
+            Ok((RelayEngine::userspace(), path))
+        }
+        PathChoice::Only(path @ DataPath::Sockmap) => match KernelRelay::load() {
+            Ok(kernel) => Ok((RelayEngine::with_kernel(Arc::new(kernel)), path)),
+            Err(source) => Err(SessionError::KernelUnavailable { path, source }),
+        },
+        PathChoice::Auto => {
+            let engine = match KernelRelay::load() {
+                Ok(kernel) => RelayEngine::with_kernel(Arc::new(kernel)),
+                Err(err) => {
+                    tracing::warn!(error = %error_chain(&err), "kernel relay unavailable; relaying with splice");
+                    RelayEngine::userspace()
+                }
+            };
+            let path = engine.best_path();
+            Ok((engine, path))
+        }
+    }
+}
+
+/// The data plane of `s2cs serve`: sessions relayed by the [`RelayEngine`].
+pub struct KernelDataPlane {
+    engine: RelayEngine,
+    path: DataPath,
+    channel: ChannelMode,
+    options: SessionOptions,
+    sessions: Mutex<HashMap<SessionId, Running>>,
+}
+
+/// A running session as the table holds it.
+struct Running {
+    shared: Arc<Shared>,
+    accept_tasks: Vec<JoinHandle<()>>,
+    /// Yields `None` once every connection task (and accept loop) is gone.
+    drained: mpsc::Receiver<()>,
+}
+
+/// Where a session is in its life; tasks watch it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Phase {
+    /// Accepting and relaying.
+    Running,
+    /// Listeners closed; open connections may finish.
+    Stopping,
+    /// Open connections are reset now.
+    Reset,
+}
+
+/// What every task of one session shares.
+struct Shared {
+    uid: SessionId,
+    role: Role,
+    rate: u64,
+    secret: SessionSecret,
+    engine: RelayEngine,
+    path: DataPath,
+    channel: ChannelMode,
+    dial_timeout: Duration,
+    phase: watch::Sender<Phase>,
+    limit: Arc<Semaphore>,
+    next_conn: AtomicU64,
+    connections_total: AtomicU64,
+    /// Open connections and, under the same lock, the bytes of closed ones,
+    /// so a counters snapshot never counts a connection twice or not at all.
+    conns: Mutex<ConnTable>,
+}
+
+#[derive(Default)]
+struct ConnTable {
+    open: HashMap<u64, OpenConn>,
+    closed_to_target: u64,
+    closed_from_target: u64,
+}
+
+/// One open connection: its live counters and duplicates of its sockets'
+/// descriptors (socket options are per socket, so the pacing rate and the
+/// reset-on-close can be set through them while the relay owns the sockets).
+struct OpenConn {
+    counters: Arc<ConnCounters>,
+    sockets: Vec<OwnedFd>,
+}
+
+impl Shared {
+    fn table(&self) -> MutexGuard<'_, ConnTable> {
+        self.conns
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn snapshot(&self) -> SessionCounters {
+        let table = self.table();
+        let (mut to_target, mut from_target) = (table.closed_to_target, table.closed_from_target);
+        for conn in table.open.values() {
+            let (up, down) = conn.counters.snapshot();
+            to_target += up;
+            from_target += down;
+        }
+        SessionCounters {
+            bytes_to_target: to_target,
+            bytes_from_target: from_target,
+            connections_total: self.connections_total.load(Ordering::Relaxed),
+            connections_active: table.open.len() as u64,
+        }
+    }
+
+    /// The pacing rate of each socket: the session's rate shared evenly
+    /// among its open connections (at least 1 byte/s).
+    fn share(&self, open: usize) -> u64 {
+        (self.rate / open.max(1) as u64).max(1)
+    }
+
+    /// Sets every open socket of the session to its current share.
+    fn repace(&self, table: &ConnTable) {
+        if self.rate == 0 {
+            return;
+        }
+        let share = self.share(table.open.len());
+        for conn in table.open.values() {
+            for fd in &conn.sockets {
+                if let Err(err) = sys::set_max_pacing_rate(fd.as_fd(), share) {
+                    tracing::debug!(uid = %self.uid, error = %err, "re-pacing a socket failed");
+                }
+            }
+        }
+    }
+}
+
+/// Registers a connection in its session's table; removes it (keeping its
+/// final byte counts) and re-paces the others when dropped.
+struct ConnGuard {
+    shared: Arc<Shared>,
+    id: u64,
+    counters: Arc<ConnCounters>,
+}
+
+impl ConnGuard {
+    fn new(shared: Arc<Shared>) -> Self {
+        let id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
+        let counters = Arc::new(ConnCounters::default());
+        shared.connections_total.fetch_add(1, Ordering::Relaxed);
+        let mut table = shared.table();
+        table.open.insert(
+            id,
+            OpenConn {
+                counters: Arc::clone(&counters),
+                sockets: Vec::new(),
+            },
+        );
+        // One more connection: everyone's share shrinks.
+        shared.repace(&table);
+        drop(table);
+        ConnGuard {
+            shared,
+            id,
+            counters,
+        }
+    }
+
+    /// Adds a socket of this connection: TCP_NODELAY and the pacing cap.
+    fn add_socket(&self, socket: &TcpStream) -> Result<(), ConnError> {
+        socket
+            .set_nodelay(true)
+            .map_err(|source| ConnError::Socket {
+                option: "TCP_NODELAY",
+                source,
+            })?;
+        let dup = socket
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|source| ConnError::Socket {
+                option: "F_DUPFD (socket handle)",
+                source,
+            })?;
+        let mut table = self.shared.table();
+        if self.shared.rate > 0 {
+            let share = self.shared.share(table.open.len());
+            sys::set_max_pacing_rate(dup.as_fd(), share).map_err(|source| ConnError::Socket {
+                option: "SO_MAX_PACING_RATE",
+                source,
+            })?;
+        }
+        if let Some(conn) = table.open.get_mut(&self.id) {
+            conn.sockets.push(dup);
+        }
+        Ok(())
+    }
+
+    /// Makes the coming close of every socket of this connection send RST.
+    fn reset_on_close(&self) {
+        let table = self.shared.table();
+        if let Some(conn) = table.open.get(&self.id) {
+            for fd in &conn.sockets {
+                let _ = SockRef::from(fd).set_linger(Some(Duration::ZERO));
+            }
+        }
+    }
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        let mut table = self.shared.table();
+        // Dropping the entry closes the duplicated descriptors.
+        table.open.remove(&self.id);
+        let (up, down) = self.counters.snapshot();
+        table.closed_to_target += up;
+        table.closed_from_target += down;
+        self.shared.repace(&table);
+    }
+}
+
+impl KernelDataPlane {
+    /// A data plane relaying over `path` with `engine`.
+    pub fn new(
+        engine: RelayEngine,
+        path: DataPath,
+        channel: ChannelMode,
+        options: SessionOptions,
+    ) -> Self {
+        KernelDataPlane {
+            engine,
+            path,
+            channel,
+            options,
+            sessions: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The data path plaintext legs are relayed on.
+    pub fn path(&self) -> DataPath {
+        self.path
+    }
+
+    /// How the link between gateways is carried.
+    pub fn channel(&self) -> ChannelMode {
+        self.channel
+    }
+
+    /// Number of running sessions.
+    pub fn running(&self) -> usize {
+        self.table().len()
+    }
+
+    fn table(&self) -> MutexGuard<'_, HashMap<SessionId, Running>> {
+        self.sessions
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn start(&self, plan: SessionPlan) -> Result<(), SessionError> {
+        let mut table = self.table();
+        if table.contains_key(&plan.uid) {
+            return Err(SessionError::AlreadyRunning {
+                uid: plan.uid.to_string(),
+            });
+        }
+        let mut links = Vec::with_capacity(plan.links.len());
+        for link in plan.links {
+            let addr = link
+                .listener
+                .local_addr()
+                .map_or_else(|_| "?".to_owned(), |a| a.to_string());
+            let listener = link
+                .listener
+                .set_nonblocking(true)
+                .and_then(|()| TcpListener::from_std(link.listener))
+                .map_err(|source| SessionError::Listener { addr, source })?;
+            links.push((listener, link.target));
+        }
+        if plan.legacy_secret {
+            tracing::warn!(uid = %plan.uid, "this session's data-channel secret is derived from its uid (old client)");
+        }
+        if self.channel == ChannelMode::Plain {
+            tracing::warn!(uid = %plan.uid, "the link between gateways is PLAIN TCP for this session (no secure channel yet)");
+        }
+        let (phase, _) = watch::channel(Phase::Running);
+        let shared = Arc::new(Shared {
+            uid: plan.uid.clone(),
+            role: plan.role,
+            rate: plan.rate_bytes_per_sec,
+            secret: plan.secret,
+            engine: self.engine.clone(),
+            path: self.path,
+            channel: self.channel,
+            dial_timeout: self.options.dial_timeout,
+            phase,
+            limit: Arc::new(Semaphore::new(self.options.max_connections.max(1))),
+            next_conn: AtomicU64::new(0),
+            connections_total: AtomicU64::new(0),
+            conns: Mutex::new(ConnTable::default()),
+        });
+        tracing::info!(
+            uid = %shared.uid,
+            role = %shared.role,
+            path = %shared.path,
+            links = ?links.iter().map(|(l, t)| (l.local_addr().ok(), *t)).collect::<Vec<_>>(),
+            rate_bytes_per_sec = shared.rate,
+            "data plane: session started"
+        );
+        let (drain_tx, drained) = mpsc::channel(1);
+        let accept_tasks = links
+            .into_iter()
+            .map(|(listener, target)| {
+                tokio::spawn(accept_loop(
+                    Arc::clone(&shared),
+                    listener,
+                    target,
+                    drain_tx.clone(),
+                ))
+            })
+            .collect();
+        table.insert(
+            plan.uid,
+            Running {
+                shared,
+                accept_tasks,
+                drained,
+            },
+        );
+        Ok(())
+    }
+
+    async fn stop(&self, uid: &SessionId) {
+        let Some(running) = self.table().remove(uid) else {
+            return;
+        };
+        let Running {
+            shared,
+            accept_tasks,
+            mut drained,
+        } = running;
+        shared.phase.send_replace(Phase::Stopping);
+        for task in accept_tasks {
+            // Each loop drops its listener when it ends: the port is closed.
+            let _ = task.await;
+        }
+        if tokio::time::timeout(self.options.stop_grace, drained.recv())
+            .await
+            .is_err()
+        {
+            let open = shared.table().open.len();
+            tracing::info!(%uid, open, grace = ?self.options.stop_grace, "session stopped; resetting the connections still open");
+            shared.phase.send_replace(Phase::Reset);
+            if tokio::time::timeout(RESET_WAIT, drained.recv())
+                .await
+                .is_err()
+            {
+                tracing::warn!(%uid, "connections of a stopped session still running after the reset");
+            }
+        }
+        let c = shared.snapshot();
+        tracing::info!(
+            %uid,
+            bytes_to_target = c.bytes_to_target,
+            bytes_from_target = c.bytes_from_target,
+            connections = c.connections_total,
+            "data plane: session stopped"
+        );
+    }
+}
+
+impl Drop for KernelDataPlane {
+    fn drop(&mut self) {
+        // Sessions still running end at once: listeners close, connections reset.
+        for running in self.table().values() {
+            running.shared.phase.send_replace(Phase::Reset);
+        }
+    }
+}
+
+impl DataPlane for KernelDataPlane {
+    fn start_session(&self, plan: SessionPlan) -> BoxFuture<'_, Result<(), DataPlaneError>> {
+        let started = self.start(plan).map_err(DataPlaneError::from);
+        Box::pin(async move { started })
+    }
+
+    fn stop_session<'a>(&'a self, uid: &'a SessionId) -> BoxFuture<'a, ()> {
+        Box::pin(self.stop(uid))
+    }
+
+    fn counters(&self, uid: &SessionId) -> Option<SessionCounters> {
+        self.table()
+            .get(uid)
+            .map(|running| running.shared.snapshot())
+    }
+}
+
+/// Completes once the session's phase is `at` or later (or the data plane
+/// is gone).
+async fn reached(phase: &mut watch::Receiver<Phase>, at: Phase) {
+    let _ = phase.wait_for(|p| *p >= at).await;
+}
+
+/// Accepts on one listener of a session until the session stops.
+async fn accept_loop(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    target: SocketAddr,
+    drain: mpsc::Sender<()>,
+) {
+    let mut phase = shared.phase.subscribe();
+    loop {
+        let permit = tokio::select! {
+            permit = Arc::clone(&shared.limit).acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+            () = reached(&mut phase, Phase::Stopping) => break,
+        };
+        tokio::select! {
+            () = reached(&mut phase, Phase::Stopping) => break,
+            accepted = listener.accept() => match accepted {
+                Ok((socket, peer)) => {
+                    let (shared, drain) = (Arc::clone(&shared), drain.clone());
+                    tokio::spawn(async move {
+                        connection(shared, socket, peer, target).await;
+                        drop((permit, drain));
+                    });
+                }
+                Err(err) => {
+                    // Out of descriptors or similar: back off instead of spinning.
+                    tracing::warn!(uid = %shared.uid, error = %err, "accept failed; backing off");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
+}
+
+/// Relays one accepted connection until it ends or the session resets it.
+async fn connection(
+    shared: Arc<Shared>,
+    accepted: TcpStream,
+    peer: SocketAddr,
+    target: SocketAddr,
+) {
+    let guard = ConnGuard::new(Arc::clone(&shared));
+    let mut phase = shared.phase.subscribe();
+    let work = relay_connection(&shared, &guard, accepted, target);
+    tokio::select! {
+        outcome = work => match outcome {
+            Ok(path) => {
+                let (up, down) = guard.counters.snapshot();
+                tracing::debug!(uid = %shared.uid, %peer, %target, %path, up, down, "connection closed");
+            }
+            Err(err) => {
+                // Whatever was open is reset when the sockets close.
+                guard.reset_on_close();
+                let (up, down) = guard.counters.snapshot();
+                tracing::info!(uid = %shared.uid, %peer, %target, up, down, error = %error_chain(&err), "connection ended with an error");
+            }
+        },
+        () = reached(&mut phase, Phase::Reset) => {
+            guard.reset_on_close();
+            tracing::debug!(uid = %shared.uid, %peer, %target, "connection reset: session stopped");
+        }
+    }
+    // `work` is gone (its sockets closed); dropping the guard closes the
+    // duplicated descriptors, which really closes (or resets) the sockets.
+}
+
+async fn relay_connection(
+    shared: &Shared,
+    guard: &ConnGuard,
+    accepted: TcpStream,
+    target: SocketAddr,
+) -> Result<DataPath, ConnError> {
+    guard.add_socket(&accepted)?;
+    let dialled = match tokio::time::timeout(shared.dial_timeout, TcpStream::connect(target)).await
+    {
+        Ok(Ok(socket)) => socket,
+        Ok(Err(source)) => return Err(ConnError::Dial { target, source }),
+        Err(_) => {
+            return Err(ConnError::DialTimeout {
+                target,
+                timeout: shared.dial_timeout,
+            });
+        }
+    };
+    guard.add_socket(&dialled)?;
+    // PROD: the peer gateway connected to our WAN listener. CONS: we dialled
+    // the PROD gateway's WAN listener. The other side is a LAN application.
+    let (client, server) = match shared.role {
+        Role::Prod => {
+            let wan = wan::wan_leg(
+                shared.channel,
+                WanSide::Accepted,
+                accepted,
+                &shared.secret,
+                &shared.uid,
+            )
+            .await?;
+            (wan, Leg::Plain(dialled))
+        }
+        Role::Cons => {
+            let wan = wan::wan_leg(
+                shared.channel,
+                WanSide::Dialled,
+                dialled,
+                &shared.secret,
+                &shared.uid,
+            )
+            .await?;
+            (Leg::Plain(accepted), wan)
+        }
+    };
+    match (client, server) {
+        (Leg::Plain(client), Leg::Plain(server)) => {
+            let summary = shared
+                .engine
+                .relay(shared.path, client, server, &guard.counters)
+                .await?;
+            Ok(summary.path)
+        }
+    }
+}
+
+/// An error and its sources on one line.
+pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    out
+}

@@ -1,0 +1,194 @@
+//! `s2cs serve`: the SciStream control server (from the `control` crate) on
+//! top of [`KernelDataPlane`], with the command-line flags of both.
+//!
+//! [`Gateway::prepare`] reads and validates the whole configuration, loads
+//! the relay engine, builds the control server (TLS certificate, persisted
+//! sessions) and binds the control listener; [`Gateway::serve`] then serves
+//! until the shutdown future completes (see [`shutdown_signal`]) and drains:
+//! pending calls get a grace period and every session is stopped.
+#![forbid(unsafe_code)]
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use control::{ControlError, ControlServer, ServerArgs, ServerConfig};
+
+use super::{ChannelMode, KernelDataPlane, PathChoice, SessionError, SessionOptions, engine_for};
+use crate::relay::DataPath;
+
+/// Flags of `s2cs serve`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct ServeArgs {
+    /// Address the control server (gRPC over TLS) listens on. Its IP is added
+    /// to the names of a self-signed certificate generated on first start.
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:5000")]
+    pub control_listen: SocketAddr,
+    /// Data path for relayed connections: auto (sockmap when the kernel
+    /// relay loads, else splice), sockmap, splice or copy.
+    #[arg(long, value_name = "PATH", default_value = "auto")]
+    pub data_path: PathChoice,
+    /// How the link between gateways is carried (only "plain" for now: TCP
+    /// without encryption).
+    #[arg(long, value_name = "MODE", default_value = "plain")]
+    pub channel: ChannelMode,
+    /// Seconds the open connections of a released session may go on before
+    /// they are reset (release waits for them this long, then resets them).
+    #[arg(long, value_name = "SECS", default_value_t = 1.0)]
+    pub release_grace: f64,
+    /// Control-server options.
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+/// Why the gateway could not start or serve.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServeError {
+    /// Operator: a flag or the configuration file is wrong.
+    #[error("invalid configuration: {reason}")]
+    Config { reason: String },
+    /// Operator or system: the configuration is rejected, or the control
+    /// server failed while serving.
+    #[error(transparent)]
+    Control(#[from] ControlError),
+    /// Operator or system: the data plane cannot run as asked.
+    #[error(transparent)]
+    DataPlane(#[from] SessionError),
+    /// Operator: the control address is taken or not local.
+    #[error("binding the control listener {addr} failed")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A configured gateway, bound and ready to serve.
+pub struct Gateway {
+    server: ControlServer,
+    listener: tokio::net::TcpListener,
+    control_addr: SocketAddr,
+    cert_path: Option<PathBuf>,
+    path: DataPath,
+    channel: ChannelMode,
+}
+
+impl Gateway {
+    /// Validates everything, loads the relay engine, builds the control server
+    /// (generating or loading its certificate, restoring persisted sessions)
+    /// and binds the control listener.
+    pub async fn prepare(args: ServeArgs) -> Result<Self, ServeError> {
+        if !(args.release_grace.is_finite() && args.release_grace >= 0.0) {
+            return Err(ServeError::Config {
+                reason: format!(
+                    "--release-grace must be a number of seconds >= 0, got {}",
+                    args.release_grace
+                ),
+            });
+        }
+        let mut cfg = args.server.into_config()?;
+        let control_ip = args.control_listen.ip();
+        if !control_ip.is_unspecified() && !cfg.tls.names.contains(&control_ip.to_string()) {
+            cfg.tls.names.push(control_ip.to_string());
+        }
+        let cert_path = cert_path(&cfg);
+        let (engine, path) = engine_for(args.data_path)?;
+        let options = SessionOptions {
+            stop_grace: Duration::from_secs_f64(args.release_grace),
+            ..SessionOptions::default()
+        };
+        let data_plane = Arc::new(KernelDataPlane::new(engine, path, args.channel, options));
+        let server = ControlServer::new(cfg, data_plane).await?;
+        let listener = tokio::net::TcpListener::bind(args.control_listen)
+            .await
+            .map_err(|source| ServeError::Bind {
+                addr: args.control_listen,
+                source,
+            })?;
+        let control_addr = listener.local_addr().map_err(|source| ServeError::Bind {
+            addr: args.control_listen,
+            source,
+        })?;
+        Ok(Gateway {
+            server,
+            listener,
+            control_addr,
+            cert_path,
+            path,
+            channel: args.channel,
+        })
+    }
+
+    /// Where the control server listens.
+    pub fn control_addr(&self) -> SocketAddr {
+        self.control_addr
+    }
+
+    /// SHA-256 fingerprint of the control certificate (None without TLS).
+    pub fn tls_fingerprint(&self) -> Option<&str> {
+        self.server.tls_fingerprint()
+    }
+
+    /// The control certificate clients pin (`s2uc --server-cert`).
+    pub fn cert_path(&self) -> Option<&std::path::Path> {
+        self.cert_path.as_deref()
+    }
+
+    /// The data path of plaintext legs.
+    pub fn data_path(&self) -> DataPath {
+        self.path
+    }
+
+    /// How the link between gateways is carried.
+    pub fn channel(&self) -> ChannelMode {
+        self.channel
+    }
+
+    /// Serves until `shutdown` completes, then drains and stops every session.
+    pub async fn serve<F>(self, shutdown: F) -> Result<(), ServeError>
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        self.server.serve(self.listener, shutdown).await?;
+        Ok(())
+    }
+}
+
+/// Where the control certificate is (operator's, or the self-signed one).
+fn cert_path(cfg: &ServerConfig) -> Option<PathBuf> {
+    if cfg.tls.dangerous_disable {
+        return None;
+    }
+    if let Some(cert) = &cfg.tls.cert {
+        return Some(cert.clone());
+    }
+    let dir = match (&cfg.tls.self_signed_dir, &cfg.state_dir) {
+        (Some(dir), _) => dir.clone(),
+        (None, Some(state)) => state.join("tls"),
+        (None, None) => return None,
+    };
+    Some(dir.join(control::tls::SELF_SIGNED_CERT))
+}
+
+/// Completes on SIGINT or SIGTERM (whichever comes first). If the SIGTERM
+/// handler cannot be installed, only SIGINT is waited for.
+pub async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut sigterm) => {
+                sigterm.recv().await;
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot watch SIGTERM; stop the gateway with SIGINT");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+        () = terminate => tracing::info!("SIGTERM received"),
+    }
+}
