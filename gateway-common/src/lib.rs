@@ -35,7 +35,17 @@ pub struct RelayEntry {
     pub passed_bytes: u64,
     /// Bit flags, see [`PASS_TO_USER`].
     pub flags: u64,
+    /// `redirected_bytes` when the program last notified userspace through
+    /// [`EVENTS_MAP`] (every [`NOTIFY_EVERY`] bytes).
+    pub notified_bytes: u64,
 }
+
+/// Name of the ring buffer through which the verdict program wakes userspace
+/// (records: the socket cookie, a u64) so flow control reacts within a few
+/// MiB of data instead of at a polling interval.
+pub const EVENTS_MAP: &str = "EVENTS";
+/// Redirected bytes between two notifications of one socket.
+pub const NOTIFY_EVERY: u64 = 2 << 20;
 
 /// Set by the verdict program when it could not redirect because the peer was
 /// not (yet, or any more) in the SockHash: from then on every incoming byte of
@@ -45,6 +55,6 @@ pub struct RelayEntry {
 pub const PASS_TO_USER: u64 = 1;
 
 #[cfg(feature = "user")]
-// SAFETY: RelayEntry is repr(C), Copy, has no padding (four u64) and every bit
+// SAFETY: RelayEntry is repr(C), Copy, has no padding (five u64) and every bit
 // pattern is a valid value.
 unsafe impl aya::Pod for RelayEntry {}

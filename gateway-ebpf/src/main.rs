@@ -15,17 +15,20 @@ use aya_ebpf::{
     bindings::{sk_action, xdp_action},
     helpers::bpf_get_socket_cookie,
     macros::{map, stream_verdict, xdp},
-    maps::{HashMap, SockHash},
+    maps::{HashMap, RingBuf, SockHash},
     programs::{SkBuffContext, XdpContext},
 };
 use core::ptr::{read_volatile, write_volatile};
-use gateway_common::{MAX_RELAYED_SOCKETS, PASS_TO_USER, RelayEntry};
+use gateway_common::{MAX_RELAYED_SOCKETS, NOTIFY_EVERY, PASS_TO_USER, RelayEntry};
 
 #[map(name = "SOCKS")]
 static SOCKS: SockHash<u64> = SockHash::with_max_entries(MAX_RELAYED_SOCKETS, 0);
 
 #[map(name = "RELAY")]
 static RELAY: HashMap<u64, RelayEntry> = HashMap::with_max_entries(MAX_RELAYED_SOCKETS, 0);
+
+#[map(name = "EVENTS")]
+static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 
 #[stream_verdict]
 pub fn relay_verdict(ctx: SkBuffContext) -> u32 {
@@ -58,7 +61,15 @@ fn try_relay_verdict(ctx: &SkBuffContext) -> u32 {
         // flags 0: to the peer's egress (it is sent out of the peer socket).
         if SOCKS.redirect_skb(ctx, &mut key, 0) == i64::from(sk_action::SK_PASS) {
             // SAFETY: as above.
-            unsafe { add(&raw mut (*entry).redirected_bytes, len) };
+            let total = unsafe { add(&raw mut (*entry).redirected_bytes, len) };
+            // SAFETY: as above.
+            let noted = unsafe { read_volatile(&raw const (*entry).notified_bytes) };
+            if total.wrapping_sub(noted) >= NOTIFY_EVERY {
+                // SAFETY: as above.
+                unsafe { write_volatile(&raw mut (*entry).notified_bytes, total) };
+                // A full ring only delays flow control until the next tick.
+                let _ = EVENTS.output::<u64>(&cookie, 0);
+            }
             return sk_action::SK_PASS;
         }
         // SAFETY: as above.
@@ -74,9 +85,13 @@ fn try_relay_verdict(ctx: &SkBuffContext) -> u32 {
 /// # Safety
 /// `counter` must point at a live, aligned u64 inside a map value.
 #[inline(always)]
-unsafe fn add(counter: *mut u64, len: u64) {
+unsafe fn add(counter: *mut u64, len: u64) -> u64 {
     // SAFETY: guaranteed by the caller.
-    unsafe { write_volatile(counter, read_volatile(counter).wrapping_add(len)) }
+    unsafe {
+        let total = read_volatile(counter).wrapping_add(len);
+        write_volatile(counter, total);
+        total
+    }
 }
 
 /// Guard of the data ports, attached to the WAN interface. This build only

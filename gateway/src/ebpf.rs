@@ -10,9 +10,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use aya::Ebpf;
-use aya::maps::{HashMap, MapData, SockHash};
+use aya::maps::{HashMap, MapData, RingBuf, SockHash};
 use aya::programs::SkSkb;
-use gateway_common::{RELAY_MAP, RelayEntry, SOCKS_MAP, VERDICT_PROG};
+use gateway_common::{EVENTS_MAP, RELAY_MAP, RelayEntry, SOCKS_MAP, VERDICT_PROG};
+use tokio::sync::Notify;
 
 use crate::sys;
 
@@ -57,6 +58,10 @@ pub enum EbpfError {
 pub struct KernelRelay {
     socks: Mutex<SockHash<MapData, u64>>,
     relay: Mutex<HashMap<MapData, u64, RelayEntry>>,
+    /// The program's wake-ups (socket cookies), until the reader task takes it.
+    events: Mutex<Option<RingBuf<MapData>>>,
+    /// Per-socket wake-up, registered while a pair is armed.
+    waiters: Mutex<std::collections::HashMap<u64, Arc<Notify>>>,
     /// Directions that the program handed to userspace (see PASS_TO_USER).
     handed_to_userspace: AtomicU64,
     /// Test hook: pause between the two SockHash inserts of a pair (µs).
@@ -89,6 +94,15 @@ impl KernelRelay {
                 action: "open",
                 source,
             })?;
+        let events = ebpf.take_map(EVENTS_MAP).ok_or(EbpfError::Missing {
+            kind: "map",
+            name: EVENTS_MAP,
+        })?;
+        let events = RingBuf::try_from(events).map_err(|source| EbpfError::Map {
+            name: EVENTS_MAP,
+            action: "open",
+            source,
+        })?;
         let program: &mut SkSkb = ebpf
             .program_mut(VERDICT_PROG)
             .ok_or(EbpfError::Missing {
@@ -116,6 +130,8 @@ impl KernelRelay {
         Ok(KernelRelay {
             socks: Mutex::new(socks),
             relay: Mutex::new(relay),
+            events: Mutex::new(Some(events)),
+            waiters: Mutex::new(std::collections::HashMap::new()),
             handed_to_userspace: AtomicU64::new(0),
             insert_pause_micros: AtomicU64::new(0),
             _ebpf: ebpf,
@@ -141,6 +157,7 @@ impl KernelRelay {
         let pair = KernelPair {
             relay: Arc::clone(self),
             cookies: [a_cookie, b_cookie],
+            wakeups: [Arc::new(Notify::new()), Arc::new(Notify::new())],
             complete: true,
         };
         {
@@ -163,6 +180,16 @@ impl KernelRelay {
             }
         }
         let mut pair = pair;
+        self.start_event_reader();
+        {
+            let mut waiters = self
+                .waiters
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner());
+            for (cookie, wakeup) in pair.cookies.iter().zip(&pair.wakeups) {
+                waiters.insert(*cookie, Arc::clone(wakeup));
+            }
+        }
         {
             let mut socks = self
                 .socks
@@ -243,7 +270,63 @@ impl KernelRelay {
         (socks, relay)
     }
 
+    /// Starts, once, the task that turns the program's ring-buffer records
+    /// into wake-ups of the connections they name. Outside a tokio runtime
+    /// (e.g. `s2cs check`) there is no reader and flow control polls.
+    fn start_event_reader(self: &Arc<Self>) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let Some(ring) = self
+            .events
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .take()
+        else {
+            return;
+        };
+        let relay = Arc::downgrade(self);
+        runtime.spawn(async move {
+            // SAFETY: the RingBuf owns its map descriptor (MapData holds an
+            // OwnedFd) and is moved into the AsyncFd, so the descriptor stays
+            // open and the same for the AsyncFd's whole life.
+            let registered = unsafe {
+                tokio::io::unix::AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE)
+            };
+            let mut ring = match registered {
+                Ok(ring) => ring,
+                Err(err) => {
+                    tracing::warn!(error = %err, "cannot poll the eBPF event ring; flow control will poll");
+                    return;
+                }
+            };
+            loop {
+                let Ok(mut guard) = ring.readable_mut().await else { return };
+                let Some(relay) = relay.upgrade() else { return };
+                let ring = guard.get_inner_mut();
+                while let Some(record) = ring.next() {
+                    let Ok(bytes) = <[u8; 8]>::try_from(&record[..]) else { continue };
+                    let cookie = u64::from_ne_bytes(bytes);
+                    let waiters = relay.waiters.lock().unwrap_or_else(|poison| poison.into_inner());
+                    if let Some(wakeup) = waiters.get(&cookie) {
+                        wakeup.notify_one();
+                    }
+                }
+                guard.clear_ready();
+            }
+        });
+    }
+
     fn disarm(&self, cookies: [u64; 2]) {
+        {
+            let mut waiters = self
+                .waiters
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner());
+            for cookie in cookies {
+                waiters.remove(&cookie);
+            }
+        }
         {
             let mut socks = self
                 .socks
@@ -268,12 +351,20 @@ impl KernelRelay {
 pub struct KernelPair {
     relay: Arc<KernelRelay>,
     cookies: [u64; 2],
+    /// Woken when the program has redirected another NOTIFY_EVERY bytes
+    /// from the first / second socket.
+    wakeups: [Arc<Notify>; 2],
     complete: bool,
 }
 
 impl KernelPair {
     pub(crate) fn relay(&self) -> &KernelRelay {
         &self.relay
+    }
+
+    /// The wake-up of the first (`a`) or second (`b`) socket's direction.
+    pub(crate) fn wakeup(&self, second: bool) -> &Notify {
+        &self.wakeups[usize::from(second)]
     }
 
     /// False when only the second socket could enter the SockHash: then both

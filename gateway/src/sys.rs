@@ -216,3 +216,241 @@ pub fn take_socket_error(fd: BorrowedFd<'_>) -> io::Result<Option<io::Error>> {
 pub fn fd_of<T: AsFd>(owner: &T) -> BorrowedFd<'_> {
     owner.as_fd()
 }
+
+// ---------------------------------------------------------------------------
+// Kernel TLS (the gateway-to-gateway channel, `crate::channel`)
+// ---------------------------------------------------------------------------
+
+/// `SOL_TLS` socket option level and its options / cmsg types (linux/tls.h).
+const SOL_TLS: libc::c_int = 282;
+const TLS_TX: libc::c_int = 1;
+const TLS_RX: libc::c_int = 2;
+const TLS_SET_RECORD_TYPE: libc::c_int = 1;
+const TLS_GET_RECORD_TYPE: libc::c_int = 2;
+
+/// `version` values of `struct tls_crypto_info`.
+pub const KTLS_VERSION_1_2: u16 = 0x0303;
+/// TLS 1.3.
+pub const KTLS_VERSION_1_3: u16 = 0x0304;
+const TLS_CIPHER_AES_GCM_128: u16 = 51;
+const TLS_CIPHER_AES_GCM_256: u16 = 52;
+const TLS_CIPHER_CHACHA20_POLY1305: u16 = 54;
+
+/// Which half of a kernel TLS socket a key is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KtlsDirection {
+    /// Records the socket sends (TLS_TX).
+    Tx,
+    /// Records the socket receives (TLS_RX).
+    Rx,
+}
+
+/// `struct tls12_crypto_info_aes_gcm_128` (40 bytes).
+#[repr(C)]
+struct AesGcm128Info {
+    version: u16,
+    cipher_type: u16,
+    iv: [u8; 8],
+    key: [u8; 16],
+    salt: [u8; 4],
+    rec_seq: [u8; 8],
+}
+
+/// `struct tls12_crypto_info_aes_gcm_256` (56 bytes).
+#[repr(C)]
+struct AesGcm256Info {
+    version: u16,
+    cipher_type: u16,
+    iv: [u8; 8],
+    key: [u8; 32],
+    salt: [u8; 4],
+    rec_seq: [u8; 8],
+}
+
+/// `struct tls12_crypto_info_chacha20_poly1305` (56 bytes; no salt).
+#[repr(C)]
+struct Chacha20Poly1305Info {
+    version: u16,
+    cipher_type: u16,
+    iv: [u8; 12],
+    key: [u8; 32],
+    rec_seq: [u8; 8],
+}
+
+/// Key material for one direction of a kernel TLS socket, as the kernel
+/// wants it. `iv` is the full 12-byte TLS IV / nonce base as rustls reports
+/// it; the split into the kernel's salt and iv fields happens here.
+pub enum KtlsCipher<'a> {
+    AesGcm128 { key: &'a [u8; 16], iv: &'a [u8; 12] },
+    AesGcm256 { key: &'a [u8; 32], iv: &'a [u8; 12] },
+    Chacha20Poly1305 { key: &'a [u8; 32], iv: &'a [u8; 12] },
+}
+
+/// Writes `value` as a socket option (any plain struct, not only Copy ones).
+fn setsockopt_raw<T>(fd: BorrowedFd<'_>, level: libc::c_int, name: libc::c_int, value: &T) -> io::Result<()> {
+    // SAFETY: `value` points at `size_of::<T>()` readable bytes for the call.
+    check(unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            (value as *const T).cast(),
+            size_of::<T>() as libc::socklen_t,
+        )
+    })
+    .map(drop)
+}
+
+/// Zeroes a key-carrying struct in place (best effort: volatile writes so the
+/// compiler cannot drop them).
+fn wipe<T>(value: &mut T) {
+    let ptr = (value as *mut T).cast::<u8>();
+    for i in 0..size_of::<T>() {
+        // SAFETY: `ptr + i` stays inside `*value`, which we hold mutably; the
+        // structs wiped here are plain bytes and u16s, valid when all zero.
+        unsafe { std::ptr::write_volatile(ptr.add(i), 0) };
+    }
+}
+
+/// Hands one direction's key to a socket that already has the "tls" upper
+/// layer protocol ([`set_tcp_ulp`]). `version` is [`KTLS_VERSION_1_2`] or
+/// [`KTLS_VERSION_1_3`]; `seq` is the next record sequence number. The
+/// kernel copies the key; the stack copy made here is wiped afterwards.
+pub fn set_ktls_key(
+    fd: BorrowedFd<'_>,
+    direction: KtlsDirection,
+    version: u16,
+    cipher: KtlsCipher<'_>,
+    seq: u64,
+) -> io::Result<()> {
+    let name = match direction {
+        KtlsDirection::Tx => TLS_TX,
+        KtlsDirection::Rx => TLS_RX,
+    };
+    let rec_seq = seq.to_be_bytes();
+    let split = |iv: &[u8; 12]| {
+        let mut salt = [0u8; 4];
+        let mut rest = [0u8; 8];
+        salt.copy_from_slice(&iv[..4]);
+        rest.copy_from_slice(&iv[4..]);
+        (salt, rest)
+    };
+    match cipher {
+        KtlsCipher::AesGcm128 { key, iv } => {
+            let (salt, iv) = split(iv);
+            let mut info =
+                AesGcm128Info { version, cipher_type: TLS_CIPHER_AES_GCM_128, iv, key: *key, salt, rec_seq };
+            let result = setsockopt_raw(fd, SOL_TLS, name, &info);
+            wipe(&mut info);
+            result
+        }
+        KtlsCipher::AesGcm256 { key, iv } => {
+            let (salt, iv) = split(iv);
+            let mut info =
+                AesGcm256Info { version, cipher_type: TLS_CIPHER_AES_GCM_256, iv, key: *key, salt, rec_seq };
+            let result = setsockopt_raw(fd, SOL_TLS, name, &info);
+            wipe(&mut info);
+            result
+        }
+        KtlsCipher::Chacha20Poly1305 { key, iv } => {
+            let mut info = Chacha20Poly1305Info {
+                version,
+                cipher_type: TLS_CIPHER_CHACHA20_POLY1305,
+                iv: *iv,
+                key: *key,
+                rec_seq,
+            };
+            let result = setsockopt_raw(fd, SOL_TLS, name, &info);
+            wipe(&mut info);
+            result
+        }
+    }
+}
+
+/// Control buffer for one cmsg carrying one byte, aligned for `cmsghdr`.
+#[repr(C, align(8))]
+struct CmsgSpace([u8; 64]);
+
+/// Receives one TLS record's plaintext from a kernel TLS RX socket with
+/// recvmsg and a control buffer, non-blocking. Returns the byte count and the
+/// record's content type (23 application data, 21 alert, 22 handshake). Used
+/// when splice refuses a record that is not application data (EINVAL).
+pub fn recv_ktls_record(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<(usize, u8)> {
+    let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+    let mut control = CmsgSpace([0; 64]);
+    // SAFETY: msghdr is plain data; all-zero is a valid empty header.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.0.as_mut_ptr().cast();
+    msg.msg_controllen = control.0.len() as _;
+    // SAFETY: `msg` points at one iovec over `buf` and at `control`, both
+    // writable and alive for the call; the kernel writes within their lengths.
+    let got = unsafe { libc::recvmsg(fd.as_raw_fd(), &mut msg, libc::MSG_DONTWAIT) };
+    if got < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if msg.msg_flags & libc::MSG_CTRUNC != 0 {
+        return Err(io::Error::other("TLS record type control message truncated"));
+    }
+    let mut record_type = 23u8;
+    // SAFETY: the CMSG_* macros walk the control buffer the kernel filled,
+    // bounded by msg_controllen, which the kernel set to what it wrote.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == SOL_TLS && (*cmsg).cmsg_type == TLS_GET_RECORD_TYPE {
+                record_type = *libc::CMSG_DATA(cmsg);
+            }
+            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+        }
+    }
+    Ok((got as usize, record_type))
+}
+
+/// Sends `data` as one TLS record of content type `record_type` (e.g. 21, an
+/// alert) on a kernel TLS TX socket, non-blocking.
+pub fn send_ktls_record(fd: BorrowedFd<'_>, record_type: u8, data: &[u8]) -> io::Result<usize> {
+    let mut iov = libc::iovec { iov_base: data.as_ptr() as *mut libc::c_void, iov_len: data.len() };
+    let mut control = CmsgSpace([0; 64]);
+    // SAFETY: CMSG_SPACE is a pure size computation.
+    let space = unsafe { libc::CMSG_SPACE(1) } as usize;
+    // SAFETY: msghdr is plain data; all-zero is a valid empty header.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.0.as_mut_ptr().cast();
+    msg.msg_controllen = space as _;
+    // SAFETY: the control buffer (64 bytes, 8-aligned) holds CMSG_SPACE(1);
+    // CMSG_FIRSTHDR is non-null for a non-empty buffer and CMSG_DATA points
+    // inside it.
+    unsafe {
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        (*cmsg).cmsg_level = SOL_TLS;
+        (*cmsg).cmsg_type = TLS_SET_RECORD_TYPE;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(1) as _;
+        *libc::CMSG_DATA(cmsg) = record_type;
+    }
+    // SAFETY: `msg` points at one iovec over `data` (only read by the
+    // kernel) and at the control buffer, both alive for the call.
+    let sent = unsafe { libc::sendmsg(fd.as_raw_fd(), &msg, libc::MSG_DONTWAIT) };
+    if sent < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(sent as usize)
+    }
+}
+
+/// The socket's current bound on its advertised receive window.
+pub fn tcp_window_clamp(fd: BorrowedFd<'_>) -> io::Result<u32> {
+    let clamp = getsockopt::<libc::c_int>(fd, libc::IPPROTO_TCP, libc::TCP_WINDOW_CLAMP)?;
+    u32::try_from(clamp).map_err(|_| io::Error::other("negative window clamp"))
+}
+
+/// Bounds the socket's advertised receive window (TCP_WINDOW_CLAMP; the
+/// kernel raises tiny values to its minimum). The sockmap path uses it to
+/// make a sender wait while the kernel's redirect queue is long.
+pub fn set_tcp_window_clamp(fd: BorrowedFd<'_>, bytes: u32) -> io::Result<()> {
+    let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    setsockopt(fd, libc::IPPROTO_TCP, libc::TCP_WINDOW_CLAMP, &value)
+}

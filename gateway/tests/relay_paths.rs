@@ -346,7 +346,9 @@ async fn reset_mid_stream(path: DataPath) {
         let (mut s, _) = listener.accept().await.expect("accept");
         let mut buf = vec![0u8; 1 << 20];
         s.read_exact(&mut buf).await.expect("read some");
-        s.set_linger(Some(Duration::ZERO)).expect("linger");
+        socket2::SockRef::from(&s)
+            .set_linger(Some(Duration::ZERO))
+            .expect("linger");
         drop(s);
     });
     let mut client = TcpStream::connect(relay.addr).await.expect("connect");
@@ -421,6 +423,46 @@ async fn many_connections(path: DataPath) {
     relay.stop().await;
 }
 
+/// A fast sender and a slow receiver: the relay must make the sender wait
+/// instead of buffering the stream in the gateway (bounded memory).
+async fn slow_consumer(path: DataPath) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    const LEN: u64 = 64 << 20;
+    /// Socket buffers on both legs plus the relay's own allowance.
+    const BOUND: u64 = 40 << 20;
+    let (listener, target) = server().await;
+    let relay = Relay::start(path, target).await;
+    let consumed = Arc::new(AtomicU64::new(0));
+    let seen = Arc::clone(&consumed);
+    let sink = tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.expect("accept");
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = s.read(&mut buf).await.expect("read");
+            if n == 0 {
+                break;
+            }
+            seen.fetch_add(n as u64, Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    });
+    let mut client = TcpStream::connect(relay.addr).await.expect("connect");
+    within("slow send", send_pattern(&mut client, 5, LEN))
+        .await
+        .expect("send");
+    let consumed_when_sent = consumed.load(Ordering::Relaxed);
+    client.shutdown().await.expect("fin");
+    within("slow sink", sink).await.expect("sink");
+    drop(client);
+    relay.stop().await;
+    assert!(
+        LEN - consumed_when_sent <= BOUND,
+        "{path}: the sender finished while only {consumed_when_sent} of {LEN} bytes were consumed: \
+         the relay buffered {} MiB",
+        (LEN - consumed_when_sent) >> 20
+    );
+}
+
 macro_rules! path_tests {
     ($module:ident, $path:expr) => {
         mod $module {
@@ -448,6 +490,10 @@ macro_rules! path_tests {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn sixty_four_connections() {
                 many_connections($path).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn slow_consumer_bounds_buffering() {
+                slow_consumer($path).await
             }
         }
     };
@@ -564,9 +610,11 @@ async fn sockmap_bytes_in_the_insert_window_are_kept_in_order() {
     const LEN: u64 = 16 << 20;
     let (listener, target) = server().await;
     let kernel = Arc::new(KernelRelay::load().expect("loading the eBPF relay (needs root)"));
-    kernel.pause_between_inserts(Duration::from_millis(100));
+    kernel.pause_between_inserts(Duration::from_millis(300));
     tokio::spawn(async move {
         let (mut s, _) = listener.accept().await.expect("accept");
+        // Start inside the relay's (widened) window between the two inserts.
+        tokio::time::sleep(Duration::from_millis(30)).await;
         send_pattern(&mut s, 9, LEN).await.expect("stream");
         s.shutdown().await.expect("fin");
     });

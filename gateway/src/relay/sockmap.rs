@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use gateway_common::RelayEntry;
+use gateway_common::{PASS_TO_USER, RelayEntry};
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
@@ -125,21 +125,45 @@ async fn direction(
     to_base: u64,
     counter: &AtomicU64,
 ) -> io::Result<()> {
+    let mut gate = FlowGate::default();
+    let mut backlog = 0;
     loop {
+        let tick = if gate.clamped || backlog > BACKLOG_LOW {
+            FLOW_TICK
+        } else {
+            COUNTER_REFRESH
+        };
         let ready = tokio::select! {
             ready = from.readable() => Some(ready?),
-            () = tokio::time::sleep(COUNTER_REFRESH) => None,
+            () = pair.wakeup(source == Side::Server).notified() => None,
+            () = tokio::time::sleep(tick) => None,
         };
-        counter.fetch_max(entry_of(pair, source).redirected_bytes, Ordering::Relaxed);
+        let redirected = entry_of(pair, source).redirected_bytes;
+        let delivered = bytes_written(to)?.saturating_sub(to_base).min(redirected);
+        counter.fetch_max(delivered, Ordering::Relaxed);
+        backlog = redirected - delivered;
+        tracing::trace!(%source, redirected, delivered, backlog, "tick");
+        gate.update(from, backlog)?;
         if ready.is_none() {
             continue;
         }
         match from.try_io(Interest::READABLE, || sys::peek_nonblocking(from.as_fd())) {
-            // End of stream: drain, then carry the FIN.
-            Ok(0) => break,
+            // End of stream. TCP wakes us when it records the FIN, which can
+            // be before the verdict program has consumed (and counted) the
+            // last buffers: wait until the receive queue is empty first.
+            Ok(0) => {
+                wait_consumed(from).await?;
+                break;
+            }
+            // Bytes for userspace: either the program passed them to us
+            // (PASS_TO_USER), or they are not processed yet (retry shortly).
+            Ok(_) if entry_of(pair, source).flags & PASS_TO_USER == 0 => {
+                tokio::time::sleep(Duration::from_micros(200)).await;
+            }
             // The program passed bytes to userspace: continue this direction
             // in userspace, after what was already redirected has left.
             Ok(_) => {
+                gate.open(from)?;
                 let redirected = entry_of(pair, source).redirected_bytes;
                 wait_drained(to, to_base, redirected).await?;
                 counter.store(redirected, Ordering::Relaxed);
@@ -151,12 +175,55 @@ async fn direction(
             Err(err) => return Err(err),
         }
     }
+    gate.open(from)?;
     let redirected = entry_of(pair, source).redirected_bytes;
-    tracing::debug!(%source, redirected, written = bytes_written(to).ok(), to_base, "end of stream; draining");
     wait_drained(to, to_base, redirected).await?;
-    tracing::debug!(%source, redirected, written = bytes_written(to).ok(), "drained; half-closing");
     counter.fetch_max(redirected, Ordering::Relaxed);
     shutdown_write(to)
+}
+
+/// Flow control for the kernel path. A redirect releases the buffer from the
+/// source socket's receive accounting at once, so TCP alone would let a fast
+/// sender fill the gateway's memory when the destination is slower (a slower
+/// WAN, a paced session, a slow consumer). While more than [`BACKLOG_HIGH`]
+/// bytes wait in the kernel between the two sockets, the source's advertised
+/// window is clamped to the minimum, and reopened below [`BACKLOG_LOW`].
+#[derive(Default)]
+struct FlowGate {
+    clamped: bool,
+    /// The clamp the socket had before we closed it.
+    saved: u32,
+}
+
+/// Bytes waiting in the kernel between the sockets that close the gate.
+const BACKLOG_HIGH: u64 = 8 << 20;
+/// ... and that reopen it.
+const BACKLOG_LOW: u64 = 2 << 20;
+/// Poll interval while bytes are moving or the gate is closed.
+const FLOW_TICK: Duration = Duration::from_millis(2);
+
+impl FlowGate {
+    fn update(&mut self, from: &TcpStream, backlog: u64) -> io::Result<()> {
+        if !self.clamped && backlog > BACKLOG_HIGH {
+            self.saved = sys::tcp_window_clamp(from.as_fd())?;
+            // The kernel raises 1 to its minimum window (SOCK_MIN_RCVBUF / 2).
+            sys::set_tcp_window_clamp(from.as_fd(), 1)?;
+            self.clamped = true;
+            tracing::debug!(backlog, saved = self.saved, "flow gate closed");
+        } else if self.clamped && backlog < BACKLOG_LOW {
+            tracing::debug!(backlog, "flow gate opened");
+            self.open(from)?;
+        }
+        Ok(())
+    }
+
+    fn open(&mut self, from: &TcpStream) -> io::Result<()> {
+        if self.clamped {
+            sys::set_tcp_window_clamp(from.as_fd(), self.saved.max(1))?;
+            self.clamped = false;
+        }
+        Ok(())
+    }
 }
 
 /// Total bytes ever written into `socket`: acknowledged plus still queued.
@@ -165,6 +232,17 @@ fn bytes_written(socket: &TcpStream) -> io::Result<u64> {
     let acked = sys::tcp_bytes_acked(socket.as_fd())?;
     let queued = sys::send_queue_len(socket.as_fd())?;
     Ok(acked + queued)
+}
+
+/// Waits until the verdict program has consumed everything TCP queued on
+/// `from` (SIOCINQ is zero), so its counters are final.
+async fn wait_consumed(from: &TcpStream) -> io::Result<()> {
+    let mut pause = Duration::from_micros(50);
+    while sys::recv_queue_len(from.as_fd())? > 0 {
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(5));
+    }
+    Ok(())
 }
 
 /// Waits until `redirected` bytes beyond `base` were written into `to`.
