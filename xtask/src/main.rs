@@ -12,7 +12,10 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "cargo xtask", about = "Setup, tests, VM tests, benchmarks and the demo")]
+#[command(
+    name = "cargo xtask",
+    about = "Setup, tests, VM tests, benchmarks and the demo"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -39,18 +42,53 @@ enum Command {
         #[arg(long = "kernel")]
         kernels: Vec<String>,
     },
-    /// Show the gateway working end to end.
-    Demo,
+    /// Show the gateway working end to end (namespaces, two gateways, a
+    /// producer and a consumer of detector frames).
+    Demo {
+        /// Number of frames.
+        #[arg(long, default_value_t = 1440)]
+        frames: u64,
+        /// Frame size in MiB.
+        #[arg(long, default_value_t = 2)]
+        frame_mib: usize,
+    },
+    /// The demo's producer, consumer and reachability probe (run by the demo
+    /// inside its namespaces).
+    #[command(hide = true)]
+    DemoApp {
+        #[arg(value_parser = ["produce", "consume", "probe"])]
+        role: String,
+        #[arg(long)]
+        addr: std::net::SocketAddr,
+        #[arg(long, default_value_t = 1440)]
+        frames: u64,
+        #[arg(long, default_value_t = 2 << 20)]
+        frame_size: usize,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let root = workspace_root()?;
     match cli.command {
-        Command::Setup => setup::run(&root),
-        Command::Test { no_vm, cargo_args } => test::run(&root, !no_vm, &cargo_args),
-        Command::VmTest { kernels } => test::vm_stage(&root, &kernels).map(drop),
-        Command::Demo => demo::run(&root),
+        Command::Setup => setup::run(&workspace_root()?),
+        Command::Test { no_vm, cargo_args } => test::run(&workspace_root()?, !no_vm, &cargo_args),
+        Command::VmTest { kernels } => test::vm_stage(&workspace_root()?, &kernels).map(drop),
+        Command::Demo { frames, frame_mib } => {
+            demo::run(&workspace_root()?, &demo::DemoOpts { frames, frame_mib })
+        }
+        Command::DemoApp {
+            role,
+            addr,
+            frames,
+            frame_size,
+        } => match role.as_str() {
+            "produce" => demo::app::produce(addr, frames, frame_size),
+            "consume" => demo::app::consume(addr, frames, frame_size),
+            _ => {
+                println!("{}", demo::app::probe(addr));
+                Ok(())
+            }
+        },
     }
 }
 

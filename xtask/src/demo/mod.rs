@@ -1,0 +1,340 @@
+//! `cargo xtask demo`: the product working as a scientist would use it, on
+//! one machine. It builds four network namespaces (producer LAN, PROD
+//! gateway, CONS gateway, consumer LAN), starts an `s2cs` on each gateway, a
+//! producer that listens and streams detector-like frames, runs
+//! `s2uc connect` to set up both sides in one command, runs the consumer
+//! through the gateways with live throughput, and ends with a summary:
+//! bytes, time, throughput, the data path each gateway used, the gateways'
+//! CPU time, and the proof that the producer's network cannot reach the
+//! consumer directly. Everything is removed afterwards, also on Ctrl-C.
+pub mod app;
+mod netns;
+
+use std::io::{BufRead as _, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+
+use crate::{cmd, setup};
+use netns::{Topology, exec_in};
+
+/// Demo size: 1,440 frames (a detector's burst) of `frame_mib` MiB each.
+pub struct DemoOpts {
+    pub frames: u64,
+    pub frame_mib: usize,
+}
+
+const PRODUCER: &str = "10.1.0.2:7000";
+const GWA_CONTROL: &str = "10.2.0.1:5000";
+const GWB_CONTROL: &str = "10.3.0.1:5000";
+
+/// A gateway process and where its files are.
+struct Gateway {
+    child: Child,
+    log: PathBuf,
+    cert: PathBuf,
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn run(root: &Path, opts: &DemoOpts) -> anyhow::Result<()> {
+    if !cmd::is_root() {
+        bail!("the demo builds network namespaces and loads eBPF programs: run it as root");
+    }
+    setup::run(root)?;
+    println!("demo: building s2cs and s2uc (release) ...");
+    cmd::run(
+        Command::new("cargo")
+            .args(["build", "--release", "-p", "gateway", "-p", "control"])
+            .current_dir(root),
+    )?;
+    let bin = root.join("target/release");
+    let me = std::env::current_exe().context("locating the xtask binary")?;
+    ctrlc::set_handler(|| {
+        eprintln!("\ndemo: interrupted; cleaning up");
+        netns::cleanup_all();
+        std::process::exit(130);
+    })
+    .context("installing the Ctrl-C handler")?;
+
+    println!(
+        "demo: network: prod --LAN A-- gwa ==WAN== gwb --LAN B-- cons (no forwarding anywhere)"
+    );
+    let _topology = Topology::create().context("building the demo's namespaces")?;
+    let work = tempdir()?;
+    let gwa = start_gateway(&bin, &work, "gwa", GWA_CONTROL, "10.2.0.1", "10.1.0.0/24")?;
+    let gwb = start_gateway(
+        &bin,
+        &work,
+        "gwb",
+        GWB_CONTROL,
+        "10.3.0.1",
+        "10.2.0.0/24:5100-5199",
+    )?;
+
+    let frame_size = opts.frame_mib << 20;
+    let mut producer = exec_in("prod", &me)
+        .args(["demo-app", "produce", "--addr", PRODUCER])
+        .args([
+            "--frames",
+            &opts.frames.to_string(),
+            "--frame-size",
+            &frame_size.to_string(),
+        ])
+        .spawn()
+        .context("starting the producer")?;
+
+    let direct =
+        cmd::output(exec_in("prod", &me).args(["demo-app", "probe", "--addr", "10.3.0.2:7000"]))?;
+
+    println!("demo: s2uc connect (both gateways in one command, run on the consumer's side) ...");
+    let connect = connect_session(&bin, &gwa, &gwb)?;
+    println!(
+        "demo: session {} set up in {}; the consumer connects to {}",
+        connect.uid, connect.setup_time, connect.listener
+    );
+
+    let started = Instant::now();
+    let cpu_before = [cpu_seconds(&gwa.child), cpu_seconds(&gwb.child)];
+    let mut consumer = exec_in("cons", &me)
+        .args(["demo-app", "consume", "--addr", &connect.listener])
+        .args([
+            "--frames",
+            &opts.frames.to_string(),
+            "--frame-size",
+            &frame_size.to_string(),
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("starting the consumer")?;
+    let mut summary = None;
+    if let Some(out) = consumer.stdout.take() {
+        for line in BufReader::new(out).lines() {
+            let line = line?;
+            println!("{line}");
+            if line.starts_with("consumer: summary") {
+                summary = Some(line);
+            }
+        }
+    }
+    let consumer_ok = consumer.wait()?.success();
+    let elapsed = started.elapsed();
+    let cpu_after = [cpu_seconds(&gwa.child), cpu_seconds(&gwb.child)];
+    let _ = producer.wait();
+
+    for (control, gw) in [(GWB_CONTROL, &gwb), (GWA_CONTROL, &gwa)] {
+        let _ = cmd::output(
+            exec_in("gwb", bin.join("s2uc"))
+                .args(["release", &connect.uid, "--s2cs", control, "--server-cert"])
+                .arg(&gw.cert),
+        );
+    }
+    let paths = [data_paths(&gwa.log), data_paths(&gwb.log)];
+
+    println!();
+    println!("==================== demo summary ====================");
+    match &summary {
+        Some(line) => println!(
+            "stream      {}",
+            line.trim_start_matches("consumer: summary ")
+        ),
+        None => println!("stream      FAILED: the consumer did not finish (see above)"),
+    }
+    println!(
+        "wall time   {:.2} s from consumer connect to last frame verified",
+        elapsed.as_secs_f64()
+    );
+    println!(
+        "setup time  {} for req..update on both gateways",
+        connect.setup_time
+    );
+    println!("data path   PROD gateway (gwa): {}", paths[0]);
+    println!("            CONS gateway (gwb): {}", paths[1]);
+    println!(
+        "gateway CPU gwa {:.2} s, gwb {:.2} s (user+system of the s2cs processes; kernel-path work \
+         runs in softirq and is not included)",
+        cpu_after[0] - cpu_before[0],
+        cpu_after[1] - cpu_before[1]
+    );
+    println!(
+        "isolation   producer -> consumer directly: {}",
+        direct.trim()
+    );
+    println!("======================================================");
+    if !consumer_ok || summary.is_none() {
+        bail!("the consumer did not verify every frame");
+    }
+    Ok(())
+}
+
+fn tempdir() -> anyhow::Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("s2demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(dir)
+}
+
+fn start_gateway(
+    bin: &Path,
+    work: &Path,
+    node: &str,
+    control: &str,
+    ip: &str,
+    allow: &str,
+) -> anyhow::Result<Gateway> {
+    let state = work.join(node);
+    let log = work.join(format!("{node}.log"));
+    let log_file =
+        std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+    let child = exec_in(node, bin.join("s2cs"))
+        .args([
+            "serve",
+            "--control-listen",
+            control,
+            "--port-range",
+            "5100-5199",
+        ])
+        .args([
+            "--listener-ip",
+            ip,
+            "--advertise-ip",
+            ip,
+            "--no-auth",
+            "--allow",
+            allow,
+        ])
+        .arg("--state-dir")
+        .arg(&state)
+        .env("RUST_LOG", "info,gateway=debug")
+        .stdout(log_file.try_clone()?)
+        .stderr(log_file)
+        .spawn()
+        .with_context(|| format!("starting s2cs on {node}"))?;
+    println!(
+        "demo: s2cs on {node}: control {control}, log {}",
+        log.display()
+    );
+    Ok(Gateway {
+        child,
+        log,
+        cert: state.join("tls/control-cert.pem"),
+    })
+}
+
+struct Connected {
+    uid: String,
+    listener: String,
+    setup_time: String,
+}
+
+fn connect_session(bin: &Path, gwa: &Gateway, gwb: &Gateway) -> anyhow::Result<Connected> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let attempt = cmd::output(
+            exec_in("gwb", bin.join("s2uc"))
+                .args([
+                    "connect",
+                    "--prod-s2cs",
+                    GWA_CONTROL,
+                    "--cons-s2cs",
+                    GWB_CONTROL,
+                ])
+                .arg("--prod-cert")
+                .arg(&gwa.cert)
+                .arg("--cons-cert")
+                .arg(&gwb.cert)
+                .args(["--producer", PRODUCER, "--num-conn", "1", "--rate", "0"]),
+        );
+        match attempt {
+            Ok(out) => {
+                let field = |key: &str| {
+                    out.lines()
+                        .find_map(|l| l.strip_prefix(key))
+                        .map(|v| v.trim().to_string())
+                        .with_context(|| format!("s2uc connect printed no `{key}`: {out}"))
+                };
+                let listener = field("consumer connects to:")?;
+                let listener = listener.split(',').next().unwrap_or_default().to_string();
+                return Ok(Connected {
+                    uid: field("uid:")?,
+                    listener,
+                    setup_time: field("setup time:")?,
+                });
+            }
+            // The gateways may still be starting (certificates, eBPF load).
+            Err(err) if Instant::now() < deadline => {
+                let _ = err;
+                std::thread::sleep(Duration::from_millis(300));
+            }
+            Err(err) => return Err(err.context("s2uc connect failed")),
+        }
+    }
+}
+
+/// user+system CPU seconds of a child process so far.
+fn cpu_seconds(child: &Child) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{}/stat", child.id())) else {
+        return 0.0;
+    };
+    // Fields after the command name (which may contain spaces) start at ')'.
+    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+        return 0.0;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime are fields 14 and 15 of stat, i.e. 11 and 12 after ')'.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// Which data paths a gateway's connections used, from its log.
+fn data_paths(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let mut counts: Vec<(String, usize)> = Vec::new();
+    for line in text.lines().filter(|l| l.contains("connection closed")) {
+        if let Some(path) = line
+            .split_whitespace()
+            .find_map(|w| strip_ansi(w).strip_prefix("path=").map(String::from))
+        {
+            match counts.iter_mut().find(|(p, _)| *p == path) {
+                Some((_, n)) => *n += 1,
+                None => counts.push((path, 1)),
+            }
+        }
+    }
+    if counts.is_empty() {
+        return "no connection reported (see the gateway log)".into();
+    }
+    counts
+        .iter()
+        .map(|(p, n)| format!("{p} ({n} connection{})", if *n == 1 { "" } else { "s" }))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn strip_ansi(word: &str) -> String {
+    let mut out = String::new();
+    let mut chars = word.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
