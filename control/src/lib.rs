@@ -18,6 +18,7 @@
 //! - [`dataplane`]: the trait the gateway's data plane implements, and a
 //!   plain userspace relay for tests.
 //! - [`server`]: the gRPC services and `serve()`.
+//! - [`observe`]: hooks for metrics (call latency, auth failures).
 //! - [`cli`]: clap definitions and commands of `s2uc` and `appctrl`.
 //! - [`client`]: client connection and the s2uc/appctrl operations.
 //! - [`mock`]: a mock producer application for `appctrl mock` and tests.
@@ -32,6 +33,7 @@ pub mod config;
 pub mod dataplane;
 pub mod errors;
 pub mod mock;
+pub mod observe;
 pub mod persist;
 pub mod ports;
 pub mod registry;
@@ -52,6 +54,7 @@ pub use dataplane::{
     BoxFuture, DataPlane, DataPlaneError, Link, PlainCopyDataPlane, SessionCounters, SessionPlan,
 };
 pub use errors::ControlError;
+pub use observe::{AuthFailure, CallCode, NoObserver, Observer};
 pub use secret::SessionSecret;
 pub use server::{ControlServer, ServerHandle, serve};
 pub use types::{Identity, Role, SessionId};

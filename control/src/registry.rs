@@ -226,6 +226,21 @@ impl Registry {
         self.table().len()
     }
 
+    /// How many sessions are in each live state (REQUESTED, READY, ACTIVE).
+    pub fn count_by_state(&self) -> [(SessionState, usize); 3] {
+        let mut counts = [
+            (SessionState::Requested, 0),
+            (SessionState::Ready, 0),
+            (SessionState::Active, 0),
+        ];
+        for session in self.table().values() {
+            if let Some(slot) = counts.iter_mut().find(|(state, _)| *state == session.state) {
+                slot.1 += 1;
+            }
+        }
+        counts
+    }
+
     /// Whether the table is empty.
     pub fn is_empty(&self) -> bool {
         self.len() == 0

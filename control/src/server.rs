@@ -12,7 +12,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::watch;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
@@ -25,6 +25,7 @@ use crate::authz::Authz;
 use crate::config::ServerConfig;
 use crate::dataplane::{DataPlane, SessionCounters};
 use crate::errors::ControlError;
+use crate::observe::{AuthFailure, NoObserver, Observer};
 use crate::persist::Store;
 use crate::ports::PortAllocator;
 use crate::proto;
@@ -56,6 +57,7 @@ struct Core {
     allow: AllowList,
     data_plane: Arc<dyn DataPlane>,
     shutdown: watch::Sender<bool>,
+    observer: Arc<dyn Observer>,
 }
 
 /// Removes a REQUESTED session if the req future is dropped (the client
@@ -105,6 +107,26 @@ fn counters_to_proto(c: SessionCounters) -> proto::Counters {
 impl Core {
     async fn who(&self, md: &MetadataMap) -> Result<Identity, ControlError> {
         self.auth.authenticate(md).await
+    }
+
+    /// Reports a finished call (and an auth failure) to the observer.
+    fn observe<T>(&self, method: &'static str, started: Instant, r: &Result<T, ControlError>) {
+        let code = match r {
+            Ok(_) => tonic::Code::Ok,
+            Err(e) => e.code(),
+        };
+        let failure = match r {
+            Err(ControlError::Unauthenticated { .. }) => Some(AuthFailure::Unauthenticated),
+            Err(ControlError::AuthBackend { .. }) => Some(AuthFailure::BackendUnavailable),
+            Err(ControlError::PermissionDenied { .. } | ControlError::TargetNotAllowed { .. }) => {
+                Some(AuthFailure::PermissionDenied)
+            }
+            _ => None,
+        };
+        if let Some(failure) = failure {
+            self.observer.auth_failed(method, failure);
+        }
+        self.observer.call_finished(method, code, started.elapsed());
     }
 
     async fn req(
@@ -357,22 +379,34 @@ type TonicResult<T> = Result<Response<T>, Status>;
 impl proto::control_server::Control for Service {
     async fn req(&self, request: Request<proto::Request>) -> TonicResult<proto::Response> {
         let (md, _, r) = request.into_parts();
-        Ok(Response::new(self.core.req(&md, r).await?))
+        let started = Instant::now();
+        let r = self.core.req(&md, r).await;
+        self.core.observe("req", started, &r);
+        Ok(Response::new(r?))
     }
 
     async fn hello(&self, request: Request<proto::Hello>) -> TonicResult<proto::AppResponse> {
         let (md, _, r) = request.into_parts();
-        Ok(Response::new(self.core.hello(&md, r).await?))
+        let started = Instant::now();
+        let r = self.core.hello(&md, r).await;
+        self.core.observe("hello", started, &r);
+        Ok(Response::new(r?))
     }
 
     async fn update(&self, request: Request<proto::UpdateTargets>) -> TonicResult<proto::Response> {
         let (md, _, r) = request.into_parts();
-        Ok(Response::new(self.core.update(&md, r).await?))
+        let started = Instant::now();
+        let r = self.core.update(&md, r).await;
+        self.core.observe("update", started, &r);
+        Ok(Response::new(r?))
     }
 
     async fn release(&self, request: Request<proto::Release>) -> TonicResult<proto::Response> {
         let (md, _, r) = request.into_parts();
-        Ok(Response::new(self.core.release(&md, r).await?))
+        let started = Instant::now();
+        let r = self.core.release(&md, r).await;
+        self.core.observe("release", started, &r);
+        Ok(Response::new(r?))
     }
 }
 
@@ -386,22 +420,35 @@ impl proto::control_ext_server::ControlExt for Service {
         request: Request<proto::StatusRequest>,
     ) -> TonicResult<proto::SessionStatus> {
         let (md, _, r) = request.into_parts();
-        Ok(Response::new(self.core.status(&md, r).await?))
+        let started = Instant::now();
+        let r = self.core.status(&md, r).await;
+        self.core.observe("status", started, &r);
+        Ok(Response::new(r?))
     }
 
     async fn list(&self, request: Request<proto::ListRequest>) -> TonicResult<proto::SessionList> {
         let (md, _, _) = request.into_parts();
-        Ok(Response::new(self.core.list(&md).await?))
+        let started = Instant::now();
+        let r = self.core.list(&md).await;
+        self.core.observe("list", started, &r);
+        Ok(Response::new(r?))
     }
 
     type watchStream = WatchStream;
 
     async fn watch(&self, request: Request<proto::WatchRequest>) -> TonicResult<WatchStream> {
         let (md, _, r) = request.into_parts();
-        let who = self.core.who(&md).await?;
-        let uid = SessionId::parse(&r.uid)?;
-        // Fails now (NOT_FOUND / PERMISSION_DENIED) rather than in the stream.
-        self.core.registry.status(&uid, &who)?;
+        let started = Instant::now();
+        let checked = async {
+            let who = self.core.who(&md).await?;
+            let uid = SessionId::parse(&r.uid)?;
+            // Fails now (NOT_FOUND / PERMISSION_DENIED) rather than in the stream.
+            self.core.registry.status(&uid, &who)?;
+            Ok((who, uid))
+        }
+        .await;
+        self.core.observe("watch", started, &checked);
+        let (who, uid) = checked?;
         let interval = Duration::from_millis(match r.interval_ms {
             0 => 1000,
             n => u64::from(n.max(50)),
@@ -443,7 +490,10 @@ impl proto::control_ext_server::ControlExt for Service {
         request: Request<proto::VersionRequest>,
     ) -> TonicResult<proto::VersionInfo> {
         let (md, _, _) = request.into_parts();
-        let who = self.core.who(&md).await?;
+        let started = Instant::now();
+        let who = self.core.who(&md).await;
+        self.core.observe("version", started, &who);
+        let who = who?;
         Ok(Response::new(proto::VersionInfo {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             capabilities: CAPABILITIES.iter().map(|s| (*s).to_owned()).collect(),
@@ -467,6 +517,10 @@ impl ServerHandle {
     pub fn sessions(&self) -> usize {
         self.core.registry.len()
     }
+    /// Sessions in each live state (REQUESTED, READY, ACTIVE).
+    pub fn sessions_by_state(&self) -> [(SessionState, usize); 3] {
+        self.core.registry.count_by_state()
+    }
 }
 
 /// A configured server, ready to serve.
@@ -481,6 +535,16 @@ impl ControlServer {
     pub async fn new(
         cfg: ServerConfig,
         data_plane: Arc<dyn DataPlane>,
+    ) -> Result<Self, ControlError> {
+        Self::with_observer(cfg, data_plane, Arc::new(NoObserver)).await
+    }
+
+    /// Like [`ControlServer::new`], reporting calls and auth failures to
+    /// `observer`.
+    pub async fn with_observer(
+        cfg: ServerConfig,
+        data_plane: Arc<dyn DataPlane>,
+        observer: Arc<dyn Observer>,
     ) -> Result<Self, ControlError> {
         cfg.validate()?;
         let auth =
@@ -514,6 +578,7 @@ impl ControlServer {
             auth,
             data_plane,
             shutdown,
+            observer,
         });
         core.restore().await?;
         Ok(ControlServer { core, tls })

@@ -58,3 +58,90 @@ pub const PASS_TO_USER: u64 = 1;
 // SAFETY: RelayEntry is repr(C), Copy, has no padding (five u64) and every bit
 // pattern is a valid value.
 unsafe impl aya::Pod for RelayEntry {}
+
+// ---------------------------------------------------------------------------
+// XDP guard of the data ports
+// ---------------------------------------------------------------------------
+
+/// Name of the one-entry array holding the guard's [`XdpConfig`] (index 0).
+pub const XDP_CONFIG_MAP: &str = "XDP_CONFIG";
+/// Name of the LPM trie of allowed (data port, source prefix) pairs: keys are
+/// [`AllowKey`]s behind a prefix length (see [`AllowKey`]), values a `u32`
+/// (reserved, userspace writes 1).
+pub const XDP_ALLOW_MAP: &str = "XDP_ALLOW";
+/// Name of the per-CPU array of `u64` packet counters, indexed by the
+/// `XDP_STAT_*` constants.
+pub const XDP_STATS_MAP: &str = "XDP_STATS";
+/// Capacity of the allow trie (entries: one per data port and peer prefix).
+pub const MAX_XDP_ALLOW: u32 = 16_384;
+
+/// Counter: dropped, TCP to a data port from a source no allow entry covers.
+pub const XDP_STAT_NOT_ALLOWED: u32 = 0;
+/// Counter: dropped, an IPv4/IPv6 TCP packet whose headers are truncated or
+/// inconsistent (bad IHL, TCP header cut before its ports, IPv6 extension
+/// header chain too long to walk).
+pub const XDP_STAT_MALFORMED: u32 = 1;
+/// Counter: passed, TCP to a data port from an allowed source.
+pub const XDP_STAT_ALLOWED: u32 = 2;
+/// Number of counters in [`XDP_STATS_MAP`].
+pub const XDP_STAT_COUNT: u32 = 3;
+
+/// The guard's configuration, written by userspace at attach time.
+///
+/// All fields in host byte order. While `enabled` is 0 the program passes
+/// every packet (the state between loading and configuring).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct XdpConfig {
+    /// First TCP port of the gateway's data-port range (inclusive).
+    pub first_port: u16,
+    /// Last TCP port of the data-port range (inclusive).
+    pub last_port: u16,
+    /// 1: guard the range; 0: pass everything.
+    pub enabled: u32,
+}
+
+/// `AllowKey::family` of an IPv4 source.
+pub const FAMILY_V4: u8 = 4;
+/// `AllowKey::family` of an IPv6 source.
+pub const FAMILY_V6: u8 = 6;
+
+/// The data of an [`XDP_ALLOW_MAP`] key. The trie matches the leading
+/// `prefix_len` *bits* of these bytes in order, so:
+///
+/// - a wildcard for a port (every source) has prefix length
+///   [`ALLOW_PREFIX_PORT`] (16: the port only);
+/// - a source prefix `addr/n` has prefix length
+///   [`ALLOW_PREFIX_ADDR`] + `n` (port, family, then `n` bits of address).
+///
+/// Every field is a byte array in network byte order, so the struct has
+/// alignment 1 and no padding the trie could see: `_reserved` is never
+/// covered by a prefix and must be zero.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct AllowKey {
+    /// TCP destination port (network byte order).
+    pub port: [u8; 2],
+    /// [`FAMILY_V4`] or [`FAMILY_V6`] (0 in wildcard keys, not matched).
+    pub family: u8,
+    /// Source address in network byte order: IPv4 in the first 4 bytes,
+    /// the rest zero.
+    pub addr: [u8; 16],
+    /// Zero.
+    pub _reserved: u8,
+}
+
+/// Prefix length (bits) of a wildcard key: the port only.
+pub const ALLOW_PREFIX_PORT: u32 = 16;
+/// Prefix length (bits) of the port and family, before the address bits.
+pub const ALLOW_PREFIX_ADDR: u32 = 24;
+
+#[cfg(feature = "user")]
+// SAFETY: XdpConfig is repr(C), Copy, two u16 and a u32 (no padding), and
+// every bit pattern is a valid value.
+unsafe impl aya::Pod for XdpConfig {}
+
+#[cfg(feature = "user")]
+// SAFETY: AllowKey is repr(C), Copy, made of u8 arrays only (alignment 1,
+// no padding), and every bit pattern is a valid value.
+unsafe impl aya::Pod for AllowKey {}

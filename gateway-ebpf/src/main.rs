@@ -8,6 +8,11 @@
 //! When the peer is not in the SockHash (the instant between inserting the two
 //! sockets of a pair, or teardown) the socket switches to passing its bytes to
 //! userspace for good, so nothing is ever dropped or reordered.
+//!
+//! `xdp_guard` is an XDP program on the gateway's WAN interface: it drops TCP
+//! packets addressed to the data-port range unless `XDP_ALLOW` (kept in step
+//! with the live sessions by userspace) allows their source for that port,
+//! and counts drops by reason in `XDP_STATS`.
 #![no_std]
 #![no_main]
 
@@ -15,11 +20,15 @@ use aya_ebpf::{
     bindings::{sk_action, xdp_action},
     helpers::bpf_get_socket_cookie,
     macros::{map, stream_verdict, xdp},
-    maps::{HashMap, RingBuf, SockHash},
+    maps::{Array, HashMap, LpmTrie, PerCpuArray, RingBuf, SockHash, lpm_trie::Key},
     programs::{SkBuffContext, XdpContext},
 };
 use core::ptr::{read_volatile, write_volatile};
-use gateway_common::{MAX_RELAYED_SOCKETS, NOTIFY_EVERY, PASS_TO_USER, RelayEntry};
+use gateway_common::{
+    ALLOW_PREFIX_ADDR, AllowKey, FAMILY_V4, FAMILY_V6, MAX_RELAYED_SOCKETS, MAX_XDP_ALLOW,
+    NOTIFY_EVERY, PASS_TO_USER, RelayEntry, XDP_STAT_ALLOWED, XDP_STAT_COUNT, XDP_STAT_MALFORMED,
+    XDP_STAT_NOT_ALLOWED, XdpConfig,
+};
 
 #[map(name = "SOCKS")]
 static SOCKS: SockHash<u64> = SockHash::with_max_entries(MAX_RELAYED_SOCKETS, 0);
@@ -94,11 +103,216 @@ unsafe fn add(counter: *mut u64, len: u64) -> u64 {
     }
 }
 
-/// Guard of the data ports, attached to the WAN interface. This build only
-/// proves XDP attaches here (`s2cs check`); it passes every packet.
+// ---------------------------------------------------------------------------
+// XDP guard of the data ports
+// ---------------------------------------------------------------------------
+
+/// Index 0: the guard's configuration (port range, enabled), set by userspace.
+#[map(name = "XDP_CONFIG")]
+static XDP_CONFIG: Array<XdpConfig> = Array::with_max_entries(1, 0);
+
+/// Allowed (data port, source prefix) pairs; see `AllowKey`.
+#[map(name = "XDP_ALLOW")]
+static XDP_ALLOW: LpmTrie<AllowKey, u32> = LpmTrie::with_max_entries(MAX_XDP_ALLOW, 0);
+
+/// Packet counters by reason (`XDP_STAT_*`), per CPU.
+#[map(name = "XDP_STATS")]
+static XDP_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(XDP_STAT_COUNT, 0);
+
+const ETH_HLEN: usize = 14;
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88a8;
+const IPPROTO_TCP: u8 = 6;
+/// IPv6 extension headers the guard walks to find the TCP header.
+const IPV6_HOP_BY_HOP: u8 = 0;
+const IPV6_ROUTING: u8 = 43;
+const IPV6_FRAGMENT: u8 = 44;
+const IPV6_AUTH: u8 = 51;
+const IPV6_DEST_OPTS: u8 = 60;
+/// At most this many IPv6 extension headers are walked; a longer chain in
+/// front of TCP is dropped as malformed.
+const MAX_IPV6_EXT: usize = 6;
+/// No header the guard reads starts beyond this offset (a bound for the
+/// verifier; real headers end far earlier).
+const MAX_OFFSET: usize = 4096;
+
+/// Guard of the gateway's data ports, attached to its WAN interface.
+///
+/// A TCP segment (over IPv4, or IPv6 with up to six extension headers,
+/// behind up to two VLAN tags) whose destination port lies in the configured
+/// data-port range passes only if `XDP_ALLOW` has an entry for that port
+/// covering the source address (or a wildcard for the port); otherwise it is
+/// dropped before the socket layer, so the sender gets no answer at all (no
+/// SYN-ACK, no RST). Everything else passes: other ports (the control port),
+/// non-TCP traffic, ARP, non-first IP fragments (they carry no TCP header;
+/// the kernel cannot reassemble them without the first one, which is
+/// checked). IPv4/IPv6 TCP packets whose headers are truncated are dropped
+/// as malformed (the kernel would drop them too).
 #[xdp]
-pub fn xdp_guard(_ctx: XdpContext) -> u32 {
-    xdp_action::XDP_PASS
+pub fn xdp_guard(ctx: XdpContext) -> u32 {
+    match try_xdp_guard(&ctx) {
+        Ok(action) => action,
+        Err(reason) => {
+            count(reason);
+            xdp_action::XDP_DROP
+        }
+    }
+}
+
+/// The verdict for one packet: `Ok(action)`, or `Err(counter)` to drop it
+/// and count it under `counter`.
+#[inline(always)]
+fn try_xdp_guard(ctx: &XdpContext) -> Result<u32, u32> {
+    const PASS: Result<u32, u32> = Ok(xdp_action::XDP_PASS);
+    let Some(config) = XDP_CONFIG.get(0) else {
+        return PASS;
+    };
+    if config.enabled == 0 {
+        return PASS;
+    }
+    let (first_port, last_port) = (config.first_port, config.last_port);
+
+    // Ethernet, up to two VLAN tags. A truncated frame is not ours to judge.
+    let Some(mut ethertype) = load::<[u8; 2]>(ctx, ETH_HLEN - 2).map(u16::from_be_bytes) else {
+        return PASS;
+    };
+    let mut l3 = ETH_HLEN;
+    for _ in 0..2 {
+        if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
+            let Some(inner) = load::<[u8; 2]>(ctx, l3 + 2).map(u16::from_be_bytes) else {
+                return PASS;
+            };
+            ethertype = inner;
+            l3 += 4;
+        }
+    }
+
+    let mut key = AllowKey::default();
+    let l4 = match ethertype {
+        ETH_P_IP => {
+            let Some(head) = load::<[u8; 20]>(ctx, l3) else {
+                return Err(XDP_STAT_MALFORMED);
+            };
+            let ihl = usize::from(head[0] & 0x0f) * 4;
+            if head[0] >> 4 != 4 || ihl < 20 {
+                return Err(XDP_STAT_MALFORMED);
+            }
+            if head[9] != IPPROTO_TCP {
+                return PASS;
+            }
+            // Fragment offset (13 bits) != 0: no TCP header in this packet.
+            if u16::from_be_bytes([head[6], head[7]]) & 0x1fff != 0 {
+                return PASS;
+            }
+            key.family = FAMILY_V4;
+            key.addr[..4].copy_from_slice(&head[12..16]);
+            l3 + ihl
+        }
+        ETH_P_IPV6 => {
+            let Some(head) = load::<[u8; 8]>(ctx, l3) else {
+                return Err(XDP_STAT_MALFORMED);
+            };
+            let Some(src) = load::<[u8; 16]>(ctx, l3 + 8) else {
+                return Err(XDP_STAT_MALFORMED);
+            };
+            if load::<[u8; 16]>(ctx, l3 + 24).is_none() {
+                return Err(XDP_STAT_MALFORMED);
+            }
+            key.family = FAMILY_V6;
+            key.addr = src;
+            let mut next = head[6];
+            let mut off = l3 + 40;
+            for _ in 0..MAX_IPV6_EXT {
+                match next {
+                    IPPROTO_TCP => break,
+                    IPV6_HOP_BY_HOP | IPV6_ROUTING | IPV6_DEST_OPTS => {
+                        let Some(ext) = load::<[u8; 2]>(ctx, off) else {
+                            return Err(XDP_STAT_MALFORMED);
+                        };
+                        next = ext[0];
+                        off += (usize::from(ext[1]) + 1) * 8;
+                    }
+                    IPV6_AUTH => {
+                        let Some(ext) = load::<[u8; 2]>(ctx, off) else {
+                            return Err(XDP_STAT_MALFORMED);
+                        };
+                        next = ext[0];
+                        off += (usize::from(ext[1]) + 2) * 4;
+                    }
+                    IPV6_FRAGMENT => {
+                        let Some(ext) = load::<[u8; 4]>(ctx, off) else {
+                            return Err(XDP_STAT_MALFORMED);
+                        };
+                        // Offset != 0: a later fragment, no TCP header here.
+                        if u16::from_be_bytes([ext[2], ext[3]]) & 0xfff8 != 0 {
+                            return PASS;
+                        }
+                        next = ext[0];
+                        off += 8;
+                    }
+                    // Not TCP (ICMPv6, UDP, no next header, ESP, ...).
+                    _ => return PASS,
+                }
+                if off > MAX_OFFSET {
+                    return Err(XDP_STAT_MALFORMED);
+                }
+            }
+            if next != IPPROTO_TCP {
+                return Err(XDP_STAT_MALFORMED);
+            }
+            off
+        }
+        // ARP and everything else.
+        _ => return PASS,
+    };
+
+    let Some(ports) = load::<[u8; 4]>(ctx, l4) else {
+        return Err(XDP_STAT_MALFORMED);
+    };
+    let dport = u16::from_be_bytes([ports[2], ports[3]]);
+    if dport < first_port || dport > last_port {
+        return PASS;
+    }
+    key.port = [ports[2], ports[3]];
+    let bits = if key.family == FAMILY_V4 { 32 } else { 128 };
+    if XDP_ALLOW
+        .get(Key::new(ALLOW_PREFIX_ADDR + bits, key))
+        .is_some()
+    {
+        count(XDP_STAT_ALLOWED);
+        return PASS;
+    }
+    Err(XDP_STAT_NOT_ALLOWED)
+}
+
+/// Reads a `T` (a byte array) at `offset` from the start of the packet, or
+/// `None` if the packet is shorter: the one bounds-checked packet read.
+#[inline(always)]
+fn load<T: Copy>(ctx: &XdpContext, offset: usize) -> Option<T> {
+    if offset > MAX_OFFSET {
+        return None;
+    }
+    let start = ctx.data();
+    let end = ctx.data_end();
+    if start + offset + size_of::<T>() > end {
+        return None;
+    }
+    // SAFETY: [start + offset, start + offset + size_of::<T>()) lies inside
+    // the packet (checked just above); T is a byte array, so any bytes are a
+    // valid value and the unaligned read is fine.
+    Some(unsafe { core::ptr::read_unaligned((start + offset) as *const T) })
+}
+
+/// Adds one to a per-CPU counter. XDP runs with preemption disabled, so a
+/// plain read-modify-write of this CPU's slot cannot race.
+#[inline(always)]
+fn count(index: u32) {
+    if let Some(counter) = XDP_STATS.get_ptr_mut(index) {
+        // SAFETY: the pointer is this CPU's slot of a live array value.
+        unsafe { *counter += 1 };
+    }
 }
 
 #[cfg(not(test))]

@@ -3,20 +3,42 @@
 //! programs, relay a byte in the kernel, attach XDP in a private namespace,
 //! splice, set the TLS upper-layer protocol) and reports which data paths the
 //! gateway would pick.
+//!
+//! With [`CheckOptions::xdp_ifaces`] (or `xdp_all_ifaces`), the XDP guard is
+//! also attached for an instant to each named interface (native mode first,
+//! then generic; its port range unset, so it passes every packet) and the
+//! report says which mode that interface offers. Without them no real
+//! interface is touched: XDP is only tried in a private namespace.
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::time::Duration;
 
-use aya::Ebpf;
-use aya::programs::{Xdp, XdpMode};
-use gateway_common::XDP_GUARD_PROG;
 use serde::Serialize;
 
-use crate::ebpf::{KernelRelay, PROGRAMS};
+use crate::ebpf::KernelRelay;
 use crate::relay::DataPath;
 use crate::sys::{self, Pipe};
+use crate::xdp::{self, AttachMode};
+
+/// What `s2cs check` probes beyond the defaults.
+#[derive(Clone, Debug, Default)]
+pub struct CheckOptions {
+    /// Interfaces to try attaching XDP to (native, then generic).
+    pub xdp_ifaces: Vec<String>,
+    /// Try every interface except `lo`.
+    pub xdp_all_ifaces: bool,
+}
+
+/// XDP on one interface.
+#[derive(Clone, Debug, Serialize)]
+pub struct XdpInterface {
+    pub iface: String,
+    /// The mode that attached (None: neither did).
+    pub mode: Option<AttachMode>,
+    pub detail: String,
+}
 
 /// One probed capability.
 #[derive(Clone, Debug, Serialize)]
@@ -33,6 +55,8 @@ pub struct Report {
     pub kernel: String,
     pub root: bool,
     pub capabilities: Vec<Capability>,
+    /// XDP per interface (only the interfaces asked for).
+    pub xdp_interfaces: Vec<XdpInterface>,
     /// Path for plaintext-to-plaintext relays (LAN legs, plaintext channel).
     pub plaintext_path: DataPath,
     /// How the encrypted gateway-to-gateway channel would be carried.
@@ -54,8 +78,13 @@ pub const SPLICE: &str = "splice";
 pub const KTLS: &str = "kernel TLS";
 pub const TCP: &str = "TCP sockets";
 
-/// Runs every probe.
+/// Runs every default probe (no real interface is touched).
 pub fn run() -> Report {
+    run_with(&CheckOptions::default())
+}
+
+/// Runs every probe, and the per-interface XDP probes `options` ask for.
+pub fn run_with(options: &CheckOptions) -> Report {
     let root = nix::unistd::geteuid().is_root();
     let kernel = nix::sys::utsname::uname()
         .map(|u| {
@@ -131,6 +160,34 @@ pub fn run() -> Report {
     let ktls = probe(KTLS, probe_ktls);
     let ktls_ok = ktls.available;
     capabilities.push(ktls);
+    let mut ifaces = options.xdp_ifaces.clone();
+    if options.xdp_all_ifaces {
+        match nix::net::if_::if_nameindex() {
+            Ok(list) => {
+                for entry in list.iter() {
+                    let name = entry.name().to_string_lossy().into_owned();
+                    if name != "lo" && !ifaces.contains(&name) {
+                        ifaces.push(name);
+                    }
+                }
+            }
+            Err(err) => tracing::warn!(error = %err, "listing interfaces failed"),
+        }
+    }
+    let xdp_interfaces = ifaces
+        .into_iter()
+        .map(|iface| {
+            if root {
+                probe_xdp_iface(iface)
+            } else {
+                XdpInterface {
+                    iface,
+                    mode: None,
+                    detail: need_root("attaching XDP"),
+                }
+            }
+        })
+        .collect();
     let plaintext_path = if sockmap_ok {
         DataPath::Sockmap
     } else if splice_ok {
@@ -147,6 +204,7 @@ pub fn run() -> Report {
         kernel,
         root,
         capabilities,
+        xdp_interfaces,
         plaintext_path,
         channel_path,
         can_run,
@@ -166,6 +224,14 @@ pub fn render(report: &Report) -> String {
             if cap.available { " ok " } else { "FAIL" },
             cap.name,
             cap.detail
+        ));
+    }
+    for x in &report.xdp_interfaces {
+        out.push_str(&format!(
+            "  [{}] XDP on {:<19} {}\n",
+            if x.mode.is_some() { " ok " } else { "FAIL" },
+            x.iface,
+            x.detail
         ));
     }
     out.push_str(&format!(
@@ -264,26 +330,49 @@ fn probe_xdp() -> Result<String, String> {
     std::thread::spawn(|| -> Result<String, String> {
         nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
             .map_err(|e| format!("unshare(CLONE_NEWNET): {e}"))?;
-        let mut ebpf = Ebpf::load(PROGRAMS).map_err(|e| error_chain(&e))?;
-        let program: &mut Xdp = ebpf
-            .program_mut(XDP_GUARD_PROG)
-            .ok_or("the eBPF object has no xdp_guard program")?
-            .try_into()
-            .map_err(|e: aya::programs::ProgramError| error_chain(&e))?;
-        program.load().map_err(|e| format!("verifier: {}", error_chain(&e)))?;
-        match program.attach("lo", XdpMode::Driver) {
-            Ok(_) => Ok("native (driver) mode attaches on lo".into()),
-            Err(native) => match program.attach("lo", XdpMode::Skb) {
-                Ok(_) => Ok(format!(
-                    "generic (skb) mode attaches (native on lo: {}); veth WAN links support native mode",
-                    error_chain(&native)
-                )),
-                Err(generic) => Err(format!("attach failed: {}", error_chain(&generic))),
-            },
-        }
+        let mut ebpf = xdp::load_guard_program().map_err(|e| error_chain(&e))?;
+        let index = xdp::if_index("lo").map_err(|e| error_chain(&e))?;
+        let (_, mode) =
+            xdp::attach_native_or_generic(&mut ebpf, "lo", index).map_err(|e| error_chain(&e))?;
+        Ok(format!(
+            "xdp_guard accepted by the verifier; {mode} mode attaches on lo in a private namespace \
+             (ask for the WAN interface with --xdp-iface)"
+        ))
     })
     .join()
     .map_err(|_| "the XDP probe thread panicked".to_string())?
+}
+
+/// Attaches the (unconfigured, pass-all) guard to `iface` for an instant.
+fn probe_xdp_iface(iface: String) -> XdpInterface {
+    let attempt = || -> Result<(AttachMode, String), String> {
+        let index = xdp::if_index(&iface).map_err(|e| error_chain(&e))?;
+        let mut ebpf = xdp::load_guard_program().map_err(|e| error_chain(&e))?;
+        let (_, mode) =
+            xdp::attach_native_or_generic(&mut ebpf, &iface, index).map_err(|e| error_chain(&e))?;
+        // Dropping the object detaches the program.
+        drop(ebpf);
+        let detail = match mode {
+            AttachMode::Native => "native (driver) XDP: packets are judged before an skb exists".to_owned(),
+            AttachMode::Generic => {
+                "generic (skb) XDP only: the driver has no native XDP; the guard works, at a higher cost per packet"
+                    .to_owned()
+            }
+        };
+        Ok((mode, detail))
+    };
+    match attempt() {
+        Ok((mode, detail)) => XdpInterface {
+            iface,
+            mode: Some(mode),
+            detail,
+        },
+        Err(detail) => XdpInterface {
+            iface,
+            mode: None,
+            detail,
+        },
+    }
 }
 
 fn probe_splice() -> Result<String, String> {

@@ -11,11 +11,17 @@
 //! - [`check`]: `s2cs check`, the capability report;
 //! - [`proxy`]: a listener that relays every accepted connection to a target;
 //! - [`session`]: the data plane of SciStream sessions (`control::DataPlane`)
-//!   and `s2cs serve`.
+//!   and `s2cs serve`;
+//! - [`xdp`]: the XDP guard of the data ports on the WAN interface and its
+//!   allow-list;
+//! - [`metrics`]: the Prometheus registry of `s2cs serve` and its HTTP
+//!   endpoint.
 pub mod channel;
 pub mod check;
 pub mod ebpf;
+pub mod metrics;
 pub mod proxy;
 pub mod relay;
 pub mod session;
 pub mod sys;
+pub mod xdp;

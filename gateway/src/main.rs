@@ -28,6 +28,14 @@ enum Command {
         /// Exit non-zero unless this data path is available (sockmap, splice, copy).
         #[arg(long, value_name = "PATH")]
         require: Option<DataPath>,
+        /// Also attach XDP for an instant to this interface and report
+        /// native or generic mode (repeatable; the program passes every
+        /// packet while attached).
+        #[arg(long, value_name = "IFACE")]
+        xdp_iface: Vec<String>,
+        /// Like --xdp-iface for every interface except lo.
+        #[arg(long)]
+        xdp_all_ifaces: bool,
     },
     /// Relay every connection accepted on LISTEN to TARGET (a plain relay
     /// without the control plane, for tests and benchmarks).
@@ -66,8 +74,16 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Check { json, require } => {
-            let report = check::run();
+        Command::Check {
+            json,
+            require,
+            xdp_iface,
+            xdp_all_ifaces,
+        } => {
+            let report = check::run_with(&check::CheckOptions {
+                xdp_ifaces: xdp_iface,
+                xdp_all_ifaces,
+            });
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
@@ -113,6 +129,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             println!("s2cs: control TLS certificate SHA-256 fingerprint {fingerprint}")
         }
         (None, _) => println!("s2cs: control channel WITHOUT TLS"),
+    }
+    if let Some((iface, mode)) = gateway.xdp() {
+        println!("s2cs: XDP guard on {iface} ({mode} mode)");
+    }
+    if let Some(addr) = gateway.metrics_addr() {
+        println!("s2cs: metrics on http://{addr}/metrics");
     }
     gateway.serve(shutdown_signal()).await?;
     println!("s2cs: stopped");

@@ -19,6 +19,14 @@
 //! the ones still open (RST to both peers) and waits until every task of the
 //! session is gone.
 //!
+//! With an XDP guard ([`KernelDataPlane::with_xdp`]), a PROD session's
+//! WAN listener ports are opened in the guard's allow-list when the session
+//! starts (for the configured peer gateways, or for every source when none is
+//! configured) and closed again once the session has fully stopped. With
+//! [`KernelDataPlane::with_metrics`], connections are counted and the live
+//! counters are exported at scrape time. Every task of a session runs in a
+//! `session` tracing span carrying its uid and role.
+//!
 //! Layout:
 //! - this file: the session table, accept loops, connections, counters;
 //! - [`wan`]: [`ChannelMode`] and [`wan::wan_leg`] (plain TCP for now);
@@ -46,12 +54,15 @@ use socket2::SockRef;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinHandle;
+use tracing::Instrument as _;
 
 pub use wan::{ChannelError, ChannelMode, Leg, WanSide};
 
 use crate::ebpf::{EbpfError, KernelRelay};
+use crate::metrics::{Metrics, SessionSample};
 use crate::relay::{ConnCounters, DataPath, RelayEngine, RelayError};
 use crate::sys;
+use crate::xdp::{PeerNet, XdpError, XdpGuard};
 
 /// Tunables of the data plane.
 #[derive(Clone, Debug)]
@@ -101,6 +112,13 @@ pub enum SessionError {
     /// Control-plane bug: the session already runs.
     #[error("session {uid} is already running in the data plane")]
     AlreadyRunning { uid: String },
+    /// System: the XDP guard refused an allow entry (e.g. its map is full).
+    #[error("opening port {port} in the XDP guard failed")]
+    Xdp {
+        port: u16,
+        #[source]
+        source: Box<XdpError>,
+    },
 }
 
 impl From<SessionError> for DataPlaneError {
@@ -212,6 +230,15 @@ pub struct KernelDataPlane {
     channel: ChannelMode,
     options: SessionOptions,
     sessions: Mutex<HashMap<SessionId, Running>>,
+    xdp: Option<XdpPlan>,
+    metrics: Option<Arc<Metrics>>,
+}
+
+/// The XDP guard and whom it lets reach a live PROD session's ports.
+struct XdpPlan {
+    guard: Arc<XdpGuard>,
+    /// Peer gateways allowed on live ports; empty: every source.
+    peers: Vec<PeerNet>,
 }
 
 /// A running session as the table holds it.
@@ -220,6 +247,8 @@ struct Running {
     accept_tasks: Vec<JoinHandle<()>>,
     /// Yields `None` once every connection task (and accept loop) is gone.
     drained: mpsc::Receiver<()>,
+    /// Allow entries this session holds in the XDP guard.
+    xdp_entries: Vec<(u16, Option<PeerNet>)>,
 }
 
 /// Where a session is in its life; tasks watch it.
@@ -243,6 +272,11 @@ struct Shared {
     path: DataPath,
     channel: ChannelMode,
     dial_timeout: Duration,
+    metrics: Option<Arc<Metrics>>,
+    /// The `session` label of its metrics (see [`metrics_label`]).
+    label: String,
+    /// The `session` span every task of the session runs in.
+    span: tracing::Span,
     phase: watch::Sender<Phase>,
     limit: Arc<Semaphore>,
     next_conn: AtomicU64,
@@ -409,6 +443,81 @@ impl KernelDataPlane {
             channel,
             options,
             sessions: Mutex::new(HashMap::new()),
+            xdp: None,
+            metrics: None,
+        }
+    }
+
+    /// Keeps `guard`'s allow-list in step with the sessions: each PROD
+    /// session's listener ports are allowed for `peers` (every source if
+    /// empty) from start to the end of stop.
+    pub fn with_xdp(mut self, guard: Arc<XdpGuard>, peers: Vec<PeerNet>) -> Self {
+        self.xdp = Some(XdpPlan { guard, peers });
+        self
+    }
+
+    /// Counts connections in `metrics` (live values are read by the
+    /// registry through [`Metrics::watch_data_plane`]).
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// Every running session's live counters, for the metrics scrape.
+    pub fn metrics_samples(&self) -> Vec<SessionSample> {
+        self.table()
+            .values()
+            .map(|running| SessionSample {
+                label: running.shared.label.clone(),
+                role: running.shared.role.as_str(),
+                counters: running.shared.snapshot(),
+            })
+            .collect()
+    }
+
+    /// Opens `ports` in the XDP guard for the configured peers; on error
+    /// closes what it opened.
+    fn allow_ports(
+        &self,
+        uid: &SessionId,
+        ports: &[u16],
+    ) -> Result<Vec<(u16, Option<PeerNet>)>, SessionError> {
+        let Some(xdp) = &self.xdp else {
+            return Ok(Vec::new());
+        };
+        let peers: Vec<Option<PeerNet>> = if xdp.peers.is_empty() {
+            vec![None]
+        } else {
+            xdp.peers.iter().copied().map(Some).collect()
+        };
+        let mut opened = Vec::new();
+        for &port in ports {
+            for &peer in &peers {
+                if let Err(source) = xdp.guard.allow_net(port, peer) {
+                    self.revoke_ports(uid, &opened);
+                    return Err(SessionError::Xdp {
+                        port,
+                        source: Box::new(source),
+                    });
+                }
+                opened.push((port, peer));
+            }
+        }
+        if !opened.is_empty() {
+            tracing::info!(%uid, ?ports, peers = %peers_text(&peers), "XDP guard: data ports open");
+        }
+        Ok(opened)
+    }
+
+    fn revoke_ports(&self, uid: &SessionId, entries: &[(u16, Option<PeerNet>)]) {
+        let Some(xdp) = &self.xdp else { return };
+        for &(port, peer) in entries {
+            if let Err(err) = xdp.guard.revoke_net(port, peer) {
+                tracing::warn!(%uid, port, error = %error_chain(&err), "XDP guard: closing a data port failed");
+            }
+        }
+        if !entries.is_empty() {
+            tracing::info!(%uid, "XDP guard: data ports closed");
         }
     }
 
@@ -456,11 +565,25 @@ impl KernelDataPlane {
         if plan.legacy_secret {
             tracing::warn!(uid = %plan.uid, "this session's data-channel secret is derived from its uid (old client)");
         }
+        // WAN-facing listeners (PROD) are opened in the XDP guard.
+        let xdp_entries = if plan.role == Role::Prod {
+            let ports: Vec<u16> = links
+                .iter()
+                .filter_map(|(l, _)| l.local_addr().ok().map(|a| a.port()))
+                .collect();
+            self.allow_ports(&plan.uid, &ports)?
+        } else {
+            Vec::new()
+        };
         if self.channel == ChannelMode::Plain {
             tracing::warn!(uid = %plan.uid, "the link between gateways is PLAIN TCP for this session (no secure channel yet)");
         }
         let (phase, _) = watch::channel(Phase::Running);
+        let span = tracing::info_span!("session", uid = %plan.uid, role = %plan.role);
         let shared = Arc::new(Shared {
+            label: metrics_label(&plan.uid, plan.legacy_secret),
+            metrics: self.metrics.clone(),
+            span: span.clone(),
             uid: plan.uid.clone(),
             role: plan.role,
             rate: plan.rate_bytes_per_sec,
@@ -487,12 +610,10 @@ impl KernelDataPlane {
         let accept_tasks = links
             .into_iter()
             .map(|(listener, target)| {
-                tokio::spawn(accept_loop(
-                    Arc::clone(&shared),
-                    listener,
-                    target,
-                    drain_tx.clone(),
-                ))
+                tokio::spawn(
+                    accept_loop(Arc::clone(&shared), listener, target, drain_tx.clone())
+                        .instrument(span.clone()),
+                )
             })
             .collect();
         table.insert(
@@ -501,6 +622,7 @@ impl KernelDataPlane {
                 shared,
                 accept_tasks,
                 drained,
+                xdp_entries,
             },
         );
         Ok(())
@@ -514,6 +636,7 @@ impl KernelDataPlane {
             shared,
             accept_tasks,
             mut drained,
+            xdp_entries,
         } = running;
         shared.phase.send_replace(Phase::Stopping);
         for task in accept_tasks {
@@ -534,7 +657,13 @@ impl KernelDataPlane {
                 tracing::warn!(%uid, "connections of a stopped session still running after the reset");
             }
         }
+        // Only now: connections finishing in the grace period still needed
+        // their packets to pass.
+        self.revoke_ports(uid, &xdp_entries);
         let c = shared.snapshot();
+        if let Some(metrics) = &self.metrics {
+            metrics.session_finished(&c);
+        }
         tracing::info!(
             %uid,
             bytes_to_target = c.bytes_to_target,
@@ -598,10 +727,11 @@ async fn accept_loop(
             accepted = listener.accept() => match accepted {
                 Ok((socket, peer)) => {
                     let (shared, drain) = (Arc::clone(&shared), drain.clone());
+                    let span = tracing::debug_span!(parent: &shared.span, "conn", %peer);
                     tokio::spawn(async move {
                         connection(shared, socket, peer, target).await;
                         drop((permit, drain));
-                    });
+                    }.instrument(span));
                 }
                 Err(err) => {
                     // Out of descriptors or similar: back off instead of spinning.
@@ -621,25 +751,34 @@ async fn connection(
     target: SocketAddr,
 ) {
     let guard = ConnGuard::new(Arc::clone(&shared));
+    if let Some(metrics) = &shared.metrics {
+        metrics.connection_started(shared.role.as_str(), shared.path.as_str());
+    }
     let mut phase = shared.phase.subscribe();
     let work = relay_connection(&shared, &guard, accepted, target);
-    tokio::select! {
+    let finished: (&str, bool) = tokio::select! {
         outcome = work => match outcome {
             Ok(path) => {
                 let (up, down) = guard.counters.snapshot();
                 tracing::debug!(uid = %shared.uid, %peer, %target, %path, up, down, "connection closed");
+                (path.as_str(), true)
             }
             Err(err) => {
                 // Whatever was open is reset when the sockets close.
                 guard.reset_on_close();
                 let (up, down) = guard.counters.snapshot();
                 tracing::info!(uid = %shared.uid, %peer, %target, up, down, error = %error_chain(&err), "connection ended with an error");
+                ("none", false)
             }
         },
         () = reached(&mut phase, Phase::Reset) => {
             guard.reset_on_close();
             tracing::debug!(uid = %shared.uid, %peer, %target, "connection reset: session stopped");
+            ("none", false)
         }
+    };
+    if let Some(metrics) = &shared.metrics {
+        metrics.connection_finished(finished.0, finished.1);
     }
     // `work` is gone (its sockets closed); dropping the guard closes the
     // duplicated descriptors, which really closes (or resets) the sockets.
@@ -699,6 +838,30 @@ async fn relay_connection(
             Ok(summary.path)
         }
     }
+}
+
+/// The `session` label of a session's metrics: its uid, except for sessions
+/// whose data secret is the legacy one derived from the uid (there the uid
+/// is as good as the secret): `legacy-` and 16 hex digits of its SHA-256.
+fn metrics_label(uid: &SessionId, legacy_secret: bool) -> String {
+    if !legacy_secret {
+        return uid.to_string();
+    }
+    let digest = ring::digest::digest(&ring::digest::SHA256, uid.to_string().as_bytes());
+    let mut label = String::from("legacy-");
+    for byte in digest.as_ref().iter().take(8) {
+        label.push_str(&format!("{byte:02x}"));
+    }
+    label
+}
+
+/// Peers of an allow entry set, for logs.
+fn peers_text(peers: &[Option<PeerNet>]) -> String {
+    peers
+        .iter()
+        .map(|p| p.map_or_else(|| "any".to_owned(), |p| p.to_string()))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// An error and its sources on one line.

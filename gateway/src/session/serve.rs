@@ -6,6 +6,10 @@
 //! sessions) and binds the control listener; [`Gateway::serve`] then serves
 //! until the shutdown future completes (see [`shutdown_signal`]) and drains:
 //! pending calls get a grace period and every session is stopped.
+//!
+//! Optional parts: `--xdp-iface` attaches the XDP guard of the data ports to
+//! the WAN interface (see [`crate::xdp`]) and hands it to the data plane;
+//! `--metrics-listen` serves the Prometheus metrics (see [`crate::metrics`]).
 #![forbid(unsafe_code)]
 
 use std::future::Future;
@@ -17,7 +21,9 @@ use std::time::Duration;
 use control::{ControlError, ControlServer, ServerArgs, ServerConfig};
 
 use super::{ChannelMode, KernelDataPlane, PathChoice, SessionError, SessionOptions, engine_for};
+use crate::metrics::{self, Metrics, MetricsError};
 use crate::relay::DataPath;
+use crate::xdp::{AttachMode, PeerNet, XdpError, XdpGuard};
 
 /// Flags of `s2cs serve`.
 #[derive(Clone, Debug, clap::Args)]
@@ -38,6 +44,20 @@ pub struct ServeArgs {
     /// they are reset (release waits for them this long, then resets them).
     #[arg(long, value_name = "SECS", default_value_t = 1.0)]
     pub release_grace: f64,
+    /// Attach the XDP guard to this (WAN-facing) interface: TCP to the
+    /// session port range is dropped before the socket layer unless a live
+    /// PROD session allows the source for that port.
+    #[arg(long, value_name = "IFACE")]
+    pub xdp_iface: Option<String>,
+    /// Peer gateway address or prefix (e.g. 192.0.2.7 or 192.0.2.0/24)
+    /// allowed on live data ports by the XDP guard; repeatable. Without it,
+    /// a live data port is open to every source.
+    #[arg(long, value_name = "IP[/LEN]", requires = "xdp_iface")]
+    pub xdp_peer: Vec<PeerNet>,
+    /// Serve Prometheus metrics over HTTP on this address (GET /metrics).
+    /// It reveals session ids and traffic: bind it to a management address.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
     /// Control-server options.
     #[command(flatten)]
     pub server: ServerArgs,
@@ -57,6 +77,12 @@ pub enum ServeError {
     /// Operator or system: the data plane cannot run as asked.
     #[error(transparent)]
     DataPlane(#[from] SessionError),
+    /// Operator or system: the XDP guard cannot be attached as asked.
+    #[error("the XDP guard cannot be set up")]
+    Xdp(#[from] XdpError),
+    /// Operator or system: the metrics endpoint cannot be set up.
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
     /// Operator: the control address is taken or not local.
     #[error("binding the control listener {addr} failed")]
     Bind {
@@ -74,6 +100,10 @@ pub struct Gateway {
     cert_path: Option<PathBuf>,
     path: DataPath,
     channel: ChannelMode,
+    metrics: Arc<Metrics>,
+    metrics_listener: Option<(tokio::net::TcpListener, SocketAddr)>,
+    /// Detached when the gateway is dropped (after serving).
+    xdp: Option<Arc<XdpGuard>>,
 }
 
 impl Gateway {
@@ -100,8 +130,36 @@ impl Gateway {
             stop_grace: Duration::from_secs_f64(args.release_grace),
             ..SessionOptions::default()
         };
-        let data_plane = Arc::new(KernelDataPlane::new(engine, path, args.channel, options));
-        let server = ControlServer::new(cfg, data_plane).await?;
+        let metrics = Metrics::new()?;
+        let metrics_listener = match args.metrics_listen {
+            Some(addr) => {
+                let listener = metrics::bind(addr).await?;
+                let local = listener
+                    .local_addr()
+                    .map_err(|source| MetricsError::Bind { addr, source })?;
+                Some((listener, local))
+            }
+            None => None,
+        };
+        let mut data_plane = KernelDataPlane::new(engine, path, args.channel, options)
+            .with_metrics(Arc::clone(&metrics));
+        // The guard is attached before sessions are restored, so restored
+        // PROD sessions open their ports in it.
+        let xdp = match &args.xdp_iface {
+            Some(iface) => {
+                let range = cfg.port_range.first..=cfg.port_range.last;
+                let guard = Arc::new(XdpGuard::attach(iface, range)?);
+                metrics.watch_xdp(&guard);
+                data_plane = data_plane.with_xdp(Arc::clone(&guard), args.xdp_peer.clone());
+                Some(guard)
+            }
+            None => None,
+        };
+        let data_plane = Arc::new(data_plane);
+        metrics.watch_data_plane(&data_plane);
+        let server =
+            ControlServer::with_observer(cfg, data_plane, metrics.control_observer()).await?;
+        metrics.watch_control(server.handle());
         let listener = tokio::net::TcpListener::bind(args.control_listen)
             .await
             .map_err(|source| ServeError::Bind {
@@ -119,7 +177,25 @@ impl Gateway {
             cert_path,
             path,
             channel: args.channel,
+            metrics,
+            metrics_listener,
+            xdp,
         })
+    }
+
+    /// Where the metrics are served, if they are.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener.as_ref().map(|(_, addr)| *addr)
+    }
+
+    /// The XDP guard's interface and mode, if attached.
+    pub fn xdp(&self) -> Option<(&str, AttachMode)> {
+        self.xdp.as_deref().map(|g| (g.iface(), g.mode()))
+    }
+
+    /// The gateway's metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// Where the control server listens.
@@ -152,7 +228,38 @@ impl Gateway {
     where
         F: Future<Output = ()> + Send + 'static,
     {
-        self.server.serve(self.listener, shutdown).await?;
+        let Gateway {
+            server,
+            listener,
+            metrics,
+            metrics_listener,
+            xdp,
+            ..
+        } = self;
+        let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+        let metrics_task = metrics_listener.map(|(listener, _)| {
+            tokio::spawn(metrics::serve_http(listener, metrics, async move {
+                // Also ends when the sender is dropped (the control server failed).
+                let _ = stop_rx.wait_for(|stop| *stop).await;
+            }))
+        });
+        let shutdown = async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+        };
+        let served = server.serve(listener, shutdown).await;
+        if let Some(task) = metrics_task {
+            match task.await {
+                Ok(Ok(())) => {}
+                Ok(Err(err)) => {
+                    tracing::warn!(error = %super::error_chain(&err), "metrics endpoint failed")
+                }
+                Err(err) => tracing::warn!(error = %err, "metrics endpoint task failed"),
+            }
+        }
+        // Every session is stopped: the guard can go (it detaches on drop).
+        drop(xdp);
+        served?;
         Ok(())
     }
 }
