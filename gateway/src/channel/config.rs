@@ -1,0 +1,488 @@
+//! Channel configuration: this gateway's certificate (self-signed, generated
+//! on first start into a directory with the key kept 0600, or the operator's
+//! PEM files), how the peer's certificate is verified (not at all: the
+//! per-session proof authenticates; a pinned SHA-256 fingerprint; or a CA),
+//! the protocol versions, the plaintext-after-authentication opt-in and the
+//! handshake deadline. [`ChannelConfig::new`] validates everything and builds
+//! the rustls configurations once.
+use std::fmt;
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ring::digest;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::{Resumption, WebPkiServerVerifier};
+use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{NoServerSessionStorage, WebPkiClientVerifier};
+use rustls::{ClientConfig, DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig, SignatureScheme};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use zeroize::Zeroizing;
+
+use super::error::{ChannelError, ChannelFailures};
+
+/// Certificate file name in a self-signed directory.
+pub const SELF_SIGNED_CERT: &str = "channel-cert.pem";
+/// Key file name in a self-signed directory (mode 0600).
+pub const SELF_SIGNED_KEY: &str = "channel-key.pem";
+/// ALPN protocol id of the channel, so no other TLS service mistakes it.
+pub const ALPN: &[u8] = b"s2cs-channel/1";
+/// Default deadline for the TCP-to-proof phase.
+pub const DEFAULT_PROOF_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Where this gateway's certificate and key come from.
+#[derive(Clone, Debug)]
+pub enum CertSource {
+    /// A self-signed certificate generated into `dir` on first start and
+    /// reused afterwards; `names` are extra subject alternative names.
+    SelfSigned { dir: PathBuf, names: Vec<String> },
+    /// The operator's PEM files (the key file must not be group/world readable).
+    Files { cert: PathBuf, key: PathBuf },
+}
+
+/// SHA-256 of a certificate (DER), for pinning.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Fingerprint(pub [u8; 32]);
+
+impl Fingerprint {
+    /// The fingerprint of a DER certificate.
+    pub fn of_der(der: &[u8]) -> Self {
+        let mut out = [0u8; 32];
+        out.copy_from_slice(digest::digest(&digest::SHA256, der).as_ref());
+        Fingerprint(out)
+    }
+
+    /// Parses "AB:CD:..." or plain hex (64 digits).
+    pub fn parse(text: &str) -> Result<Self, ChannelError> {
+        let digits: Vec<u8> = text.bytes().filter(|b| *b != b':').collect();
+        let bad = || ChannelError::config(format!("{text:?} is not a SHA-256 fingerprint (64 hex digits)"));
+        if digits.len() != 64 {
+            return Err(bad());
+        }
+        let mut out = [0u8; 32];
+        for (i, pair) in digits.chunks(2).enumerate() {
+            let hex = std::str::from_utf8(pair).map_err(|_| bad())?;
+            out[i] = u8::from_str_radix(hex, 16).map_err(|_| bad())?;
+        }
+        Ok(Fingerprint(out))
+    }
+}
+
+impl fmt::Display for Fingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, b) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(":")?;
+            }
+            write!(f, "{b:02X}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Fingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Fingerprint({self})")
+    }
+}
+
+/// How the peer gateway's certificate is checked. With `None` the TLS layer
+/// accepts any certificate and the per-session proof alone authenticates the
+/// peer (a man in the middle without the secret still fails). With `Pinned`
+/// or `Ca` both directions are checked: the CONS side verifies the PROD
+/// gateway's certificate and the PROD side requires and verifies the CONS
+/// gateway's client certificate.
+#[derive(Clone, Debug)]
+pub enum PeerVerification {
+    None,
+    /// The peer's certificate must have one of these SHA-256 fingerprints.
+    Pinned(Vec<Fingerprint>),
+    /// The peer's certificate must chain to a CA in this PEM file (and, on
+    /// the CONS side, match the server name given to `connect`).
+    Ca { roots_pem: PathBuf },
+}
+
+/// What the operator configures (all plain data; see [`ChannelConfig::new`]).
+#[derive(Clone, Debug)]
+pub struct ChannelSettings {
+    pub certs: CertSource,
+    pub verify: PeerVerification,
+    /// Also accept TLS 1.2 (AEAD suites only), for kernels whose kTLS lacks 1.3.
+    pub allow_tls12: bool,
+    /// After the mutual proof, both gateways leave TLS and continue in plain
+    /// TCP on the same connection (trusted private circuits only).
+    pub plaintext_after_auth: bool,
+    /// Deadline from the TCP connection to a verified proof.
+    pub proof_timeout: Duration,
+}
+
+impl ChannelSettings {
+    /// Secure defaults with a self-signed certificate kept in `dir`.
+    pub fn self_signed(dir: impl Into<PathBuf>) -> Self {
+        ChannelSettings {
+            certs: CertSource::SelfSigned { dir: dir.into(), names: Vec::new() },
+            verify: PeerVerification::None,
+            allow_tls12: false,
+            plaintext_after_auth: false,
+            proof_timeout: DEFAULT_PROOF_TIMEOUT,
+        }
+    }
+}
+
+/// A validated channel configuration, shared by every connection.
+#[derive(Clone)]
+pub struct ChannelConfig {
+    pub(super) server: Arc<ServerConfig>,
+    pub(super) client: Arc<ClientConfig>,
+    pub(super) plaintext_after_auth: bool,
+    pub(super) proof_timeout: Duration,
+    pub(super) failures: Arc<ChannelFailures>,
+    fingerprint: Fingerprint,
+    verify: PeerVerification,
+}
+
+impl fmt::Debug for ChannelConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ChannelConfig")
+            .field("fingerprint", &self.fingerprint)
+            .field("verify", &self.verify)
+            .field("plaintext_after_auth", &self.plaintext_after_auth)
+            .field("proof_timeout", &self.proof_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ChannelConfig {
+    /// Loads (or generates) the certificate and builds the TLS configurations.
+    pub fn new(settings: ChannelSettings) -> Result<Self, ChannelError> {
+        let (chain, key) = load_identity(&settings.certs)?;
+        let fingerprint = Fingerprint::of_der(chain[0].as_ref());
+        let provider = Arc::new(provider());
+        let versions: &[&rustls::SupportedProtocolVersion] = if settings.allow_tls12 {
+            &[&rustls::version::TLS13, &rustls::version::TLS12]
+        } else {
+            &[&rustls::version::TLS13]
+        };
+        let tls_err = |what: &str, err: rustls::Error| ChannelError::config(format!("{what}: {err}"));
+        let algorithms = provider.signature_verification_algorithms;
+
+        let server_builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
+            .with_protocol_versions(versions)
+            .map_err(|e| tls_err("TLS versions", e))?;
+        let server_builder = match &settings.verify {
+            PeerVerification::None => server_builder.with_no_client_auth(),
+            PeerVerification::Pinned(pins) => server_builder
+                .with_client_cert_verifier(Arc::new(Pinned { pins: pins.clone(), algorithms })),
+            PeerVerification::Ca { roots_pem } => {
+                let roots = load_roots(roots_pem)?;
+                let verifier = WebPkiClientVerifier::builder_with_provider(roots, Arc::clone(&provider))
+                    .build()
+                    .map_err(|e| ChannelError::config(format!("client verifier: {e}")))?;
+                server_builder.with_client_cert_verifier(verifier)
+            }
+        };
+        let mut server = server_builder
+            .with_single_cert(chain.clone(), key.clone_key())
+            .map_err(|e| tls_err("certificate and key", e))?;
+        server.enable_secret_extraction = true;
+        server.send_tls13_tickets = 0;
+        server.session_storage = Arc::new(NoServerSessionStorage {});
+        server.max_early_data_size = 0;
+        server.alpn_protocols = vec![ALPN.to_vec()];
+
+        let client_builder = ClientConfig::builder_with_provider(Arc::clone(&provider))
+            .with_protocol_versions(versions)
+            .map_err(|e| tls_err("TLS versions", e))?;
+        let server_verifier: Arc<dyn ServerCertVerifier> = match &settings.verify {
+            PeerVerification::None => Arc::new(AnyCertificate { algorithms }),
+            PeerVerification::Pinned(pins) => Arc::new(Pinned { pins: pins.clone(), algorithms }),
+            PeerVerification::Ca { roots_pem } => {
+                let roots = load_roots(roots_pem)?;
+                WebPkiServerVerifier::builder_with_provider(roots, Arc::clone(&provider))
+                    .build()
+                    .map_err(|e| ChannelError::config(format!("server verifier: {e}")))?
+            }
+        };
+        let mut client = client_builder
+            .dangerous()
+            .with_custom_certificate_verifier(server_verifier)
+            .with_client_auth_cert(chain, key)
+            .map_err(|e| tls_err("client certificate and key", e))?;
+        client.enable_secret_extraction = true;
+        client.resumption = Resumption::disabled();
+        client.alpn_protocols = vec![ALPN.to_vec()];
+
+        if settings.plaintext_after_auth {
+            tracing::warn!(
+                "channel: PLAINTEXT AFTER AUTHENTICATION is enabled: after the mutual proof, session data \
+                 crosses the WAN unencrypted and unauthenticated; use only on trusted private circuits"
+            );
+        }
+        Ok(ChannelConfig {
+            server: Arc::new(server),
+            client: Arc::new(client),
+            plaintext_after_auth: settings.plaintext_after_auth,
+            proof_timeout: settings.proof_timeout,
+            failures: Arc::new(ChannelFailures::default()),
+            fingerprint,
+            verify: settings.verify,
+        })
+    }
+
+    /// SHA-256 fingerprint of this gateway's certificate (for the peer to pin).
+    pub fn fingerprint(&self) -> Fingerprint {
+        self.fingerprint
+    }
+
+    /// Counters of refused connections, by reason.
+    pub fn failures(&self) -> &Arc<ChannelFailures> {
+        &self.failures
+    }
+
+    /// Uses `failures` (e.g. one registry shared by several configurations).
+    pub fn with_failures(mut self, failures: Arc<ChannelFailures>) -> Self {
+        self.failures = failures;
+        self
+    }
+
+    /// Whether this gateway leaves TLS after the proof.
+    pub fn plaintext_after_auth(&self) -> bool {
+        self.plaintext_after_auth
+    }
+}
+
+/// The ring provider with AEAD suites only, fastest first (AES-128-GCM,
+/// AES-256-GCM, ChaCha20-Poly1305). (rustls implements no other kind.)
+fn provider() -> CryptoProvider {
+    use rustls::crypto::ring::cipher_suite as cs;
+    CryptoProvider {
+        cipher_suites: vec![
+            cs::TLS13_AES_128_GCM_SHA256,
+            cs::TLS13_AES_256_GCM_SHA384,
+            cs::TLS13_CHACHA20_POLY1305_SHA256,
+            cs::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+            cs::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+            cs::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+            cs::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+            cs::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+            cs::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+        ],
+        ..rustls::crypto::ring::default_provider()
+    }
+}
+
+fn load_identity(source: &CertSource) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), ChannelError> {
+    let (cert, key) = match source {
+        CertSource::Files { cert, key } => (cert.clone(), key.clone()),
+        CertSource::SelfSigned { dir, names } => {
+            let cert = dir.join(SELF_SIGNED_CERT);
+            let key = dir.join(SELF_SIGNED_KEY);
+            if !cert.exists() {
+                generate_self_signed(dir, names)?;
+            }
+            (cert, key)
+        }
+    };
+    check_private(&key)?;
+    let chain = CertificateDer::pem_file_iter(&cert)
+        .map_err(|e| ChannelError::config(format!("reading {}: {e}", cert.display())))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ChannelError::config(format!("parsing {}: {e}", cert.display())))?;
+    if chain.is_empty() {
+        return Err(ChannelError::config(format!("{} holds no certificate", cert.display())));
+    }
+    let key = PrivateKeyDer::from_pem_file(&key)
+        .map_err(|e| ChannelError::config(format!("reading the key {}: {e}", key.display())))?;
+    Ok((chain, key))
+}
+
+/// Refuses a key file that others can read.
+fn check_private(path: &Path) -> Result<(), ChannelError> {
+    let meta = std::fs::metadata(path).map_err(|e| ChannelError::config(format!("{}: {e}", path.display())))?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(ChannelError::config(format!(
+            "the key file {} has mode {mode:o}; it must not be readable by group or others (chmod 600)",
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
+fn generate_self_signed(dir: &Path, extra: &[String]) -> Result<(), ChannelError> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| ChannelError::config(format!("creating {}: {e}", dir.display())))?;
+    let mut names = vec!["localhost".to_string(), "s2cs-gateway".to_string()];
+    names.extend(extra.iter().cloned());
+    let generated = rcgen::generate_simple_self_signed(names)
+        .map_err(|e| ChannelError::config(format!("generating a self-signed certificate: {e}")))?;
+    let key_pem = Zeroizing::new(generated.signing_key.serialize_pem());
+    let write = |name: &str, data: &[u8], mode: u32| -> Result<(), ChannelError> {
+        let path = dir.join(name);
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&path)
+            .map_err(|e| ChannelError::config(format!("creating {}: {e}", path.display())))?;
+        file.write_all(data)
+            .and_then(|()| file.sync_all())
+            .map_err(|e| ChannelError::config(format!("writing {}: {e}", path.display())))
+    };
+    // The key first: a crash in between leaves no certificate, so the next
+    // start generates again (after removing the stray key).
+    let _ = std::fs::remove_file(dir.join(SELF_SIGNED_KEY));
+    write(SELF_SIGNED_KEY, key_pem.as_bytes(), 0o600)?;
+    write(SELF_SIGNED_CERT, generated.cert.pem().as_bytes(), 0o644)?;
+    tracing::info!(
+        dir = %dir.display(),
+        fingerprint = %Fingerprint::of_der(generated.cert.der()),
+        "channel: generated a self-signed certificate"
+    );
+    Ok(())
+}
+
+fn load_roots(path: &Path) -> Result<Arc<RootCertStore>, ChannelError> {
+    let mut roots = RootCertStore::empty();
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| ChannelError::config(format!("reading CA file {}: {e}", path.display())))?;
+    for cert in certs {
+        let cert = cert.map_err(|e| ChannelError::config(format!("parsing {}: {e}", path.display())))?;
+        roots
+            .add(cert)
+            .map_err(|e| ChannelError::config(format!("CA certificate in {}: {e}", path.display())))?;
+    }
+    if roots.is_empty() {
+        return Err(ChannelError::config(format!("{} holds no CA certificate", path.display())));
+    }
+    Ok(Arc::new(roots))
+}
+
+/// Accepts any server certificate (the handshake signature is still checked
+/// against it): the per-session proof authenticates the peer instead.
+#[derive(Debug)]
+struct AnyCertificate {
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+/// Accepts only certificates with a pinned fingerprint (either direction).
+#[derive(Debug)]
+struct Pinned {
+    pins: Vec<Fingerprint>,
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl Pinned {
+    fn check(&self, end_entity: &CertificateDer<'_>) -> Result<(), rustls::Error> {
+        let seen = Fingerprint::of_der(end_entity.as_ref());
+        if self.pins.contains(&seen) {
+            Ok(())
+        } else {
+            Err(rustls::Error::InvalidCertificate(rustls::CertificateError::ApplicationVerificationFailure))
+        }
+    }
+}
+
+macro_rules! signatures_via {
+    () => {
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+        }
+
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+        }
+
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            self.algorithms.supported_schemes()
+        }
+    };
+}
+
+impl ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+    signatures_via!();
+}
+
+impl ServerCertVerifier for Pinned {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        self.check(end_entity).map(|()| ServerCertVerified::assertion())
+    }
+    signatures_via!();
+}
+
+impl ClientCertVerifier for Pinned {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.check(end_entity).map(|()| ClientCertVerified::assertion())
+    }
+    signatures_via!();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn self_signed_once_with_private_key_and_fingerprint_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = ChannelConfig::new(ChannelSettings::self_signed(dir.path().join("tls"))).unwrap();
+        let mode = std::fs::metadata(dir.path().join("tls").join(SELF_SIGNED_KEY)).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let b = ChannelConfig::new(ChannelSettings::self_signed(dir.path().join("tls"))).unwrap();
+        assert_eq!(a.fingerprint(), b.fingerprint());
+        assert_eq!(Fingerprint::parse(&a.fingerprint().to_string()).unwrap(), a.fingerprint());
+        assert!(Fingerprint::parse("AB:CD").is_err());
+    }
+
+    #[test]
+    fn world_readable_key_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        ChannelConfig::new(ChannelSettings::self_signed(dir.path())).unwrap();
+        let key = dir.path().join(SELF_SIGNED_KEY);
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let err = ChannelConfig::new(ChannelSettings::self_signed(dir.path())).unwrap_err();
+        assert!(err.to_string().contains("chmod 600"), "{err}");
+    }
+}

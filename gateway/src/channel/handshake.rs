@@ -1,0 +1,238 @@
+//! Establishing a channel: the TLS handshake driven by hand over a tokio
+//! socket, then the mutual proof ([`super::proof`]), then (opt-in) the
+//! orderly exit from TLS for the plaintext mode, and finally taking the
+//! traffic keys out of rustls.
+//!
+//! Until the proof is verified, the socket is read one TLS record at a
+//! time (header, then exactly its body), never further. So when the
+//! handshake is over, no byte after the peer's last handshake-phase record
+//! has left the kernel: the kernel TLS path can take the socket as it is,
+//! and in plaintext mode the first plain byte is still in the socket.
+use std::io::{self, Read, Write};
+
+use rustls::Connection;
+use tokio::net::TcpStream;
+
+use super::error::ChannelError;
+use super::proof::{self, EXPORTER_LABEL, EXPORTER_LEN, FLAG_PLAINTEXT_AFTER_AUTH, PROOF_LEN, ProofError, Role};
+use super::record::{HEADER, Secrets};
+
+/// What a successful handshake leaves.
+pub(super) struct Handshaken {
+    /// None in plaintext mode (TLS is over; the socket carries plain bytes).
+    pub secrets: Option<Secrets>,
+    pub protocol: &'static str,
+    pub cipher: &'static str,
+    pub peer_fingerprint: Option<super::Fingerprint>,
+}
+
+/// Runs the handshake and the proof on `tcp` (no deadline here: the caller
+/// wraps this in one).
+pub(super) async fn establish(
+    tcp: &TcpStream,
+    mut conn: Connection,
+    role: Role,
+    secret: &[u8; 32],
+    plaintext_after_auth: bool,
+) -> Result<Handshaken, ChannelError> {
+    let mut driver = Driver { tcp, records_in: 0 };
+    // 1. The handshake.
+    loop {
+        driver.flush(&mut conn).await?;
+        if !conn.is_handshaking() {
+            break;
+        }
+        driver.read_record(&mut conn).await?;
+    }
+    let protocol = match conn.protocol_version() {
+        Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
+        Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
+        _ => "TLS",
+    };
+    let cipher = conn.negotiated_cipher_suite().map(|s| suite_name(s.suite())).unwrap_or("unknown");
+    let peer_fingerprint = conn
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .map(|cert| super::Fingerprint::of_der(cert.as_ref()));
+
+    // 2. The proofs: ours out at once, then the peer's in.
+    let mut exporter = [0u8; EXPORTER_LEN];
+    conn.export_keying_material(&mut exporter[..], EXPORTER_LABEL, None)
+        .map_err(|source| ChannelError::Handshake { source })?;
+    let flags = if plaintext_after_auth { FLAG_PLAINTEXT_AFTER_AUTH } else { 0 };
+    let ours = proof::compute(secret, role, flags, &exporter);
+    conn.writer().write_all(&ours).map_err(|source| ChannelError::Io { source })?;
+    driver.flush(&mut conn).await?;
+    let mut theirs = [0u8; PROOF_LEN];
+    driver.read_plaintext(&mut conn, &mut theirs).await?;
+    let their_flags = proof::verify(secret, role.peer(), &exporter, &theirs).map_err(|err| match err {
+        ProofError::Malformed => ChannelError::BadProof { detail: "malformed proof message" },
+        ProofError::Mismatch => ChannelError::BadProof {
+            detail: "MAC mismatch (wrong session secret, or a proof replayed from another connection)",
+        },
+    })?;
+    // Nothing may follow the proof inside its record.
+    let mut extra = [0u8; 1];
+    match conn.reader().read(&mut extra) {
+        Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
+        _ => return Err(ChannelError::BadProof { detail: "bytes after the proof in its record" }),
+    }
+    if their_flags != flags {
+        let mode = |f: u8| {
+            if f & FLAG_PLAINTEXT_AFTER_AUTH != 0 { "wants plaintext after authentication" } else { "wants TLS" }
+        };
+        return Err(ChannelError::ModeMismatch { ours: mode(flags), theirs: mode(their_flags) });
+    }
+
+    // 3a. Plaintext mode: both send close_notify and read up to the peer's;
+    //     the next byte in the socket is the first plain one.
+    if plaintext_after_auth {
+        conn.send_close_notify();
+        driver.flush(&mut conn).await?;
+        loop {
+            match conn.reader().read(&mut extra) {
+                Ok(0) => break,
+                Ok(_) => return Err(ChannelError::BadProof { detail: "data before close_notify in plaintext mode" }),
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => driver.read_record(&mut conn).await?,
+                Err(source) => return Err(ChannelError::Io { source }),
+            }
+        }
+        return Ok(Handshaken { secrets: None, protocol, cipher, peer_fingerprint });
+    }
+
+    // 3b. TLS: the keys leave rustls for our record layer or the kernel.
+    let version = conn.protocol_version().ok_or(ChannelError::PeerClosed)?;
+    let extracted = conn.dangerous_extract_secrets().map_err(|source| ChannelError::Handshake { source })?;
+    let secrets = Secrets::from_rustls(version, extracted).map_err(|reason| ChannelError::Handshake {
+        source: rustls::Error::General(reason.into()),
+    })?;
+    Ok(Handshaken { secrets: Some(secrets), protocol, cipher, peer_fingerprint })
+}
+
+fn suite_name(suite: rustls::CipherSuite) -> &'static str {
+    use rustls::CipherSuite as C;
+    match suite {
+        C::TLS13_AES_128_GCM_SHA256 => "TLS13_AES_128_GCM_SHA256",
+        C::TLS13_AES_256_GCM_SHA384 => "TLS13_AES_256_GCM_SHA384",
+        C::TLS13_CHACHA20_POLY1305_SHA256 => "TLS13_CHACHA20_POLY1305_SHA256",
+        C::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256 | C::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256 => {
+            "TLS12_ECDHE_AES_128_GCM_SHA256"
+        }
+        C::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384 | C::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384 => {
+            "TLS12_ECDHE_AES_256_GCM_SHA384"
+        }
+        _ => "TLS12_ECDHE_CHACHA20_POLY1305_SHA256",
+    }
+}
+
+struct Driver<'a> {
+    tcp: &'a TcpStream,
+    /// Records fed to rustls so far (0: the peer has sent nothing TLS yet).
+    records_in: u64,
+}
+
+/// `io::Write` over a non-blocking tokio socket (WouldBlock when full).
+struct TryWrite<'a>(&'a TcpStream);
+
+impl Write for TryWrite<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.try_write(buf)
+    }
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        self.0.try_write_vectored(bufs)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Driver<'_> {
+    /// Sends everything rustls has queued (handshake messages, the proof, an
+    /// alert).
+    async fn flush(&mut self, conn: &mut Connection) -> Result<(), ChannelError> {
+        while conn.wants_write() {
+            match conn.write_tls(&mut TryWrite(self.tcp)) {
+                Ok(_) => {}
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                    self.tcp.writable().await.map_err(|source| ChannelError::Io { source })?;
+                }
+                Err(source) => return Err(ChannelError::Io { source }),
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads exactly `buf.len()` bytes from the socket.
+    async fn read_exact(&mut self, buf: &mut [u8]) -> Result<(), ChannelError> {
+        let mut got = 0;
+        while got < buf.len() {
+            self.tcp.readable().await.map_err(|source| ChannelError::Io { source })?;
+            match self.tcp.try_read(&mut buf[got..]) {
+                Ok(0) => return Err(ChannelError::PeerClosed),
+                Ok(n) => got += n,
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
+                Err(err) if err.kind() == io::ErrorKind::ConnectionReset => return Err(ChannelError::PeerClosed),
+                Err(source) => return Err(ChannelError::Io { source }),
+            }
+        }
+        Ok(())
+    }
+
+    /// Feeds bytes to rustls and processes them; a rustls error is sent to
+    /// the peer as an alert (best effort) and classified.
+    async fn feed(&mut self, conn: &mut Connection, mut bytes: &[u8]) -> Result<(), ChannelError> {
+        while !bytes.is_empty() {
+            conn.read_tls(&mut bytes).map_err(|source| ChannelError::Io { source })?;
+            if let Err(err) = conn.process_new_packets() {
+                // Tell the peer why (rustls queued an alert), without waiting.
+                let _ = conn.write_tls(&mut TryWrite(self.tcp));
+                return Err(self.classify(err));
+            }
+        }
+        Ok(())
+    }
+
+    fn classify(&self, err: rustls::Error) -> ChannelError {
+        match err {
+            rustls::Error::InvalidCertificate(_)
+            | rustls::Error::NoCertificatesPresented
+            | rustls::Error::AlertReceived(rustls::AlertDescription::BadCertificate)
+            | rustls::Error::AlertReceived(rustls::AlertDescription::UnknownCA)
+            | rustls::Error::AlertReceived(rustls::AlertDescription::CertificateRequired) => {
+                ChannelError::Certificate { source: err }
+            }
+            rustls::Error::InvalidMessage(_) if self.records_in == 0 => ChannelError::NotTls { source: err },
+            _ => ChannelError::Handshake { source: err },
+        }
+    }
+
+    /// Reads one whole TLS record from the socket (never more) into rustls.
+    async fn read_record(&mut self, conn: &mut Connection) -> Result<(), ChannelError> {
+        let mut header = [0u8; HEADER];
+        self.read_exact(&mut header).await?;
+        // rustls validates the header (type, version, length) first, so
+        // garbage fails here without waiting for a "body".
+        self.feed(conn, &header).await?;
+        let len = usize::from(u16::from_be_bytes([header[3], header[4]]));
+        let mut body = vec![0u8; len];
+        self.read_exact(&mut body).await?;
+        self.feed(conn, &body).await?;
+        self.records_in += 1;
+        Ok(())
+    }
+
+    /// Reads exactly `buf.len()` plaintext bytes through rustls.
+    async fn read_plaintext(&mut self, conn: &mut Connection, buf: &mut [u8]) -> Result<(), ChannelError> {
+        let mut got = 0;
+        while got < buf.len() {
+            match conn.reader().read(&mut buf[got..]) {
+                Ok(0) => return Err(ChannelError::PeerClosed),
+                Ok(n) => got += n,
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => self.read_record(conn).await?,
+                Err(err) if err.kind() == io::ErrorKind::UnexpectedEof => return Err(ChannelError::PeerClosed),
+                Err(source) => return Err(ChannelError::Io { source }),
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,272 @@
+//! Kernel TLS: the probe ([`probe_ktls`]), handing a channel's keys to the
+//! kernel, and the splice relay over a kernel TLS socket.
+//!
+//! Why our own key hand-over instead of the `ktls` crate or rustls'
+//! `dangerous_into_kernel_connection`: the proof needs rustls' TLS exporter,
+//! which only the buffered connections offer (the unbuffered ones, the only
+//! ones with `dangerous_into_kernel_connection`, have no exporter in rustls
+//! 0.23), and the buffered connection's `dangerous_extract_secrets` gives the
+//! same keys. The `ktls` crate would consume the keys while configuring the
+//! socket, so a kernel that refuses them would leave no way back; here the
+//! keys stay in hand, and a socket the kernel refuses (no `tls` module, a
+//! cipher it lacks) falls back to the userspace record layer on the same
+//! connection. Its CorkStream's job (rustls must not read past the
+//! handshake) is done by the handshake driver's record-exact reads.
+//!
+//! The relay: LAN -> pipe -> kTLS socket with splice (the kernel builds the
+//! records), kTLS socket -> pipe -> LAN with splice (the kernel opens them).
+//! splice refuses a record that is not application data with EINVAL; that
+//! record is then read with recvmsg and TLS_GET_RECORD_TYPE and handled like
+//! the userspace path does: close_notify -> half-close, alert -> reset,
+//! session ticket -> ignored, KeyUpdate -> error. close_notify is sent with
+//! sendmsg and TLS_SET_RECORD_TYPE before the FIN.
+use std::io::{self, Read, Write};
+use std::net::{TcpListener, TcpStream as StdTcpStream};
+use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio::io::Interest;
+use tokio::net::TcpStream;
+
+use super::error::ChannelRelayError;
+use super::record::{Cipher, DirectionKeys, Secrets, Version};
+use super::sockets::{first_error, shutdown_write};
+use super::userspace::{CLOSE_NOTIFY, Control, control_record};
+use crate::sys::{self, KtlsCipher, KtlsDirection, Pipe};
+
+/// Pipe buffer per direction.
+const PIPE_SIZE: usize = 1024 * 1024;
+
+/// What the kernel offers for TLS.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct KtlsSupport {
+    /// TCP_ULP "tls" attaches.
+    pub ulp: bool,
+    /// TLS 1.3 AES-GCM-128 keys are accepted for TX and RX, and a record
+    /// went through a kernel TLS pair and out of it with splice.
+    pub tls13: bool,
+    /// What was observed (how it works, or why not).
+    pub detail: String,
+}
+
+impl KtlsSupport {
+    /// The kernel TLS data path can be used.
+    pub fn available(&self) -> bool {
+        self.ulp && self.tls13
+    }
+
+    /// Support that was not probed (tests forcing the userspace path).
+    pub fn unavailable(detail: impl Into<String>) -> Self {
+        KtlsSupport { ulp: false, tls13: false, detail: detail.into() }
+    }
+}
+
+/// Probes kernel TLS on a loopback pair: TCP_ULP "tls" on both ends, TLS 1.3
+/// AES-GCM-128 TX on one and RX on the other, one record through, read back
+/// with splice. Blocking; takes a few milliseconds.
+pub fn probe_ktls() -> KtlsSupport {
+    let ulps = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_available_ulp").unwrap_or_default();
+    let ulps = if ulps.trim().is_empty() { "none".to_string() } else { ulps.trim().to_string() };
+    match probe_inner() {
+        Ok(()) => KtlsSupport {
+            ulp: true,
+            tls13: true,
+            detail: format!(
+                "TLS 1.3 AES-GCM-128 keys set for TX and RX, a record crossed a loopback pair and left by splice \
+                 (available ULPs: {ulps})"
+            ),
+        },
+        Err((ulp, why)) => KtlsSupport { ulp, tls13: false, detail: format!("{why} (available ULPs: {ulps})") },
+    }
+}
+
+fn probe_inner() -> Result<(), (bool, String)> {
+    let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| (false, format!("bind: {e}")))?;
+    let addr = listener.local_addr().map_err(|e| (false, e.to_string()))?;
+    let mut tx = StdTcpStream::connect(addr).map_err(|e| (false, format!("connect: {e}")))?;
+    let (rx, _) = listener.accept().map_err(|e| (false, format!("accept: {e}")))?;
+    for (socket, name) in [(&tx, "tx"), (&rx, "rx")] {
+        sys::set_tcp_ulp(socket.as_fd(), "tls").map_err(|e| {
+            (
+                false,
+                if e.raw_os_error() == Some(libc::ENOENT) {
+                    "TCP_ULP \"tls\" is unavailable (ENOENT): no kernel TLS (CONFIG_TLS off or the tls module \
+                     not loaded; try `modprobe tls`)"
+                        .to_string()
+                } else {
+                    format!("TCP_ULP \"tls\" on the {name} socket: {e}")
+                },
+            )
+        })?;
+    }
+    let key = [0x42u8; 16];
+    let iv = [0x24u8; 12];
+    let cipher = || KtlsCipher::AesGcm128 { key: &key, iv: &iv };
+    sys::set_ktls_key(tx.as_fd(), KtlsDirection::Tx, sys::KTLS_VERSION_1_3, cipher(), 0)
+        .map_err(|e| (true, format!("TLS_TX with a TLS 1.3 AES-GCM-128 key: {e} (ENOENT: the gcm(aes) cipher is missing)")))?;
+    sys::set_ktls_key(rx.as_fd(), KtlsDirection::Rx, sys::KTLS_VERSION_1_3, cipher(), 0)
+        .map_err(|e| (true, format!("TLS_RX with a TLS 1.3 AES-GCM-128 key: {e}")))?;
+    tx.write_all(b"s2cs").map_err(|e| (true, format!("send on a kernel TLS socket: {e}")))?;
+    let pipe = Pipe::new(64 * 1024).map_err(|e| (true, format!("pipe: {e}")))?;
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        match sys::splice(rx.as_fd(), pipe.write.as_fd(), 64 * 1024) {
+            Ok(4) => break,
+            Ok(n) => return Err((true, format!("splice out of kernel TLS moved {n} bytes, expected 4"))),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err(e) => return Err((true, format!("splice out of a kernel TLS socket: {e}"))),
+        }
+    }
+    let mut got = [0u8; 4];
+    std::fs::File::from(pipe.read)
+        .read_exact(&mut got)
+        .map_err(|e| (true, format!("reading the pipe: {e}")))?;
+    if &got != b"s2cs" {
+        return Err((true, format!("kernel TLS round trip returned {got:?}")));
+    }
+    Ok(())
+}
+
+fn cipher_of(keys: &DirectionKeys) -> Option<KtlsCipher<'_>> {
+    let iv: &[u8; 12] = &keys.iv;
+    Some(match keys.cipher {
+        Cipher::Aes128Gcm => KtlsCipher::AesGcm128 { key: keys.key.as_slice().try_into().ok()?, iv },
+        Cipher::Aes256Gcm => KtlsCipher::AesGcm256 { key: keys.key.as_slice().try_into().ok()?, iv },
+        Cipher::Chacha20Poly1305 => KtlsCipher::Chacha20Poly1305 { key: keys.key.as_slice().try_into().ok()?, iv },
+    })
+}
+
+/// Whether the socket can still be used in userspace after a failed attempt.
+pub(super) enum EnableError {
+    /// Nothing irreversible happened: relay in userspace.
+    Fallback(io::Error),
+    /// TX is in the kernel but RX could not be: the connection is lost.
+    Broken(io::Error),
+}
+
+/// Hands both directions' keys to the kernel.
+pub(super) fn enable(tcp: &TcpStream, secrets: &Secrets) -> Result<(), EnableError> {
+    let version = match secrets.version {
+        Version::Tls13 => sys::KTLS_VERSION_1_3,
+        Version::Tls12 => sys::KTLS_VERSION_1_2,
+    };
+    let (tx, rx) = match (cipher_of(&secrets.tx), cipher_of(&secrets.rx)) {
+        (Some(tx), Some(rx)) => (tx, rx),
+        _ => return Err(EnableError::Fallback(io::Error::other("unexpected key length"))),
+    };
+    sys::set_tcp_ulp(tcp.as_fd(), "tls").map_err(EnableError::Fallback)?;
+    // A socket with the ULP but no keys still behaves as plain TCP.
+    sys::set_ktls_key(tcp.as_fd(), KtlsDirection::Tx, version, tx, secrets.tx.seq).map_err(EnableError::Fallback)?;
+    sys::set_ktls_key(tcp.as_fd(), KtlsDirection::Rx, version, rx, secrets.rx.seq).map_err(EnableError::Broken)
+}
+
+/// Relays until both directions are closed.
+pub(super) async fn relay(
+    lan: &TcpStream,
+    wan: &TcpStream,
+    to_wan: &AtomicU64,
+    to_lan: &AtomicU64,
+) -> Result<(), ChannelRelayError> {
+    let up = lan_to_ktls(lan, wan, to_wan);
+    let down = ktls_to_lan(wan, lan, to_lan);
+    tokio::select! {
+        both = async { tokio::try_join!(up, down) } => both.map(drop),
+        err = first_error(lan, wan) => Err(err),
+    }
+}
+
+async fn lan_to_ktls(lan: &TcpStream, wan: &TcpStream, counter: &AtomicU64) -> Result<(), ChannelRelayError> {
+    let lan_err = |source| ChannelRelayError::Lan { source };
+    let wan_err = |source| ChannelRelayError::Channel { source };
+    let pipe = Pipe::new(PIPE_SIZE).map_err(lan_err)?;
+    let capacity = pipe.capacity().map_err(lan_err)?;
+    loop {
+        lan.readable().await.map_err(lan_err)?;
+        let mut in_pipe =
+            match lan.try_io(Interest::READABLE, || sys::splice(lan.as_fd(), pipe.write.as_fd(), capacity)) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(err) => return Err(lan_err(err)),
+            };
+        while in_pipe > 0 {
+            wan.writable().await.map_err(wan_err)?;
+            match wan.try_io(Interest::WRITABLE, || sys::splice(pipe.read.as_fd(), wan.as_fd(), in_pipe)) {
+                Ok(n) => {
+                    in_pipe -= n;
+                    counter.fetch_add(n as u64, Ordering::Relaxed);
+                }
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
+                Err(err) => return Err(wan_err(err)),
+            }
+        }
+    }
+    loop {
+        wan.writable().await.map_err(wan_err)?;
+        match wan.try_io(Interest::WRITABLE, || sys::send_ktls_record(wan.as_fd(), 21, &CLOSE_NOTIFY)) {
+            Ok(_) => break,
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
+            Err(err) => return Err(wan_err(err)),
+        }
+    }
+    shutdown_write(wan).map_err(wan_err)
+}
+
+async fn ktls_to_lan(wan: &TcpStream, lan: &TcpStream, counter: &AtomicU64) -> Result<(), ChannelRelayError> {
+    let lan_err = |source| ChannelRelayError::Lan { source };
+    let wan_err = |source: io::Error| match source.raw_os_error() {
+        Some(libc::EBADMSG) => ChannelRelayError::Record { reason: "decryption failed (bad_record_mac)" },
+        Some(libc::EMSGSIZE) => ChannelRelayError::Record { reason: "record too long" },
+        _ => ChannelRelayError::Channel { source },
+    };
+    let pipe = Pipe::new(PIPE_SIZE).map_err(lan_err)?;
+    let capacity = pipe.capacity().map_err(lan_err)?;
+    let mut record = vec![0u8; 16 * 1024 + 256];
+    loop {
+        wan.readable().await.map_err(wan_err)?;
+        let mut in_pipe =
+            match wan.try_io(Interest::READABLE, || sys::splice(wan.as_fd(), pipe.write.as_fd(), capacity)) {
+                Ok(0) => return Err(ChannelRelayError::Truncated),
+                Ok(n) => n,
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(err) if err.raw_os_error() == Some(libc::EINVAL) => {
+                    // Not application data: take the record with recvmsg.
+                    let (n, content_type) =
+                        match wan.try_io(Interest::READABLE, || sys::recv_ktls_record(wan.as_fd(), &mut record)) {
+                            Ok(got) => got,
+                            Err(err) if err.kind() == io::ErrorKind::WouldBlock => continue,
+                            Err(err) => return Err(wan_err(err)),
+                        };
+                    if content_type == 23 {
+                        if n == 0 {
+                            return Err(ChannelRelayError::Truncated);
+                        }
+                        // Data after all (splice refused for another reason).
+                        super::sockets::write_all(lan, &record[..n]).await.map_err(lan_err)?;
+                        counter.fetch_add(n as u64, Ordering::Relaxed);
+                        continue;
+                    }
+                    match control_record(content_type, &record[..n])? {
+                        Control::Continue => continue,
+                        Control::Close => return shutdown_write(lan).map_err(lan_err),
+                    }
+                }
+                Err(err) => return Err(wan_err(err)),
+            };
+        while in_pipe > 0 {
+            lan.writable().await.map_err(lan_err)?;
+            match lan.try_io(Interest::WRITABLE, || sys::splice(pipe.read.as_fd(), lan.as_fd(), in_pipe)) {
+                Ok(n) => {
+                    in_pipe -= n;
+                    counter.fetch_add(n as u64, Ordering::Relaxed);
+                }
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
+                Err(err) => return Err(lan_err(err)),
+            }
+        }
+    }
+}

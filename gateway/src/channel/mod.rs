@@ -1,0 +1,287 @@
+//! The secure gateway-to-gateway data channel.
+//!
+//! The CONS gateway dials the PROD gateway's WAN listener and calls
+//! [`connect`]; the PROD gateway calls [`accept`] on the connection. Both run
+//! a TLS handshake (TLS 1.3 only unless TLS 1.2 is allowed; AEAD suites only)
+//! and then the per-session mutual proof ([`proof`]): each side proves it
+//! holds the session's 32-byte secret, bound to this TLS connection by a TLS
+//! exporter, and checks the peer's proof in constant time. Only then does
+//! [`accept`] / [`connect`] return a [`Channel`]; the caller opens the LAN
+//! side (dials ProdApp) only after that, so nothing of a failed connection
+//! ever reaches an application. Failures are counted by reason
+//! ([`ChannelFailures`]).
+//!
+//! [`relay_channel`] then relays one LAN connection over the channel, on the
+//! best path this kernel and this connection allow ([`ChannelPath`]):
+//! 1. kernel TLS fed and drained by splice ([`ktls`]);
+//! 2. our userspace record layer with large batches ([`userspace`]);
+//! 3. in the opt-in plaintext mode, the plaintext relay engine (sockmap)
+//!    end to end, after both sides left TLS with close_notify.
+//!
+//! Sockmap redirect into a kTLS socket is not used: it failed (EINVAL when
+//! setting the keys on a socket in a SockHash) on every kernel tried; see
+//! docs and the reference notes.
+//!
+//! Submodules: [`config`] (certificates, verification, settings),
+//! `handshake` (the handshake driver and proof exchange), [`proof`] (the
+//! proof message), `record` (the TLS record layer after the handshake),
+//! `userspace` and `ktls` (the two TLS data paths), `sockets` (helpers),
+//! [`error`] (errors and counters).
+pub mod config;
+pub mod error;
+mod handshake;
+mod ktls;
+pub mod proof;
+mod record;
+mod sockets;
+mod userspace;
+
+use std::fmt;
+use std::net::SocketAddr;
+
+use rustls::pki_types::ServerName;
+use rustls::{ClientConnection, Connection, ServerConnection};
+use tokio::net::TcpStream;
+
+pub use config::{CertSource, ChannelConfig, ChannelSettings, Fingerprint, PeerVerification};
+pub use error::{ChannelError, ChannelFailures, ChannelRelayError, FailureReason};
+pub use ktls::{KtlsSupport, probe_ktls};
+pub use proof::Role;
+
+use crate::relay::{ConnCounters, DataPath, RelayEngine};
+use record::{Opener, Sealer, Secrets};
+
+/// An authenticated gateway-to-gateway connection, ready to relay.
+pub struct Channel {
+    tcp: TcpStream,
+    role: Role,
+    peer: Option<SocketAddr>,
+    /// None: plaintext after authentication.
+    secrets: Option<Secrets>,
+    info: ChannelInfo,
+}
+
+/// What was negotiated on a channel.
+#[derive(Clone, Debug)]
+pub struct ChannelInfo {
+    /// "TLSv1.3" or "TLSv1.2".
+    pub protocol: &'static str,
+    /// The negotiated cipher suite.
+    pub cipher_suite: &'static str,
+    /// TLS was left after the proof.
+    pub plaintext_after_auth: bool,
+    /// SHA-256 of the peer's certificate, if it presented one.
+    pub peer_fingerprint: Option<Fingerprint>,
+}
+
+impl fmt::Debug for Channel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Channel")
+            .field("role", &self.role)
+            .field("peer", &self.peer)
+            .field("info", &self.info)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Channel {
+    /// Negotiated parameters.
+    pub fn info(&self) -> &ChannelInfo {
+        &self.info
+    }
+
+    /// Which end this is.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// Fault injection for tests: sends `data` as TLS application data, then
+    /// a fatal alert with `description`, then closes. Not for production use.
+    #[doc(hidden)]
+    pub async fn send_then_alert(self, data: &[u8], description: u8) -> std::io::Result<()> {
+        let secrets = self.secrets.ok_or_else(|| std::io::Error::other("plaintext channel"))?;
+        let mut sealer = Sealer::new(secrets.version, &secrets.tx).map_err(std::io::Error::other)?;
+        for chunk in data.chunks(record::MAX_PLAINTEXT) {
+            let rec = sealer.seal_to_vec(record::CONTENT_APPLICATION_DATA, chunk).map_err(|e| std::io::Error::other(e.as_str()))?;
+            sockets::write_all(&self.tcp, &rec).await?;
+        }
+        let alert = sealer.seal_to_vec(record::CONTENT_ALERT, &[2, description]).map_err(|e| std::io::Error::other(e.as_str()))?;
+        sockets::write_all(&self.tcp, &alert).await?;
+        sockets::shutdown_write(&self.tcp)
+    }
+}
+
+/// PROD side: runs the TLS server handshake and the mutual proof on an
+/// accepted WAN connection. On error the connection is closed and counted.
+pub async fn accept(tcp: TcpStream, cfg: &ChannelConfig, secret: &[u8; 32]) -> Result<Channel, ChannelError> {
+    let conn = ServerConnection::new(cfg.server.clone())
+        .map_err(|e| ChannelError::config(format!("TLS server: {e}")))?;
+    establish(tcp, cfg, Connection::Server(conn), Role::Acceptor, secret).await
+}
+
+/// CONS side: runs the TLS client handshake (verifying the server's
+/// certificate as configured against `server_name`) and the mutual proof.
+pub async fn connect(
+    tcp: TcpStream,
+    cfg: &ChannelConfig,
+    server_name: &str,
+    secret: &[u8; 32],
+) -> Result<Channel, ChannelError> {
+    let name = ServerName::try_from(server_name.to_string())
+        .map_err(|e| ChannelError::config(format!("server name {server_name:?}: {e}")))?;
+    let conn = ClientConnection::new(cfg.client.clone(), name)
+        .map_err(|e| ChannelError::config(format!("TLS client: {e}")))?;
+    establish(tcp, cfg, Connection::Client(conn), Role::Connector, secret).await
+}
+
+async fn establish(
+    tcp: TcpStream,
+    cfg: &ChannelConfig,
+    conn: Connection,
+    role: Role,
+    secret: &[u8; 32],
+) -> Result<Channel, ChannelError> {
+    let peer = tcp.peer_addr().ok();
+    let _ = tcp.set_nodelay(true);
+    let outcome = tokio::time::timeout(
+        cfg.proof_timeout,
+        handshake::establish(&tcp, conn, role, secret, cfg.plaintext_after_auth),
+    )
+    .await
+    .unwrap_or(Err(ChannelError::Timeout { timeout: cfg.proof_timeout }));
+    match outcome {
+        Ok(done) => {
+            cfg.failures.record_established();
+            let info = ChannelInfo {
+                protocol: done.protocol,
+                cipher_suite: done.cipher,
+                plaintext_after_auth: done.secrets.is_none(),
+                peer_fingerprint: done.peer_fingerprint,
+            };
+            tracing::debug!(?peer, ?role, protocol = info.protocol, suite = info.cipher_suite, "channel: peer proved the session secret");
+            Ok(Channel { tcp, role, peer, secrets: done.secrets, info })
+        }
+        Err(err) => {
+            if let Some(reason) = err.reason() {
+                cfg.failures.record(reason);
+            }
+            tracing::warn!(?peer, ?role, reason = err.reason().map(FailureReason::as_str), error = %err, "channel: connection refused");
+            drop(tcp);
+            Err(err)
+        }
+    }
+}
+
+/// What the kernel offers the channel relay.
+#[derive(Clone)]
+pub struct KernelCaps {
+    /// Kernel TLS, as probed.
+    pub ktls: KtlsSupport,
+    /// The plaintext relay engine (sockmap where loaded) for the plaintext mode.
+    pub engine: RelayEngine,
+}
+
+impl KernelCaps {
+    /// Probes kernel TLS now (blocking, a few milliseconds).
+    pub fn detect(engine: RelayEngine) -> Self {
+        KernelCaps { ktls: probe_ktls(), engine }
+    }
+
+    /// Never uses kernel TLS.
+    pub fn without_ktls(engine: RelayEngine) -> Self {
+        KernelCaps { ktls: KtlsSupport::unavailable("kernel TLS disabled by configuration"), engine }
+    }
+}
+
+/// The data path a channel connection took.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChannelPath {
+    /// Kernel TLS, fed and drained by splice.
+    KernelTls,
+    /// Our userspace record layer.
+    UserspaceTls,
+    /// Plaintext after authentication, over the plaintext relay engine.
+    Plaintext(DataPath),
+}
+
+impl fmt::Display for ChannelPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ChannelPath::KernelTls => f.write_str("ktls-splice"),
+            ChannelPath::UserspaceTls => f.write_str("userspace-tls"),
+            ChannelPath::Plaintext(path) => write!(f, "plaintext-{path}"),
+        }
+    }
+}
+
+/// Relays `lan` over `channel` until both directions are closed, on the best
+/// path available. Counters: on the CONS side the LAN socket is the client,
+/// so LAN -> channel counts as `to_server`; on the PROD side it is the server.
+/// On error both sockets are reset.
+pub async fn relay_channel(
+    channel: Channel,
+    lan: TcpStream,
+    counters: &ConnCounters,
+    caps: &KernelCaps,
+) -> Result<ChannelPath, ChannelRelayError> {
+    let Channel { tcp, role, peer, secrets, info } = channel;
+    let _ = lan.set_nodelay(true);
+    let (to_wan, to_lan) = match role {
+        Role::Connector => (&counters.to_server, &counters.to_client),
+        Role::Acceptor => (&counters.to_client, &counters.to_server),
+    };
+    let Some(secrets) = secrets else {
+        let path = caps.engine.best_path();
+        tracing::info!(?peer, path = %ChannelPath::Plaintext(path), "channel: plaintext after authentication (no encryption on the WAN)");
+        let (client, server) = match role {
+            Role::Connector => (lan, tcp),
+            Role::Acceptor => (tcp, lan),
+        };
+        let summary = caps.engine.relay(path, client, server, counters).await?;
+        return Ok(ChannelPath::Plaintext(summary.path));
+    };
+    let (path, why) = if caps.ktls.available() {
+        match ktls::enable(&tcp, &secrets) {
+            Ok(()) => (ChannelPath::KernelTls, "kernel TLS took the keys".to_string()),
+            Err(ktls::EnableError::Fallback(err)) => {
+                (ChannelPath::UserspaceTls, format!("the kernel refused the keys ({err}); userspace TLS"))
+            }
+            Err(ktls::EnableError::Broken(err)) => {
+                sockets::reset(&lan);
+                sockets::reset(&tcp);
+                tracing::warn!(?peer, error = %err, "channel: kernel TLS took the TX key but refused the RX key");
+                return Err(ChannelRelayError::Channel { source: err });
+            }
+        }
+    } else {
+        (ChannelPath::UserspaceTls, format!("no kernel TLS: {}", caps.ktls.detail))
+    };
+    tracing::info!(?peer, ?role, %path, why, protocol = info.protocol, suite = info.cipher_suite, "channel: relaying");
+    let outcome = match path {
+        ChannelPath::KernelTls => {
+            drop(secrets);
+            ktls::relay(&lan, &tcp, to_wan, to_lan).await
+        }
+        _ => {
+            let sealer = Sealer::new(secrets.version, &secrets.tx);
+            let opener = Opener::new(secrets.version, &secrets.rx);
+            drop(secrets);
+            match (sealer, opener) {
+                (Ok(sealer), Ok(opener)) => userspace::relay(&lan, &tcp, sealer, opener, to_wan, to_lan).await,
+                (Err(reason), _) | (_, Err(reason)) => Err(ChannelRelayError::Record { reason }),
+            }
+        }
+    };
+    match outcome {
+        Ok(()) => {
+            tracing::debug!(?peer, %path, "channel: connection closed");
+            Ok(path)
+        }
+        Err(err) => {
+            sockets::reset(&lan);
+            sockets::reset(&tcp);
+            tracing::info!(?peer, %path, error = %err, "channel: connection reset");
+            Err(err)
+        }
+    }
+}

@@ -1,0 +1,686 @@
+//! The secure gateway-to-gateway channel on loopback, with real TLS: two
+//! in-process gateways (CONS "gwA" with a LAN listener, PROD "gwB" with a
+//! WAN listener that dials the sink) built from `gateway::channel`'s API.
+//!
+//! client --LAN--> gwA --TLS channel--> gwB --LAN--> sink
+//!
+//! Integrity both ways, half-close, resets, a TLS alert mid-stream; refused
+//! connections (wrong secret, replayed proof, plain TCP, silent, garbage,
+//! wrong pinned certificate, mode mismatch) never reach the sink; the opt-in
+//! plaintext mode runs over the kernel relay (needs root, as CI has).
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use gateway::channel::{
+    self, ChannelConfig, ChannelPath, ChannelSettings, FailureReason, KernelCaps, PeerVerification, Role,
+};
+use gateway::ebpf::KernelRelay;
+use gateway::relay::{ConnCounters, DataPath, RelayEngine};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+
+const DEADLINE: Duration = Duration::from_secs(120);
+const SECRET: [u8; 32] = [0x5a; 32];
+
+fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
+
+/// Deterministic pseudo-random bytes: byte `i` of stream `seed` depends only
+/// on (seed, i), so reads and writes of any size line up.
+struct Pattern {
+    seed: u64,
+    offset: u64,
+}
+
+impl Pattern {
+    fn new(seed: u64) -> Self {
+        Pattern { seed, offset: 0 }
+    }
+    fn word(&self, index: u64) -> [u8; 8] {
+        let mut z = (self.seed << 40 ^ index).wrapping_add(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        (z ^ (z >> 31)).to_le_bytes()
+    }
+    fn fill(&mut self, buf: &mut [u8]) {
+        let mut i = 0;
+        while i < buf.len() {
+            let word = self.word(self.offset / 8);
+            let start = (self.offset % 8) as usize;
+            let n = (8 - start).min(buf.len() - i);
+            buf[i..i + n].copy_from_slice(&word[start..start + n]);
+            i += n;
+            self.offset += n as u64;
+        }
+    }
+}
+
+async fn send_pattern(w: &mut (impl AsyncWriteExt + Unpin), seed: u64, len: u64) -> std::io::Result<()> {
+    let mut pattern = Pattern::new(seed);
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(buf.len() as u64) as usize;
+        pattern.fill(&mut buf[..n]);
+        w.write_all(&buf[..n]).await?;
+        left -= n as u64;
+    }
+    Ok(())
+}
+
+/// Reads to EOF and checks every byte against the pattern.
+async fn expect_pattern(r: &mut (impl AsyncReadExt + Unpin), seed: u64, len: u64) -> Result<(), String> {
+    let mut pattern = Pattern::new(seed);
+    let mut got = vec![0u8; 256 * 1024];
+    let mut want = vec![0u8; 256 * 1024];
+    let mut offset = 0u64;
+    loop {
+        let n = r.read(&mut got).await.map_err(|e| format!("read at offset {offset}: {e}"))?;
+        if n == 0 {
+            break;
+        }
+        if offset + n as u64 > len {
+            return Err(format!("{} bytes more than the {len} sent", offset + n as u64 - len));
+        }
+        pattern.fill(&mut want[..n]);
+        if got[..n] != want[..n] {
+            let i = (0..n).find(|&i| got[i] != want[i]).unwrap_or(0);
+            return Err(format!("byte {} differs", offset + i as u64));
+        }
+        offset += n as u64;
+    }
+    if offset == len { Ok(()) } else { Err(format!("stream ended after {offset} of {len} bytes")) }
+}
+
+/// What one gateway did with one connection.
+#[derive(Debug)]
+enum Outcome {
+    Refused(Option<FailureReason>, #[allow(dead_code)] String),
+    Relayed(Result<ChannelPath, String>),
+}
+
+struct Options {
+    settings_a: Box<dyn Fn(&std::path::Path) -> ChannelSettings>,
+    settings_b: Box<dyn Fn(&std::path::Path) -> ChannelSettings>,
+    secret_a: [u8; 32],
+    caps: KernelCaps,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            settings_a: Box::new(|dir| ChannelSettings::self_signed(dir)),
+            settings_b: Box::new(|dir| ChannelSettings::self_signed(dir)),
+            secret_a: SECRET,
+            caps: KernelCaps::detect(RelayEngine::userspace()),
+        }
+    }
+}
+
+struct Pair {
+    /// gwA's LAN listener (where the client connects).
+    lan_addr: SocketAddr,
+    /// gwB's WAN listener (where attackers connect).
+    wan_addr: SocketAddr,
+    /// What the PROD application (behind gwB) sees.
+    sink: TcpListener,
+    a: mpsc::UnboundedReceiver<Outcome>,
+    b: mpsc::UnboundedReceiver<Outcome>,
+    cfg_a: ChannelConfig,
+    cfg_b: ChannelConfig,
+    _dir: tempfile::TempDir,
+}
+
+impl Pair {
+    async fn start(options: Options) -> Pair {
+        init_logs();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg_a = ChannelConfig::new((options.settings_a)(&dir.path().join("a"))).expect("gwA config");
+        let cfg_b = ChannelConfig::new((options.settings_b)(&dir.path().join("b"))).expect("gwB config");
+        let sink = TcpListener::bind("127.0.0.1:0").await.expect("bind sink");
+        let sink_addr = sink.local_addr().expect("sink addr");
+        let wan = TcpListener::bind("127.0.0.1:0").await.expect("bind gwB");
+        let wan_addr = wan.local_addr().expect("gwB addr");
+        let lan = TcpListener::bind("127.0.0.1:0").await.expect("bind gwA");
+        let lan_addr = lan.local_addr().expect("gwA addr");
+        let (tx_a, a) = mpsc::unbounded_channel();
+        let (tx_b, b) = mpsc::unbounded_channel();
+
+        // gwB (PROD): channel::accept, then (only then) dial the sink.
+        let (cfg, caps) = (cfg_b.clone(), options.caps.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = wan.accept().await else { return };
+                let (cfg, caps, tx) = (cfg.clone(), caps.clone(), tx_b.clone());
+                tokio::spawn(async move {
+                    let outcome = match channel::accept(tcp, &cfg, &SECRET).await {
+                        Err(err) => Outcome::Refused(err.reason(), err.to_string()),
+                        Ok(ch) => {
+                            assert_eq!(ch.role(), Role::Acceptor);
+                            let lan = TcpStream::connect(sink_addr).await.expect("gwB dials the sink");
+                            let counters = ConnCounters::default();
+                            let result = channel::relay_channel(ch, lan, &counters, &caps).await;
+                            Outcome::Relayed(result.map_err(|e| e.to_string()))
+                        }
+                    };
+                    let _ = tx.send(outcome);
+                });
+            }
+        });
+
+        // gwA (CONS): accept the client, dial gwB, channel::connect, relay.
+        let (cfg, caps, secret) = (cfg_a.clone(), options.caps, options.secret_a);
+        tokio::spawn(async move {
+            loop {
+                let Ok((client, _)) = lan.accept().await else { return };
+                let (cfg, caps, tx) = (cfg.clone(), caps.clone(), tx_a.clone());
+                tokio::spawn(async move {
+                    let tcp = TcpStream::connect(wan_addr).await.expect("gwA dials gwB");
+                    let outcome = match channel::connect(tcp, &cfg, "localhost", &secret).await {
+                        Err(err) => Outcome::Refused(err.reason(), err.to_string()),
+                        Ok(ch) => {
+                            let counters = ConnCounters::default();
+                            let result = channel::relay_channel(ch, client, &counters, &caps).await;
+                            Outcome::Relayed(result.map_err(|e| e.to_string()))
+                        }
+                    };
+                    let _ = tx.send(outcome);
+                });
+            }
+        });
+        Pair { lan_addr, wan_addr, sink, a, b, cfg_a, cfg_b, _dir: dir }
+    }
+
+    async fn outcome_b(&mut self) -> Outcome {
+        tokio::time::timeout(DEADLINE, self.b.recv()).await.expect("gwB reports in time").expect("gwB alive")
+    }
+
+    async fn outcome_a(&mut self) -> Outcome {
+        tokio::time::timeout(DEADLINE, self.a.recv()).await.expect("gwA reports in time").expect("gwA alive")
+    }
+
+    /// The sink must not get a connection (checked after the refusal was
+    /// reported, so a short wait only guards against a late dial).
+    async fn assert_sink_untouched(&self) {
+        if let Ok(Ok((_, peer))) = tokio::time::timeout(Duration::from_millis(300), self.sink.accept()).await {
+            panic!("the sink got a connection from {peer} although the channel was refused");
+        }
+    }
+}
+
+fn expected_tls_path(caps: &KernelCaps) -> ChannelPath {
+    if caps.ktls.available() { ChannelPath::KernelTls } else { ChannelPath::UserspaceTls }
+}
+
+fn kernel_engine() -> RelayEngine {
+    RelayEngine::with_kernel(Arc::new(KernelRelay::load().expect("loading the eBPF relay (this test needs root)")))
+}
+
+/// 64 MiB each way at once, through both gateways.
+async fn both_ways(pair: &mut Pair, len: u64) {
+    let mut client = TcpStream::connect(pair.lan_addr).await.expect("connect gwA");
+    let (mut server, _) = tokio::time::timeout(DEADLINE, pair.sink.accept()).await.expect("sink accept in time").expect("accept");
+    let (mut client_r, mut client_w) = client.split();
+    let (mut server_r, mut server_w) = server.split();
+    let work = async {
+        tokio::try_join!(
+            async {
+                send_pattern(&mut client_w, 1, len).await.map_err(|e| format!("client send: {e}"))?;
+                client_w.shutdown().await.map_err(|e| format!("client shutdown: {e}"))
+            },
+            async {
+                send_pattern(&mut server_w, 2, len).await.map_err(|e| format!("server send: {e}"))?;
+                server_w.shutdown().await.map_err(|e| format!("server shutdown: {e}"))
+            },
+            async { expect_pattern(&mut server_r, 1, len).await.map_err(|e| format!("client -> server: {e}")) },
+            async { expect_pattern(&mut client_r, 2, len).await.map_err(|e| format!("server -> client: {e}")) },
+        )
+    };
+    tokio::time::timeout(DEADLINE, work).await.expect("transfer in time").expect("bytes intact");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_intact_both_ways_through_two_gateways() {
+    let options = Options::default();
+    let want = expected_tls_path(&options.caps);
+    let mut pair = Pair::start(options).await;
+    both_ways(&mut pair, 64 << 20).await;
+    for outcome in [pair.outcome_a().await, pair.outcome_b().await] {
+        match outcome {
+            Outcome::Relayed(Ok(path)) => assert_eq!(path, want),
+            other => panic!("expected a clean relay on {want}, got {other:?}"),
+        }
+    }
+    assert_eq!(pair.cfg_a.failures().established(), 1);
+    assert_eq!(pair.cfg_b.failures().established(), 1);
+    assert_eq!(pair.cfg_b.failures().total(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_close_request_then_response() {
+    let mut pair = Pair::start(Options::default()).await;
+    let mut client = TcpStream::connect(pair.lan_addr).await.expect("connect gwA");
+    let (mut server, _) = pair.sink.accept().await.expect("sink accept");
+    let work = async {
+        send_pattern(&mut client, 3, 100_000).await.expect("request");
+        client.shutdown().await.expect("client FIN");
+        // The server sees the whole request, then EOF (close_notify -> FIN) ...
+        expect_pattern(&mut server, 3, 100_000).await.expect("request intact, then EOF");
+        // ... and can still answer on the other half.
+        send_pattern(&mut server, 4, 3 << 20).await.expect("response");
+        server.shutdown().await.expect("server FIN");
+        expect_pattern(&mut client, 4, 3 << 20).await.expect("response intact, then EOF");
+    };
+    tokio::time::timeout(DEADLINE, work).await.expect("in time");
+    assert!(matches!(pair.outcome_a().await, Outcome::Relayed(Ok(_))));
+    assert!(matches!(pair.outcome_b().await, Outcome::Relayed(Ok(_))));
+}
+
+fn is_reset(result: std::io::Result<usize>) -> bool {
+    matches!(result, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset)
+}
+
+async fn read_until_error(stream: &mut TcpStream) -> std::io::Result<usize> {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match stream.read(&mut buf).await {
+            Ok(0) => return Ok(0),
+            Ok(_) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reset_propagates_both_ways() {
+    let mut pair = Pair::start(Options::default()).await;
+    // The sink resets: the client must see a reset, not a clean EOF.
+    let mut client = TcpStream::connect(pair.lan_addr).await.expect("connect gwA");
+    let (mut server, _) = pair.sink.accept().await.expect("sink accept");
+    client.write_all(b"ping").await.expect("write");
+    let mut got = [0u8; 4];
+    server.read_exact(&mut got).await.expect("ping arrives");
+    socket2::SockRef::from(&server).set_linger(Some(Duration::ZERO)).expect("linger");
+    drop(server);
+    let seen = tokio::time::timeout(DEADLINE, read_until_error(&mut client)).await.expect("in time");
+    assert!(is_reset(seen), "client should see a reset after the sink reset");
+    assert!(matches!(pair.outcome_b().await, Outcome::Relayed(Err(_))));
+    assert!(matches!(pair.outcome_a().await, Outcome::Relayed(Err(_))));
+
+    // The client resets: the sink must see a reset.
+    let mut client = TcpStream::connect(pair.lan_addr).await.expect("connect gwA");
+    let (mut server, _) = pair.sink.accept().await.expect("sink accept");
+    client.write_all(b"ping").await.expect("write");
+    server.read_exact(&mut got).await.expect("ping arrives");
+    socket2::SockRef::from(&client).set_linger(Some(Duration::ZERO)).expect("linger");
+    drop(client);
+    let seen = tokio::time::timeout(DEADLINE, read_until_error(&mut server)).await.expect("in time");
+    assert!(is_reset(seen), "sink should see a reset after the client reset");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_secret_is_refused_on_both_sides_and_nothing_is_forwarded() {
+    let mut pair = Pair::start(Options { secret_a: [0x11; 32], ..Options::default() }).await;
+    let mut client = TcpStream::connect(pair.lan_addr).await.expect("connect gwA");
+    client.write_all(b"must never arrive").await.expect("write");
+    match pair.outcome_b().await {
+        Outcome::Refused(Some(FailureReason::BadProof), _) => {}
+        other => panic!("gwB should refuse a wrong secret, got {other:?}"),
+    }
+    match pair.outcome_a().await {
+        Outcome::Refused(Some(FailureReason::BadProof), _) => {}
+        other => panic!("gwA should refuse gwB's proof too, got {other:?}"),
+    }
+    pair.assert_sink_untouched().await;
+    // The client's connection is closed without a byte.
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(DEADLINE, client.read(&mut buf)).await.expect("in time");
+    assert!(matches!(n, Ok(0) | Err(_)), "client connection should be closed");
+    assert_eq!(pair.cfg_b.failures().get(FailureReason::BadProof), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_tcp_client_is_refused() {
+    let mut pair = Pair::start(Options::default()).await;
+    let mut raw = TcpStream::connect(pair.wan_addr).await.expect("connect gwB");
+    raw.write_all(b"hello, is this a relay?\n").await.expect("write");
+    match pair.outcome_b().await {
+        Outcome::Refused(Some(FailureReason::NotTls), _) => {}
+        other => panic!("expected NotTls, got {other:?}"),
+    }
+    let n = tokio::time::timeout(DEADLINE, read_until_error(&mut raw)).await.expect("closed in time");
+    assert!(matches!(n, Ok(0) | Err(_)));
+    pair.assert_sink_untouched().await;
+    assert_eq!(pair.cfg_b.failures().get(FailureReason::NotTls), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_tls_garbage_is_refused() {
+    let mut pair = Pair::start(Options::default()).await;
+    let mut raw = TcpStream::connect(pair.wan_addr).await.expect("connect gwB");
+    let mut garbage = vec![0u8; 4096];
+    Pattern::new(99).fill(&mut garbage);
+    garbage[0] = 0xde;
+    let _ = raw.write_all(&garbage).await;
+    match pair.outcome_b().await {
+        Outcome::Refused(Some(FailureReason::NotTls | FailureReason::Handshake), _) => {}
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    let n = tokio::time::timeout(DEADLINE, read_until_error(&mut raw)).await.expect("closed in time");
+    assert!(matches!(n, Ok(0) | Err(_)));
+    pair.assert_sink_untouched().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_client_times_out() {
+    let timeout = Duration::from_millis(800);
+    let settings = move |dir: &std::path::Path| ChannelSettings { proof_timeout: timeout, ..ChannelSettings::self_signed(dir) };
+    let mut pair = Pair::start(Options { settings_b: Box::new(settings), ..Options::default() }).await;
+    let started = std::time::Instant::now();
+    let mut raw = TcpStream::connect(pair.wan_addr).await.expect("connect gwB");
+    match pair.outcome_b().await {
+        Outcome::Refused(Some(FailureReason::Timeout), _) => {}
+        other => panic!("expected Timeout, got {other:?}"),
+    }
+    assert!(started.elapsed() >= timeout, "refused before the deadline");
+    let n = tokio::time::timeout(DEADLINE, read_until_error(&mut raw)).await.expect("closed in time");
+    assert!(matches!(n, Ok(0) | Err(_)));
+    pair.assert_sink_untouched().await;
+    assert_eq!(pair.cfg_b.failures().get(FailureReason::Timeout), 1);
+}
+
+/// A hand-made TLS client that sends a given proof (or computes one).
+mod raw_client {
+    use std::io::{Read, Write};
+    use std::sync::Arc;
+
+    use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+    use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+    use rustls::{DigitallySignedStruct, SignatureScheme};
+
+    #[derive(Debug)]
+    struct AnyCert;
+    impl ServerCertVerifier for AnyCert {
+        fn verify_server_cert(
+            &self,
+            _: &CertificateDer<'_>,
+            _: &[CertificateDer<'_>],
+            _: &ServerName<'_>,
+            _: &[u8],
+            _: UnixTime,
+        ) -> Result<ServerCertVerified, rustls::Error> {
+            Ok(ServerCertVerified::assertion())
+        }
+        fn verify_tls12_signature(
+            &self,
+            _: &[u8],
+            _: &CertificateDer<'_>,
+            _: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            Ok(HandshakeSignatureValid::assertion())
+        }
+        fn verify_tls13_signature(
+            &self,
+            _: &[u8],
+            _: &CertificateDer<'_>,
+            _: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            Ok(HandshakeSignatureValid::assertion())
+        }
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            rustls::crypto::ring::default_provider().signature_verification_algorithms.supported_schemes()
+        }
+    }
+
+    /// Connects, completes the handshake, sends `proof` (or the right proof
+    /// for this connection when None), then some data; returns the proof
+    /// sent and whether the server closed the connection (`wait_close`: wait
+    /// for the close instead of returning once gwB's proof arrived).
+    pub fn run(addr: std::net::SocketAddr, proof: Option<[u8; 34]>, wait_close: bool) -> ([u8; 34], bool) {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AnyCert))
+            .with_no_client_auth();
+        let mut conn = rustls::ClientConnection::new(Arc::new(config), "localhost".try_into().unwrap()).unwrap();
+        let mut tcp = std::net::TcpStream::connect(addr).unwrap();
+        tcp.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+        while conn.is_handshaking() {
+            conn.complete_io(&mut tcp).expect("handshake with gwB");
+        }
+        let mut exporter = [0u8; 32];
+        conn.export_keying_material(&mut exporter[..], gateway::channel::proof::EXPORTER_LABEL, None).unwrap();
+        let proof = proof.unwrap_or_else(|| {
+            gateway::channel::proof::compute(&super::SECRET, gateway::channel::Role::Connector, 0, &exporter)
+        });
+        let mut stream = rustls::Stream::new(&mut conn, &mut tcp);
+        let _ = stream.write_all(&proof);
+        let _ = stream.write_all(b"payload after the proof");
+        let _ = stream.flush();
+        // gwB sends its own proof first in any case; then an honest
+        // connection stays open, a refused one is closed.
+        let mut buf = [0u8; 256];
+        let mut got = 0;
+        let closed = loop {
+            match stream.read(&mut buf) {
+                Ok(0) => break true,
+                Ok(n) => {
+                    got += n;
+                    if got >= 34 && !wait_close {
+                        break false;
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => {
+                    break false;
+                }
+                Err(_) => break true,
+            }
+        };
+        (proof, closed)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replayed_proof_is_refused() {
+    let mut pair = Pair::start(Options::default()).await;
+    let addr = pair.wan_addr;
+    // Connection 1: a client that knows the secret proves it properly.
+    let (proof, _) = tokio::task::spawn_blocking(move || raw_client::run(addr, None, false)).await.unwrap();
+    let (mut first, _) = pair.sink.accept().await.expect("the honest connection reaches the sink");
+    let mut got = vec![0u8; 23];
+    first.read_exact(&mut got).await.expect("payload");
+    assert_eq!(&got, b"payload after the proof");
+    // Connection 2: the same proof bytes, replayed on a new connection.
+    let (_, closed) = tokio::task::spawn_blocking(move || raw_client::run(addr, Some(proof), true)).await.unwrap();
+    assert!(closed, "gwB must close a connection with a replayed proof");
+    loop {
+        match pair.outcome_b().await {
+            Outcome::Refused(Some(FailureReason::BadProof), _) => break,
+            Outcome::Relayed(_) => continue, // connection 1 finishing
+            other => panic!("expected BadProof for the replay, got {other:?}"),
+        }
+    }
+    pair.assert_sink_untouched().await;
+    assert_eq!(pair.cfg_b.failures().get(FailureReason::BadProof), 1);
+    assert_eq!(pair.cfg_b.failures().established(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pinned_certificates_accept_the_right_peer_and_reject_a_wrong_one() {
+    // Learn both self-signed fingerprints first (generated on first start).
+    let dir = tempfile::tempdir().unwrap();
+    let fp = |name: &str| ChannelConfig::new(ChannelSettings::self_signed(dir.path().join(name))).unwrap().fingerprint();
+    let (fp_a, fp_b) = (fp("a"), fp("b"));
+    let (base_a, base_b) = (dir.path().join("a"), dir.path().join("b"));
+    let pinned = |base: std::path::PathBuf, pin| {
+        Box::new(move |_: &std::path::Path| ChannelSettings {
+            verify: PeerVerification::Pinned(vec![pin]),
+            ..ChannelSettings::self_signed(base.clone())
+        }) as Box<dyn Fn(&std::path::Path) -> ChannelSettings>
+    };
+
+    // Right pins both ways: works.
+    let mut pair = Pair::start(Options {
+        settings_a: pinned(base_a.clone(), fp_b),
+        settings_b: pinned(base_b.clone(), fp_a),
+        ..Options::default()
+    })
+    .await;
+    both_ways(&mut pair, 1 << 20).await;
+    assert!(matches!(pair.outcome_a().await, Outcome::Relayed(Ok(_))));
+
+    // gwA pins a different certificate: the handshake fails on the certificate.
+    let wrong = gateway::channel::Fingerprint([0xee; 32]);
+    let mut pair = Pair::start(Options {
+        settings_a: pinned(base_a.clone(), wrong),
+        settings_b: pinned(base_b.clone(), fp_a),
+        ..Options::default()
+    })
+    .await;
+    let mut client = TcpStream::connect(pair.lan_addr).await.expect("connect gwA");
+    let _ = client.write_all(b"must never arrive").await;
+    match pair.outcome_a().await {
+        Outcome::Refused(Some(FailureReason::Certificate), _) => {}
+        other => panic!("gwA should reject gwB's certificate, got {other:?}"),
+    }
+    assert!(matches!(pair.outcome_b().await, Outcome::Refused(Some(_), _)));
+    pair.assert_sink_untouched().await;
+
+    // gwB pins a different client certificate: refused too.
+    let mut pair = Pair::start(Options {
+        settings_a: pinned(base_a, fp_b),
+        settings_b: pinned(base_b, wrong),
+        ..Options::default()
+    })
+    .await;
+    let _client = TcpStream::connect(pair.lan_addr).await.expect("connect gwA");
+    match pair.outcome_b().await {
+        Outcome::Refused(Some(FailureReason::Certificate), _) => {}
+        other => panic!("gwB should reject gwA's certificate, got {other:?}"),
+    }
+    pair.assert_sink_untouched().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alert_mid_stream_resets_the_lan_side() {
+    let mut pair = Pair::start(Options::default()).await;
+    let tcp = TcpStream::connect(pair.wan_addr).await.expect("connect gwB");
+    let rogue = channel::connect(tcp, &pair.cfg_a, "localhost", &SECRET).await.expect("rogue CONS proves the secret");
+    let (mut server, _) = pair.sink.accept().await.expect("sink accept");
+    rogue.send_then_alert(&[7u8; 100_000], 80).await.expect("send data then internal_error");
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 64 * 1024];
+    let end = loop {
+        match server.read(&mut buf).await {
+            Ok(0) => break Ok(0),
+            Ok(n) => got += n,
+            Err(e) => break Err(e),
+        }
+    };
+    assert!(is_reset(end), "the sink must see a reset, not a clean end, after a fatal alert");
+    assert!(got <= 100_000);
+    match pair.outcome_b().await {
+        Outcome::Relayed(Err(e)) => assert!(e.contains("alert 80"), "{e}"),
+        other => panic!("expected the relay to fail on the alert, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mode_mismatch_is_refused() {
+    let plain = |dir: &std::path::Path| ChannelSettings { plaintext_after_auth: true, ..ChannelSettings::self_signed(dir) };
+    let mut pair = Pair::start(Options { settings_a: Box::new(plain), ..Options::default() }).await;
+    let _client = TcpStream::connect(pair.lan_addr).await.expect("connect gwA");
+    assert!(matches!(pair.outcome_b().await, Outcome::Refused(Some(FailureReason::ModeMismatch), _)));
+    assert!(matches!(pair.outcome_a().await, Outcome::Refused(Some(FailureReason::ModeMismatch), _)));
+    pair.assert_sink_untouched().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plaintext_after_auth_uses_the_kernel_relay() {
+    let plain = |dir: &std::path::Path| ChannelSettings { plaintext_after_auth: true, ..ChannelSettings::self_signed(dir) };
+    let engine = kernel_engine();
+    let mut pair = Pair::start(Options {
+        settings_a: Box::new(plain),
+        settings_b: Box::new(plain),
+        caps: KernelCaps::detect(engine),
+        ..Options::default()
+    })
+    .await;
+    both_ways(&mut pair, 16 << 20).await;
+    for outcome in [pair.outcome_a().await, pair.outcome_b().await] {
+        match outcome {
+            Outcome::Relayed(Ok(path)) => assert_eq!(path, ChannelPath::Plaintext(DataPath::Sockmap)),
+            other => panic!("expected the sockmap relay, got {other:?}"),
+        }
+    }
+    // And a wrong secret is still refused in this mode.
+    drop(pair);
+    let mut pair = Pair::start(Options {
+        settings_a: Box::new(plain),
+        settings_b: Box::new(plain),
+        secret_a: [1; 32],
+        caps: KernelCaps::detect(RelayEngine::userspace()),
+    })
+    .await;
+    let _client = TcpStream::connect(pair.lan_addr).await.expect("connect gwA");
+    assert!(matches!(pair.outcome_b().await, Outcome::Refused(Some(FailureReason::BadProof), _)));
+    pair.assert_sink_untouched().await;
+}
+
+/// A quick throughput figure for the TLS channel (not a benchmark: that is
+/// `cargo xtask bench tls`). Run with
+/// `cargo test --release -p gateway --test channel -- --ignored --nocapture throughput`.
+/// The client and the sink are blocking threads; the two gateways share the
+/// test's runtime. CHANNEL_BENCH_MIB sets the volume (default 4096).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement, run by hand in release mode"]
+async fn throughput_one_stream() {
+    let mib: usize = std::env::var("CHANNEL_BENCH_MIB").ok().and_then(|v| v.parse().ok()).unwrap_or(4096);
+    let pair = Pair::start(Options::default()).await;
+    let sink = pair.sink.into_std().expect("std listener");
+    sink.set_nonblocking(false).expect("blocking");
+    let lan_addr = pair.lan_addr;
+    let receiver = std::thread::spawn(move || {
+        use std::io::Read;
+        let (mut s, _) = sink.accept().expect("sink accept");
+        let mut buf = vec![0u8; 1 << 20];
+        let mut total = 0usize;
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => total += n,
+                Err(e) => panic!("sink read: {e}"),
+            }
+        }
+        total
+    });
+    let started = std::time::Instant::now();
+    let sender = std::thread::spawn(move || {
+        use std::io::Write;
+        let mut c = std::net::TcpStream::connect(lan_addr).expect("connect gwA");
+        let buf = vec![0x42u8; 1 << 20];
+        for _ in 0..mib {
+            c.write_all(&buf).expect("client write");
+        }
+        c.shutdown(std::net::Shutdown::Write).expect("FIN");
+        let mut rest = Vec::new();
+        use std::io::Read;
+        let _ = c.read_to_end(&mut rest);
+    });
+    let total = tokio::task::spawn_blocking(move || receiver.join().expect("receiver")).await.unwrap();
+    let secs = started.elapsed().as_secs_f64();
+    sender.join().expect("sender");
+    assert_eq!(total, mib << 20);
+    println!(
+        "channel throughput: {mib} MiB in {secs:.2} s = {:.2} Gbit/s (one stream, client -> gwA -> TLS -> gwB -> sink)",
+        (total as f64 * 8.0) / secs / 1e9
+    );
+}
