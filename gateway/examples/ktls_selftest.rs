@@ -18,7 +18,9 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use gateway::channel::{self, ChannelConfig, ChannelPath, ChannelSettings, FailureReason, KernelCaps, KtlsSupport};
+use gateway::channel::{
+    self, ChannelConfig, ChannelPath, ChannelSettings, FailureReason, KernelCaps, KtlsSupport,
+};
 use gateway::relay::{ConnCounters, RelayEngine};
 use ring::digest::{Context, SHA256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -39,14 +41,27 @@ struct Pair {
     cfg_a: ChannelConfig,
 }
 
-async fn start(dir: &std::path::Path, caps_a: KernelCaps, caps_b: KernelCaps, secret_a: [u8; 32]) -> Result<Pair, String> {
-    let cfg_a = ChannelConfig::new(ChannelSettings::self_signed(dir.join("a"))).map_err(|e| e.to_string())?;
-    let cfg_b = ChannelConfig::new(ChannelSettings::self_signed(dir.join("b"))).map_err(|e| e.to_string())?;
-    let sink = TcpListener::bind("127.0.0.1:0").await.map_err(|e| e.to_string())?;
+async fn start(
+    dir: &std::path::Path,
+    caps_a: KernelCaps,
+    caps_b: KernelCaps,
+    secret_a: [u8; 32],
+) -> Result<Pair, String> {
+    let cfg_a = ChannelConfig::new(ChannelSettings::self_signed(dir.join("a")))
+        .map_err(|e| e.to_string())?;
+    let cfg_b = ChannelConfig::new(ChannelSettings::self_signed(dir.join("b")))
+        .map_err(|e| e.to_string())?;
+    let sink = TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| e.to_string())?;
     let sink_addr = sink.local_addr().map_err(|e| e.to_string())?;
-    let wan = TcpListener::bind("127.0.0.1:0").await.map_err(|e| e.to_string())?;
+    let wan = TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| e.to_string())?;
     let wan_addr = wan.local_addr().map_err(|e| e.to_string())?;
-    let lan = TcpListener::bind("127.0.0.1:0").await.map_err(|e| e.to_string())?;
+    let lan = TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| e.to_string())?;
     let lan_addr = lan.local_addr().map_err(|e| e.to_string())?;
     let (tx_a, a) = mpsc::unbounded_channel();
     let (tx_b, b) = mpsc::unbounded_channel();
@@ -77,16 +92,25 @@ async fn start(dir: &std::path::Path, caps_a: KernelCaps, caps_b: KernelCaps, se
                     Err(e) => Err((None, format!("dialling gwB: {e}"))),
                     Ok(tcp) => match channel::connect(tcp, &cfg, "localhost", &secret_a).await {
                         Err(err) => Err((err.reason(), err.to_string())),
-                        Ok(ch) => channel::relay_channel(ch, client, &ConnCounters::default(), &caps)
-                            .await
-                            .map_err(|e| (None, e.to_string())),
+                        Ok(ch) => {
+                            channel::relay_channel(ch, client, &ConnCounters::default(), &caps)
+                                .await
+                                .map_err(|e| (None, e.to_string()))
+                        }
                     },
                 };
                 let _ = tx.send(outcome);
             });
         }
     });
-    Ok(Pair { lan_addr, wan_addr, sink, a, b, cfg_a })
+    Ok(Pair {
+        lan_addr,
+        wan_addr,
+        sink,
+        a,
+        b,
+        cfg_a,
+    })
 }
 
 async fn next(rx: &mut mpsc::UnboundedReceiver<Outcome>, who: &str) -> Result<Outcome, String> {
@@ -124,7 +148,10 @@ async fn read_to_end_hash(mut r: impl AsyncReadExt + Unpin) -> Result<(usize, Ve
     let mut buf = vec![0u8; 64 * 1024];
     let mut total = 0;
     loop {
-        let n = r.read(&mut buf).await.map_err(|e| format!("read after {total} bytes: {e}"))?;
+        let n = r
+            .read(&mut buf)
+            .await
+            .map_err(|e| format!("read after {total} bytes: {e}"))?;
         if n == 0 {
             return Ok((total, ctx.finish().as_ref().to_vec()));
         }
@@ -141,11 +168,18 @@ fn expect_path(outcome: Outcome, want: ChannelPath, who: &str) -> Result<(), Str
     }
 }
 
-async fn case_streams(pair: &mut Pair, len: usize, want_a: ChannelPath, want_b: ChannelPath) -> Result<(), String> {
+async fn case_streams(
+    pair: &mut Pair,
+    len: usize,
+    want_a: ChannelPath,
+    want_b: ChannelPath,
+) -> Result<(), String> {
     let up = pattern(1, len);
     let down = pattern(2, len);
     let started = Instant::now();
-    let client = TcpStream::connect(pair.lan_addr).await.map_err(|e| e.to_string())?;
+    let client = TcpStream::connect(pair.lan_addr)
+        .await
+        .map_err(|e| e.to_string())?;
     let (server, _) = tokio::time::timeout(DEADLINE, pair.sink.accept())
         .await
         .map_err(|_| "the sink got no connection".to_string())?
@@ -153,15 +187,34 @@ async fn case_streams(pair: &mut Pair, len: usize, want_a: ChannelPath, want_b: 
     let (cr, cw) = client.into_split();
     let (sr, sw) = server.into_split();
     let (_, _, (up_len, up_hash), (down_len, down_hash)) = tokio::time::timeout(DEADLINE, async {
-        tokio::try_join!(send_then_fin(cw, &up), send_then_fin(sw, &down), read_to_end_hash(sr), read_to_end_hash(cr))
+        tokio::try_join!(
+            send_then_fin(cw, &up),
+            send_then_fin(sw, &down),
+            read_to_end_hash(sr),
+            read_to_end_hash(cr)
+        )
     })
     .await
     .map_err(|_| "transfer timed out".to_string())??;
     if up_len != len || up_hash != sha(&up) {
-        return Err(format!("client -> sink: {up_len} of {len} bytes, hash {}", if up_hash == sha(&up) { "equal" } else { "DIFFERENT" }));
+        return Err(format!(
+            "client -> sink: {up_len} of {len} bytes, hash {}",
+            if up_hash == sha(&up) {
+                "equal"
+            } else {
+                "DIFFERENT"
+            }
+        ));
     }
     if down_len != len || down_hash != sha(&down) {
-        return Err(format!("sink -> client: {down_len} of {len} bytes, hash {}", if down_hash == sha(&down) { "equal" } else { "DIFFERENT" }));
+        return Err(format!(
+            "sink -> client: {down_len} of {len} bytes, hash {}",
+            if down_hash == sha(&down) {
+                "equal"
+            } else {
+                "DIFFERENT"
+            }
+        ));
     }
     expect_path(next(&mut pair.a, "gwA").await?, want_a, "gwA")?;
     expect_path(next(&mut pair.b, "gwB").await?, want_b, "gwB")?;
@@ -175,16 +228,24 @@ async fn case_streams(pair: &mut Pair, len: usize, want_a: ChannelPath, want_b: 
 async fn case_half_close(pair: &mut Pair) -> Result<(), String> {
     let request = pattern(3, 64 * 1024);
     let response = pattern(4, 1 << 20);
-    let mut client = TcpStream::connect(pair.lan_addr).await.map_err(|e| e.to_string())?;
+    let mut client = TcpStream::connect(pair.lan_addr)
+        .await
+        .map_err(|e| e.to_string())?;
     let (mut server, _) = pair.sink.accept().await.map_err(|e| e.to_string())?;
     tokio::time::timeout(DEADLINE, async {
-        client.write_all(&request).await.map_err(|e| e.to_string())?;
+        client
+            .write_all(&request)
+            .await
+            .map_err(|e| e.to_string())?;
         client.shutdown().await.map_err(|e| e.to_string())?;
         let (n, hash) = read_to_end_hash(&mut server).await?;
         if n != request.len() || hash != sha(&request) {
             return Err(format!("request: {n} bytes, wrong or short"));
         }
-        server.write_all(&response).await.map_err(|e| e.to_string())?;
+        server
+            .write_all(&response)
+            .await
+            .map_err(|e| e.to_string())?;
         server.shutdown().await.map_err(|e| e.to_string())?;
         let (n, hash) = read_to_end_hash(&mut client).await?;
         if n != response.len() || hash != sha(&response) {
@@ -201,10 +262,17 @@ async fn case_half_close(pair: &mut Pair) -> Result<(), String> {
 }
 
 async fn case_alert(pair: &mut Pair) -> Result<(), String> {
-    let tcp = TcpStream::connect(pair.wan_addr).await.map_err(|e| e.to_string())?;
-    let rogue = channel::connect(tcp, &pair.cfg_a, "localhost", &SECRET).await.map_err(|e| e.to_string())?;
+    let tcp = TcpStream::connect(pair.wan_addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    let rogue = channel::connect(tcp, &pair.cfg_a, "localhost", &SECRET)
+        .await
+        .map_err(|e| e.to_string())?;
     let (mut server, _) = pair.sink.accept().await.map_err(|e| e.to_string())?;
-    rogue.send_then_alert(&[7u8; 100_000], 80).await.map_err(|e| format!("rogue send: {e}"))?;
+    rogue
+        .send_then_alert(&[7u8; 100_000], 80)
+        .await
+        .map_err(|e| format!("rogue send: {e}"))?;
     let mut got = 0usize;
     let mut buf = vec![0u8; 64 * 1024];
     let end = tokio::time::timeout(DEADLINE, async {
@@ -232,11 +300,17 @@ async fn case_alert(pair: &mut Pair) -> Result<(), String> {
 }
 
 async fn case_wrong_secret(pair: &mut Pair) -> Result<(), String> {
-    let _client = TcpStream::connect(pair.lan_addr).await.map_err(|e| e.to_string())?;
+    let _client = TcpStream::connect(pair.lan_addr)
+        .await
+        .map_err(|e| e.to_string())?;
     for (rx, who) in [(&mut pair.a, "gwA"), (&mut pair.b, "gwB")] {
         match next(rx, who).await? {
             Err((Some(FailureReason::BadProof), _)) => {}
-            other => return Err(format!("{who} should refuse the wrong secret, got {other:?}")),
+            other => {
+                return Err(format!(
+                    "{who} should refuse the wrong secret, got {other:?}"
+                ));
+            }
         }
     }
     if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(500), pair.sink.accept()).await {
@@ -255,13 +329,22 @@ async fn run(mib: usize) -> Result<(), String> {
         return Err("kernel TLS is not available".into());
     }
     let dir = std::env::temp_dir().join(format!("ktls-selftest-{}", std::process::id()));
-    let ktls = KernelCaps { ktls: support.clone(), engine: RelayEngine::userspace() };
+    let ktls = KernelCaps {
+        ktls: support.clone(),
+        engine: RelayEngine::userspace(),
+    };
     let user = KernelCaps::without_ktls(RelayEngine::userspace());
     let len = mib << 20;
 
     println!("case: kernel TLS on both gateways");
     let mut pair = start(&dir.join("1"), ktls.clone(), ktls.clone(), SECRET).await?;
-    case_streams(&mut pair, len, ChannelPath::KernelTls, ChannelPath::KernelTls).await?;
+    case_streams(
+        &mut pair,
+        len,
+        ChannelPath::KernelTls,
+        ChannelPath::KernelTls,
+    )
+    .await?;
     println!("case: half-close");
     case_half_close(&mut pair).await?;
     println!("case: TLS alert mid-stream");
@@ -271,14 +354,27 @@ async fn run(mib: usize) -> Result<(), String> {
     case_wrong_secret(&mut pair).await?;
     println!("case: userspace TLS (gwA) <-> kernel TLS (gwB)");
     let mut pair = start(&dir.join("3"), user, ktls, SECRET).await?;
-    case_streams(&mut pair, len / 4, ChannelPath::UserspaceTls, ChannelPath::KernelTls).await?;
+    case_streams(
+        &mut pair,
+        len / 4,
+        ChannelPath::UserspaceTls,
+        ChannelPath::KernelTls,
+    )
+    .await?;
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
 
 fn main() {
-    let mib = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(4);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    let mib = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(4);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             println!("FAIL: tokio runtime: {e}");
@@ -286,7 +382,9 @@ fn main() {
         }
     };
     match runtime.block_on(run(mib)) {
-        Ok(()) => println!("PASS: kernel TLS channel (both directions, half-close, alert, wrong secret, interop)"),
+        Ok(()) => println!(
+            "PASS: kernel TLS channel (both directions, half-close, alert, wrong secret, interop)"
+        ),
         Err(e) => {
             println!("FAIL: {e}");
             std::process::exit(1);

@@ -143,7 +143,6 @@ pub fn run_with(options: &CheckOptions) -> Report {
         )
     };
     capabilities.push(load);
-    let sockmap_ok = sockmap.available;
     capabilities.push(sockmap);
     capabilities.push(if root {
         probe(XDP, probe_xdp)
@@ -188,9 +187,8 @@ pub fn run_with(options: &CheckOptions) -> Report {
             }
         })
         .collect();
-    let plaintext_path = if sockmap_ok {
-        DataPath::Sockmap
-    } else if splice_ok {
+    // sockmap is reported but opt-in (see RelayEngine::best_path).
+    let plaintext_path = if splice_ok {
         DataPath::Splice
     } else {
         DataPath::Copy
@@ -238,6 +236,12 @@ pub fn render(report: &Report) -> String {
         "data path: plaintext relay = {}; gateway-to-gateway channel = {}\n",
         report.plaintext_path, report.channel_path
     ));
+    if report.capability(SOCKMAP).is_some_and(|c| c.available) {
+        out.push_str(
+            "           the in-kernel sockmap relay works here and is opt-in \
+             (--data-path sockmap; see docs/ARCHITECTURE.md)\n",
+        );
+    }
     if !report.can_run {
         out.push_str("the gateway cannot run here: not even a loopback TCP relay works\n");
     }

@@ -12,7 +12,11 @@ use gateway::relay::{DataPath, RelayEngine};
 use gateway::session::serve::{Gateway, ServeArgs, shutdown_signal};
 
 #[derive(Parser)]
-#[command(name = "s2cs", version, about = "SciStream-compatible gateway: control server and kernel data plane")]
+#[command(
+    name = "s2cs",
+    version,
+    about = "SciStream-compatible gateway: control server and kernel data plane"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -92,12 +96,25 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let required_ok = match require {
                 None => true,
                 Some(DataPath::Copy) => report.can_run,
-                Some(DataPath::Splice) => report.capability(check::SPLICE).is_some_and(|c| c.available),
-                Some(DataPath::Sockmap) => report.capability(check::SOCKMAP).is_some_and(|c| c.available),
+                Some(DataPath::Splice) => report
+                    .capability(check::SPLICE)
+                    .is_some_and(|c| c.available),
+                Some(DataPath::Sockmap) => report
+                    .capability(check::SOCKMAP)
+                    .is_some_and(|c| c.available),
             };
-            Ok(if report.can_run && required_ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            Ok(if report.can_run && required_ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
-        Command::Relay { listen, target, path, rate } => {
+        Command::Relay {
+            listen,
+            target,
+            path,
+            rate,
+        } => {
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
             runtime.block_on(relay(listen, target, &path, rate))?;
             Ok(ExitCode::SUCCESS)
@@ -141,7 +158,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn relay(listen: SocketAddr, target: SocketAddr, path: &str, rate: Option<u64>) -> anyhow::Result<()> {
+async fn relay(
+    listen: SocketAddr,
+    target: SocketAddr,
+    path: &str,
+    rate: Option<u64>,
+) -> anyhow::Result<()> {
     let wanted: Option<DataPath> = match path {
         "auto" => None,
         other => Some(other.parse().map_err(anyhow::Error::msg)?),
@@ -160,12 +182,21 @@ async fn relay(listen: SocketAddr, target: SocketAddr, path: &str, rate: Option<
         },
     };
     let path = wanted.unwrap_or_else(|| engine.best_path());
-    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding {listen}"))?;
     tracing::info!(%listen, %target, %path, "relaying");
     let stats = Arc::new(ProxyStats::default());
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
     };
-    proxy::run(listener, ProxyPlan { target, path, rate }, engine, stats, shutdown).await;
+    proxy::run(
+        listener,
+        ProxyPlan { target, path, rate },
+        engine,
+        stats,
+        shutdown,
+    )
+    .await;
     Ok(())
 }

@@ -625,7 +625,10 @@ mod tests {
     fn without_sources_only_the_totals_are_live() {
         let metrics = Metrics::new().expect("metrics");
         let text = metrics.render().expect("render");
-        assert!(text.contains("s2cs_relayed_bytes_total{direction=\"from_target\"} 0"), "{text}");
+        assert!(
+            text.contains("s2cs_relayed_bytes_total{direction=\"from_target\"} 0"),
+            "{text}"
+        );
         assert!(!text.contains("s2cs_xdp_"), "{text}");
         assert!(!text.contains("s2cs_session_bytes_total"), "{text}");
     }

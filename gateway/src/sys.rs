@@ -287,7 +287,12 @@ pub enum KtlsCipher<'a> {
 }
 
 /// Writes `value` as a socket option (any plain struct, not only Copy ones).
-fn setsockopt_raw<T>(fd: BorrowedFd<'_>, level: libc::c_int, name: libc::c_int, value: &T) -> io::Result<()> {
+fn setsockopt_raw<T>(
+    fd: BorrowedFd<'_>,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: &T,
+) -> io::Result<()> {
     // SAFETY: `value` points at `size_of::<T>()` readable bytes for the call.
     check(unsafe {
         libc::setsockopt(
@@ -338,16 +343,28 @@ pub fn set_ktls_key(
     match cipher {
         KtlsCipher::AesGcm128 { key, iv } => {
             let (salt, iv) = split(iv);
-            let mut info =
-                AesGcm128Info { version, cipher_type: TLS_CIPHER_AES_GCM_128, iv, key: *key, salt, rec_seq };
+            let mut info = AesGcm128Info {
+                version,
+                cipher_type: TLS_CIPHER_AES_GCM_128,
+                iv,
+                key: *key,
+                salt,
+                rec_seq,
+            };
             let result = setsockopt_raw(fd, SOL_TLS, name, &info);
             wipe(&mut info);
             result
         }
         KtlsCipher::AesGcm256 { key, iv } => {
             let (salt, iv) = split(iv);
-            let mut info =
-                AesGcm256Info { version, cipher_type: TLS_CIPHER_AES_GCM_256, iv, key: *key, salt, rec_seq };
+            let mut info = AesGcm256Info {
+                version,
+                cipher_type: TLS_CIPHER_AES_GCM_256,
+                iv,
+                key: *key,
+                salt,
+                rec_seq,
+            };
             let result = setsockopt_raw(fd, SOL_TLS, name, &info);
             wipe(&mut info);
             result
@@ -376,7 +393,10 @@ struct CmsgSpace([u8; 64]);
 /// record's content type (23 application data, 21 alert, 22 handshake). Used
 /// when splice refuses a record that is not application data (EINVAL).
 pub fn recv_ktls_record(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<(usize, u8)> {
-    let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
     let mut control = CmsgSpace([0; 64]);
     // SAFETY: msghdr is plain data; all-zero is a valid empty header.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
@@ -391,7 +411,9 @@ pub fn recv_ktls_record(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<(usize
         return Err(io::Error::last_os_error());
     }
     if msg.msg_flags & libc::MSG_CTRUNC != 0 {
-        return Err(io::Error::other("TLS record type control message truncated"));
+        return Err(io::Error::other(
+            "TLS record type control message truncated",
+        ));
     }
     let mut record_type = 23u8;
     // SAFETY: the CMSG_* macros walk the control buffer the kernel filled,
@@ -411,7 +433,10 @@ pub fn recv_ktls_record(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<(usize
 /// Sends `data` as one TLS record of content type `record_type` (e.g. 21, an
 /// alert) on a kernel TLS TX socket, non-blocking.
 pub fn send_ktls_record(fd: BorrowedFd<'_>, record_type: u8, data: &[u8]) -> io::Result<usize> {
-    let mut iov = libc::iovec { iov_base: data.as_ptr() as *mut libc::c_void, iov_len: data.len() };
+    let mut iov = libc::iovec {
+        iov_base: data.as_ptr() as *mut libc::c_void,
+        iov_len: data.len(),
+    };
     let mut control = CmsgSpace([0; 64]);
     // SAFETY: CMSG_SPACE is a pure size computation.
     let space = unsafe { libc::CMSG_SPACE(1) } as usize;

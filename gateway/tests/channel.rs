@@ -13,7 +13,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use gateway::channel::{
-    self, ChannelConfig, ChannelPath, ChannelSettings, FailureReason, KernelCaps, PeerVerification, Role,
+    self, ChannelConfig, ChannelPath, ChannelSettings, FailureReason, KernelCaps, PeerVerification,
+    Role,
 };
 use gateway::ebpf::KernelRelay;
 use gateway::relay::{ConnCounters, DataPath, RelayEngine};
@@ -61,7 +62,11 @@ impl Pattern {
     }
 }
 
-async fn send_pattern(w: &mut (impl AsyncWriteExt + Unpin), seed: u64, len: u64) -> std::io::Result<()> {
+async fn send_pattern(
+    w: &mut (impl AsyncWriteExt + Unpin),
+    seed: u64,
+    len: u64,
+) -> std::io::Result<()> {
     let mut pattern = Pattern::new(seed);
     let mut buf = vec![0u8; 256 * 1024];
     let mut left = len;
@@ -75,18 +80,28 @@ async fn send_pattern(w: &mut (impl AsyncWriteExt + Unpin), seed: u64, len: u64)
 }
 
 /// Reads to EOF and checks every byte against the pattern.
-async fn expect_pattern(r: &mut (impl AsyncReadExt + Unpin), seed: u64, len: u64) -> Result<(), String> {
+async fn expect_pattern(
+    r: &mut (impl AsyncReadExt + Unpin),
+    seed: u64,
+    len: u64,
+) -> Result<(), String> {
     let mut pattern = Pattern::new(seed);
     let mut got = vec![0u8; 256 * 1024];
     let mut want = vec![0u8; 256 * 1024];
     let mut offset = 0u64;
     loop {
-        let n = r.read(&mut got).await.map_err(|e| format!("read at offset {offset}: {e}"))?;
+        let n = r
+            .read(&mut got)
+            .await
+            .map_err(|e| format!("read at offset {offset}: {e}"))?;
         if n == 0 {
             break;
         }
         if offset + n as u64 > len {
-            return Err(format!("{} bytes more than the {len} sent", offset + n as u64 - len));
+            return Err(format!(
+                "{} bytes more than the {len} sent",
+                offset + n as u64 - len
+            ));
         }
         pattern.fill(&mut want[..n]);
         if got[..n] != want[..n] {
@@ -95,7 +110,11 @@ async fn expect_pattern(r: &mut (impl AsyncReadExt + Unpin), seed: u64, len: u64
         }
         offset += n as u64;
     }
-    if offset == len { Ok(()) } else { Err(format!("stream ended after {offset} of {len} bytes")) }
+    if offset == len {
+        Ok(())
+    } else {
+        Err(format!("stream ended after {offset} of {len} bytes"))
+    }
 }
 
 /// What one gateway did with one connection.
@@ -141,8 +160,10 @@ impl Pair {
     async fn start(options: Options) -> Pair {
         init_logs();
         let dir = tempfile::tempdir().expect("tempdir");
-        let cfg_a = ChannelConfig::new((options.settings_a)(&dir.path().join("a"))).expect("gwA config");
-        let cfg_b = ChannelConfig::new((options.settings_b)(&dir.path().join("b"))).expect("gwB config");
+        let cfg_a =
+            ChannelConfig::new((options.settings_a)(&dir.path().join("a"))).expect("gwA config");
+        let cfg_b =
+            ChannelConfig::new((options.settings_b)(&dir.path().join("b"))).expect("gwB config");
         let sink = TcpListener::bind("127.0.0.1:0").await.expect("bind sink");
         let sink_addr = sink.local_addr().expect("sink addr");
         let wan = TcpListener::bind("127.0.0.1:0").await.expect("bind gwB");
@@ -156,14 +177,18 @@ impl Pair {
         let (cfg, caps) = (cfg_b.clone(), options.caps.clone());
         tokio::spawn(async move {
             loop {
-                let Ok((tcp, _)) = wan.accept().await else { return };
+                let Ok((tcp, _)) = wan.accept().await else {
+                    return;
+                };
                 let (cfg, caps, tx) = (cfg.clone(), caps.clone(), tx_b.clone());
                 tokio::spawn(async move {
                     let outcome = match channel::accept(tcp, &cfg, &SECRET).await {
                         Err(err) => Outcome::Refused(err.reason(), err.to_string()),
                         Ok(ch) => {
                             assert_eq!(ch.role(), Role::Acceptor);
-                            let lan = TcpStream::connect(sink_addr).await.expect("gwB dials the sink");
+                            let lan = TcpStream::connect(sink_addr)
+                                .await
+                                .expect("gwB dials the sink");
                             let counters = ConnCounters::default();
                             let result = channel::relay_channel(ch, lan, &counters, &caps).await;
                             Outcome::Relayed(result.map_err(|e| e.to_string()))
@@ -178,7 +203,9 @@ impl Pair {
         let (cfg, caps, secret) = (cfg_a.clone(), options.caps, options.secret_a);
         tokio::spawn(async move {
             loop {
-                let Ok((client, _)) = lan.accept().await else { return };
+                let Ok((client, _)) = lan.accept().await else {
+                    return;
+                };
                 let (cfg, caps, tx) = (cfg.clone(), caps.clone(), tx_a.clone());
                 tokio::spawn(async move {
                     let tcp = TcpStream::connect(wan_addr).await.expect("gwA dials gwB");
@@ -194,55 +221,104 @@ impl Pair {
                 });
             }
         });
-        Pair { lan_addr, wan_addr, sink, a, b, cfg_a, cfg_b, _dir: dir }
+        Pair {
+            lan_addr,
+            wan_addr,
+            sink,
+            a,
+            b,
+            cfg_a,
+            cfg_b,
+            _dir: dir,
+        }
     }
 
     async fn outcome_b(&mut self) -> Outcome {
-        tokio::time::timeout(DEADLINE, self.b.recv()).await.expect("gwB reports in time").expect("gwB alive")
+        tokio::time::timeout(DEADLINE, self.b.recv())
+            .await
+            .expect("gwB reports in time")
+            .expect("gwB alive")
     }
 
     async fn outcome_a(&mut self) -> Outcome {
-        tokio::time::timeout(DEADLINE, self.a.recv()).await.expect("gwA reports in time").expect("gwA alive")
+        tokio::time::timeout(DEADLINE, self.a.recv())
+            .await
+            .expect("gwA reports in time")
+            .expect("gwA alive")
     }
 
     /// The sink must not get a connection (checked after the refusal was
     /// reported, so a short wait only guards against a late dial).
     async fn assert_sink_untouched(&self) {
-        if let Ok(Ok((_, peer))) = tokio::time::timeout(Duration::from_millis(300), self.sink.accept()).await {
+        if let Ok(Ok((_, peer))) =
+            tokio::time::timeout(Duration::from_millis(300), self.sink.accept()).await
+        {
             panic!("the sink got a connection from {peer} although the channel was refused");
         }
     }
 }
 
 fn expected_tls_path(caps: &KernelCaps) -> ChannelPath {
-    if caps.ktls.available() { ChannelPath::KernelTls } else { ChannelPath::UserspaceTls }
+    if caps.ktls.available() {
+        ChannelPath::KernelTls
+    } else {
+        ChannelPath::UserspaceTls
+    }
 }
 
 fn kernel_engine() -> RelayEngine {
-    RelayEngine::with_kernel(Arc::new(KernelRelay::load().expect("loading the eBPF relay (this test needs root)")))
+    RelayEngine::with_kernel(Arc::new(
+        KernelRelay::load().expect("loading the eBPF relay (this test needs root)"),
+    ))
 }
 
 /// 64 MiB each way at once, through both gateways.
 async fn both_ways(pair: &mut Pair, len: u64) {
-    let mut client = TcpStream::connect(pair.lan_addr).await.expect("connect gwA");
-    let (mut server, _) = tokio::time::timeout(DEADLINE, pair.sink.accept()).await.expect("sink accept in time").expect("accept");
+    let mut client = TcpStream::connect(pair.lan_addr)
+        .await
+        .expect("connect gwA");
+    let (mut server, _) = tokio::time::timeout(DEADLINE, pair.sink.accept())
+        .await
+        .expect("sink accept in time")
+        .expect("accept");
     let (mut client_r, mut client_w) = client.split();
     let (mut server_r, mut server_w) = server.split();
     let work = async {
         tokio::try_join!(
             async {
-                send_pattern(&mut client_w, 1, len).await.map_err(|e| format!("client send: {e}"))?;
-                client_w.shutdown().await.map_err(|e| format!("client shutdown: {e}"))
+                send_pattern(&mut client_w, 1, len)
+                    .await
+                    .map_err(|e| format!("client send: {e}"))?;
+                client_w
+                    .shutdown()
+                    .await
+                    .map_err(|e| format!("client shutdown: {e}"))
             },
             async {
-                send_pattern(&mut server_w, 2, len).await.map_err(|e| format!("server send: {e}"))?;
-                server_w.shutdown().await.map_err(|e| format!("server shutdown: {e}"))
+                send_pattern(&mut server_w, 2, len)
+                    .await
+                    .map_err(|e| format!("server send: {e}"))?;
+                server_w
+                    .shutdown()
+                    .await
+                    .map_err(|e| format!("server shutdown: {e}"))
             },
-            async { expect_pattern(&mut server_r, 1, len).await.map_err(|e| format!("client -> server: {e}")) },
-            async { expect_pattern(&mut client_r, 2, len).await.map_err(|e| format!("server -> client: {e}")) },
+            async {
+                expect_pattern(&mut server_r, 1, len)
+                    .await
+                    .map_err(|e| format!("client -> server: {e}"))
+            },
+            async {
+                expect_pattern(&mut client_r, 2, len)
+                    .await
+                    .map_err(|e| format!("server -> client: {e}"))
+            },
         )
     };
-    tokio::time::timeout(DEADLINE, work).await.expect("transfer in time").expect("bytes intact");
+    tokio::time::timeout(DEADLINE, work)
+        .await
+        .expect("transfer in time")
+        .expect("bytes intact");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -265,17 +341,27 @@ async fn bytes_intact_both_ways_through_two_gateways() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn half_close_request_then_response() {
     let mut pair = Pair::start(Options::default()).await;
-    let mut client = TcpStream::connect(pair.lan_addr).await.expect("connect gwA");
+    let mut client = TcpStream::connect(pair.lan_addr)
+        .await
+        .expect("connect gwA");
     let (mut server, _) = pair.sink.accept().await.expect("sink accept");
     let work = async {
-        send_pattern(&mut client, 3, 100_000).await.expect("request");
+        send_pattern(&mut client, 3, 100_000)
+            .await
+            .expect("request");
         client.shutdown().await.expect("client FIN");
         // The server sees the whole request, then EOF (close_notify -> FIN) ...
-        expect_pattern(&mut server, 3, 100_000).await.expect("request intact, then EOF");
+        expect_pattern(&mut server, 3, 100_000)
+            .await
+            .expect("request intact, then EOF");
         // ... and can still answer on the other half.
-        send_pattern(&mut server, 4, 3 << 20).await.expect("response");
+        send_pattern(&mut server, 4, 3 << 20)
+            .await
+            .expect("response");
         server.shutdown().await.expect("server FIN");
-        expect_pattern(&mut client, 4, 3 << 20).await.expect("response intact, then EOF");
+        expect_pattern(&mut client, 4, 3 << 20)
+            .await
+            .expect("response intact, then EOF");
     };
     tokio::time::timeout(DEADLINE, work).await.expect("in time");
     assert!(matches!(pair.outcome_a().await, Outcome::Relayed(Ok(_))));
@@ -301,33 +387,57 @@ async fn read_until_error(stream: &mut TcpStream) -> std::io::Result<usize> {
 async fn reset_propagates_both_ways() {
     let mut pair = Pair::start(Options::default()).await;
     // The sink resets: the client must see a reset, not a clean EOF.
-    let mut client = TcpStream::connect(pair.lan_addr).await.expect("connect gwA");
+    let mut client = TcpStream::connect(pair.lan_addr)
+        .await
+        .expect("connect gwA");
     let (mut server, _) = pair.sink.accept().await.expect("sink accept");
     client.write_all(b"ping").await.expect("write");
     let mut got = [0u8; 4];
     server.read_exact(&mut got).await.expect("ping arrives");
-    socket2::SockRef::from(&server).set_linger(Some(Duration::ZERO)).expect("linger");
+    socket2::SockRef::from(&server)
+        .set_linger(Some(Duration::ZERO))
+        .expect("linger");
     drop(server);
-    let seen = tokio::time::timeout(DEADLINE, read_until_error(&mut client)).await.expect("in time");
-    assert!(is_reset(seen), "client should see a reset after the sink reset");
+    let seen = tokio::time::timeout(DEADLINE, read_until_error(&mut client))
+        .await
+        .expect("in time");
+    assert!(
+        is_reset(seen),
+        "client should see a reset after the sink reset"
+    );
     assert!(matches!(pair.outcome_b().await, Outcome::Relayed(Err(_))));
     assert!(matches!(pair.outcome_a().await, Outcome::Relayed(Err(_))));
 
     // The client resets: the sink must see a reset.
-    let mut client = TcpStream::connect(pair.lan_addr).await.expect("connect gwA");
+    let mut client = TcpStream::connect(pair.lan_addr)
+        .await
+        .expect("connect gwA");
     let (mut server, _) = pair.sink.accept().await.expect("sink accept");
     client.write_all(b"ping").await.expect("write");
     server.read_exact(&mut got).await.expect("ping arrives");
-    socket2::SockRef::from(&client).set_linger(Some(Duration::ZERO)).expect("linger");
+    socket2::SockRef::from(&client)
+        .set_linger(Some(Duration::ZERO))
+        .expect("linger");
     drop(client);
-    let seen = tokio::time::timeout(DEADLINE, read_until_error(&mut server)).await.expect("in time");
-    assert!(is_reset(seen), "sink should see a reset after the client reset");
+    let seen = tokio::time::timeout(DEADLINE, read_until_error(&mut server))
+        .await
+        .expect("in time");
+    assert!(
+        is_reset(seen),
+        "sink should see a reset after the client reset"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_secret_is_refused_on_both_sides_and_nothing_is_forwarded() {
-    let mut pair = Pair::start(Options { secret_a: [0x11; 32], ..Options::default() }).await;
-    let mut client = TcpStream::connect(pair.lan_addr).await.expect("connect gwA");
+    let mut pair = Pair::start(Options {
+        secret_a: [0x11; 32],
+        ..Options::default()
+    })
+    .await;
+    let mut client = TcpStream::connect(pair.lan_addr)
+        .await
+        .expect("connect gwA");
     client.write_all(b"must never arrive").await.expect("write");
     match pair.outcome_b().await {
         Outcome::Refused(Some(FailureReason::BadProof), _) => {}
@@ -340,21 +450,32 @@ async fn wrong_secret_is_refused_on_both_sides_and_nothing_is_forwarded() {
     pair.assert_sink_untouched().await;
     // The client's connection is closed without a byte.
     let mut buf = [0u8; 16];
-    let n = tokio::time::timeout(DEADLINE, client.read(&mut buf)).await.expect("in time");
-    assert!(matches!(n, Ok(0) | Err(_)), "client connection should be closed");
+    let n = tokio::time::timeout(DEADLINE, client.read(&mut buf))
+        .await
+        .expect("in time");
+    assert!(
+        matches!(n, Ok(0) | Err(_)),
+        "client connection should be closed"
+    );
     assert_eq!(pair.cfg_b.failures().get(FailureReason::BadProof), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plain_tcp_client_is_refused() {
     let mut pair = Pair::start(Options::default()).await;
-    let mut raw = TcpStream::connect(pair.wan_addr).await.expect("connect gwB");
-    raw.write_all(b"hello, is this a relay?\n").await.expect("write");
+    let mut raw = TcpStream::connect(pair.wan_addr)
+        .await
+        .expect("connect gwB");
+    raw.write_all(b"hello, is this a relay?\n")
+        .await
+        .expect("write");
     match pair.outcome_b().await {
         Outcome::Refused(Some(FailureReason::NotTls), _) => {}
         other => panic!("expected NotTls, got {other:?}"),
     }
-    let n = tokio::time::timeout(DEADLINE, read_until_error(&mut raw)).await.expect("closed in time");
+    let n = tokio::time::timeout(DEADLINE, read_until_error(&mut raw))
+        .await
+        .expect("closed in time");
     assert!(matches!(n, Ok(0) | Err(_)));
     pair.assert_sink_untouched().await;
     assert_eq!(pair.cfg_b.failures().get(FailureReason::NotTls), 1);
@@ -363,7 +484,9 @@ async fn plain_tcp_client_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn non_tls_garbage_is_refused() {
     let mut pair = Pair::start(Options::default()).await;
-    let mut raw = TcpStream::connect(pair.wan_addr).await.expect("connect gwB");
+    let mut raw = TcpStream::connect(pair.wan_addr)
+        .await
+        .expect("connect gwB");
     let mut garbage = vec![0u8; 4096];
     Pattern::new(99).fill(&mut garbage);
     garbage[0] = 0xde;
@@ -372,7 +495,9 @@ async fn non_tls_garbage_is_refused() {
         Outcome::Refused(Some(FailureReason::NotTls | FailureReason::Handshake), _) => {}
         other => panic!("expected a refusal, got {other:?}"),
     }
-    let n = tokio::time::timeout(DEADLINE, read_until_error(&mut raw)).await.expect("closed in time");
+    let n = tokio::time::timeout(DEADLINE, read_until_error(&mut raw))
+        .await
+        .expect("closed in time");
     assert!(matches!(n, Ok(0) | Err(_)));
     pair.assert_sink_untouched().await;
 }
@@ -380,16 +505,27 @@ async fn non_tls_garbage_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_client_times_out() {
     let timeout = Duration::from_millis(800);
-    let settings = move |dir: &std::path::Path| ChannelSettings { proof_timeout: timeout, ..ChannelSettings::self_signed(dir) };
-    let mut pair = Pair::start(Options { settings_b: Box::new(settings), ..Options::default() }).await;
+    let settings = move |dir: &std::path::Path| ChannelSettings {
+        proof_timeout: timeout,
+        ..ChannelSettings::self_signed(dir)
+    };
+    let mut pair = Pair::start(Options {
+        settings_b: Box::new(settings),
+        ..Options::default()
+    })
+    .await;
     let started = std::time::Instant::now();
-    let mut raw = TcpStream::connect(pair.wan_addr).await.expect("connect gwB");
+    let mut raw = TcpStream::connect(pair.wan_addr)
+        .await
+        .expect("connect gwB");
     match pair.outcome_b().await {
         Outcome::Refused(Some(FailureReason::Timeout), _) => {}
         other => panic!("expected Timeout, got {other:?}"),
     }
     assert!(started.elapsed() >= timeout, "refused before the deadline");
-    let n = tokio::time::timeout(DEADLINE, read_until_error(&mut raw)).await.expect("closed in time");
+    let n = tokio::time::timeout(DEADLINE, read_until_error(&mut raw))
+        .await
+        .expect("closed in time");
     assert!(matches!(n, Ok(0) | Err(_)));
     pair.assert_sink_untouched().await;
     assert_eq!(pair.cfg_b.failures().get(FailureReason::Timeout), 1);
@@ -434,7 +570,9 @@ mod raw_client {
             Ok(HandshakeSignatureValid::assertion())
         }
         fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-            rustls::crypto::ring::default_provider().signature_verification_algorithms.supported_schemes()
+            rustls::crypto::ring::default_provider()
+                .signature_verification_algorithms
+                .supported_schemes()
         }
     }
 
@@ -442,7 +580,11 @@ mod raw_client {
     /// for this connection when None), then some data; returns the proof
     /// sent and whether the server closed the connection (`wait_close`: wait
     /// for the close instead of returning once gwB's proof arrived).
-    pub fn run(addr: std::net::SocketAddr, proof: Option<[u8; 34]>, wait_close: bool) -> ([u8; 34], bool) {
+    pub fn run(
+        addr: std::net::SocketAddr,
+        proof: Option<[u8; 34]>,
+        wait_close: bool,
+    ) -> ([u8; 34], bool) {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let config = rustls::ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])
@@ -450,16 +592,29 @@ mod raw_client {
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(AnyCert))
             .with_no_client_auth();
-        let mut conn = rustls::ClientConnection::new(Arc::new(config), "localhost".try_into().unwrap()).unwrap();
+        let mut conn =
+            rustls::ClientConnection::new(Arc::new(config), "localhost".try_into().unwrap())
+                .unwrap();
         let mut tcp = std::net::TcpStream::connect(addr).unwrap();
-        tcp.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+        tcp.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
         while conn.is_handshaking() {
             conn.complete_io(&mut tcp).expect("handshake with gwB");
         }
         let mut exporter = [0u8; 32];
-        conn.export_keying_material(&mut exporter[..], gateway::channel::proof::EXPORTER_LABEL, None).unwrap();
+        conn.export_keying_material(
+            &mut exporter[..],
+            gateway::channel::proof::EXPORTER_LABEL,
+            None,
+        )
+        .unwrap();
         let proof = proof.unwrap_or_else(|| {
-            gateway::channel::proof::compute(&super::SECRET, gateway::channel::Role::Connector, 0, &exporter)
+            gateway::channel::proof::compute(
+                &super::SECRET,
+                gateway::channel::Role::Connector,
+                0,
+                &exporter,
+            )
         });
         let mut stream = rustls::Stream::new(&mut conn, &mut tcp);
         let _ = stream.write_all(&proof);
@@ -478,7 +633,10 @@ mod raw_client {
                         break false;
                     }
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => {
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        || e.kind() == std::io::ErrorKind::TimedOut =>
+                {
                     break false;
                 }
                 Err(_) => break true,
@@ -493,13 +651,21 @@ async fn replayed_proof_is_refused() {
     let mut pair = Pair::start(Options::default()).await;
     let addr = pair.wan_addr;
     // Connection 1: a client that knows the secret proves it properly.
-    let (proof, _) = tokio::task::spawn_blocking(move || raw_client::run(addr, None, false)).await.unwrap();
-    let (mut first, _) = pair.sink.accept().await.expect("the honest connection reaches the sink");
+    let (proof, _) = tokio::task::spawn_blocking(move || raw_client::run(addr, None, false))
+        .await
+        .unwrap();
+    let (mut first, _) = pair
+        .sink
+        .accept()
+        .await
+        .expect("the honest connection reaches the sink");
     let mut got = vec![0u8; 23];
     first.read_exact(&mut got).await.expect("payload");
     assert_eq!(&got, b"payload after the proof");
     // Connection 2: the same proof bytes, replayed on a new connection.
-    let (_, closed) = tokio::task::spawn_blocking(move || raw_client::run(addr, Some(proof), true)).await.unwrap();
+    let (_, closed) = tokio::task::spawn_blocking(move || raw_client::run(addr, Some(proof), true))
+        .await
+        .unwrap();
     assert!(closed, "gwB must close a connection with a replayed proof");
     loop {
         match pair.outcome_b().await {
@@ -517,7 +683,11 @@ async fn replayed_proof_is_refused() {
 async fn pinned_certificates_accept_the_right_peer_and_reject_a_wrong_one() {
     // Learn both self-signed fingerprints first (generated on first start).
     let dir = tempfile::tempdir().unwrap();
-    let fp = |name: &str| ChannelConfig::new(ChannelSettings::self_signed(dir.path().join(name))).unwrap().fingerprint();
+    let fp = |name: &str| {
+        ChannelConfig::new(ChannelSettings::self_signed(dir.path().join(name)))
+            .unwrap()
+            .fingerprint()
+    };
     let (fp_a, fp_b) = (fp("a"), fp("b"));
     let (base_a, base_b) = (dir.path().join("a"), dir.path().join("b"));
     let pinned = |base: std::path::PathBuf, pin| {
@@ -545,13 +715,18 @@ async fn pinned_certificates_accept_the_right_peer_and_reject_a_wrong_one() {
         ..Options::default()
     })
     .await;
-    let mut client = TcpStream::connect(pair.lan_addr).await.expect("connect gwA");
+    let mut client = TcpStream::connect(pair.lan_addr)
+        .await
+        .expect("connect gwA");
     let _ = client.write_all(b"must never arrive").await;
     match pair.outcome_a().await {
         Outcome::Refused(Some(FailureReason::Certificate), _) => {}
         other => panic!("gwA should reject gwB's certificate, got {other:?}"),
     }
-    assert!(matches!(pair.outcome_b().await, Outcome::Refused(Some(_), _)));
+    assert!(matches!(
+        pair.outcome_b().await,
+        Outcome::Refused(Some(_), _)
+    ));
     pair.assert_sink_untouched().await;
 
     // gwB pins a different client certificate: refused too.
@@ -561,7 +736,9 @@ async fn pinned_certificates_accept_the_right_peer_and_reject_a_wrong_one() {
         ..Options::default()
     })
     .await;
-    let _client = TcpStream::connect(pair.lan_addr).await.expect("connect gwA");
+    let _client = TcpStream::connect(pair.lan_addr)
+        .await
+        .expect("connect gwA");
     match pair.outcome_b().await {
         Outcome::Refused(Some(FailureReason::Certificate), _) => {}
         other => panic!("gwB should reject gwA's certificate, got {other:?}"),
@@ -572,10 +749,17 @@ async fn pinned_certificates_accept_the_right_peer_and_reject_a_wrong_one() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn alert_mid_stream_resets_the_lan_side() {
     let mut pair = Pair::start(Options::default()).await;
-    let tcp = TcpStream::connect(pair.wan_addr).await.expect("connect gwB");
-    let rogue = channel::connect(tcp, &pair.cfg_a, "localhost", &SECRET).await.expect("rogue CONS proves the secret");
+    let tcp = TcpStream::connect(pair.wan_addr)
+        .await
+        .expect("connect gwB");
+    let rogue = channel::connect(tcp, &pair.cfg_a, "localhost", &SECRET)
+        .await
+        .expect("rogue CONS proves the secret");
     let (mut server, _) = pair.sink.accept().await.expect("sink accept");
-    rogue.send_then_alert(&[7u8; 100_000], 80).await.expect("send data then internal_error");
+    rogue
+        .send_then_alert(&[7u8; 100_000], 80)
+        .await
+        .expect("send data then internal_error");
     let mut got = 0usize;
     let mut buf = vec![0u8; 64 * 1024];
     let end = loop {
@@ -585,7 +769,10 @@ async fn alert_mid_stream_resets_the_lan_side() {
             Err(e) => break Err(e),
         }
     };
-    assert!(is_reset(end), "the sink must see a reset, not a clean end, after a fatal alert");
+    assert!(
+        is_reset(end),
+        "the sink must see a reset, not a clean end, after a fatal alert"
+    );
     assert!(got <= 100_000);
     match pair.outcome_b().await {
         Outcome::Relayed(Err(e)) => assert!(e.contains("alert 80"), "{e}"),
@@ -595,17 +782,35 @@ async fn alert_mid_stream_resets_the_lan_side() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mode_mismatch_is_refused() {
-    let plain = |dir: &std::path::Path| ChannelSettings { plaintext_after_auth: true, ..ChannelSettings::self_signed(dir) };
-    let mut pair = Pair::start(Options { settings_a: Box::new(plain), ..Options::default() }).await;
-    let _client = TcpStream::connect(pair.lan_addr).await.expect("connect gwA");
-    assert!(matches!(pair.outcome_b().await, Outcome::Refused(Some(FailureReason::ModeMismatch), _)));
-    assert!(matches!(pair.outcome_a().await, Outcome::Refused(Some(FailureReason::ModeMismatch), _)));
+    let plain = |dir: &std::path::Path| ChannelSettings {
+        plaintext_after_auth: true,
+        ..ChannelSettings::self_signed(dir)
+    };
+    let mut pair = Pair::start(Options {
+        settings_a: Box::new(plain),
+        ..Options::default()
+    })
+    .await;
+    let _client = TcpStream::connect(pair.lan_addr)
+        .await
+        .expect("connect gwA");
+    assert!(matches!(
+        pair.outcome_b().await,
+        Outcome::Refused(Some(FailureReason::ModeMismatch), _)
+    ));
+    assert!(matches!(
+        pair.outcome_a().await,
+        Outcome::Refused(Some(FailureReason::ModeMismatch), _)
+    ));
     pair.assert_sink_untouched().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plaintext_after_auth_uses_the_kernel_relay() {
-    let plain = |dir: &std::path::Path| ChannelSettings { plaintext_after_auth: true, ..ChannelSettings::self_signed(dir) };
+    let plain = |dir: &std::path::Path| ChannelSettings {
+        plaintext_after_auth: true,
+        ..ChannelSettings::self_signed(dir)
+    };
     let engine = kernel_engine();
     let mut pair = Pair::start(Options {
         settings_a: Box::new(plain),
@@ -617,7 +822,9 @@ async fn plaintext_after_auth_uses_the_kernel_relay() {
     both_ways(&mut pair, 16 << 20).await;
     for outcome in [pair.outcome_a().await, pair.outcome_b().await] {
         match outcome {
-            Outcome::Relayed(Ok(path)) => assert_eq!(path, ChannelPath::Plaintext(DataPath::Sockmap)),
+            Outcome::Relayed(Ok(path)) => {
+                assert_eq!(path, ChannelPath::Plaintext(DataPath::Sockmap))
+            }
             other => panic!("expected the sockmap relay, got {other:?}"),
         }
     }
@@ -630,8 +837,13 @@ async fn plaintext_after_auth_uses_the_kernel_relay() {
         caps: KernelCaps::detect(RelayEngine::userspace()),
     })
     .await;
-    let _client = TcpStream::connect(pair.lan_addr).await.expect("connect gwA");
-    assert!(matches!(pair.outcome_b().await, Outcome::Refused(Some(FailureReason::BadProof), _)));
+    let _client = TcpStream::connect(pair.lan_addr)
+        .await
+        .expect("connect gwA");
+    assert!(matches!(
+        pair.outcome_b().await,
+        Outcome::Refused(Some(FailureReason::BadProof), _)
+    ));
     pair.assert_sink_untouched().await;
 }
 
@@ -643,7 +855,10 @@ async fn plaintext_after_auth_uses_the_kernel_relay() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "measurement, run by hand in release mode"]
 async fn throughput_one_stream() {
-    let mib: usize = std::env::var("CHANNEL_BENCH_MIB").ok().and_then(|v| v.parse().ok()).unwrap_or(4096);
+    let mib: usize = std::env::var("CHANNEL_BENCH_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4096);
     let pair = Pair::start(Options::default()).await;
     let sink = pair.sink.into_std().expect("std listener");
     sink.set_nonblocking(false).expect("blocking");
@@ -675,7 +890,9 @@ async fn throughput_one_stream() {
         use std::io::Read;
         let _ = c.read_to_end(&mut rest);
     });
-    let total = tokio::task::spawn_blocking(move || receiver.join().expect("receiver")).await.unwrap();
+    let total = tokio::task::spawn_blocking(move || receiver.join().expect("receiver"))
+        .await
+        .unwrap();
     let secs = started.elapsed().as_secs_f64();
     sender.join().expect("sender");
     assert_eq!(total, mib << 20);

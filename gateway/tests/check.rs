@@ -17,10 +17,11 @@ fn the_ebpf_object_loads_and_relays_in_this_kernel() {
             .unwrap_or_else(|| panic!("no {name} in the report"));
         assert!(cap.available, "{name} unavailable: {}", cap.detail);
     }
-    assert_eq!(report.plaintext_path, DataPath::Sockmap);
+    // sockmap works here but is opt-in; auto picks splice.
+    assert_eq!(report.plaintext_path, DataPath::Splice);
     assert!(report.can_run);
     let text = check::render(&report);
-    assert!(text.contains("plaintext relay = sockmap"), "{text}");
+    assert!(text.contains("plaintext relay = splice"), "{text}");
 }
 
 #[test]
@@ -35,7 +36,7 @@ fn the_binary_reports_json_and_exit_status() {
         String::from_utf8_lossy(&out.stderr)
     );
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
-    assert_eq!(report["plaintext_path"], "sockmap");
+    assert_eq!(report["plaintext_path"], "splice");
     assert_eq!(report["can_run"], true);
 }
 

@@ -1,5 +1,6 @@
 //! `cargo xtask`: the project's own commands for setup, tests, VM tests,
 //! benchmarks and the demo. Each subcommand lives in a module of its own.
+mod bench;
 mod cmd;
 mod demo;
 mod setup;
@@ -42,6 +43,11 @@ enum Command {
         #[arg(long = "kernel")]
         kernels: Vec<String>,
     },
+    /// Benchmarks, against peers measured in the same run.
+    Bench {
+        #[command(subcommand)]
+        what: BenchCommand,
+    },
     /// Show the gateway working end to end (namespaces, two gateways, a
     /// producer and a consumer of detector frames).
     Demo {
@@ -67,12 +73,22 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Relay throughput and CPU per GB: the s2cs paths vs direct, HAProxy,
+    /// socat and nginx.
+    Relay(bench::BenchOpts),
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Setup => setup::run(&workspace_root()?),
         Command::Test { no_vm, cargo_args } => test::run(&workspace_root()?, !no_vm, &cargo_args),
         Command::VmTest { kernels } => test::vm_stage(&workspace_root()?, &kernels).map(drop),
+        Command::Bench {
+            what: BenchCommand::Relay(opts),
+        } => bench::run_relay_bench(&workspace_root()?, &opts).map(drop),
         Command::Demo { frames, frame_mib } => {
             demo::run(&workspace_root()?, &demo::DemoOpts { frames, frame_mib })
         }

@@ -128,6 +128,10 @@ pub fn vm_stage(root: &Path, names: &[String]) -> anyhow::Result<Tally> {
     };
     let cache = vm::default_cache_dir(root);
     let mut tally = Tally::default();
+    println!(
+        "xtask vm-test: building the static kernel-TLS selftest (two gateways in one binary) ..."
+    );
+    let selftest = vm::build_ktls_selftest(root).context("building the kTLS selftest")?;
     for spec in &kernels {
         println!(
             "xtask vm-test: kernel {} (Debian {}) ...",
@@ -149,6 +153,23 @@ pub fn vm_stage(root: &Path, names: &[String]) -> anyhow::Result<Tally> {
             }
             Err(err) => {
                 println!("test vm::{}::ktls_probe ... FAILED: {err:#}", spec.name);
+                tally.failed += 1;
+            }
+        }
+        // Two gateways with kernel TLS on both sides: streams both ways
+        // hash-verified, half-close, an alert mid-stream, a wrong secret.
+        let outcome = vm::run_ktls_selftest(&kernel, &selftest, vm::SELFTEST_MIB)?;
+        print!("{}", outcome.command_output);
+        match outcome.ensure_success() {
+            Ok(()) => {
+                println!("test vm::{}::ktls_two_gateways ... ok", spec.name);
+                tally.passed += 1;
+            }
+            Err(err) => {
+                println!(
+                    "test vm::{}::ktls_two_gateways ... FAILED: {err:#}",
+                    spec.name
+                );
                 tally.failed += 1;
             }
         }

@@ -18,7 +18,10 @@ use rustls::client::{Resumption, WebPkiServerVerifier};
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{NoServerSessionStorage, WebPkiClientVerifier};
-use rustls::{ClientConfig, DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig, SignatureScheme};
+use rustls::{
+    ClientConfig, DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig,
+    SignatureScheme,
+};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use zeroize::Zeroizing;
@@ -59,7 +62,11 @@ impl Fingerprint {
     /// Parses "AB:CD:..." or plain hex (64 digits).
     pub fn parse(text: &str) -> Result<Self, ChannelError> {
         let digits: Vec<u8> = text.bytes().filter(|b| *b != b':').collect();
-        let bad = || ChannelError::config(format!("{text:?} is not a SHA-256 fingerprint (64 hex digits)"));
+        let bad = || {
+            ChannelError::config(format!(
+                "{text:?} is not a SHA-256 fingerprint (64 hex digits)"
+            ))
+        };
         if digits.len() != 64 {
             return Err(bad());
         }
@@ -103,7 +110,9 @@ pub enum PeerVerification {
     Pinned(Vec<Fingerprint>),
     /// The peer's certificate must chain to a CA in this PEM file (and, on
     /// the CONS side, match the server name given to `connect`).
-    Ca { roots_pem: PathBuf },
+    Ca {
+        roots_pem: PathBuf,
+    },
 }
 
 /// What the operator configures (all plain data; see [`ChannelConfig::new`]).
@@ -124,7 +133,10 @@ impl ChannelSettings {
     /// Secure defaults with a self-signed certificate kept in `dir`.
     pub fn self_signed(dir: impl Into<PathBuf>) -> Self {
         ChannelSettings {
-            certs: CertSource::SelfSigned { dir: dir.into(), names: Vec::new() },
+            certs: CertSource::SelfSigned {
+                dir: dir.into(),
+                names: Vec::new(),
+            },
             verify: PeerVerification::None,
             allow_tls12: false,
             plaintext_after_auth: false,
@@ -167,7 +179,8 @@ impl ChannelConfig {
         } else {
             &[&rustls::version::TLS13]
         };
-        let tls_err = |what: &str, err: rustls::Error| ChannelError::config(format!("{what}: {err}"));
+        let tls_err =
+            |what: &str, err: rustls::Error| ChannelError::config(format!("{what}: {err}"));
         let algorithms = provider.signature_verification_algorithms;
 
         let server_builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
@@ -175,13 +188,18 @@ impl ChannelConfig {
             .map_err(|e| tls_err("TLS versions", e))?;
         let server_builder = match &settings.verify {
             PeerVerification::None => server_builder.with_no_client_auth(),
-            PeerVerification::Pinned(pins) => server_builder
-                .with_client_cert_verifier(Arc::new(Pinned { pins: pins.clone(), algorithms })),
+            PeerVerification::Pinned(pins) => {
+                server_builder.with_client_cert_verifier(Arc::new(Pinned {
+                    pins: pins.clone(),
+                    algorithms,
+                }))
+            }
             PeerVerification::Ca { roots_pem } => {
                 let roots = load_roots(roots_pem)?;
-                let verifier = WebPkiClientVerifier::builder_with_provider(roots, Arc::clone(&provider))
-                    .build()
-                    .map_err(|e| ChannelError::config(format!("client verifier: {e}")))?;
+                let verifier =
+                    WebPkiClientVerifier::builder_with_provider(roots, Arc::clone(&provider))
+                        .build()
+                        .map_err(|e| ChannelError::config(format!("client verifier: {e}")))?;
                 server_builder.with_client_cert_verifier(verifier)
             }
         };
@@ -199,7 +217,10 @@ impl ChannelConfig {
             .map_err(|e| tls_err("TLS versions", e))?;
         let server_verifier: Arc<dyn ServerCertVerifier> = match &settings.verify {
             PeerVerification::None => Arc::new(AnyCertificate { algorithms }),
-            PeerVerification::Pinned(pins) => Arc::new(Pinned { pins: pins.clone(), algorithms }),
+            PeerVerification::Pinned(pins) => Arc::new(Pinned {
+                pins: pins.clone(),
+                algorithms,
+            }),
             PeerVerification::Ca { roots_pem } => {
                 let roots = load_roots(roots_pem)?;
                 WebPkiServerVerifier::builder_with_provider(roots, Arc::clone(&provider))
@@ -275,7 +296,9 @@ fn provider() -> CryptoProvider {
     }
 }
 
-fn load_identity(source: &CertSource) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), ChannelError> {
+fn load_identity(
+    source: &CertSource,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), ChannelError> {
     let (cert, key) = match source {
         CertSource::Files { cert, key } => (cert.clone(), key.clone()),
         CertSource::SelfSigned { dir, names } => {
@@ -293,7 +316,10 @@ fn load_identity(source: &CertSource) -> Result<(Vec<CertificateDer<'static>>, P
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| ChannelError::config(format!("parsing {}: {e}", cert.display())))?;
     if chain.is_empty() {
-        return Err(ChannelError::config(format!("{} holds no certificate", cert.display())));
+        return Err(ChannelError::config(format!(
+            "{} holds no certificate",
+            cert.display()
+        )));
     }
     let key = PrivateKeyDer::from_pem_file(&key)
         .map_err(|e| ChannelError::config(format!("reading the key {}: {e}", key.display())))?;
@@ -302,7 +328,8 @@ fn load_identity(source: &CertSource) -> Result<(Vec<CertificateDer<'static>>, P
 
 /// Refuses a key file that others can read.
 fn check_private(path: &Path) -> Result<(), ChannelError> {
-    let meta = std::fs::metadata(path).map_err(|e| ChannelError::config(format!("{}: {e}", path.display())))?;
+    let meta = std::fs::metadata(path)
+        .map_err(|e| ChannelError::config(format!("{}: {e}", path.display())))?;
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
         return Err(ChannelError::config(format!(
@@ -354,13 +381,17 @@ fn load_roots(path: &Path) -> Result<Arc<RootCertStore>, ChannelError> {
     let certs = CertificateDer::pem_file_iter(path)
         .map_err(|e| ChannelError::config(format!("reading CA file {}: {e}", path.display())))?;
     for cert in certs {
-        let cert = cert.map_err(|e| ChannelError::config(format!("parsing {}: {e}", path.display())))?;
-        roots
-            .add(cert)
-            .map_err(|e| ChannelError::config(format!("CA certificate in {}: {e}", path.display())))?;
+        let cert =
+            cert.map_err(|e| ChannelError::config(format!("parsing {}: {e}", path.display())))?;
+        roots.add(cert).map_err(|e| {
+            ChannelError::config(format!("CA certificate in {}: {e}", path.display()))
+        })?;
     }
     if roots.is_empty() {
-        return Err(ChannelError::config(format!("{} holds no CA certificate", path.display())));
+        return Err(ChannelError::config(format!(
+            "{} holds no CA certificate",
+            path.display()
+        )));
     }
     Ok(Arc::new(roots))
 }
@@ -385,7 +416,9 @@ impl Pinned {
         if self.pins.contains(&seen) {
             Ok(())
         } else {
-            Err(rustls::Error::InvalidCertificate(rustls::CertificateError::ApplicationVerificationFailure))
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::ApplicationVerificationFailure,
+            ))
         }
     }
 }
@@ -439,7 +472,8 @@ impl ServerCertVerifier for Pinned {
         _ocsp_response: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        self.check(end_entity).map(|()| ServerCertVerified::assertion())
+        self.check(end_entity)
+            .map(|()| ServerCertVerified::assertion())
     }
     signatures_via!();
 }
@@ -455,7 +489,8 @@ impl ClientCertVerifier for Pinned {
         _intermediates: &[CertificateDer<'_>],
         _now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        self.check(end_entity).map(|()| ClientCertVerified::assertion())
+        self.check(end_entity)
+            .map(|()| ClientCertVerified::assertion())
     }
     signatures_via!();
 }
@@ -468,11 +503,17 @@ mod tests {
     fn self_signed_once_with_private_key_and_fingerprint_round_trip() {
         let dir = tempfile::tempdir().unwrap();
         let a = ChannelConfig::new(ChannelSettings::self_signed(dir.path().join("tls"))).unwrap();
-        let mode = std::fs::metadata(dir.path().join("tls").join(SELF_SIGNED_KEY)).unwrap().permissions().mode();
+        let mode = std::fs::metadata(dir.path().join("tls").join(SELF_SIGNED_KEY))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
         let b = ChannelConfig::new(ChannelSettings::self_signed(dir.path().join("tls"))).unwrap();
         assert_eq!(a.fingerprint(), b.fingerprint());
-        assert_eq!(Fingerprint::parse(&a.fingerprint().to_string()).unwrap(), a.fingerprint());
+        assert_eq!(
+            Fingerprint::parse(&a.fingerprint().to_string()).unwrap(),
+            a.fingerprint()
+        );
         assert!(Fingerprint::parse("AB:CD").is_err());
     }
 

@@ -59,7 +59,10 @@ impl FailureReason {
     }
 
     fn index(self) -> usize {
-        FailureReason::ALL.iter().position(|r| *r == self).unwrap_or(0)
+        FailureReason::ALL
+            .iter()
+            .position(|r| *r == self)
+            .unwrap_or(0)
     }
 }
 
@@ -95,7 +98,10 @@ impl ChannelFailures {
 
     /// Every reason with its count.
     pub fn snapshot(&self) -> Vec<(FailureReason, u64)> {
-        FailureReason::ALL.iter().map(|r| (*r, self.get(*r))).collect()
+        FailureReason::ALL
+            .iter()
+            .map(|r| (*r, self.get(*r)))
+            .collect()
     }
 
     pub(super) fn record(&self, reason: FailureReason) {
@@ -146,7 +152,10 @@ pub enum ChannelError {
     /// One gateway wants plaintext after authentication and the other does
     /// not: an operator configuration mismatch.
     #[error("channel mode mismatch: this gateway {ours}, the peer {theirs}")]
-    ModeMismatch { ours: &'static str, theirs: &'static str },
+    ModeMismatch {
+        ours: &'static str,
+        theirs: &'static str,
+    },
     /// The peer closed the connection before the proof was complete.
     #[error("the peer closed the connection during the handshake")]
     PeerClosed,
@@ -180,7 +189,9 @@ impl ChannelError {
     }
 
     pub(super) fn config(reason: impl Into<String>) -> Self {
-        ChannelError::Config { reason: reason.into() }
+        ChannelError::Config {
+            reason: reason.into(),
+        }
     }
 }
 

@@ -14,7 +14,9 @@ use rustls::Connection;
 use tokio::net::TcpStream;
 
 use super::error::ChannelError;
-use super::proof::{self, EXPORTER_LABEL, EXPORTER_LEN, FLAG_PLAINTEXT_AFTER_AUTH, PROOF_LEN, ProofError, Role};
+use super::proof::{
+    self, EXPORTER_LABEL, EXPORTER_LEN, FLAG_PLAINTEXT_AFTER_AUTH, PROOF_LEN, ProofError, Role,
+};
 use super::record::{HEADER, Secrets};
 
 /// What a successful handshake leaves.
@@ -49,7 +51,10 @@ pub(super) async fn establish(
         Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
         _ => "TLS",
     };
-    let cipher = conn.negotiated_cipher_suite().map(|s| suite_name(s.suite())).unwrap_or("unknown");
+    let cipher = conn
+        .negotiated_cipher_suite()
+        .map(|s| suite_name(s.suite()))
+        .unwrap_or("unknown");
     let peer_fingerprint = conn
         .peer_certificates()
         .and_then(|chain| chain.first())
@@ -59,9 +64,15 @@ pub(super) async fn establish(
     let mut exporter = [0u8; EXPORTER_LEN];
     conn.export_keying_material(&mut exporter[..], EXPORTER_LABEL, None)
         .map_err(|source| ChannelError::Handshake { source })?;
-    let flags = if plaintext_after_auth { FLAG_PLAINTEXT_AFTER_AUTH } else { 0 };
+    let flags = if plaintext_after_auth {
+        FLAG_PLAINTEXT_AFTER_AUTH
+    } else {
+        0
+    };
     let ours = proof::compute(secret, role, flags, &exporter);
-    conn.writer().write_all(&ours).map_err(|source| ChannelError::Io { source })?;
+    conn.writer()
+        .write_all(&ours)
+        .map_err(|source| ChannelError::Io { source })?;
     driver.flush(&mut conn).await?;
     let mut theirs = [0u8; PROOF_LEN];
     driver.read_plaintext(&mut conn, &mut theirs).await?;
@@ -75,13 +86,24 @@ pub(super) async fn establish(
     let mut extra = [0u8; 1];
     match conn.reader().read(&mut extra) {
         Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
-        _ => return Err(ChannelError::BadProof { detail: "bytes after the proof in its record" }),
+        _ => {
+            return Err(ChannelError::BadProof {
+                detail: "bytes after the proof in its record",
+            });
+        }
     }
     if their_flags != flags {
         let mode = |f: u8| {
-            if f & FLAG_PLAINTEXT_AFTER_AUTH != 0 { "wants plaintext after authentication" } else { "wants TLS" }
+            if f & FLAG_PLAINTEXT_AFTER_AUTH != 0 {
+                "wants plaintext after authentication"
+            } else {
+                "wants TLS"
+            }
         };
-        return Err(ChannelError::ModeMismatch { ours: mode(flags), theirs: mode(their_flags) });
+        return Err(ChannelError::ModeMismatch {
+            ours: mode(flags),
+            theirs: mode(their_flags),
+        });
     }
 
     // 3a. Plaintext mode: both send close_notify and read up to the peer's;
@@ -92,21 +114,40 @@ pub(super) async fn establish(
         loop {
             match conn.reader().read(&mut extra) {
                 Ok(0) => break,
-                Ok(_) => return Err(ChannelError::BadProof { detail: "data before close_notify in plaintext mode" }),
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => driver.read_record(&mut conn).await?,
+                Ok(_) => {
+                    return Err(ChannelError::BadProof {
+                        detail: "data before close_notify in plaintext mode",
+                    });
+                }
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                    driver.read_record(&mut conn).await?
+                }
                 Err(source) => return Err(ChannelError::Io { source }),
             }
         }
-        return Ok(Handshaken { secrets: None, protocol, cipher, peer_fingerprint });
+        return Ok(Handshaken {
+            secrets: None,
+            protocol,
+            cipher,
+            peer_fingerprint,
+        });
     }
 
     // 3b. TLS: the keys leave rustls for our record layer or the kernel.
     let version = conn.protocol_version().ok_or(ChannelError::PeerClosed)?;
-    let extracted = conn.dangerous_extract_secrets().map_err(|source| ChannelError::Handshake { source })?;
-    let secrets = Secrets::from_rustls(version, extracted).map_err(|reason| ChannelError::Handshake {
-        source: rustls::Error::General(reason.into()),
-    })?;
-    Ok(Handshaken { secrets: Some(secrets), protocol, cipher, peer_fingerprint })
+    let extracted = conn
+        .dangerous_extract_secrets()
+        .map_err(|source| ChannelError::Handshake { source })?;
+    let secrets =
+        Secrets::from_rustls(version, extracted).map_err(|reason| ChannelError::Handshake {
+            source: rustls::Error::General(reason.into()),
+        })?;
+    Ok(Handshaken {
+        secrets: Some(secrets),
+        protocol,
+        cipher,
+        peer_fingerprint,
+    })
 }
 
 fn suite_name(suite: rustls::CipherSuite) -> &'static str {
@@ -154,7 +195,10 @@ impl Driver<'_> {
             match conn.write_tls(&mut TryWrite(self.tcp)) {
                 Ok(_) => {}
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
-                    self.tcp.writable().await.map_err(|source| ChannelError::Io { source })?;
+                    self.tcp
+                        .writable()
+                        .await
+                        .map_err(|source| ChannelError::Io { source })?;
                 }
                 Err(source) => return Err(ChannelError::Io { source }),
             }
@@ -166,12 +210,17 @@ impl Driver<'_> {
     async fn read_exact(&mut self, buf: &mut [u8]) -> Result<(), ChannelError> {
         let mut got = 0;
         while got < buf.len() {
-            self.tcp.readable().await.map_err(|source| ChannelError::Io { source })?;
+            self.tcp
+                .readable()
+                .await
+                .map_err(|source| ChannelError::Io { source })?;
             match self.tcp.try_read(&mut buf[got..]) {
                 Ok(0) => return Err(ChannelError::PeerClosed),
                 Ok(n) => got += n,
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
-                Err(err) if err.kind() == io::ErrorKind::ConnectionReset => return Err(ChannelError::PeerClosed),
+                Err(err) if err.kind() == io::ErrorKind::ConnectionReset => {
+                    return Err(ChannelError::PeerClosed);
+                }
                 Err(source) => return Err(ChannelError::Io { source }),
             }
         }
@@ -182,7 +231,8 @@ impl Driver<'_> {
     /// the peer as an alert (best effort) and classified.
     async fn feed(&mut self, conn: &mut Connection, mut bytes: &[u8]) -> Result<(), ChannelError> {
         while !bytes.is_empty() {
-            conn.read_tls(&mut bytes).map_err(|source| ChannelError::Io { source })?;
+            conn.read_tls(&mut bytes)
+                .map_err(|source| ChannelError::Io { source })?;
             if let Err(err) = conn.process_new_packets() {
                 // Tell the peer why (rustls queued an alert), without waiting.
                 let _ = conn.write_tls(&mut TryWrite(self.tcp));
@@ -201,7 +251,9 @@ impl Driver<'_> {
             | rustls::Error::AlertReceived(rustls::AlertDescription::CertificateRequired) => {
                 ChannelError::Certificate { source: err }
             }
-            rustls::Error::InvalidMessage(_) if self.records_in == 0 => ChannelError::NotTls { source: err },
+            rustls::Error::InvalidMessage(_) if self.records_in == 0 => {
+                ChannelError::NotTls { source: err }
+            }
             _ => ChannelError::Handshake { source: err },
         }
     }
@@ -222,14 +274,22 @@ impl Driver<'_> {
     }
 
     /// Reads exactly `buf.len()` plaintext bytes through rustls.
-    async fn read_plaintext(&mut self, conn: &mut Connection, buf: &mut [u8]) -> Result<(), ChannelError> {
+    async fn read_plaintext(
+        &mut self,
+        conn: &mut Connection,
+        buf: &mut [u8],
+    ) -> Result<(), ChannelError> {
         let mut got = 0;
         while got < buf.len() {
             match conn.reader().read(&mut buf[got..]) {
                 Ok(0) => return Err(ChannelError::PeerClosed),
                 Ok(n) => got += n,
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => self.read_record(conn).await?,
-                Err(err) if err.kind() == io::ErrorKind::UnexpectedEof => return Err(ChannelError::PeerClosed),
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                    self.read_record(conn).await?
+                }
+                Err(err) if err.kind() == io::ErrorKind::UnexpectedEof => {
+                    return Err(ChannelError::PeerClosed);
+                }
                 Err(source) => return Err(ChannelError::Io { source }),
             }
         }

@@ -59,7 +59,11 @@ impl KtlsSupport {
 
     /// Support that was not probed (tests forcing the userspace path).
     pub fn unavailable(detail: impl Into<String>) -> Self {
-        KtlsSupport { ulp: false, tls13: false, detail: detail.into() }
+        KtlsSupport {
+            ulp: false,
+            tls13: false,
+            detail: detail.into(),
+        }
     }
 }
 
@@ -68,7 +72,11 @@ impl KtlsSupport {
 /// with splice. Blocking; takes a few milliseconds.
 pub fn probe_ktls() -> KtlsSupport {
     let ulps = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_available_ulp").unwrap_or_default();
-    let ulps = if ulps.trim().is_empty() { "none".to_string() } else { ulps.trim().to_string() };
+    let ulps = if ulps.trim().is_empty() {
+        "none".to_string()
+    } else {
+        ulps.trim().to_string()
+    };
     match probe_inner() {
         Ok(()) => KtlsSupport {
             ulp: true,
@@ -78,7 +86,11 @@ pub fn probe_ktls() -> KtlsSupport {
                  (available ULPs: {ulps})"
             ),
         },
-        Err((ulp, why)) => KtlsSupport { ulp, tls13: false, detail: format!("{why} (available ULPs: {ulps})") },
+        Err((ulp, why)) => KtlsSupport {
+            ulp,
+            tls13: false,
+            detail: format!("{why} (available ULPs: {ulps})"),
+        },
     }
 }
 
@@ -86,7 +98,9 @@ fn probe_inner() -> Result<(), (bool, String)> {
     let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| (false, format!("bind: {e}")))?;
     let addr = listener.local_addr().map_err(|e| (false, e.to_string()))?;
     let mut tx = StdTcpStream::connect(addr).map_err(|e| (false, format!("connect: {e}")))?;
-    let (rx, _) = listener.accept().map_err(|e| (false, format!("accept: {e}")))?;
+    let (rx, _) = listener
+        .accept()
+        .map_err(|e| (false, format!("accept: {e}")))?;
     for (socket, name) in [(&tx, "tx"), (&rx, "rx")] {
         sys::set_tcp_ulp(socket.as_fd(), "tls").map_err(|e| {
             (
@@ -106,15 +120,27 @@ fn probe_inner() -> Result<(), (bool, String)> {
     let cipher = || KtlsCipher::AesGcm128 { key: &key, iv: &iv };
     sys::set_ktls_key(tx.as_fd(), KtlsDirection::Tx, sys::KTLS_VERSION_1_3, cipher(), 0)
         .map_err(|e| (true, format!("TLS_TX with a TLS 1.3 AES-GCM-128 key: {e} (ENOENT: the gcm(aes) cipher is missing)")))?;
-    sys::set_ktls_key(rx.as_fd(), KtlsDirection::Rx, sys::KTLS_VERSION_1_3, cipher(), 0)
-        .map_err(|e| (true, format!("TLS_RX with a TLS 1.3 AES-GCM-128 key: {e}")))?;
-    tx.write_all(b"s2cs").map_err(|e| (true, format!("send on a kernel TLS socket: {e}")))?;
+    sys::set_ktls_key(
+        rx.as_fd(),
+        KtlsDirection::Rx,
+        sys::KTLS_VERSION_1_3,
+        cipher(),
+        0,
+    )
+    .map_err(|e| (true, format!("TLS_RX with a TLS 1.3 AES-GCM-128 key: {e}")))?;
+    tx.write_all(b"s2cs")
+        .map_err(|e| (true, format!("send on a kernel TLS socket: {e}")))?;
     let pipe = Pipe::new(64 * 1024).map_err(|e| (true, format!("pipe: {e}")))?;
     let deadline = Instant::now() + Duration::from_secs(2);
     loop {
         match sys::splice(rx.as_fd(), pipe.write.as_fd(), 64 * 1024) {
             Ok(4) => break,
-            Ok(n) => return Err((true, format!("splice out of kernel TLS moved {n} bytes, expected 4"))),
+            Ok(n) => {
+                return Err((
+                    true,
+                    format!("splice out of kernel TLS moved {n} bytes, expected 4"),
+                ));
+            }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock && Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(1));
             }
@@ -134,9 +160,18 @@ fn probe_inner() -> Result<(), (bool, String)> {
 fn cipher_of(keys: &DirectionKeys) -> Option<KtlsCipher<'_>> {
     let iv: &[u8; 12] = &keys.iv;
     Some(match keys.cipher {
-        Cipher::Aes128Gcm => KtlsCipher::AesGcm128 { key: keys.key.as_slice().try_into().ok()?, iv },
-        Cipher::Aes256Gcm => KtlsCipher::AesGcm256 { key: keys.key.as_slice().try_into().ok()?, iv },
-        Cipher::Chacha20Poly1305 => KtlsCipher::Chacha20Poly1305 { key: keys.key.as_slice().try_into().ok()?, iv },
+        Cipher::Aes128Gcm => KtlsCipher::AesGcm128 {
+            key: keys.key.as_slice().try_into().ok()?,
+            iv,
+        },
+        Cipher::Aes256Gcm => KtlsCipher::AesGcm256 {
+            key: keys.key.as_slice().try_into().ok()?,
+            iv,
+        },
+        Cipher::Chacha20Poly1305 => KtlsCipher::Chacha20Poly1305 {
+            key: keys.key.as_slice().try_into().ok()?,
+            iv,
+        },
     })
 }
 
@@ -156,12 +191,18 @@ pub(super) fn enable(tcp: &TcpStream, secrets: &Secrets) -> Result<(), EnableErr
     };
     let (tx, rx) = match (cipher_of(&secrets.tx), cipher_of(&secrets.rx)) {
         (Some(tx), Some(rx)) => (tx, rx),
-        _ => return Err(EnableError::Fallback(io::Error::other("unexpected key length"))),
+        _ => {
+            return Err(EnableError::Fallback(io::Error::other(
+                "unexpected key length",
+            )));
+        }
     };
     sys::set_tcp_ulp(tcp.as_fd(), "tls").map_err(EnableError::Fallback)?;
     // A socket with the ULP but no keys still behaves as plain TCP.
-    sys::set_ktls_key(tcp.as_fd(), KtlsDirection::Tx, version, tx, secrets.tx.seq).map_err(EnableError::Fallback)?;
-    sys::set_ktls_key(tcp.as_fd(), KtlsDirection::Rx, version, rx, secrets.rx.seq).map_err(EnableError::Broken)
+    sys::set_ktls_key(tcp.as_fd(), KtlsDirection::Tx, version, tx, secrets.tx.seq)
+        .map_err(EnableError::Fallback)?;
+    sys::set_ktls_key(tcp.as_fd(), KtlsDirection::Rx, version, rx, secrets.rx.seq)
+        .map_err(EnableError::Broken)
 }
 
 /// Relays until both directions are closed.
@@ -179,23 +220,30 @@ pub(super) async fn relay(
     }
 }
 
-async fn lan_to_ktls(lan: &TcpStream, wan: &TcpStream, counter: &AtomicU64) -> Result<(), ChannelRelayError> {
+async fn lan_to_ktls(
+    lan: &TcpStream,
+    wan: &TcpStream,
+    counter: &AtomicU64,
+) -> Result<(), ChannelRelayError> {
     let lan_err = |source| ChannelRelayError::Lan { source };
     let wan_err = |source| ChannelRelayError::Channel { source };
     let pipe = Pipe::new(PIPE_SIZE).map_err(lan_err)?;
     let capacity = pipe.capacity().map_err(lan_err)?;
     loop {
         lan.readable().await.map_err(lan_err)?;
-        let mut in_pipe =
-            match lan.try_io(Interest::READABLE, || sys::splice(lan.as_fd(), pipe.write.as_fd(), capacity)) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(err) => return Err(lan_err(err)),
-            };
+        let mut in_pipe = match lan.try_io(Interest::READABLE, || {
+            sys::splice(lan.as_fd(), pipe.write.as_fd(), capacity)
+        }) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(err) => return Err(lan_err(err)),
+        };
         while in_pipe > 0 {
             wan.writable().await.map_err(wan_err)?;
-            match wan.try_io(Interest::WRITABLE, || sys::splice(pipe.read.as_fd(), wan.as_fd(), in_pipe)) {
+            match wan.try_io(Interest::WRITABLE, || {
+                sys::splice(pipe.read.as_fd(), wan.as_fd(), in_pipe)
+            }) {
                 Ok(n) => {
                     in_pipe -= n;
                     counter.fetch_add(n as u64, Ordering::Relaxed);
@@ -207,7 +255,9 @@ async fn lan_to_ktls(lan: &TcpStream, wan: &TcpStream, counter: &AtomicU64) -> R
     }
     loop {
         wan.writable().await.map_err(wan_err)?;
-        match wan.try_io(Interest::WRITABLE, || sys::send_ktls_record(wan.as_fd(), 21, &CLOSE_NOTIFY)) {
+        match wan.try_io(Interest::WRITABLE, || {
+            sys::send_ktls_record(wan.as_fd(), 21, &CLOSE_NOTIFY)
+        }) {
             Ok(_) => break,
             Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
             Err(err) => return Err(wan_err(err)),
@@ -216,11 +266,19 @@ async fn lan_to_ktls(lan: &TcpStream, wan: &TcpStream, counter: &AtomicU64) -> R
     shutdown_write(wan).map_err(wan_err)
 }
 
-async fn ktls_to_lan(wan: &TcpStream, lan: &TcpStream, counter: &AtomicU64) -> Result<(), ChannelRelayError> {
+async fn ktls_to_lan(
+    wan: &TcpStream,
+    lan: &TcpStream,
+    counter: &AtomicU64,
+) -> Result<(), ChannelRelayError> {
     let lan_err = |source| ChannelRelayError::Lan { source };
     let wan_err = |source: io::Error| match source.raw_os_error() {
-        Some(libc::EBADMSG) => ChannelRelayError::Record { reason: "decryption failed (bad_record_mac)" },
-        Some(libc::EMSGSIZE) => ChannelRelayError::Record { reason: "record too long" },
+        Some(libc::EBADMSG) => ChannelRelayError::Record {
+            reason: "decryption failed (bad_record_mac)",
+        },
+        Some(libc::EMSGSIZE) => ChannelRelayError::Record {
+            reason: "record too long",
+        },
         _ => ChannelRelayError::Channel { source },
     };
     let pipe = Pipe::new(PIPE_SIZE).map_err(lan_err)?;
@@ -228,38 +286,44 @@ async fn ktls_to_lan(wan: &TcpStream, lan: &TcpStream, counter: &AtomicU64) -> R
     let mut record = vec![0u8; 16 * 1024 + 256];
     loop {
         wan.readable().await.map_err(wan_err)?;
-        let mut in_pipe =
-            match wan.try_io(Interest::READABLE, || sys::splice(wan.as_fd(), pipe.write.as_fd(), capacity)) {
-                Ok(0) => return Err(ChannelRelayError::Truncated),
-                Ok(n) => n,
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(err) if err.raw_os_error() == Some(libc::EINVAL) => {
-                    // Not application data: take the record with recvmsg.
-                    let (n, content_type) =
-                        match wan.try_io(Interest::READABLE, || sys::recv_ktls_record(wan.as_fd(), &mut record)) {
-                            Ok(got) => got,
-                            Err(err) if err.kind() == io::ErrorKind::WouldBlock => continue,
-                            Err(err) => return Err(wan_err(err)),
-                        };
-                    if content_type == 23 {
-                        if n == 0 {
-                            return Err(ChannelRelayError::Truncated);
-                        }
-                        // Data after all (splice refused for another reason).
-                        super::sockets::write_all(lan, &record[..n]).await.map_err(lan_err)?;
-                        counter.fetch_add(n as u64, Ordering::Relaxed);
-                        continue;
+        let mut in_pipe = match wan.try_io(Interest::READABLE, || {
+            sys::splice(wan.as_fd(), pipe.write.as_fd(), capacity)
+        }) {
+            Ok(0) => return Err(ChannelRelayError::Truncated),
+            Ok(n) => n,
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(err) if err.raw_os_error() == Some(libc::EINVAL) => {
+                // Not application data: take the record with recvmsg.
+                let (n, content_type) = match wan.try_io(Interest::READABLE, || {
+                    sys::recv_ktls_record(wan.as_fd(), &mut record)
+                }) {
+                    Ok(got) => got,
+                    Err(err) if err.kind() == io::ErrorKind::WouldBlock => continue,
+                    Err(err) => return Err(wan_err(err)),
+                };
+                if content_type == 23 {
+                    if n == 0 {
+                        return Err(ChannelRelayError::Truncated);
                     }
-                    match control_record(content_type, &record[..n])? {
-                        Control::Continue => continue,
-                        Control::Close => return shutdown_write(lan).map_err(lan_err),
-                    }
+                    // Data after all (splice refused for another reason).
+                    super::sockets::write_all(lan, &record[..n])
+                        .await
+                        .map_err(lan_err)?;
+                    counter.fetch_add(n as u64, Ordering::Relaxed);
+                    continue;
                 }
-                Err(err) => return Err(wan_err(err)),
-            };
+                match control_record(content_type, &record[..n])? {
+                    Control::Continue => continue,
+                    Control::Close => return shutdown_write(lan).map_err(lan_err),
+                }
+            }
+            Err(err) => return Err(wan_err(err)),
+        };
         while in_pipe > 0 {
             lan.writable().await.map_err(lan_err)?;
-            match lan.try_io(Interest::WRITABLE, || sys::splice(pipe.read.as_fd(), lan.as_fd(), in_pipe)) {
+            match lan.try_io(Interest::WRITABLE, || {
+                sys::splice(pipe.read.as_fd(), lan.as_fd(), in_pipe)
+            }) {
                 Ok(n) => {
                     in_pipe -= n;
                     counter.fetch_add(n as u64, Ordering::Relaxed);

@@ -99,13 +99,20 @@ impl Channel {
     /// a fatal alert with `description`, then closes. Not for production use.
     #[doc(hidden)]
     pub async fn send_then_alert(self, data: &[u8], description: u8) -> std::io::Result<()> {
-        let secrets = self.secrets.ok_or_else(|| std::io::Error::other("plaintext channel"))?;
-        let mut sealer = Sealer::new(secrets.version, &secrets.tx).map_err(std::io::Error::other)?;
+        let secrets = self
+            .secrets
+            .ok_or_else(|| std::io::Error::other("plaintext channel"))?;
+        let mut sealer =
+            Sealer::new(secrets.version, &secrets.tx).map_err(std::io::Error::other)?;
         for chunk in data.chunks(record::MAX_PLAINTEXT) {
-            let rec = sealer.seal_to_vec(record::CONTENT_APPLICATION_DATA, chunk).map_err(|e| std::io::Error::other(e.as_str()))?;
+            let rec = sealer
+                .seal_to_vec(record::CONTENT_APPLICATION_DATA, chunk)
+                .map_err(|e| std::io::Error::other(e.as_str()))?;
             sockets::write_all(&self.tcp, &rec).await?;
         }
-        let alert = sealer.seal_to_vec(record::CONTENT_ALERT, &[2, description]).map_err(|e| std::io::Error::other(e.as_str()))?;
+        let alert = sealer
+            .seal_to_vec(record::CONTENT_ALERT, &[2, description])
+            .map_err(|e| std::io::Error::other(e.as_str()))?;
         sockets::write_all(&self.tcp, &alert).await?;
         sockets::shutdown_write(&self.tcp)
     }
@@ -113,7 +120,11 @@ impl Channel {
 
 /// PROD side: runs the TLS server handshake and the mutual proof on an
 /// accepted WAN connection. On error the connection is closed and counted.
-pub async fn accept(tcp: TcpStream, cfg: &ChannelConfig, secret: &[u8; 32]) -> Result<Channel, ChannelError> {
+pub async fn accept(
+    tcp: TcpStream,
+    cfg: &ChannelConfig,
+    secret: &[u8; 32],
+) -> Result<Channel, ChannelError> {
     let conn = ServerConnection::new(cfg.server.clone())
         .map_err(|e| ChannelError::config(format!("TLS server: {e}")))?;
     establish(tcp, cfg, Connection::Server(conn), Role::Acceptor, secret).await
@@ -148,7 +159,9 @@ async fn establish(
         handshake::establish(&tcp, conn, role, secret, cfg.plaintext_after_auth),
     )
     .await
-    .unwrap_or(Err(ChannelError::Timeout { timeout: cfg.proof_timeout }));
+    .unwrap_or(Err(ChannelError::Timeout {
+        timeout: cfg.proof_timeout,
+    }));
     match outcome {
         Ok(done) => {
             cfg.failures.record_established();
@@ -158,8 +171,20 @@ async fn establish(
                 plaintext_after_auth: done.secrets.is_none(),
                 peer_fingerprint: done.peer_fingerprint,
             };
-            tracing::debug!(?peer, ?role, protocol = info.protocol, suite = info.cipher_suite, "channel: peer proved the session secret");
-            Ok(Channel { tcp, role, peer, secrets: done.secrets, info })
+            tracing::debug!(
+                ?peer,
+                ?role,
+                protocol = info.protocol,
+                suite = info.cipher_suite,
+                "channel: peer proved the session secret"
+            );
+            Ok(Channel {
+                tcp,
+                role,
+                peer,
+                secrets: done.secrets,
+                info,
+            })
         }
         Err(err) => {
             if let Some(reason) = err.reason() {
@@ -184,12 +209,18 @@ pub struct KernelCaps {
 impl KernelCaps {
     /// Probes kernel TLS now (blocking, a few milliseconds).
     pub fn detect(engine: RelayEngine) -> Self {
-        KernelCaps { ktls: probe_ktls(), engine }
+        KernelCaps {
+            ktls: probe_ktls(),
+            engine,
+        }
     }
 
     /// Never uses kernel TLS.
     pub fn without_ktls(engine: RelayEngine) -> Self {
-        KernelCaps { ktls: KtlsSupport::unavailable("kernel TLS disabled by configuration"), engine }
+        KernelCaps {
+            ktls: KtlsSupport::unavailable("kernel TLS disabled by configuration"),
+            engine,
+        }
     }
 }
 
@@ -224,7 +255,13 @@ pub async fn relay_channel(
     counters: &ConnCounters,
     caps: &KernelCaps,
 ) -> Result<ChannelPath, ChannelRelayError> {
-    let Channel { tcp, role, peer, secrets, info } = channel;
+    let Channel {
+        tcp,
+        role,
+        peer,
+        secrets,
+        info,
+    } = channel;
     let _ = lan.set_nodelay(true);
     let (to_wan, to_lan) = match role {
         Role::Connector => (&counters.to_server, &counters.to_client),
@@ -242,10 +279,14 @@ pub async fn relay_channel(
     };
     let (path, why) = if caps.ktls.available() {
         match ktls::enable(&tcp, &secrets) {
-            Ok(()) => (ChannelPath::KernelTls, "kernel TLS took the keys".to_string()),
-            Err(ktls::EnableError::Fallback(err)) => {
-                (ChannelPath::UserspaceTls, format!("the kernel refused the keys ({err}); userspace TLS"))
-            }
+            Ok(()) => (
+                ChannelPath::KernelTls,
+                "kernel TLS took the keys".to_string(),
+            ),
+            Err(ktls::EnableError::Fallback(err)) => (
+                ChannelPath::UserspaceTls,
+                format!("the kernel refused the keys ({err}); userspace TLS"),
+            ),
             Err(ktls::EnableError::Broken(err)) => {
                 sockets::reset(&lan);
                 sockets::reset(&tcp);
@@ -254,7 +295,10 @@ pub async fn relay_channel(
             }
         }
     } else {
-        (ChannelPath::UserspaceTls, format!("no kernel TLS: {}", caps.ktls.detail))
+        (
+            ChannelPath::UserspaceTls,
+            format!("no kernel TLS: {}", caps.ktls.detail),
+        )
     };
     tracing::info!(?peer, ?role, %path, why, protocol = info.protocol, suite = info.cipher_suite, "channel: relaying");
     let outcome = match path {
@@ -267,7 +311,9 @@ pub async fn relay_channel(
             let opener = Opener::new(secrets.version, &secrets.rx);
             drop(secrets);
             match (sealer, opener) {
-                (Ok(sealer), Ok(opener)) => userspace::relay(&lan, &tcp, sealer, opener, to_wan, to_lan).await,
+                (Ok(sealer), Ok(opener)) => {
+                    userspace::relay(&lan, &tcp, sealer, opener, to_wan, to_lan).await
+                }
                 (Err(reason), _) | (_, Err(reason)) => Err(ChannelRelayError::Record { reason }),
             }
         }

@@ -61,7 +61,11 @@ pub enum ProofError {
     Mismatch,
 }
 
-fn mac_input(role: Role, flags: u8, exporter: &[u8; EXPORTER_LEN]) -> [u8; MAC_LABEL.len() + 2 + EXPORTER_LEN] {
+fn mac_input(
+    role: Role,
+    flags: u8,
+    exporter: &[u8; EXPORTER_LEN],
+) -> [u8; MAC_LABEL.len() + 2 + EXPORTER_LEN] {
     let mut input = [0u8; MAC_LABEL.len() + 2 + EXPORTER_LEN];
     input[..MAC_LABEL.len()].copy_from_slice(MAC_LABEL);
     input[MAC_LABEL.len()] = role.byte();
@@ -71,7 +75,12 @@ fn mac_input(role: Role, flags: u8, exporter: &[u8; EXPORTER_LEN]) -> [u8; MAC_L
 }
 
 /// The proof message `role` sends on a connection with `exporter`.
-pub fn compute(secret: &[u8; 32], role: Role, flags: u8, exporter: &[u8; EXPORTER_LEN]) -> [u8; PROOF_LEN] {
+pub fn compute(
+    secret: &[u8; 32],
+    role: Role,
+    flags: u8,
+    exporter: &[u8; EXPORTER_LEN],
+) -> [u8; PROOF_LEN] {
     let key = hmac::Key::new(hmac::HMAC_SHA256, secret);
     let tag = hmac::sign(&key, &mac_input(role, flags, exporter));
     let mut message = [0u8; PROOF_LEN];
@@ -93,7 +102,8 @@ pub fn verify(
         return Err(ProofError::Malformed);
     }
     let key = hmac::Key::new(hmac::HMAC_SHA256, secret);
-    hmac::verify(&key, &mac_input(role, flags, exporter), &message[2..]).map_err(|_| ProofError::Mismatch)?;
+    hmac::verify(&key, &mac_input(role, flags, exporter), &message[2..])
+        .map_err(|_| ProofError::Mismatch)?;
     Ok(flags)
 }
 
@@ -107,13 +117,28 @@ mod tests {
         let exporter = [1u8; 32];
         let proof = compute(&secret, Role::Connector, 0, &exporter);
         assert_eq!(verify(&secret, Role::Connector, &exporter, &proof), Ok(0));
-        assert_eq!(verify(&[8u8; 32], Role::Connector, &exporter, &proof), Err(ProofError::Mismatch));
-        assert_eq!(verify(&secret, Role::Acceptor, &exporter, &proof), Err(ProofError::Mismatch));
-        assert_eq!(verify(&secret, Role::Connector, &[2u8; 32], &proof), Err(ProofError::Mismatch));
+        assert_eq!(
+            verify(&[8u8; 32], Role::Connector, &exporter, &proof),
+            Err(ProofError::Mismatch)
+        );
+        assert_eq!(
+            verify(&secret, Role::Acceptor, &exporter, &proof),
+            Err(ProofError::Mismatch)
+        );
+        assert_eq!(
+            verify(&secret, Role::Connector, &[2u8; 32], &proof),
+            Err(ProofError::Mismatch)
+        );
         let mut flipped = proof;
         flipped[1] = FLAG_PLAINTEXT_AFTER_AUTH;
-        assert_eq!(verify(&secret, Role::Connector, &exporter, &flipped), Err(ProofError::Mismatch));
+        assert_eq!(
+            verify(&secret, Role::Connector, &exporter, &flipped),
+            Err(ProofError::Mismatch)
+        );
         flipped[1] = 0x80;
-        assert_eq!(verify(&secret, Role::Connector, &exporter, &flipped), Err(ProofError::Malformed));
+        assert_eq!(
+            verify(&secret, Role::Connector, &exporter, &flipped),
+            Err(ProofError::Malformed)
+        );
     }
 }

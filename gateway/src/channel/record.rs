@@ -106,7 +106,10 @@ impl RecordError {
 
 impl Secrets {
     /// Takes over the traffic keys of a finished rustls connection.
-    pub fn from_rustls(version: ProtocolVersion, extracted: ExtractedSecrets) -> Result<Self, &'static str> {
+    pub fn from_rustls(
+        version: ProtocolVersion,
+        extracted: ExtractedSecrets,
+    ) -> Result<Self, &'static str> {
         let version = match version {
             ProtocolVersion::TLSv1_3 => Version::Tls13,
             ProtocolVersion::TLSv1_2 => Version::Tls12,
@@ -114,7 +117,11 @@ impl Secrets {
         };
         let (tx_seq, tx) = extracted.tx;
         let (rx_seq, rx) = extracted.rx;
-        Ok(Secrets { version, tx: direction(tx, tx_seq)?, rx: direction(rx, rx_seq)? })
+        Ok(Secrets {
+            version,
+            tx: direction(tx, tx_seq)?,
+            rx: direction(rx, rx_seq)?,
+        })
     }
 }
 
@@ -122,11 +129,18 @@ fn direction(secrets: ConnectionTrafficSecrets, seq: u64) -> Result<DirectionKey
     let (cipher, key, iv) = match &secrets {
         ConnectionTrafficSecrets::Aes128Gcm { key, iv } => (Cipher::Aes128Gcm, key, iv),
         ConnectionTrafficSecrets::Aes256Gcm { key, iv } => (Cipher::Aes256Gcm, key, iv),
-        ConnectionTrafficSecrets::Chacha20Poly1305 { key, iv } => (Cipher::Chacha20Poly1305, key, iv),
+        ConnectionTrafficSecrets::Chacha20Poly1305 { key, iv } => {
+            (Cipher::Chacha20Poly1305, key, iv)
+        }
         _ => return Err("unsupported cipher"),
     };
     let iv: [u8; 12] = iv.as_ref().try_into().map_err(|_| "unexpected IV length")?;
-    Ok(DirectionKeys { cipher, key: Zeroizing::new(key.as_ref().to_vec()), iv: Zeroizing::new(iv), seq })
+    Ok(DirectionKeys {
+        cipher,
+        key: Zeroizing::new(key.as_ref().to_vec()),
+        iv: Zeroizing::new(iv),
+        seq,
+    })
 }
 
 struct Protection {
@@ -139,8 +153,15 @@ struct Protection {
 
 impl Protection {
     fn new(version: Version, keys: &DirectionKeys) -> Result<Self, &'static str> {
-        let unbound = UnboundKey::new(keys.cipher.algorithm(), &keys.key).map_err(|_| "bad key length")?;
-        Ok(Protection { version, cipher: keys.cipher, key: LessSafeKey::new(unbound), iv: *keys.iv, seq: keys.seq })
+        let unbound =
+            UnboundKey::new(keys.cipher.algorithm(), &keys.key).map_err(|_| "bad key length")?;
+        Ok(Protection {
+            version,
+            cipher: keys.cipher,
+            key: LessSafeKey::new(unbound),
+            iv: *keys.iv,
+            seq: keys.seq,
+        })
     }
 
     /// iv XOR seq (TLS 1.3, TLS 1.2 ChaCha20, and our TLS 1.2 GCM sender).
@@ -157,7 +178,10 @@ impl Protection {
     }
 
     fn next_seq(&mut self) -> Result<(), RecordError> {
-        self.seq = self.seq.checked_add(1).ok_or(RecordError::SequenceExhausted)?;
+        self.seq = self
+            .seq
+            .checked_add(1)
+            .ok_or(RecordError::SequenceExhausted)?;
         Ok(())
     }
 }
@@ -182,7 +206,11 @@ impl Sealer {
 
     /// Bytes before the plaintext in a record slot (header, explicit nonce).
     pub fn prefix(&self) -> usize {
-        if self.0.explicit_nonce() { HEADER + 8 } else { HEADER }
+        if self.0.explicit_nonce() {
+            HEADER + 8
+        } else {
+            HEADER
+        }
     }
 
     /// Bytes after the plaintext (inner content type in TLS 1.3, tag).
@@ -196,7 +224,12 @@ impl Sealer {
     /// Turns `slot[prefix .. prefix + len]` (the plaintext, already in place)
     /// into one complete record of `content_type` starting at `slot[0]`;
     /// returns the record's length. `slot` must hold prefix + len + suffix.
-    pub fn seal(&mut self, slot: &mut [u8], len: usize, content_type: u8) -> Result<usize, RecordError> {
+    pub fn seal(
+        &mut self,
+        slot: &mut [u8],
+        len: usize,
+        content_type: u8,
+    ) -> Result<usize, RecordError> {
         if len > MAX_PLAINTEXT {
             return Err(RecordError::Overflow);
         }
@@ -244,7 +277,11 @@ impl Sealer {
     }
 
     /// One record carrying `payload` (at most [`MAX_PLAINTEXT`]), e.g. an alert.
-    pub fn seal_to_vec(&mut self, content_type: u8, payload: &[u8]) -> Result<Vec<u8>, RecordError> {
+    pub fn seal_to_vec(
+        &mut self,
+        content_type: u8,
+        payload: &[u8],
+    ) -> Result<Vec<u8>, RecordError> {
         let prefix = self.prefix();
         let mut slot = vec![0u8; prefix + payload.len() + self.suffix()];
         slot[prefix..prefix + payload.len()].copy_from_slice(payload);
@@ -303,10 +340,17 @@ impl Opener {
                 let (header, body) = record.split_at_mut(HEADER);
                 let plain = p
                     .key
-                    .open_in_place(Nonce::assume_unique_for_key(nonce), Aad::from(&header[..]), body)
+                    .open_in_place(
+                        Nonce::assume_unique_for_key(nonce),
+                        Aad::from(&header[..]),
+                        body,
+                    )
                     .map_err(|_| RecordError::BadMac)?;
                 // Strip the zero padding; the last non-zero byte is the type.
-                let end = plain.iter().rposition(|b| *b != 0).ok_or(RecordError::Malformed)?;
+                let end = plain
+                    .iter()
+                    .rposition(|b| *b != 0)
+                    .ok_or(RecordError::Malformed)?;
                 if end > MAX_PLAINTEXT {
                     return Err(RecordError::Overflow);
                 }
@@ -333,7 +377,11 @@ impl Opener {
                 let aad = tls12_aad(p.seq, content_type, len);
                 let start = HEADER + explicit;
                 p.key
-                    .open_in_place(Nonce::assume_unique_for_key(nonce), Aad::from(aad), &mut record[start..])
+                    .open_in_place(
+                        Nonce::assume_unique_for_key(nonce),
+                        Aad::from(aad),
+                        &mut record[start..],
+                    )
                     .map_err(|_| RecordError::BadMac)?;
                 (content_type, start..start + len)
             }
@@ -356,15 +404,19 @@ mod tests {
 
     use super::*;
 
-    fn configs(suite: SupportedCipherSuite) -> (Arc<rustls::ClientConfig>, Arc<rustls::ServerConfig>) {
+    fn configs(
+        suite: SupportedCipherSuite,
+    ) -> (Arc<rustls::ClientConfig>, Arc<rustls::ServerConfig>) {
         let generated = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
         let cert = generated.cert.der().clone();
-        let key = rustls_pki_types::PrivateKeyDer::try_from(generated.signing_key.serialize_der()).unwrap();
+        let key = rustls_pki_types::PrivateKeyDer::try_from(generated.signing_key.serialize_der())
+            .unwrap();
         let provider = Arc::new(rustls::crypto::CryptoProvider {
             cipher_suites: vec![suite],
             ..rustls::crypto::ring::default_provider()
         });
-        let versions: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13, &rustls::version::TLS12];
+        let versions: &[&rustls::SupportedProtocolVersion] =
+            &[&rustls::version::TLS13, &rustls::version::TLS12];
         let mut server = rustls::ServerConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(versions)
             .unwrap()
@@ -397,8 +449,9 @@ mod tests {
 
     fn check_suite(suite: SupportedCipherSuite) {
         let (client_cfg, server_cfg) = configs(suite);
-        let mut client =
-            Connection::Client(ClientConnection::new(client_cfg, "localhost".try_into().unwrap()).unwrap());
+        let mut client = Connection::Client(
+            ClientConnection::new(client_cfg, "localhost".try_into().unwrap()).unwrap(),
+        );
         let mut server = Connection::Server(ServerConnection::new(server_cfg).unwrap());
         while client.is_handshaking() || server.is_handshaking() {
             transfer(&mut client, &mut server);
@@ -418,7 +471,8 @@ mod tests {
             server.write_tls(&mut wire).unwrap();
         }
         let version = client.protocol_version().unwrap();
-        let secrets = Secrets::from_rustls(version, client.dangerous_extract_secrets().unwrap()).unwrap();
+        let secrets =
+            Secrets::from_rustls(version, client.dangerous_extract_secrets().unwrap()).unwrap();
         let mut opener = Opener::new(secrets.version, &secrets.rx).unwrap();
         let mut plain = Vec::new();
         let mut pos = 0;

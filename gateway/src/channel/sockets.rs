@@ -29,7 +29,9 @@ async fn socket_error(socket: &TcpStream) -> io::Error {
             Ok(Some(err)) | Err(err) => return err,
             // EPOLLERR without a pending error: clear the readiness, wait on.
             Ok(None) => {
-                let _ = socket.try_io(Interest::ERROR, || Err::<(), _>(io::ErrorKind::WouldBlock.into()));
+                let _ = socket.try_io(Interest::ERROR, || {
+                    Err::<(), _>(io::ErrorKind::WouldBlock.into())
+                });
             }
         }
     }
@@ -62,7 +64,10 @@ pub(super) async fn write_all(to: &TcpStream, mut data: &[u8]) -> io::Result<()>
 }
 
 /// Writes all of `slices` with writev.
-pub(super) async fn write_all_vectored(to: &TcpStream, mut slices: &mut [IoSlice<'_>]) -> io::Result<()> {
+pub(super) async fn write_all_vectored(
+    to: &TcpStream,
+    mut slices: &mut [IoSlice<'_>],
+) -> io::Result<()> {
     // Skip leading empty slices so "all written" is simply "none left".
     IoSlice::advance_slices(&mut slices, 0);
     while !slices.is_empty() {

@@ -19,8 +19,8 @@ use tokio::net::TcpStream;
 
 use super::error::ChannelRelayError;
 use super::record::{
-    CONTENT_ALERT, CONTENT_APPLICATION_DATA, CONTENT_HANDSHAKE, HANDSHAKE_KEY_UPDATE, HANDSHAKE_NEW_SESSION_TICKET,
-    MAX_PLAINTEXT, Opener, RecordError, Sealer, record_len,
+    CONTENT_ALERT, CONTENT_APPLICATION_DATA, CONTENT_HANDSHAKE, HANDSHAKE_KEY_UPDATE,
+    HANDSHAKE_NEW_SESSION_TICKET, MAX_PLAINTEXT, Opener, RecordError, Sealer, record_len,
 };
 use super::sockets::{first_error, shutdown_write, write_all, write_all_vectored};
 
@@ -62,7 +62,9 @@ async fn seal_direction(
     let mut out = vec![0u8; stride * SLOTS];
     let lan_err = |source| ChannelRelayError::Lan { source };
     let wan_err = |source| ChannelRelayError::Channel { source };
-    let record_err = |err: RecordError| ChannelRelayError::Record { reason: err.as_str() };
+    let record_err = |err: RecordError| ChannelRelayError::Record {
+        reason: err.as_str(),
+    };
     loop {
         lan.readable().await.map_err(lan_err)?;
         let read = {
@@ -86,13 +88,17 @@ async fn seal_direction(
                 break;
             }
             let len = left.min(MAX_PLAINTEXT);
-            end += sealer.seal(slot, len, CONTENT_APPLICATION_DATA).map_err(record_err)?;
+            end += sealer
+                .seal(slot, len, CONTENT_APPLICATION_DATA)
+                .map_err(record_err)?;
             left -= len;
         }
         write_all(wan, &out[..end]).await.map_err(wan_err)?;
         counter.fetch_add(n as u64, Ordering::Relaxed);
     }
-    let alert = sealer.seal_to_vec(CONTENT_ALERT, &CLOSE_NOTIFY).map_err(record_err)?;
+    let alert = sealer
+        .seal_to_vec(CONTENT_ALERT, &CLOSE_NOTIFY)
+        .map_err(record_err)?;
     write_all(wan, &alert).await.map_err(wan_err)?;
     shutdown_write(wan).map_err(wan_err)
 }
@@ -106,21 +112,32 @@ pub(super) enum Control {
 }
 
 /// Handles a record that is not application data (shared with kernel TLS).
-pub(super) fn control_record(content_type: u8, payload: &[u8]) -> Result<Control, ChannelRelayError> {
+pub(super) fn control_record(
+    content_type: u8,
+    payload: &[u8],
+) -> Result<Control, ChannelRelayError> {
     match content_type {
         CONTENT_ALERT => match payload {
             [_, 0] => Ok(Control::Close),
-            [_, description] => Err(ChannelRelayError::Alert { description: *description }),
-            _ => Err(ChannelRelayError::Record { reason: "malformed alert" }),
+            [_, description] => Err(ChannelRelayError::Alert {
+                description: *description,
+            }),
+            _ => Err(ChannelRelayError::Record {
+                reason: "malformed alert",
+            }),
         },
         CONTENT_HANDSHAKE => match payload.first() {
             Some(&HANDSHAKE_NEW_SESSION_TICKET) => Ok(Control::Continue),
-            Some(&HANDSHAKE_KEY_UPDATE) => {
-                Err(ChannelRelayError::Record { reason: "the peer sent a TLS KeyUpdate, which this gateway does not support" })
-            }
-            _ => Err(ChannelRelayError::Record { reason: "unexpected handshake message after the handshake" }),
+            Some(&HANDSHAKE_KEY_UPDATE) => Err(ChannelRelayError::Record {
+                reason: "the peer sent a TLS KeyUpdate, which this gateway does not support",
+            }),
+            _ => Err(ChannelRelayError::Record {
+                reason: "unexpected handshake message after the handshake",
+            }),
         },
-        _ => Err(ChannelRelayError::Record { reason: "unexpected record type" }),
+        _ => Err(ChannelRelayError::Record {
+            reason: "unexpected record type",
+        }),
     }
 }
 
@@ -136,9 +153,13 @@ async fn open_direction(
     let mut filled = 0;
     let mut ranges: Vec<std::ops::Range<usize>> = Vec::with_capacity(IN_BUFFER / MAX_PLAINTEXT + 2);
     let lan_err = |source| ChannelRelayError::Lan { source };
-    let record_err = |err: RecordError| ChannelRelayError::Record { reason: err.as_str() };
+    let record_err = |err: RecordError| ChannelRelayError::Record {
+        reason: err.as_str(),
+    };
     loop {
-        wan.readable().await.map_err(|source| ChannelRelayError::Channel { source })?;
+        wan.readable()
+            .await
+            .map_err(|source| ChannelRelayError::Channel { source })?;
         match wan.try_read(&mut buf[filled..]) {
             Ok(0) => return Err(ChannelRelayError::Truncated),
             Ok(n) => filled += n,
@@ -152,7 +173,8 @@ async fn open_direction(
             if pos + len > filled {
                 break;
             }
-            let (content_type, range) = opener.open(&mut buf[pos..pos + len]).map_err(record_err)?;
+            let (content_type, range) =
+                opener.open(&mut buf[pos..pos + len]).map_err(record_err)?;
             let range = pos + range.start..pos + range.end;
             pos += len;
             if content_type == CONTENT_APPLICATION_DATA {
@@ -171,8 +193,13 @@ async fn open_direction(
         }
         if !ranges.is_empty() {
             let bytes: usize = ranges.iter().map(|r| r.len()).sum();
-            let mut slices: Vec<IoSlice<'_>> = ranges.iter().map(|r| IoSlice::new(&buf[r.clone()])).collect();
-            write_all_vectored(lan, &mut slices).await.map_err(lan_err)?;
+            let mut slices: Vec<IoSlice<'_>> = ranges
+                .iter()
+                .map(|r| IoSlice::new(&buf[r.clone()]))
+                .collect();
+            write_all_vectored(lan, &mut slices)
+                .await
+                .map_err(lan_err)?;
             counter.fetch_add(bytes as u64, Ordering::Relaxed);
         }
         if closed {

@@ -56,7 +56,7 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::Instrument as _;
 
-pub use wan::{ChannelError, ChannelMode, Leg, WanSide};
+pub use wan::{ChannelError, ChannelMode, Leg, SecureWan, WanSide};
 
 use crate::ebpf::{EbpfError, KernelRelay};
 use crate::metrics::{Metrics, SessionSample};
@@ -164,6 +164,9 @@ pub enum ConnError {
     /// Relaying stopped with an error (the sockets were reset).
     #[error("relaying failed")]
     Relay(#[from] RelayError),
+    /// Relaying over the secure channel stopped with an error.
+    #[error("relaying over the secure channel failed")]
+    SecureRelay(#[from] crate::channel::ChannelRelayError),
 }
 
 /// `--data-path`: the best one this gateway has, or a fixed one.
@@ -228,6 +231,7 @@ pub struct KernelDataPlane {
     engine: RelayEngine,
     path: DataPath,
     channel: ChannelMode,
+    secure: Option<Arc<SecureWan>>,
     options: SessionOptions,
     sessions: Mutex<HashMap<SessionId, Running>>,
     xdp: Option<XdpPlan>,
@@ -271,6 +275,7 @@ struct Shared {
     engine: RelayEngine,
     path: DataPath,
     channel: ChannelMode,
+    secure: Option<Arc<SecureWan>>,
     dial_timeout: Duration,
     metrics: Option<Arc<Metrics>>,
     /// The `session` label of its metrics (see [`metrics_label`]).
@@ -431,6 +436,12 @@ impl Drop for ConnGuard {
 
 impl KernelDataPlane {
     /// A data plane relaying over `path` with `engine`.
+    /// Sets the secure channel used by the TLS channel modes.
+    pub fn with_secure_channel(mut self, secure: Arc<SecureWan>) -> Self {
+        self.secure = Some(secure);
+        self
+    }
+
     pub fn new(
         engine: RelayEngine,
         path: DataPath,
@@ -441,6 +452,7 @@ impl KernelDataPlane {
             engine,
             path,
             channel,
+            secure: None,
             options,
             sessions: Mutex::new(HashMap::new()),
             xdp: None,
@@ -576,7 +588,7 @@ impl KernelDataPlane {
             Vec::new()
         };
         if self.channel == ChannelMode::Plain {
-            tracing::warn!(uid = %plan.uid, "the link between gateways is PLAIN TCP for this session (no secure channel yet)");
+            tracing::warn!(uid = %plan.uid, "the link between gateways is PLAIN TCP for this session (--channel plain: no encryption, no authentication)");
         }
         let (phase, _) = watch::channel(Phase::Running);
         let span = tracing::info_span!("session", uid = %plan.uid, role = %plan.role);
@@ -591,6 +603,7 @@ impl KernelDataPlane {
             engine: self.engine.clone(),
             path: self.path,
             channel: self.channel,
+            secure: self.secure.clone(),
             dial_timeout: self.options.dial_timeout,
             phase,
             limit: Arc::new(Semaphore::new(self.options.max_connections.max(1))),
@@ -761,7 +774,7 @@ async fn connection(
             Ok(path) => {
                 let (up, down) = guard.counters.snapshot();
                 tracing::debug!(uid = %shared.uid, %peer, %target, %path, up, down, "connection closed");
-                (path.as_str(), true)
+                (path, true)
             }
             Err(err) => {
                 // Whatever was open is reset when the sockets close.
@@ -789,7 +802,7 @@ async fn relay_connection(
     guard: &ConnGuard,
     accepted: TcpStream,
     target: SocketAddr,
-) -> Result<DataPath, ConnError> {
+) -> Result<&'static str, ConnError> {
     guard.add_socket(&accepted)?;
     let dialled = match tokio::time::timeout(shared.dial_timeout, TcpStream::connect(target)).await
     {
@@ -809,6 +822,7 @@ async fn relay_connection(
         Role::Prod => {
             let wan = wan::wan_leg(
                 shared.channel,
+                shared.secure.as_deref(),
                 WanSide::Accepted,
                 accepted,
                 &shared.secret,
@@ -820,6 +834,7 @@ async fn relay_connection(
         Role::Cons => {
             let wan = wan::wan_leg(
                 shared.channel,
+                shared.secure.as_deref(),
                 WanSide::Dialled,
                 dialled,
                 &shared.secret,
@@ -835,8 +850,28 @@ async fn relay_connection(
                 .engine
                 .relay(shared.path, client, server, &guard.counters)
                 .await?;
-            Ok(summary.path)
+            Ok(summary.path.as_str())
         }
+        (Leg::Secure(channel), Leg::Plain(lan)) | (Leg::Plain(lan), Leg::Secure(channel)) => {
+            let secure = shared
+                .secure
+                .as_deref()
+                .ok_or(ChannelError::NotConfigured(shared.channel))?;
+            let path =
+                crate::channel::relay_channel(*channel, lan, &guard.counters, &secure.caps).await?;
+            Ok(match path {
+                crate::channel::ChannelPath::KernelTls => "ktls-splice",
+                crate::channel::ChannelPath::UserspaceTls => "userspace-tls",
+                crate::channel::ChannelPath::Plaintext(p) => match p {
+                    DataPath::Sockmap => "plaintext-sockmap",
+                    DataPath::Splice => "plaintext-splice",
+                    DataPath::Copy => "plaintext-copy",
+                },
+            })
+        }
+        (Leg::Secure(_), Leg::Secure(_)) => Err(ConnError::Channel(ChannelError::NotConfigured(
+            shared.channel,
+        ))),
     }
 }
 

@@ -36,10 +36,20 @@ pub struct ServeArgs {
     /// relay loads, else splice), sockmap, splice or copy.
     #[arg(long, value_name = "PATH", default_value = "auto")]
     pub data_path: PathChoice,
-    /// How the link between gateways is carried (only "plain" for now: TCP
-    /// without encryption).
-    #[arg(long, value_name = "MODE", default_value = "plain")]
+    /// How the link between gateways is carried: tls (TLS 1.3 with a mutual
+    /// proof of the session secret; kernel TLS where available),
+    /// plaintext-after-auth (the same proof, then plain TCP so the kernel
+    /// relay runs end to end: trusted circuits only), or plain (no
+    /// encryption, no authentication: tests only).
+    #[arg(long, value_name = "MODE", default_value = "tls")]
     pub channel: ChannelMode,
+    /// Directory of the data channel's self-signed certificate (generated on
+    /// first start, key 0600). Default: `<state-dir>/channel`.
+    #[arg(long, value_name = "DIR")]
+    pub channel_cert_dir: Option<PathBuf>,
+    /// Never use kernel TLS for the data channel (userspace TLS only).
+    #[arg(long)]
+    pub no_ktls: bool,
     /// Seconds the open connections of a released session may go on before
     /// they are reset (release waits for them this long, then resets them).
     #[arg(long, value_name = "SECS", default_value_t = 1.0)]
@@ -141,8 +151,34 @@ impl Gateway {
             }
             None => None,
         };
+        let secure = match args.channel {
+            ChannelMode::Plain => None,
+            mode => {
+                let dir = match (&args.channel_cert_dir, &cfg.state_dir) {
+                    (Some(dir), _) => dir.clone(),
+                    (None, Some(state)) => state.join("channel"),
+                    (None, None) => PathBuf::from("channel"),
+                };
+                let mut settings = crate::channel::ChannelSettings::self_signed(dir);
+                settings.plaintext_after_auth = mode == ChannelMode::PlaintextAfterAuth;
+                let config = crate::channel::ChannelConfig::new(settings).map_err(|err| {
+                    ServeError::Config {
+                        reason: format!("secure data channel: {err}"),
+                    }
+                })?;
+                let caps = if args.no_ktls {
+                    crate::channel::KernelCaps::without_ktls(engine.clone())
+                } else {
+                    crate::channel::KernelCaps::detect(engine.clone())
+                };
+                Some(Arc::new(crate::session::SecureWan { config, caps }))
+            }
+        };
         let mut data_plane = KernelDataPlane::new(engine, path, args.channel, options)
             .with_metrics(Arc::clone(&metrics));
+        if let Some(secure) = secure {
+            data_plane = data_plane.with_secure_channel(secure);
+        }
         // The guard is attached before sessions are restored, so restored
         // PROD sessions open their ports in it.
         let xdp = match &args.xdp_iface {

@@ -4,12 +4,11 @@
 //! Every WAN connection goes through [`wan_leg`]: the ones a PROD gateway
 //! accepts from the peer gateway ([`WanSide::Accepted`], the TLS server side)
 //! and the ones a CONS gateway dials to the PROD gateway
-//! ([`WanSide::Dialled`], the TLS client side). Only [`ChannelMode::Plain`]
-//! exists for now: the connection is used as it is. The secure channel
-//! (TLS 1.3 keyed by the session secret, with proof of the secret on both
-//! sides) plugs in here as a new mode and, if it cannot hand the socket to the
-//! kernel, a new [`Leg`] variant; the relay's `match` on legs then says where
-//! it must be handled.
+//! ([`WanSide::Dialled`], the TLS client side). In [`ChannelMode::Tls`] (the
+//! default) and [`ChannelMode::PlaintextAfterAuth`] the connection becomes a
+//! [`crate::channel::Channel`]: TLS 1.3 and the mutual proof of the session
+//! secret, before any byte is relayed. [`ChannelMode::Plain`] (no encryption,
+//! no authentication) exists only for tests and old peers, and warns.
 #![forbid(unsafe_code)]
 
 use std::fmt;
@@ -23,9 +22,15 @@ use tokio::net::TcpStream;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum ChannelMode {
-    /// Plain TCP: no encryption, no authentication of the peer gateway.
-    /// Only until the secure channel exists; every session logs a warning.
+    /// TLS 1.3 with the per-session mutual proof; kernel TLS where the kernel
+    /// has it, userspace TLS otherwise.
     #[default]
+    Tls,
+    /// The same TLS handshake and mutual proof, then plain TCP on the same
+    /// connection so the kernel relay runs end to end (trusted circuits only).
+    PlaintextAfterAuth,
+    /// Plain TCP: no encryption, no authentication of the peer gateway.
+    /// Every session logs a warning.
     Plain,
 }
 
@@ -33,6 +38,8 @@ impl ChannelMode {
     /// The name used on the command line and in logs.
     pub fn as_str(self) -> &'static str {
         match self {
+            ChannelMode::Tls => "tls",
+            ChannelMode::PlaintextAfterAuth => "plaintext-after-auth",
             ChannelMode::Plain => "plain",
         }
     }
@@ -48,8 +55,12 @@ impl FromStr for ChannelMode {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
+            "tls" => Ok(ChannelMode::Tls),
+            "plaintext-after-auth" => Ok(ChannelMode::PlaintextAfterAuth),
             "plain" => Ok(ChannelMode::Plain),
-            other => Err(format!("unknown channel mode {other:?}: expected plain")),
+            other => Err(format!(
+                "unknown channel mode {other:?}: expected tls, plaintext-after-auth or plain"
+            )),
         }
     }
 }
@@ -79,7 +90,21 @@ pub enum Leg {
     /// A TCP socket whose bytes are the application's bytes (a LAN leg, or a
     /// WAN leg in [`ChannelMode::Plain`]); every data path can relay it.
     Plain(TcpStream),
+    /// An authenticated secure channel to the peer gateway.
+    Secure(Box<crate::channel::Channel>),
 }
+
+/// The secure channel's configuration and what the kernel offers it, shared
+/// by every session of a gateway.
+pub struct SecureWan {
+    pub config: crate::channel::ChannelConfig,
+    pub caps: crate::channel::KernelCaps,
+}
+
+/// TLS server name the CONS gateway asks for (the PROD gateway's certificate
+/// is checked by pinning or CA when configured; the mutual proof of the
+/// session secret authenticates the peer in every case).
+const SERVER_NAME: &str = "s2cs";
 
 /// Why a WAN connection could not become a [`Leg`].
 #[derive(Debug, thiserror::Error)]
@@ -93,6 +118,16 @@ pub enum ChannelError {
         #[source]
         source: io::Error,
     },
+    /// The secure channel refused the connection (handshake, proof, timeout).
+    #[error("{side} WAN connection refused by the secure channel")]
+    Secure {
+        side: WanSide,
+        #[source]
+        source: crate::channel::ChannelError,
+    },
+    /// A secure mode without a channel configuration (a bug in the caller).
+    #[error("channel mode {0} needs a secure channel configuration")]
+    NotConfigured(ChannelMode),
 }
 
 /// Turns a WAN connection of session `uid` into a [`Leg`]: the single place
@@ -101,12 +136,28 @@ pub enum ChannelError {
 /// connection is used as it is and `secret` is not used.
 pub async fn wan_leg(
     mode: ChannelMode,
+    secure: Option<&SecureWan>,
     side: WanSide,
     stream: TcpStream,
     secret: &SessionSecret,
     uid: &SessionId,
 ) -> Result<Leg, ChannelError> {
     match mode {
+        ChannelMode::Tls | ChannelMode::PlaintextAfterAuth => {
+            let secure = secure.ok_or(ChannelError::NotConfigured(mode))?;
+            let established = match side {
+                WanSide::Accepted => {
+                    crate::channel::accept(stream, &secure.config, secret.expose()).await
+                }
+                WanSide::Dialled => {
+                    crate::channel::connect(stream, &secure.config, SERVER_NAME, secret.expose())
+                        .await
+                }
+            };
+            let channel = established.map_err(|source| ChannelError::Secure { side, source })?;
+            tracing::debug!(%uid, %side, "secure channel established");
+            Ok(Leg::Secure(Box::new(channel)))
+        }
         ChannelMode::Plain => {
             let _ = (secret, uid);
             // Fail now on a connection that is already gone, rather than in the relay.

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
-use super::{KernelSpec, PreparedKernel, VmOutput, default_cache_dir, host, prepare_kernel, run_in_vm};
+use super::{PreparedKernel, VmOutput, host, run_in_vm};
 
 /// The host target the static binary is built for.
 pub const STATIC_TARGET: &str = "x86_64-unknown-linux-gnu";
@@ -35,7 +35,15 @@ pub fn build_ktls_selftest(workspace: &Path) -> Result<PathBuf> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(workspace)
-        .args(["build", "-p", "gateway", "--example", "ktls_selftest", "--target", STATIC_TARGET])
+        .args([
+            "build",
+            "-p",
+            "gateway",
+            "--example",
+            "ktls_selftest",
+            "--target",
+            STATIC_TARGET,
+        ])
         .env("CARGO_TARGET_DIR", &target_dir)
         .env_remove("RUSTFLAGS")
         .env("CARGO_ENCODED_RUSTFLAGS", "-Ctarget-feature=+crt-static");
@@ -44,7 +52,11 @@ pub fn build_ktls_selftest(workspace: &Path) -> Result<PathBuf> {
         "building gateway/examples/ktls_selftest statically (needs the glibc static libraries from \
          libc6-dev, and the eBPF toolchain from `cargo xtask setup`)",
     )?;
-    let binary = target_dir.join(STATIC_TARGET).join("debug").join("examples").join("ktls_selftest");
+    let binary = target_dir
+        .join(STATIC_TARGET)
+        .join("debug")
+        .join("examples")
+        .join("ktls_selftest");
     if !host::elf_is_static(&binary).with_context(|| format!("inspecting {}", binary.display()))? {
         bail!("{} came out dynamically linked", binary.display());
     }
@@ -69,39 +81,4 @@ pub fn run_ktls_selftest(kernel: &PreparedKernel, binary: &Path, mib: usize) -> 
         &format!("RUST_BACKTRACE=1 ktls_selftest {mib}"),
         SELFTEST_TIMEOUT,
     )
-}
-
-/// Builds the selftest once, then boots each kernel and runs it; prints one
-/// `test vm::<kernel>::ktls_channel ... ok|FAILED` line per kernel and fails
-/// if any kernel failed.
-pub fn run_ktls_suite(workspace: &Path, kernels: &[KernelSpec]) -> Result<()> {
-    let binary = build_ktls_selftest(workspace)?;
-    let cache = default_cache_dir(workspace);
-    let mut failed = Vec::new();
-    for spec in kernels {
-        println!("xtask vm: kTLS channel suite on kernel {} (Debian {}) ...", spec.name, spec.suite);
-        let kernel = prepare_kernel(spec, &cache).with_context(|| format!("preparing kernel {}", spec.name))?;
-        let outcome = run_ktls_selftest(&kernel, &binary, SELFTEST_MIB)
-            .with_context(|| format!("starting the VM for kernel {}", spec.name))?;
-        print!("{}", outcome.command_output);
-        if !outcome.insmod_failures.is_empty() {
-            println!("  (modules that failed to load: {})", outcome.insmod_failures.join(", "));
-        }
-        match outcome.ensure_success() {
-            Ok(()) => println!(
-                "test vm::{}::ktls_channel ... ok ({:.0} s in the VM)",
-                spec.name,
-                outcome.elapsed.as_secs_f64()
-            ),
-            Err(err) => {
-                println!("test vm::{}::ktls_channel ... FAILED: {err:#}", spec.name);
-                failed.push(spec.name);
-            }
-        }
-    }
-    if failed.is_empty() {
-        Ok(())
-    } else {
-        bail!("the kTLS channel suite failed on kernel(s) {}", failed.join(", "))
-    }
 }

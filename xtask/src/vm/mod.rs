@@ -32,6 +32,7 @@ mod apt;
 mod host;
 mod initramfs;
 mod kernel;
+mod ktls_suite;
 mod probe;
 mod qemu;
 
@@ -39,6 +40,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use kernel::prepare_kernel;
+pub use ktls_suite::{SELFTEST_MIB, build_ktls_selftest, run_ktls_selftest};
 pub use probe::run_ktls_probe;
 pub use qemu::run_in_vm;
 

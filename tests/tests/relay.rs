@@ -1,0 +1,903 @@
+//! End-to-end relay tests: a plain `s2cs relay` process in gwa's namespace,
+//! for each data path (sockmap, splice, copy), moving verified streams between
+//! real hosts in network namespaces.
+//!
+//! ```text
+//!   prod (server) --LAN A-- gwa (s2cs relay) ==WAN== gwb (client)
+//!   10.1.0.2:6000           10.2.0.1:5000 -> 10.1.0.2:6000
+//! ```
+//!
+//! The roles follow SciStream: the producer application listens (prod is the
+//! server, bulk data flows from it), and gwa is the producer-side gateway
+//! whose listener faces the WAN and which dials the producer on its LAN. The
+//! client runs in gwb, where the consumer-side gateway would dial gwa from.
+//! So the relay's two sockets sit on two different links, neither end shares
+//! a namespace with the relay, and forwarding stays off: every byte the
+//! client and server exchange went through the relay process.
+//!
+//! The relay binary is `target/<profile>/s2cs` next to this test executable
+//! (or `$S2CS_BIN`); build it first (`cargo build -p gateway`; `cargo xtask
+//! test` builds the workspace before running the tests). Its log goes to a
+//! file under `CARGO_TARGET_TMPDIR`, printed when a test fails; the tests read
+//! it to check that every connection really used the data path under test:
+//! a silent fallback to another path fails the test, except for connections
+//! the client had already half-closed when the relay set them up (the kernel
+//! admits only established sockets into a SockHash, so sockmap relays those
+//! in userspace).
+//!
+//! Needs root (namespaces, eBPF). Every wait is bounded.
+use std::fs::File;
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant, SystemTime};
+
+use e2e::stream::{self, StreamError, StreamSpec};
+use e2e::{Deadline, Link, Node, NsChild, Topology, eventually};
+use nix::sys::signal::{Signal, kill};
+use nix::sys::socket::{setsockopt, sockopt};
+use nix::unistd::Pid;
+
+/// Where the relay listens (gwa, WAN side).
+const RELAY_PORT: u16 = 5000;
+/// Where the server listens (prod, LAN A).
+const SERVER_PORT: u16 = 6000;
+/// Bound on any one bulk transfer (debug builds on a shared 2-core machine).
+const BULK: Duration = Duration::from_secs(90);
+/// Bound on small exchanges and setup steps.
+const SHORT: Duration = Duration::from_secs(10);
+/// A reset must reach the other end within this long.
+const RESET_PROMPT: Duration = Duration::from_secs(3);
+
+/// The relay binary: `$S2CS_BIN`, else `s2cs` in the target directory of this
+/// test executable (`target/debug/deps/relay-HASH` -> `target/debug/s2cs`).
+fn s2cs_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("S2CS_BIN") {
+        return PathBuf::from(bin);
+    }
+    let exe = std::env::current_exe().expect("path of the test executable");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .unwrap_or_else(|| panic!("{} has no target/<profile> directory", exe.display()));
+    let bin = profile_dir.join("s2cs");
+    assert!(
+        bin.is_file(),
+        "the relay binary {} is missing: build it with `cargo build -p gateway` (or run the \
+         tests with `cargo xtask test`, which builds the workspace first), or point S2CS_BIN at one",
+        bin.display()
+    );
+    warn_if_stale(&bin);
+    bin
+}
+
+/// Cargo does not rebuild `s2cs` for this crate's tests: say so when the
+/// binary is older than the gateway's sources.
+fn warn_if_stale(bin: &Path) {
+    fn newest(dir: &Path) -> Option<SystemTime> {
+        std::fs::read_dir(dir)
+            .ok()?
+            .filter_map(Result::ok)
+            .filter_map(|entry| {
+                let meta = entry.metadata().ok()?;
+                if meta.is_dir() {
+                    newest(&entry.path())
+                } else {
+                    meta.modified().ok()
+                }
+            })
+            .max()
+    }
+    let Some(workspace) = Path::new(env!("CARGO_MANIFEST_DIR")).parent() else {
+        return;
+    };
+    let sources = workspace.join("gateway/src");
+    let built = std::fs::metadata(bin).and_then(|m| m.modified()).ok();
+    if let (Some(built), Some(source)) = (built, newest(&sources))
+        && source > built
+    {
+        eprintln!(
+            "warning: {} is older than {}: rebuild it (`cargo build -p gateway`)",
+            bin.display(),
+            sources.display()
+        );
+    }
+}
+
+/// A topology with an `s2cs relay` running in gwa. Fields drop in order: the
+/// relay is killed before the namespaces go.
+struct Harness {
+    relay: Relay,
+    topo: Topology,
+}
+
+/// The relay process; prints its log if the test fails.
+struct Relay {
+    child: NsChild,
+    path: &'static str,
+    log: PathBuf,
+    /// Where clients connect.
+    addr: SocketAddr,
+}
+
+impl Harness {
+    fn new(path: &'static str) -> Harness {
+        let topo = Topology::new().unwrap_or_else(|e| panic!("cannot build the topology: {e:#}"));
+        let relay = Relay::start(&topo, path);
+        Harness { relay, topo }
+    }
+
+    /// The server's listener in prod.
+    fn listen(&self) -> TcpListener {
+        let addr = self.topo.sockaddr(Node::Prod, Link::LanA, SERVER_PORT);
+        self.topo
+            .tcp_listen(Node::Prod, addr)
+            .expect("server listens in prod")
+    }
+
+    /// A client connection from gwb to the relay.
+    fn connect(&self) -> TcpStream {
+        self.topo
+            .tcp_connect(Node::Gwb, self.relay.addr, SHORT)
+            .unwrap_or_else(|e| panic!("{}: client cannot reach the relay: {e:#}", self.relay.path))
+    }
+}
+
+impl Relay {
+    fn start(topo: &Topology, path: &'static str) -> Relay {
+        let addr = topo.sockaddr(Node::Gwa, Link::Wan, RELAY_PORT);
+        let target = topo.sockaddr(Node::Prod, Link::LanA, SERVER_PORT);
+        let log = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{}-{path}.log", topo.id()));
+        let out = File::create(&log).unwrap_or_else(|e| panic!("creating {}: {e}", log.display()));
+        let err = out.try_clone().expect("duplicating the log file");
+        let mut cmd = Command::new(s2cs_bin());
+        cmd.arg("relay")
+            .args(["--listen", &addr.to_string()])
+            .args(["--target", &target.to_string()])
+            .args(["--path", path])
+            .env("RUST_LOG", "info,gateway::proxy=debug,gateway::relay=debug")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err);
+        let child = topo
+            .spawn(Node::Gwa, cmd)
+            .unwrap_or_else(|e| panic!("starting s2cs relay in gwa: {e:#}"));
+        let mut relay = Relay {
+            child,
+            path,
+            log,
+            addr,
+        };
+        relay.wait_listening();
+        relay
+    }
+
+    fn pid(&self) -> Pid {
+        Pid::from_raw(i32::try_from(self.child.id()).expect("pid fits i32"))
+    }
+
+    /// Polls the relay's TCP table (its namespace's) until it listens, without
+    /// connecting (a probe connection would make it dial the server).
+    fn wait_listening(&mut self) {
+        let deadline = Deadline::after(SHORT);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("relay status") {
+                panic!("s2cs relay ({}) exited at start: {status}", self.path);
+            }
+            if tcp_sockets(self.child.id())
+                .iter()
+                .any(|s| s.local_port == RELAY_PORT && s.state == TCP_LISTEN)
+            {
+                return;
+            }
+            assert!(
+                !deadline.expired(),
+                "s2cs relay ({}) not listening after {SHORT:?}",
+                self.path
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn log_text(&self) -> String {
+        let raw = std::fs::read(&self.log).unwrap_or_default();
+        strip_ansi(&String::from_utf8_lossy(&raw))
+    }
+
+    /// Waits until the relay has logged `n` cleanly closed connections and
+    /// checks that each one used this relay's data path, except at most
+    /// `may_fall_back` of them. Only the sockmap path falls back (to a
+    /// userspace path), and only for a connection whose client had already
+    /// sent FIN when the relay set it up: the kernel admits only established
+    /// sockets into a SockHash.
+    fn expect_closed(&self, n: usize, may_fall_back: usize) {
+        let lines = eventually(SHORT, || {
+            let closed: Vec<String> = self
+                .log_text()
+                .lines()
+                .filter(|l| l.contains("connection closed"))
+                .map(str::to_owned)
+                .collect();
+            if closed.len() >= n {
+                Ok(closed)
+            } else {
+                Err(format!("{} of {n} connections closed", closed.len()))
+            }
+        })
+        .unwrap_or_else(|e| {
+            panic!(
+                "{}: the relay did not finish its connections: {e:#}",
+                self.path
+            )
+        });
+        let want = format!("path={}", self.path);
+        let other: Vec<&String> = lines
+            .iter()
+            .filter(|line| !line.split_whitespace().any(|field| field == want))
+            .collect();
+        let allowed = if self.path == "sockmap" {
+            may_fall_back
+        } else {
+            0
+        };
+        assert!(
+            other.len() <= allowed,
+            "{}: {} of {n} connections used another data path (at most {allowed} may):\n{}",
+            self.path,
+            other.len(),
+            other
+                .iter()
+                .map(|l| l.as_str())
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        if !other.is_empty() {
+            eprintln!(
+                "{}: {} connection(s) already half-closed at setup were relayed in userspace",
+                self.path,
+                other.len()
+            );
+        }
+    }
+
+    fn stop_process(&self) {
+        kill(self.pid(), Signal::SIGSTOP).expect("SIGSTOP the relay");
+    }
+
+    fn continue_process(&self) {
+        kill(self.pid(), Signal::SIGCONT).expect("SIGCONT the relay");
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        // A stopped process still dies of SIGKILL (NsChild's drop).
+        if std::thread::panicking() {
+            let text = self.log_text();
+            let tail: Vec<&str> = text.lines().rev().take(40).collect();
+            eprintln!(
+                "--- last lines of the s2cs relay log ({}) ---",
+                self.log.display()
+            );
+            for line in tail.iter().rev() {
+                eprintln!("{line}");
+            }
+        } else {
+            let _ = std::fs::remove_file(&self.log);
+        }
+    }
+}
+
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // CSI: ESC [ parameters final-byte
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+const TCP_ESTABLISHED: u8 = 0x01;
+const TCP_LISTEN: u8 = 0x0a;
+
+/// One line of `/proc/PID/net/tcp`.
+struct TcpSocket {
+    local_port: u16,
+    state: u8,
+    rx_queue: u64,
+}
+
+/// The IPv4 TCP sockets of `pid`'s network namespace.
+fn tcp_sockets(pid: u32) -> Vec<TcpSocket> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/net/tcp")).unwrap_or_default();
+    text.lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let port = fields.get(1)?.rsplit(':').next()?;
+            let (_, rx) = fields.get(4)?.split_once(':')?;
+            Some(TcpSocket {
+                local_port: u16::from_str_radix(port, 16).ok()?,
+                state: u8::from_str_radix(fields.get(3)?, 16).ok()?,
+                rx_queue: u64::from_str_radix(rx, 16).ok()?,
+            })
+        })
+        .collect()
+}
+
+/// Accepts one connection, within `deadline`.
+fn accept(listener: &TcpListener, deadline: impl Into<Deadline>) -> TcpStream {
+    listener
+        .set_nonblocking(true)
+        .expect("nonblocking listener");
+    let conn = eventually(deadline, || listener.accept().map(|(conn, _)| conn))
+        .unwrap_or_else(|e| panic!("server: no connection from the relay: {e:#}"));
+    conn.set_nonblocking(false).expect("blocking connection");
+    conn
+}
+
+/// Closes `conn` with RST instead of FIN.
+fn reset(conn: TcpStream) {
+    let linger = nix::libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    setsockopt(&conn, sockopt::Linger, &linger).expect("SO_LINGER 0");
+    drop(conn);
+}
+
+fn is_reset(e: &StreamError) -> bool {
+    matches!(
+        e,
+        StreamError::Io { source, .. }
+            if matches!(
+                source.kind(),
+                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+            )
+    )
+}
+
+/// Joins a helper thread, resuming its panic (with its message) here.
+fn join<T>(handle: std::thread::JoinHandle<T>) -> T {
+    handle
+        .join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+}
+
+/// 1 GiB from the server (the producer) to the client, every byte verified,
+/// then the client closes too.
+fn one_gib_one_way(path: &'static str) {
+    let h = Harness::new(path);
+    let spec = StreamSpec::new(1, 1 << 30);
+    let listener = h.listen();
+    let server = std::thread::spawn(move || {
+        let conn = accept(&listener, SHORT);
+        let sent = stream::send_tcp(&conn, spec, BULK)
+            .unwrap_or_else(|e| panic!("{path} server sends: {e}"));
+        // The client sends nothing and closes: the FIN must come through.
+        stream::verify_tcp(&conn, StreamSpec::new(0, 0), SHORT)
+            .unwrap_or_else(|e| panic!("{path} server waits for the client's close: {e}"));
+        sent
+    });
+    let conn = h.connect();
+    let got = stream::verify_tcp(&conn, spec, BULK)
+        .unwrap_or_else(|e| panic!("{path} client receives: {e}"));
+    conn.shutdown(Shutdown::Write).expect("client closes");
+    let sent = join(server);
+    assert_eq!(got.bytes, spec.len);
+    assert_eq!(
+        got.sha256_hex(),
+        sent.sha256_hex(),
+        "{path}: digests differ"
+    );
+    eprintln!("{path}: 1 GiB one way at {:.0} MiB/s", got.mib_per_s());
+    h.relay.expect_closed(1, 0);
+}
+
+/// 256 MiB each way at the same time on one connection.
+fn both_ways_at_once(path: &'static str) {
+    const LEN: u64 = 256 << 20;
+    let h = Harness::new(path);
+    let (up, down) = (StreamSpec::new(2, LEN), StreamSpec::new(3, LEN));
+    let listener = h.listen();
+    let server = std::thread::spawn(move || {
+        let conn = accept(&listener, SHORT);
+        let writer = conn.try_clone().expect("clone");
+        let send = std::thread::spawn(move || stream::send_tcp(&writer, down, BULK));
+        let got = stream::verify_tcp(&conn, up, BULK)
+            .unwrap_or_else(|e| panic!("{path} server receives: {e}"));
+        let sent = join(send).unwrap_or_else(|e| panic!("{path} server sends: {e}"));
+        (got, sent)
+    });
+    let conn = h.connect();
+    let writer = conn.try_clone().expect("clone");
+    let send = std::thread::spawn(move || stream::send_tcp(&writer, up, BULK));
+    let got = stream::verify_tcp(&conn, down, BULK)
+        .unwrap_or_else(|e| panic!("{path} client receives: {e}"));
+    let sent = join(send).unwrap_or_else(|e| panic!("{path} client sends: {e}"));
+    let (server_got, server_sent) = join(server);
+    assert_eq!(
+        server_got.sha256_hex(),
+        sent.sha256_hex(),
+        "{path}: client -> server digest"
+    );
+    assert_eq!(
+        got.sha256_hex(),
+        server_sent.sha256_hex(),
+        "{path}: server -> client digest"
+    );
+    eprintln!(
+        "{path}: 256 MiB each way, {:.0} MiB/s up, {:.0} MiB/s down",
+        server_got.mib_per_s(),
+        got.mib_per_s()
+    );
+    h.relay.expect_closed(1, 0);
+}
+
+/// Connection sizes: a fixed mix of zero, one byte and a few MiB, the rest
+/// log-uniform up to 4 MiB from `seed` (xorshift64).
+fn sizes(seed: u64, n: usize) -> Vec<u64> {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|i| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            match i % 16 {
+                0 => 0,
+                1 => 1,
+                2 => (4 << 20) + x % 4096,
+                _ => {
+                    let exp = x % 22;
+                    (1 << exp) + (x >> 32) % (1 << exp)
+                }
+            }
+        })
+        .collect()
+}
+
+/// 64 concurrent connections of random sizes (zero bytes included), each one
+/// echoed by the server and verified by the client, both directions at once.
+fn sixty_four_connections(path: &'static str) {
+    const N: usize = 64;
+    let h = Harness::new(path);
+    let seed = std::env::var("E2E_RELAY_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64)
+        });
+    let lens = sizes(seed, N);
+    let total: u64 = lens.iter().sum();
+    let small = lens.iter().filter(|&&len| len <= 64 << 10).count();
+    let listener = h.listen();
+    let deadline = Deadline::after(BULK);
+    let server = h
+        .topo
+        .spawn_tokio_in(Node::Prod, move || async move {
+            use tokio::io::AsyncWriteExt;
+            listener.set_nonblocking(true).expect("nonblocking");
+            let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
+            let mut echoes = tokio::task::JoinSet::new();
+            for _ in 0..N {
+                let accepted =
+                    tokio::time::timeout_at(deadline.instant().into(), listener.accept()).await;
+                let (conn, _) = accepted
+                    .unwrap_or_else(|_| panic!("{path} server: fewer than {N} connections"))
+                    .expect("accept");
+                echoes.spawn(async move {
+                    let (mut r, mut w) = conn.into_split();
+                    let n = tokio::io::copy(&mut r, &mut w).await?;
+                    w.shutdown().await?;
+                    Ok::<u64, std::io::Error>(n)
+                });
+            }
+            let mut echoed = 0;
+            while let Some(done) = echoes.join_next().await {
+                echoed += done
+                    .expect("echo task")
+                    .unwrap_or_else(|e| panic!("{path} server echo: {e}"));
+            }
+            echoed
+        })
+        .expect("server in prod");
+    let relay_addr = h.relay.addr;
+    let failures = h
+        .topo
+        .block_on_in(Node::Gwb, move || async move {
+            use tokio::io::AsyncWriteExt;
+            let mut clients = tokio::task::JoinSet::new();
+            for (i, len) in lens.into_iter().enumerate() {
+                clients.spawn(async move {
+                    let spec = StreamSpec::new(1000 + i as u64, len);
+                    let conn =
+                        tokio::time::timeout(SHORT, tokio::net::TcpStream::connect(relay_addr))
+                            .await
+                            .map_err(|_| format!("connection {i}: connect timed out"))?
+                            .map_err(|e| format!("connection {i}: connect: {e}"))?;
+                    let (mut r, mut w) = conn.into_split();
+                    let send = async {
+                        let sent = stream::send_async(&mut w, spec, deadline).await?;
+                        w.shutdown()
+                            .await
+                            .map_err(|source| StreamError::Io { done: len, source })?;
+                        Ok::<_, StreamError>(sent)
+                    };
+                    let (sent, got) =
+                        tokio::join!(send, stream::verify_async(&mut r, spec, deadline));
+                    match (sent, got) {
+                        (Ok(sent), Ok(got)) if sent.sha256 == got.sha256 => Ok(()),
+                        (Ok(_), Ok(_)) => Err(format!("connection {i} ({len} B): digests differ")),
+                        (Err(e), _) => Err(format!("connection {i} ({len} B) send: {e}")),
+                        (_, Err(e)) => Err(format!("connection {i} ({len} B) echo: {e}")),
+                    }
+                });
+            }
+            let mut failures = Vec::new();
+            while let Some(done) = clients.join_next().await {
+                if let Err(e) = done.expect("client task") {
+                    failures.push(e);
+                }
+            }
+            failures
+        })
+        .expect("clients in gwb");
+    assert!(
+        failures.is_empty(),
+        "{path}: {} of {N} connections failed (E2E_RELAY_SEED={seed}):\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    let echoed = server.join_deadline(SHORT).expect("server");
+    assert_eq!(echoed, total, "{path}: bytes echoed");
+    // A client that sends everything and FIN at once (at most one initial
+    // window) may have half-closed before the relay set its connection up.
+    h.relay.expect_closed(N, small);
+}
+
+/// The client sends a request, shuts its write side, then reads the answer:
+/// the server must see the end of the request only after all of it, and the
+/// answer must still flow back. Once with 8 MiB (bytes in flight when the FIN
+/// arrives at the relay), once with an empty request (a bare FIN).
+fn request_then_half_close(path: &'static str) {
+    let h = Harness::new(path);
+    let listener = h.listen();
+    let cases = [
+        (StreamSpec::new(4, 8 << 20), StreamSpec::new(5, 4 << 20)),
+        (StreamSpec::new(6, 0), StreamSpec::new(7, 1024)),
+    ];
+    for (request, answer) in cases {
+        let server = {
+            let listener = listener.try_clone().expect("clone listener");
+            std::thread::spawn(move || {
+                let conn = accept(&listener, SHORT);
+                let got = stream::verify_tcp(&conn, request, BULK)
+                    .unwrap_or_else(|e| panic!("{path} server reads the request: {e}"));
+                let sent = stream::send_tcp(&conn, answer, BULK)
+                    .unwrap_or_else(|e| panic!("{path} server answers: {e}"));
+                (got, sent)
+            })
+        };
+        let conn = h.connect();
+        let sent = stream::send_tcp(&conn, request, BULK)
+            .unwrap_or_else(|e| panic!("{path} client sends: {e}"));
+        let got = stream::verify_tcp(&conn, answer, BULK).unwrap_or_else(|e| {
+            panic!(
+                "{path} client reads the answer of a {} B request: {e}",
+                request.len
+            )
+        });
+        let (server_got, server_sent) = join(server);
+        assert_eq!(server_got.sha256, sent.sha256, "{path}: request digest");
+        assert_eq!(got.sha256, server_sent.sha256, "{path}: answer digest");
+    }
+    // The empty request's FIN may reach the relay before it sets up.
+    h.relay.expect_closed(cases.len(), 1);
+}
+
+/// A peer resets mid-stream: the other end must see a reset (not a clean end,
+/// not a hang) promptly. First the server resets while the client sends, then
+/// the client resets while the server sends; the relay keeps working after.
+fn reset_mid_stream(path: &'static str) {
+    const SOME: u64 = 1 << 20;
+    let h = Harness::new(path);
+    let listener = h.listen();
+    let endless = StreamSpec::new(8, 1 << 40);
+
+    // The server resets.
+    let (reset_at_tx, reset_at) = mpsc::channel();
+    let server = {
+        let listener = listener.try_clone().expect("clone listener");
+        std::thread::spawn(move || {
+            let mut conn = accept(&listener, SHORT);
+            conn.set_read_timeout(Some(SHORT)).expect("timeout");
+            stream::verify_exact(&mut conn, StreamSpec::new(endless.seed, SOME), SHORT)
+                .unwrap_or_else(|e| panic!("{path} server reads: {e}"));
+            reset(conn);
+            reset_at_tx.send(Instant::now()).expect("report the reset");
+        })
+    };
+    let conn = h.connect();
+    let outcome = stream::send_tcp(&conn, endless, BULK);
+    let seen = Instant::now();
+    join(server);
+    let reset_at = reset_at.recv().expect("reset time");
+    match outcome {
+        Err(e) if is_reset(&e) => {}
+        other => panic!("{path}: client expected a reset after the server's, got {other:?}"),
+    }
+    let took = seen.saturating_duration_since(reset_at);
+    assert!(
+        took < RESET_PROMPT,
+        "{path}: the client saw the server's reset after {took:?}"
+    );
+    eprintln!("{path}: server reset reached the client in {took:?}");
+
+    // The client resets.
+    let server = {
+        let listener = listener.try_clone().expect("clone listener");
+        std::thread::spawn(move || {
+            let conn = accept(&listener, SHORT);
+            let outcome = stream::send_tcp(&conn, endless, BULK);
+            (outcome, Instant::now())
+        })
+    };
+    let mut conn = h.connect();
+    conn.set_read_timeout(Some(SHORT)).expect("timeout");
+    stream::verify_exact(&mut conn, StreamSpec::new(endless.seed, SOME), SHORT)
+        .unwrap_or_else(|e| panic!("{path} client reads: {e}"));
+    let reset_at = Instant::now();
+    reset(conn);
+    let (outcome, seen) = join(server);
+    match outcome {
+        Err(e) if is_reset(&e) => {}
+        other => panic!("{path}: server expected a reset after the client's, got {other:?}"),
+    }
+    let took = seen.saturating_duration_since(reset_at);
+    assert!(
+        took < RESET_PROMPT,
+        "{path}: the server saw the client's reset after {took:?}"
+    );
+    eprintln!("{path}: client reset reached the server in {took:?}");
+
+    // Still relaying.
+    let spec = StreamSpec::new(9, 1 << 20);
+    let server = std::thread::spawn(move || {
+        let conn = accept(&listener, SHORT);
+        stream::send_tcp(&conn, spec, SHORT)
+            .unwrap_or_else(|e| panic!("{path} server sends after resets: {e}"))
+    });
+    let conn = h.connect();
+    let got = stream::verify_tcp(&conn, spec, SHORT)
+        .unwrap_or_else(|e| panic!("{path} after resets: {e}"));
+    conn.shutdown(Shutdown::Write).expect("close");
+    assert_eq!(got.sha256, join(server).sha256);
+    h.relay.expect_closed(1, 0);
+}
+
+/// Waits until the relay's namespace holds an established connection to the
+/// relay port (accepted or not) with at least `bytes` unread.
+fn wait_queued(relay: &Relay, bytes: u64) {
+    eventually(SHORT, || {
+        let queued = tcp_sockets(relay.child.id())
+            .iter()
+            .filter(|s| s.local_port == RELAY_PORT && s.state == TCP_ESTABLISHED)
+            .map(|s| s.rx_queue)
+            .max()
+            .unwrap_or(0);
+        if queued >= bytes {
+            Ok(())
+        } else {
+            Err(format!("{queued} of {bytes} bytes queued at the relay"))
+        }
+    })
+    .unwrap_or_else(|e| panic!("{}: {e:#}", relay.path));
+}
+
+/// The client sends before the relay has even accepted its connection (the
+/// relay process is stopped with SIGSTOP while the kernel completes the
+/// handshake and queues the bytes), and the server speaks first as soon as it
+/// is dialled. Once with a small request and nothing after it until the
+/// answer (bytes queued before setup must not wait for more traffic), once
+/// with 8 MiB each way.
+fn sends_before_setup(path: &'static str) {
+    let h = Harness::new(path);
+    let listener = h.listen();
+
+    // Small: a 100-byte request, then silence until the 1 KiB greeting.
+    let (request, greeting) = (StreamSpec::new(10, 100), StreamSpec::new(11, 1024));
+    let server = {
+        let listener = listener.try_clone().expect("clone listener");
+        std::thread::spawn(move || {
+            let mut conn = accept(&listener, SHORT);
+            conn.write_all(&greeting.to_vec()).expect("greeting");
+            conn.set_read_timeout(Some(SHORT)).expect("timeout");
+            stream::verify_exact(&mut conn, request, SHORT)
+                .unwrap_or_else(|e| panic!("{path} server reads the early request: {e}"));
+            conn.shutdown(Shutdown::Write).expect("server closes");
+            let mut rest = Vec::new();
+            conn.read_to_end(&mut rest).expect("client's close");
+            assert!(rest.is_empty(), "{path}: {} unexpected bytes", rest.len());
+        })
+    };
+    h.relay.stop_process();
+    let mut conn = h.connect();
+    conn.write_all(&request.to_vec()).expect("early request");
+    wait_queued(&h.relay, request.len);
+    h.relay.continue_process();
+    conn.set_read_timeout(Some(SHORT)).expect("timeout");
+    stream::verify_exact(&mut conn, greeting, SHORT)
+        .unwrap_or_else(|e| panic!("{path} client reads the greeting: {e}"));
+    conn.shutdown(Shutdown::Write).expect("client closes");
+    // Nothing follows the greeting but the server's close.
+    stream::verify_tcp(&conn, StreamSpec::new(greeting.seed, 0), SHORT)
+        .unwrap_or_else(|e| panic!("{path} client waits for the server's close: {e}"));
+    join(server);
+
+    // Bulk: the client streams from the first instant, the server too.
+    const LEN: u64 = 8 << 20;
+    let (up, down) = (StreamSpec::new(12, LEN), StreamSpec::new(13, LEN));
+    let server = std::thread::spawn(move || {
+        let conn = accept(&listener, SHORT);
+        let writer = conn.try_clone().expect("clone");
+        let send = std::thread::spawn(move || stream::send_tcp(&writer, down, BULK));
+        let got = stream::verify_tcp(&conn, up, BULK)
+            .unwrap_or_else(|e| panic!("{path} server receives: {e}"));
+        let sent = join(send).unwrap_or_else(|e| panic!("{path} server sends: {e}"));
+        (got, sent)
+    });
+    h.relay.stop_process();
+    let conn = h.connect();
+    let writer = conn.try_clone().expect("clone");
+    let send = std::thread::spawn(move || stream::send_tcp(&writer, up, BULK));
+    wait_queued(&h.relay, 64 << 10);
+    h.relay.continue_process();
+    let got = stream::verify_tcp(&conn, down, BULK)
+        .unwrap_or_else(|e| panic!("{path} client receives: {e}"));
+    let sent = join(send).unwrap_or_else(|e| panic!("{path} client sends: {e}"));
+    let (server_got, server_sent) = join(server);
+    assert_eq!(
+        server_got.sha256, sent.sha256,
+        "{path}: client -> server digest"
+    );
+    assert_eq!(
+        got.sha256, server_sent.sha256,
+        "{path}: server -> client digest"
+    );
+    h.relay.expect_closed(2, 0);
+}
+
+/// Most a relay may hold for a stalled reader: the sender's send buffer, the
+/// relay's two sockets' buffers and its own buffer, and the reader's receive
+/// buffer, with room to spare (tcp_rmem/tcp_wmem maxima are a few MiB each).
+const BUFFERED_MAX: u64 = 64 << 20;
+
+/// A reader that stops reading must stop the sender (TCP flow control through
+/// the relay), not make the relay queue without bound: the server reads
+/// nothing for two seconds while the client sends as fast as it can; then
+/// everything the client got rid of must arrive intact, and no more.
+fn stalled_reader_holds_back_the_sender(path: &'static str) {
+    const STALL: Duration = Duration::from_secs(2);
+    let h = Harness::new(path);
+    let listener = h.listen();
+    let (accepted_tx, accepted) = mpsc::channel();
+    let (sent_tx, sent_rx) = mpsc::channel::<u64>();
+    let spec = StreamSpec::new(14, 1 << 40);
+    let server = std::thread::spawn(move || {
+        let conn = accept(&listener, SHORT);
+        accepted_tx.send(()).expect("report the accept");
+        // Read nothing until the client has given up sending.
+        let sent = sent_rx
+            .recv_timeout(STALL + SHORT)
+            .expect("the client's count");
+        stream::verify_tcp(&conn, StreamSpec::new(spec.seed, sent), BULK)
+            .unwrap_or_else(|e| panic!("{path} server reads what was sent ({sent} B): {e}"))
+    });
+    let conn = h.connect();
+    accepted
+        .recv_timeout(SHORT)
+        .expect("the relay dialled the server");
+    let sent = match stream::send_tcp(&conn, spec, STALL) {
+        Err(StreamError::Timeout { done, .. }) => done,
+        other => panic!("{path}: the client should still be blocked, got {other:?}"),
+    };
+    conn.shutdown(Shutdown::Write).expect("client closes");
+    sent_tx.send(sent).expect("tell the server");
+    let got = join(server);
+    assert_eq!(got.bytes, sent);
+    eprintln!("{path}: {} MiB in flight for a stalled reader", sent >> 20);
+    assert!(
+        sent <= BUFFERED_MAX,
+        "{path}: the sender got rid of {} MiB while nobody read: the relay does not push back \
+         (at most {} MiB fit in the sockets' buffers)",
+        sent >> 20,
+        BUFFERED_MAX >> 20
+    );
+    h.relay.expect_closed(1, 0);
+}
+
+/// Flow control, per path: see [`stalled_reader_holds_back_the_sender`].
+mod backpressure {
+    #[test]
+    #[ignore = "known limitation: the sockmap redirect queue has no backpressure of its own; \
+                the window-clamp flow gate bounds a slow reader (gateway relay_paths test) \
+                but not one that stops reading; sockmap is therefore opt-in (auto = splice)"]
+    fn sockmap_stalled_reader_holds_back_the_sender() {
+        super::stalled_reader_holds_back_the_sender("sockmap")
+    }
+    #[test]
+    fn splice_stalled_reader_holds_back_the_sender() {
+        super::stalled_reader_holds_back_the_sender("splice")
+    }
+    #[test]
+    fn copy_stalled_reader_holds_back_the_sender() {
+        super::stalled_reader_holds_back_the_sender("copy")
+    }
+}
+
+macro_rules! path_tests {
+    ($module:ident, $path:literal) => {
+        mod $module {
+            #[test]
+            fn one_gib_one_way() {
+                super::one_gib_one_way($path)
+            }
+            #[test]
+            fn both_ways_256_mib_at_once() {
+                super::both_ways_at_once($path)
+            }
+            #[test]
+            fn sixty_four_concurrent_connections() {
+                super::sixty_four_connections($path)
+            }
+            #[test]
+            fn request_then_half_close_then_answer() {
+                super::request_then_half_close($path)
+            }
+            #[test]
+            fn reset_mid_stream_reaches_the_other_side() {
+                super::reset_mid_stream($path)
+            }
+            #[test]
+            fn bytes_sent_before_setup_are_kept() {
+                super::sends_before_setup($path)
+            }
+        }
+    };
+}
+
+path_tests!(sockmap, "sockmap");
+path_tests!(splice, "splice");
+path_tests!(copy, "copy");
+
+#[test]
+fn sizes_include_empty_and_large_connections() {
+    let lens = sizes(42, 64);
+    assert_eq!(lens.len(), 64);
+    assert!(lens.iter().filter(|&&l| l == 0).count() >= 4);
+    assert!(lens.contains(&1));
+    assert!(lens.iter().any(|&l| l >= 4 << 20));
+    assert!(lens.iter().all(|&l| l < 5 << 20));
+}
+
+#[test]
+fn strips_terminal_colours() {
+    assert_eq!(
+        strip_ansi("\u{1b}[3mpath\u{1b}[0m\u{1b}[2m=\u{1b}[0msockmap"),
+        "path=sockmap"
+    );
+}

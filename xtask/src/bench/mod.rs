@@ -1,0 +1,380 @@
+//! `cargo xtask bench relay`: throughput and CPU per GB of the s2cs relay's
+//! three data paths against routed direct TCP and the usual TCP relays, all in
+//! one run on this machine.
+//!
+//! What it does, in order:
+//! 1. builds `s2cs` in release (`cargo build --release -p gateway --bin s2cs`);
+//! 2. installs the peers from Debian packages if missing (iperf3, haproxy,
+//!    socat, nginx-light, libnginx-mod-stream);
+//! 3. builds its own three namespaces, client - relay - server, joined by veth
+//!    pairs with MTU 1500 (`topo`; removed again on every exit path);
+//! 4. for each case (`peers::CASES`): starts the relay in the relay namespace
+//!    (for "direct", turns forwarding on there instead), then for each stream
+//!    count runs `iperf3 -c -t SECS -P N -J` from the client namespace to a
+//!    fresh `iperf3 -s` in the server namespace, reading CPU time from procfs
+//!    before and after (`measure`);
+//! 5. prints a table with ratios against HAProxy and direct, checks the goals
+//!    of `shared/reference/baselines.md`, and writes `relay.json` and
+//!    `relay.md` (`report`).
+//!
+//! Layout:
+//! - [`topo`]: the namespaces, veths, forwarding switch and their cleanup;
+//! - [`peers`]: the cases, package installation and each relay's start-up and
+//!   configuration;
+//! - [`measure`]: one iperf3 run and the CPU figures around it;
+//! - [`report`]: rows, ratios, goals, table / Markdown / JSON.
+//!
+//! Entry point: [`run_relay_bench`]. Needs root (namespaces, eBPF). Only
+//! traffic inside the namespaces it creates. A full run (9 cases x 2 stream
+//! counts x 5 s) measures for about a minute and a half, plus the build.
+
+mod measure;
+mod peers;
+pub mod report;
+mod topo;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+pub use report::{BenchReport, CaseResult};
+
+use peers::{CASES, Case, Kind};
+use topo::{BenchNet, Forwarding};
+
+/// Options of `bench relay`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct BenchOpts {
+    /// Seconds per iperf3 run (iperf3 -t).
+    #[arg(long, default_value_t = 5)]
+    pub duration: u32,
+    /// Parallel streams (iperf3 -P), one run per value.
+    #[arg(long, value_delimiter = ',', default_values_t = [1, 4])]
+    pub streams: Vec<u32>,
+    /// Only these cases, comma-separated: direct, s2cs-sockmap, s2cs-splice,
+    /// s2cs-copy, haproxy, haproxy-splice, socat, socat-128k, nginx.
+    #[arg(long, value_delimiter = ',')]
+    pub cases: Vec<String>,
+    /// Use the existing target/release/s2cs instead of building it.
+    #[arg(long)]
+    pub no_build: bool,
+    /// Fail instead of installing missing peers with apt-get.
+    #[arg(long)]
+    pub no_install: bool,
+    /// Where to write relay.json and relay.md [default: <workspace>/target/bench].
+    #[arg(long)]
+    pub out_dir: Option<PathBuf>,
+}
+
+impl Default for BenchOpts {
+    fn default() -> Self {
+        BenchOpts {
+            duration: 5,
+            streams: vec![1, 4],
+            cases: Vec::new(),
+            no_build: false,
+            no_install: false,
+            out_dir: None,
+        }
+    }
+}
+
+/// Set by the Ctrl-C handler: the run stops at the next check and its guards
+/// remove the relays and namespaces.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::Relaxed)
+}
+
+/// First port the relays listen on (one port per case).
+const RELAY_PORT: u16 = 7000;
+
+/// Runs the relay benchmark (see the module docs), prints the table and writes
+/// `relay.json` and `relay.md`. A case that fails is reported in
+/// [`BenchReport::failures`] and the others still run; setup errors (build,
+/// install, namespaces) are returned. Whether the goals were met is
+/// [`BenchReport::goals_met`].
+pub fn run_relay_bench(workspace: &Path, opts: &BenchOpts) -> anyhow::Result<BenchReport> {
+    require_root()?;
+    let cases = select_cases(&opts.cases)?;
+    let mut streams = opts.streams.clone();
+    streams.sort_unstable();
+    streams.dedup();
+    if streams.len() != opts.streams.len() || streams.contains(&0) || opts.duration == 0 {
+        bail!("--streams needs distinct positive counts and --duration a positive number");
+    }
+    let s2cs = s2cs_binary(workspace);
+    if cases.iter().any(|c| matches!(c.kind, Kind::S2cs(_))) {
+        if opts.no_build {
+            if !s2cs.is_file() {
+                bail!(
+                    "{} is missing (drop --no-build to build it)",
+                    s2cs.display()
+                );
+            }
+        } else {
+            build_s2cs(workspace)?;
+        }
+    }
+    peers::ensure_installed(opts.no_install)?;
+
+    let out_dir = opts
+        .out_dir
+        .clone()
+        .unwrap_or_else(|| workspace.join("target/bench"));
+    let work = out_dir.join("relay-run");
+    std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
+    let tck = measure::clock_ticks();
+    let mut report = BenchReport {
+        duration_s: opts.duration,
+        kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .unwrap_or_default()
+            .trim()
+            .to_owned(),
+        cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
+        loadavg_before: measure::loadavg(),
+        json_path: out_dir.join("relay.json"),
+        markdown_path: out_dir.join("relay.md"),
+        ..BenchReport::default()
+    };
+
+    if let Err(e) = ctrlc::set_handler(|| {
+        eprintln!("\nbench: interrupted; cleaning up");
+        INTERRUPTED.store(true, Ordering::Relaxed);
+    }) {
+        eprintln!("bench: no Ctrl-C handler ({e}); an interrupted run leaves namespaces behind");
+    }
+    let net = BenchNet::create()?;
+    let start = Instant::now();
+    let mut raw_results = Vec::new();
+    for (i, case) in cases.iter().enumerate() {
+        if interrupted() {
+            bail!("interrupted");
+        }
+        let port = RELAY_PORT + u16::try_from(i).unwrap_or(0);
+        match run_case(&net, case, port, opts, &work, &s2cs, tck) {
+            Ok(rows) => raw_results.extend(rows),
+            Err(_) if interrupted() => bail!("interrupted"),
+            Err(e) => {
+                eprintln!("bench: {} FAILED: {e:#}", case.label);
+                report
+                    .failures
+                    .push((case.name.to_owned(), format!("{e:#}")));
+            }
+        }
+    }
+    report.loadavg_after = measure::loadavg();
+    drop(net);
+    eprintln!("bench: measured in {:.0?}", start.elapsed());
+
+    report.results = raw_results
+        .into_iter()
+        .map(
+            |(case, streams, run): (&Case, u32, measure::Run)| CaseResult {
+                case: case.name.to_owned(),
+                label: case.label.to_owned(),
+                streams,
+                gbit_per_s: run.iperf.bits_per_second / 1e9,
+                bytes: run.iperf.bytes,
+                sent_bytes: run.iperf.sent_bytes,
+                retransmits: run.iperf.retransmits,
+                wall_s: run.wall.as_secs_f64(),
+                relay_cpu_s: run.relay_cpu,
+                endpoints_cpu_s: run.endpoints_cpu,
+                kernel_threads_cpu_s: run.kernel_threads_cpu,
+                unattributed_cpu_s: run.unattributed_cpu,
+                others_cpu_s: run.others_cpu,
+                machine_cpu_s: run.machine_cpu,
+                softirq_cpu_s: run.softirq_cpu,
+            },
+        )
+        .collect();
+    report.check_goals();
+
+    let json = serde_json::to_string_pretty(&report.to_json()).context("serializing the report")?;
+    std::fs::write(&report.json_path, json + "\n")
+        .with_context(|| format!("writing {}", report.json_path.display()))?;
+    std::fs::write(&report.markdown_path, report.markdown())
+        .with_context(|| format!("writing {}", report.markdown_path.display()))?;
+    println!("{}", report.table());
+    println!(
+        "wrote {} and {} (raw iperf3 output and relay logs in {})",
+        report.json_path.display(),
+        report.markdown_path.display(),
+        work.display()
+    );
+    Ok(report)
+}
+
+/// One case: start its relay, run every stream count, stop it.
+fn run_case<'c>(
+    net: &BenchNet,
+    case: &'c Case,
+    port: u16,
+    opts: &BenchOpts,
+    work: &Path,
+    s2cs: &Path,
+    tck: u64,
+) -> anyhow::Result<Vec<(&'c Case, u32, measure::Run)>> {
+    eprintln!("bench: {}", case.label);
+    let _forwarding = match case.kind {
+        Kind::Direct => Some(Forwarding::enable(net)?),
+        _ => None,
+    };
+    let relay = peers::start(net, case, port, work, s2cs)?;
+    let mut rows = Vec::new();
+    for &streams in &opts.streams {
+        let raw = work.join(format!("{}-P{streams}.json", case.name));
+        let server = IperfServer::start(net, work)?;
+        let run = measure::iperf_run(
+            net,
+            relay.addr,
+            opts.duration,
+            streams,
+            server.pid(),
+            tck,
+            &raw,
+        )
+        .with_context(|| {
+            format!(
+                "{} with {streams} stream(s); relay output:\n{}",
+                case.label,
+                relay.log_tail()
+            )
+        })?;
+        drop(server);
+        eprintln!(
+            "bench:   P{streams}: {:.2} Gbit/s, relay {:.2} s CPU, machine {:.2} s busy over {:.1} s",
+            run.iperf.bits_per_second / 1e9,
+            run.relay_cpu,
+            run.machine_cpu,
+            run.wall.as_secs_f64()
+        );
+        rows.push((case, streams, run));
+    }
+    Ok(rows)
+}
+
+/// A fresh `iperf3 -s` in the server namespace for one run (a failed run
+/// cannot leave the next one facing a busy server); killed on drop.
+struct IperfServer {
+    child: Child,
+}
+
+impl IperfServer {
+    fn start(net: &BenchNet, work: &Path) -> anyhow::Result<IperfServer> {
+        let log = work.join("iperf3-server.log");
+        let out =
+            std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        let child = net
+            .command(&net.server, "iperf3")
+            .args(["-s", "-B", &topo::SERVER_ADDR.to_string()])
+            .args(["-p", &topo::SERVER_PORT.to_string()])
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting iperf3 -s in the server namespace")?;
+        let mut server = IperfServer { child };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !peers::listening(server.pid(), topo::SERVER_PORT) {
+            if let Some(status) = server.child.try_wait().context("checking iperf3 -s")? {
+                bail!(
+                    "iperf3 -s exited at start ({status}); see {}",
+                    log.display()
+                );
+            }
+            if Instant::now() > deadline {
+                bail!("iperf3 -s not listening after 10 s");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(server)
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for IperfServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn select_cases(names: &[String]) -> anyhow::Result<Vec<&'static Case>> {
+    if names.is_empty() {
+        return Ok(CASES.iter().collect());
+    }
+    for name in names {
+        if !CASES.iter().any(|c| c.name == name) {
+            let known: Vec<&str> = CASES.iter().map(|c| c.name).collect();
+            bail!("unknown case {name:?}; known: {}", known.join(", "));
+        }
+    }
+    Ok(CASES
+        .iter()
+        .filter(|c| names.iter().any(|n| n == c.name))
+        .collect())
+}
+
+fn require_root() -> anyhow::Result<()> {
+    let status =
+        std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
+    let euid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|ids| ids.split_whitespace().nth(1));
+    if euid != Some("0") {
+        bail!("bench relay builds network namespaces and loads eBPF: run it as root");
+    }
+    Ok(())
+}
+
+/// `target/release/s2cs` (honouring CARGO_TARGET_DIR).
+fn s2cs_binary(workspace: &Path) -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace.join("target"));
+    target.join("release").join("s2cs")
+}
+
+fn build_s2cs(workspace: &Path) -> anyhow::Result<()> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    eprintln!("bench: cargo build --release -p gateway --bin s2cs");
+    let status = Command::new(&cargo)
+        .args(["build", "--release", "-p", "gateway", "--bin", "s2cs"])
+        .current_dir(workspace)
+        .status()
+        .with_context(|| {
+            format!(
+                "running {} build --release -p gateway",
+                cargo.to_string_lossy()
+            )
+        })?;
+    if !status.success() {
+        bail!("cargo build --release -p gateway failed ({status})");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn selects_cases_by_name_in_run_order() {
+        let all = select_cases(&[]).expect("all");
+        assert_eq!(all.len(), CASES.len());
+        let two = select_cases(&["haproxy".into(), "direct".into()]).expect("two");
+        let names: Vec<&str> = two.iter().map(|c| c.name).collect();
+        assert_eq!(names, ["direct", "haproxy"]);
+        assert!(select_cases(&["nope".into()]).is_err());
+    }
+}
