@@ -626,6 +626,35 @@ fn connect_streams_through_both_gateways_then_release() {
         (total >> 20) as f64 / elapsed.as_secs_f64()
     );
 
+    // The WAN leg was the secure channel (TLS 1.3 after the mutual proof) on
+    // both gateways, never plain TCP.
+    for gw in [&s.gwa, &s.gwb] {
+        let log = gw.log();
+        let relayed = log
+            .lines()
+            .filter(|l| l.contains("channel: relaying"))
+            .count();
+        assert_eq!(
+            relayed,
+            specs.len(),
+            "{}: one secure channel per connection:\n{log}",
+            gw.node
+        );
+        assert!(
+            log.lines()
+                .filter(|l| l.contains("channel: relaying"))
+                .all(|l| l.contains("TLSv1.3")
+                    && (l.contains("userspace-tls") || l.contains("ktls-splice"))),
+            "{}: every connection must use TLS 1.3:\n{log}",
+            gw.node
+        );
+        assert!(
+            !log.contains("PLAIN TCP"),
+            "{}: no plain WAN leg:\n{log}",
+            gw.node
+        );
+    }
+
     // No way around the gateways: prod reaches neither cons nor gwb's listeners.
     let _cons_listener = s
         .topo
