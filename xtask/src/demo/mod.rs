@@ -301,7 +301,10 @@ fn cpu_seconds(child: &Child) -> f64 {
 fn data_paths(log: &Path) -> String {
     let text = std::fs::read_to_string(log).unwrap_or_default();
     let mut counts: Vec<(String, usize)> = Vec::new();
-    for line in text.lines().filter(|l| l.contains("connection closed")) {
+    for line in text
+        .lines()
+        .filter(|l| l.contains("gateway::session: connection closed"))
+    {
         if let Some(path) = line
             .split_whitespace()
             .find_map(|w| strip_ansi(w).strip_prefix("path=").map(String::from))
