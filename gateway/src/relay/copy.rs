@@ -5,8 +5,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::net::TcpStream;
 
-use super::watch::{first_error, shutdown_write, write_all};
-use super::{ConnCounters, RelayError, Side};
+use super::watch::{both_directions, shutdown_write, write_all};
+use super::{ConnCounters, RelayError};
 
 /// Read buffer per direction: large enough for 100 Gbit/s-class batching.
 const BUFFER: usize = 256 * 1024;
@@ -16,26 +16,7 @@ pub(super) async fn relay(
     server: &TcpStream,
     counters: &ConnCounters,
 ) -> Result<(), RelayError> {
-    let up = async {
-        direction(client, server, &counters.to_server)
-            .await
-            .map_err(|source| RelayError::Io {
-                side: Side::Server,
-                source,
-            })
-    };
-    let down = async {
-        direction(server, client, &counters.to_client)
-            .await
-            .map_err(|source| RelayError::Io {
-                side: Side::Client,
-                source,
-            })
-    };
-    tokio::select! {
-        both = async { tokio::try_join!(up, down) } => both.map(drop),
-        err = first_error(client, server) => Err(err),
-    }
+    both_directions(client, server, counters, direction).await
 }
 
 /// Copies `from` -> `to` until FIN, then half-closes `to`.

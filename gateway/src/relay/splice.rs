@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
-use super::watch::{first_error, shutdown_write};
-use super::{ConnCounters, RelayError, Side};
+use super::watch::{both_directions, shutdown_write};
+use super::{ConnCounters, RelayError};
 use crate::sys::{self, Pipe};
 
 /// Pipe buffer per direction.
@@ -21,26 +21,7 @@ pub(super) async fn relay(
     server: &TcpStream,
     counters: &ConnCounters,
 ) -> Result<(), RelayError> {
-    let up = async {
-        direction(client, server, &counters.to_server)
-            .await
-            .map_err(|source| RelayError::Io {
-                side: Side::Server,
-                source,
-            })
-    };
-    let down = async {
-        direction(server, client, &counters.to_client)
-            .await
-            .map_err(|source| RelayError::Io {
-                side: Side::Client,
-                source,
-            })
-    };
-    tokio::select! {
-        both = async { tokio::try_join!(up, down) } => both.map(drop),
-        err = first_error(client, server) => Err(err),
-    }
+    both_directions(client, server, counters, direction).await
 }
 
 async fn direction(from: &TcpStream, to: &TcpStream, counter: &AtomicU64) -> io::Result<()> {

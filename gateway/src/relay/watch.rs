@@ -1,14 +1,50 @@
 //! Helpers shared by the data paths: waiting for a socket error (a reset)
 //! while the paths move bytes, half-closing, and resetting.
+use std::future::Future;
 use std::io;
 use std::net::Shutdown;
+use std::sync::atomic::AtomicU64;
 
 use socket2::SockRef;
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
-use super::{RelayError, Side};
+use super::{ConnCounters, RelayError, Side};
 use crate::sys;
+
+/// Runs `direction` client -> server and server -> client at once until both
+/// ended, or until either socket reports an error.
+pub(super) async fn both_directions<'a, F, Fut>(
+    client: &'a TcpStream,
+    server: &'a TcpStream,
+    counters: &'a ConnCounters,
+    direction: F,
+) -> Result<(), RelayError>
+where
+    F: Fn(&'a TcpStream, &'a TcpStream, &'a AtomicU64) -> Fut,
+    Fut: Future<Output = io::Result<()>>,
+{
+    let up = async {
+        direction(client, server, &counters.to_server)
+            .await
+            .map_err(|source| RelayError::Io {
+                side: Side::Server,
+                source,
+            })
+    };
+    let down = async {
+        direction(server, client, &counters.to_client)
+            .await
+            .map_err(|source| RelayError::Io {
+                side: Side::Client,
+                source,
+            })
+    };
+    tokio::select! {
+        both = async { tokio::try_join!(up, down) } => both.map(drop),
+        err = first_error(client, server) => Err(err),
+    }
+}
 
 /// Resolves with the first error (RST, timeout) reported on either socket.
 pub(super) async fn first_error(client: &TcpStream, server: &TcpStream) -> RelayError {
