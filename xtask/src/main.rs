@@ -78,6 +78,10 @@ enum BenchCommand {
     /// Relay throughput and CPU per GB: the s2cs paths vs direct, HAProxy,
     /// socat and nginx.
     Relay(bench::BenchOpts),
+    /// Gateway pairs with TLS 1.3 between them: the s2cs pair vs a stunnel
+    /// pair and a HAProxy TLS pair (throughput, CPU per GB), plus the
+    /// session setup time of `s2uc connect`.
+    Tls(bench::TlsOpts),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -89,6 +93,9 @@ fn main() -> anyhow::Result<()> {
         Command::Bench {
             what: BenchCommand::Relay(opts),
         } => bench::run_relay_bench(&workspace_root()?, &opts).map(drop),
+        Command::Bench {
+            what: BenchCommand::Tls(opts),
+        } => bench::run_tls_bench(&workspace_root()?, &opts).map(drop),
         Command::Demo { frames, frame_mib } => {
             demo::run(&workspace_root()?, &demo::DemoOpts { frames, frame_mib })
         }

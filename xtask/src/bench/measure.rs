@@ -215,12 +215,57 @@ pub(super) fn iperf_run(
     tck: u64,
     raw: &Path,
 ) -> anyhow::Result<Run> {
+    let spec = RunSpec {
+        client_ns: &net.client,
+        gateway_ns: &[&net.relay],
+        target,
+        secs,
+        streams,
+        reverse: false,
+        server_pid,
+    };
+    iperf_run_in(&spec, tck, raw)
+}
+
+/// Where and how one iperf3 run goes.
+pub(super) struct RunSpec<'a> {
+    /// Namespace of the iperf3 client.
+    pub(super) client_ns: &'a str,
+    /// Namespaces whose processes are "the gateway" (the relay, or both
+    /// gateways of a pair).
+    pub(super) gateway_ns: &'a [&'a str],
+    /// Where the client connects.
+    pub(super) target: std::net::SocketAddrV4,
+    /// iperf3 -t.
+    pub(super) secs: u32,
+    /// iperf3 -P.
+    pub(super) streams: u32,
+    /// iperf3 -R: the server sends, the client receives.
+    pub(super) reverse: bool,
+    /// The iperf3 server's pid.
+    pub(super) server_pid: u32,
+}
+
+/// The pids of every process in `namespaces`.
+fn gateway_pids(namespaces: &[&str]) -> anyhow::Result<Vec<u32>> {
+    let mut pids = Vec::new();
+    for ns in namespaces {
+        pids.extend(topo::ns_pids(ns)?);
+    }
+    Ok(pids)
+}
+
+/// [`iperf_run`] for any topology: iperf3 in `spec.client_ns`, the gateway's
+/// CPU from every process in `spec.gateway_ns`.
+pub(super) fn iperf_run_in(spec: &RunSpec<'_>, tck: u64, raw: &Path) -> anyhow::Result<Run> {
+    let (target, secs, streams, server_pid) =
+        (spec.target, spec.secs, spec.streams, spec.server_pid);
     let what = || format!("iperf3 -P {streams} to {target}");
     let out = File::create(raw).with_context(|| format!("creating {}", raw.display()))?;
     let stderr_path = raw.with_extension("stderr");
     let err = File::create(&stderr_path)
         .with_context(|| format!("creating {}", stderr_path.display()))?;
-    let mut cmd = net.command(&net.client, "iperf3");
+    let mut cmd = topo::ns_command(spec.client_ns, "iperf3");
     cmd.args([
         "-c",
         &target.ip().to_string(),
@@ -232,8 +277,11 @@ pub(super) fn iperf_run(
     .stdin(Stdio::null())
     .stdout(out)
     .stderr(err);
+    if spec.reverse {
+        cmd.arg("-R");
+    }
 
-    let relay_pids = topo::ns_pids(&net.relay)?;
+    let relay_pids = gateway_pids(spec.gateway_ns)?;
     let procs_before = ProcTicks::read(&relay_pids, server_pid)?;
     let machine_before = MachineTicks::read()?;
     let children_before = children_ticks()?;
@@ -261,10 +309,10 @@ pub(super) fn iperf_run(
     // Relays that fork per connection (socat) reap their children once the
     // connections close: wait for that, so their time is in the parent's.
     let settle = Instant::now();
-    let mut relay_now = topo::ns_pids(&net.relay)?;
+    let mut relay_now = gateway_pids(spec.gateway_ns)?;
     while relay_now.len() > relay_pids.len() && settle.elapsed() < Duration::from_secs(2) {
         std::thread::sleep(Duration::from_millis(20));
-        relay_now = topo::ns_pids(&net.relay)?;
+        relay_now = gateway_pids(spec.gateway_ns)?;
     }
     let procs_after = ProcTicks::read(&relay_now, server_pid)?;
     let machine = MachineTicks::read()?.since(machine_before);

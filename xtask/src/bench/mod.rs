@@ -31,6 +31,7 @@
 mod measure;
 mod peers;
 pub mod report;
+pub mod tls;
 mod topo;
 
 use std::path::{Path, PathBuf};
@@ -41,6 +42,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 
 pub use report::{BenchReport, CaseResult};
+pub use tls::{TlsOpts, run_tls_bench};
 
 use peers::{CASES, Case, Kind};
 use topo::{BenchNet, Forwarding};
@@ -88,6 +90,17 @@ static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
 fn interrupted() -> bool {
     INTERRUPTED.load(Ordering::Relaxed)
+}
+
+/// Makes Ctrl-C set [`INTERRUPTED`] (the run then stops at its next check and
+/// its guards clean up).
+fn install_interrupt_handler() {
+    if let Err(e) = ctrlc::set_handler(|| {
+        eprintln!("\nbench: interrupted; cleaning up");
+        INTERRUPTED.store(true, Ordering::Relaxed);
+    }) {
+        eprintln!("bench: no Ctrl-C handler ({e}); an interrupted run leaves namespaces behind");
+    }
 }
 
 /// First port the relays listen on (one port per case).
@@ -142,12 +155,7 @@ pub fn run_relay_bench(workspace: &Path, opts: &BenchOpts) -> anyhow::Result<Ben
         ..BenchReport::default()
     };
 
-    if let Err(e) = ctrlc::set_handler(|| {
-        eprintln!("\nbench: interrupted; cleaning up");
-        INTERRUPTED.store(true, Ordering::Relaxed);
-    }) {
-        eprintln!("bench: no Ctrl-C handler ({e}); an interrupted run leaves namespaces behind");
-    }
+    install_interrupt_handler();
     let net = BenchNet::create()?;
     let start = Instant::now();
     let mut raw_results = Vec::new();
@@ -267,12 +275,16 @@ struct IperfServer {
 
 impl IperfServer {
     fn start(net: &BenchNet, work: &Path) -> anyhow::Result<IperfServer> {
+        IperfServer::start_in(&net.server, topo::SERVER_ADDR, work)
+    }
+
+    /// `iperf3 -s -B ADDR -p 5201` in namespace `ns`.
+    fn start_in(ns: &str, addr: std::net::Ipv4Addr, work: &Path) -> anyhow::Result<IperfServer> {
         let log = work.join("iperf3-server.log");
         let out =
             std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
-        let child = net
-            .command(&net.server, "iperf3")
-            .args(["-s", "-B", &topo::SERVER_ADDR.to_string()])
+        let child = topo::ns_command(ns, "iperf3")
+            .args(["-s", "-B", &addr.to_string()])
             .args(["-p", &topo::SERVER_PORT.to_string()])
             .stdin(Stdio::null())
             .stdout(out)
@@ -332,7 +344,7 @@ fn require_root() -> anyhow::Result<()> {
         .find_map(|l| l.strip_prefix("Uid:"))
         .and_then(|ids| ids.split_whitespace().nth(1));
     if euid != Some("0") {
-        bail!("bench relay builds network namespaces and loads eBPF: run it as root");
+        bail!("the benchmarks build network namespaces and load eBPF: run them as root");
     }
     Ok(())
 }

@@ -107,7 +107,13 @@ pub(super) const DIRECT: &str = "direct";
 /// Installs the missing peers with apt-get (`apt-get update` first only if
 /// the install fails), unless `no_install`.
 pub(super) fn ensure_installed(no_install: bool) -> anyhow::Result<()> {
-    let missing: Vec<&str> = PACKAGES
+    ensure_packages(PACKAGES, no_install)
+}
+
+/// Installs the missing ones of `packages` (package, a file it provides)
+/// with apt-get, as [`ensure_installed`] does.
+pub(super) fn ensure_packages(packages: &[(&str, &str)], no_install: bool) -> anyhow::Result<()> {
+    let missing: Vec<&str> = packages
         .iter()
         .filter(|(_, file)| !Path::new(file).exists())
         .map(|(package, _)| *package)
@@ -130,7 +136,7 @@ pub(super) fn ensure_installed(no_install: bool) -> anyhow::Result<()> {
         apt_get(&["update"])?;
         install()?;
     }
-    for (package, file) in PACKAGES {
+    for (package, file) in packages {
         if !Path::new(file).exists() {
             bail!("{package} was installed but {file} is still missing");
         }

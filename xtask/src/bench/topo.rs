@@ -60,23 +60,8 @@ impl BenchNet {
     /// Builds the topology (after sweeping leftovers of dead runs). On error,
     /// whatever was created is removed again.
     pub(super) fn create() -> anyhow::Result<BenchNet> {
-        match sweep_stale() {
-            Ok(removed) if !removed.is_empty() => {
-                eprintln!(
-                    "bench: removed namespaces of dead runs: {}",
-                    removed.join(", ")
-                );
-            }
-            Ok(_) => {}
-            Err(e) => eprintln!("bench: could not sweep stale namespaces: {e:#}"),
-        }
-        let mut random = RandomState::new().build_hasher();
-        random.write_u32(std::process::id());
-        let id = format!(
-            "{NS_PREFIX}{}-{:04x}",
-            std::process::id(),
-            random.finish() & 0xffff
-        );
+        report_sweep();
+        let id = run_id();
         let mut net = BenchNet {
             client: format!("{id}-cli"),
             relay: format!("{id}-rly"),
@@ -151,9 +136,7 @@ impl BenchNet {
     /// `ip netns exec NS PROGRAM`: `ip` execs the program in place, so the
     /// child's pid is the program's.
     pub(super) fn command(&self, ns: &str, program: &str) -> Command {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", ns, program]);
-        cmd
+        ns_command(ns, program)
     }
 
     /// Kills every process in `ns` and waits (up to 2 s) until none is left.
@@ -174,6 +157,143 @@ impl Drop for BenchNet {
             }
         }
     }
+}
+
+/// Sweeps leftovers of dead runs ([`sweep_stale`]) and says what it removed.
+fn report_sweep() {
+    match sweep_stale() {
+        Ok(removed) if !removed.is_empty() => {
+            eprintln!(
+                "bench: removed namespaces of dead runs: {}",
+                removed.join(", ")
+            );
+        }
+        Ok(_) => {}
+        Err(e) => eprintln!("bench: could not sweep stale namespaces: {e:#}"),
+    }
+}
+
+/// `s2bench-PID-RAND`: the prefix of this run's namespace names.
+fn run_id() -> String {
+    let mut random = RandomState::new().build_hasher();
+    random.write_u32(std::process::id());
+    format!(
+        "{NS_PREFIX}{}-{:04x}",
+        std::process::id(),
+        random.finish() & 0xffff
+    )
+}
+
+/// The consumer's address (iperf3 client, LAN B).
+pub(super) const PAIR_CLIENT_ADDR: Ipv4Addr = Ipv4Addr::new(10, 202, 3, 2);
+/// gwB's address on LAN B: where the consumer side's relays listen and gwB's
+/// control server.
+pub(super) const PAIR_GWB_LAN: Ipv4Addr = Ipv4Addr::new(10, 202, 3, 1);
+/// gwB's WAN address.
+pub(super) const PAIR_GWB_WAN: Ipv4Addr = Ipv4Addr::new(10, 202, 2, 2);
+/// gwA's WAN address (TLS listeners, gwA's control server).
+pub(super) const PAIR_GWA_WAN: Ipv4Addr = Ipv4Addr::new(10, 202, 2, 1);
+/// gwA's address on LAN A.
+pub(super) const PAIR_GWA_LAN: Ipv4Addr = Ipv4Addr::new(10, 202, 1, 1);
+/// The producer's address (iperf3 server, LAN A).
+pub(super) const PAIR_SERVER_ADDR: Ipv4Addr = Ipv4Addr::new(10, 202, 1, 2);
+
+/// The gateway-pair benchmark's network: four namespaces joined by three
+/// veth pairs (MTU 1500), no routing between them (forwarding off), so the
+/// only way from the consumer to the producer is through both gateways:
+///
+/// ```text
+///   client 10.202.3.2 -LAN B- 10.202.3.1 gwb 10.202.2.2 =WAN= 10.202.2.1 gwa 10.202.1.1 -LAN A- 10.202.1.2 server
+///   (consumer, iperf3 -c -R)                                                                 (producer, iperf3 -s)
+/// ```
+///
+/// Names are `s2bench-PID-RAND-{cli,gwb,gwa,srv}` (swept like [`BenchNet`]'s
+/// when their run died); dropping it kills everything inside and deletes them.
+#[derive(Debug)]
+pub(super) struct PairNet {
+    pub(super) client: String,
+    pub(super) gwb: String,
+    pub(super) gwa: String,
+    pub(super) server: String,
+    /// Created so far, removed in reverse order on drop.
+    created: Vec<String>,
+}
+
+impl PairNet {
+    /// Builds the topology; on error, whatever was created is removed again.
+    pub(super) fn create() -> anyhow::Result<PairNet> {
+        report_sweep();
+        let id = run_id();
+        let mut net = PairNet {
+            client: format!("{id}-cli"),
+            gwb: format!("{id}-gwb"),
+            gwa: format!("{id}-gwa"),
+            server: format!("{id}-srv"),
+            created: Vec::new(),
+        };
+        net.build()
+            .with_context(|| format!("building the gateway-pair topology {id}"))?;
+        Ok(net)
+    }
+
+    fn build(&mut self) -> anyhow::Result<()> {
+        for ns in [&self.client, &self.gwb, &self.gwa, &self.server] {
+            ip(&["netns", "add", ns])?;
+            self.created.push(ns.clone());
+        }
+        let mtu = MTU.to_string();
+        for (end, name, peer_ns, peer) in [
+            (&self.client, "eth0", &self.gwb, "lan"),
+            (&self.gwb, "wan", &self.gwa, "wan"),
+            (&self.server, "eth0", &self.gwa, "lan"),
+        ] {
+            ip(&[
+                "-n", end, "link", "add", name, "mtu", &mtu, "type", "veth", "peer", "name", peer,
+                "mtu", &mtu, "netns", peer_ns,
+            ])?;
+        }
+        let addrs: [(&String, &[(&str, Ipv4Addr)]); 4] = [
+            (&self.client, &[("eth0", PAIR_CLIENT_ADDR)]),
+            (&self.gwb, &[("lan", PAIR_GWB_LAN), ("wan", PAIR_GWB_WAN)]),
+            (&self.gwa, &[("wan", PAIR_GWA_WAN), ("lan", PAIR_GWA_LAN)]),
+            (&self.server, &[("eth0", PAIR_SERVER_ADDR)]),
+        ];
+        for (ns, ifaces) in addrs {
+            let mut lines = vec!["link set lo up".to_owned()];
+            for (dev, addr) in ifaces {
+                lines.push(format!("addr add {addr}/24 dev {dev}"));
+                lines.push(format!("link set {dev} up"));
+            }
+            ip_batch(ns, &lines)?;
+            set_forwarding(ns, false)?;
+        }
+        Ok(())
+    }
+
+    /// Kills every process in `ns` and waits (up to 2 s) until none is left.
+    pub(super) fn kill_all(&self, ns: &str) -> anyhow::Result<()> {
+        kill_all(ns)
+    }
+}
+
+impl Drop for PairNet {
+    fn drop(&mut self) {
+        for ns in self.created.iter().rev() {
+            if let Err(e) = kill_all(ns) {
+                eprintln!("bench: cleaning up {ns}: {e:#}");
+            }
+            if let Err(e) = ip(&["netns", "del", ns]) {
+                eprintln!("bench: deleting namespace {ns}: {e:#}");
+            }
+        }
+    }
+}
+
+/// `ip netns exec NS PROGRAM` (the child's pid is the program's).
+pub(super) fn ns_command(ns: &str, program: &str) -> Command {
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", ns, program]);
+    cmd
 }
 
 /// Turns IPv4 forwarding in the relay namespace on for as long as it lives
