@@ -75,8 +75,10 @@ fn stage(name: &str, f: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<(
 fn cargo_tests(root: &Path, extra: &[String]) -> anyhow::Result<Tally> {
     println!("xtask test: cargo test ...");
     let mut command = Command::new("cargo");
+    // Every test binary runs even when an earlier one failed, so the tally
+    // and the report cover the whole suite.
     command
-        .arg("test")
+        .args(["test", "--no-fail-fast"])
         .args(extra)
         .current_dir(root)
         .stdout(Stdio::piped());
