@@ -8,6 +8,9 @@
 //! connections (wrong secret, replayed proof, plain TCP, silent, garbage,
 //! wrong pinned certificate, mode mismatch) never reach the sink; the opt-in
 //! plaintext mode runs over the kernel relay (needs root, as CI has).
+mod common;
+
+use common::{Pattern, expect_pattern, send_pattern};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,91 +33,6 @@ fn init_logs() {
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
         .try_init();
-}
-
-/// Deterministic pseudo-random bytes: byte `i` of stream `seed` depends only
-/// on (seed, i), so reads and writes of any size line up.
-struct Pattern {
-    seed: u64,
-    offset: u64,
-}
-
-impl Pattern {
-    fn new(seed: u64) -> Self {
-        Pattern { seed, offset: 0 }
-    }
-    fn word(&self, index: u64) -> [u8; 8] {
-        let mut z = (self.seed << 40 ^ index).wrapping_add(0x9E37_79B9_7F4A_7C15);
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        (z ^ (z >> 31)).to_le_bytes()
-    }
-    fn fill(&mut self, buf: &mut [u8]) {
-        let mut i = 0;
-        while i < buf.len() {
-            let word = self.word(self.offset / 8);
-            let start = (self.offset % 8) as usize;
-            let n = (8 - start).min(buf.len() - i);
-            buf[i..i + n].copy_from_slice(&word[start..start + n]);
-            i += n;
-            self.offset += n as u64;
-        }
-    }
-}
-
-async fn send_pattern(
-    w: &mut (impl AsyncWriteExt + Unpin),
-    seed: u64,
-    len: u64,
-) -> std::io::Result<()> {
-    let mut pattern = Pattern::new(seed);
-    let mut buf = vec![0u8; 256 * 1024];
-    let mut left = len;
-    while left > 0 {
-        let n = left.min(buf.len() as u64) as usize;
-        pattern.fill(&mut buf[..n]);
-        w.write_all(&buf[..n]).await?;
-        left -= n as u64;
-    }
-    Ok(())
-}
-
-/// Reads to EOF and checks every byte against the pattern.
-async fn expect_pattern(
-    r: &mut (impl AsyncReadExt + Unpin),
-    seed: u64,
-    len: u64,
-) -> Result<(), String> {
-    let mut pattern = Pattern::new(seed);
-    let mut got = vec![0u8; 256 * 1024];
-    let mut want = vec![0u8; 256 * 1024];
-    let mut offset = 0u64;
-    loop {
-        let n = r
-            .read(&mut got)
-            .await
-            .map_err(|e| format!("read at offset {offset}: {e}"))?;
-        if n == 0 {
-            break;
-        }
-        if offset + n as u64 > len {
-            return Err(format!(
-                "{} bytes more than the {len} sent",
-                offset + n as u64 - len
-            ));
-        }
-        pattern.fill(&mut want[..n]);
-        if got[..n] != want[..n] {
-            let i = (0..n).find(|&i| got[i] != want[i]).unwrap_or(0);
-            return Err(format!("byte {} differs", offset + i as u64));
-        }
-        offset += n as u64;
-    }
-    if offset == len {
-        Ok(())
-    } else {
-        Err(format!("stream ended after {offset} of {len} bytes"))
-    }
 }
 
 /// What one gateway did with one connection.
