@@ -151,18 +151,29 @@ pub fn elf_is_static(path: &Path) -> Result<bool> {
     if data[4] != 2 || data[5] != 1 {
         bail!("{} is not a 64-bit little-endian ELF file", path.display());
     }
-    let u16_at = |o: usize| u16::from_le_bytes([data[o], data[o + 1]]) as usize;
-    let u32_at = |o: usize| u32::from_le_bytes(data[o..o + 4].try_into().unwrap());
-    let u64_at = |o: usize| u64::from_le_bytes(data[o..o + 8].try_into().unwrap()) as usize;
-    let phoff = u64_at(0x20);
-    let phentsize = u16_at(0x36);
-    let phnum = u16_at(0x38);
+    // Checked reads: a truncated or malformed file is an error, not a panic.
+    let bytes_at = |o: usize, n: usize| {
+        data.get(o..o + n)
+            .with_context(|| format!("{} is truncated (offset {o})", path.display()))
+    };
+    let u16_at = |o: usize| -> Result<usize> {
+        Ok(u16::from_le_bytes(bytes_at(o, 2)?.try_into()?) as usize)
+    };
+    let u32_at = |o: usize| -> Result<u32> { Ok(u32::from_le_bytes(bytes_at(o, 4)?.try_into()?)) };
+    let u64_at = |o: usize| -> Result<usize> {
+        Ok(usize::try_from(u64::from_le_bytes(
+            bytes_at(o, 8)?.try_into()?,
+        ))?)
+    };
+    let phoff = u64_at(0x20)?;
+    let phentsize = u16_at(0x36)?;
+    let phnum = u16_at(0x38)?;
     for i in 0..phnum {
-        let off = phoff + i * phentsize;
-        if off + 4 > data.len() {
-            bail!("{}: truncated program headers", path.display());
-        }
-        if u32_at(off) == 3 {
+        let off = i
+            .checked_mul(phentsize)
+            .and_then(|o| o.checked_add(phoff))
+            .with_context(|| format!("{}: program header offset overflows", path.display()))?;
+        if u32_at(off)? == 3 {
             return Ok(false); // PT_INTERP
         }
     }

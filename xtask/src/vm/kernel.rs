@@ -134,7 +134,11 @@ fn extract(
     let [mod_dir] = mod_dirs.as_slice() else {
         bail!("expected exactly one modules directory in the package(s), found {mod_dirs:?}");
     };
-    let release = mod_dir.file_name().unwrap().to_string_lossy().into_owned();
+    let release = mod_dir
+        .file_name()
+        .with_context(|| format!("modules directory {} has no name", mod_dir.display()))?
+        .to_string_lossy()
+        .into_owned();
     if !release.starts_with(spec.release_prefix) {
         bail!(
             "suite {} now ships kernel {release}, not {}*: update the KernelSpec",

@@ -126,8 +126,14 @@ fn boot(
     let mut child = cmd
         .spawn()
         .with_context(|| format!("starting {}", host::describe(&cmd)))?;
-    let mut stdout = child.stdout.take().unwrap();
-    let mut stderr = child.stderr.take().unwrap();
+    let mut stdout = child
+        .stdout
+        .take()
+        .context("qemu started without a stdout pipe")?;
+    let mut stderr = child
+        .stderr
+        .take()
+        .context("qemu started without a stderr pipe")?;
     let out_t = std::thread::spawn(move || {
         let mut v = Vec::new();
         let _ = stdout.read_to_end(&mut v);
