@@ -43,10 +43,14 @@ enum Command {
         #[arg(long = "kernel")]
         kernels: Vec<String>,
     },
-    /// Benchmarks, against peers measured in the same run.
+    /// Benchmarks against peers measured in the same run: without a
+    /// subcommand both suites, with one JSON, Markdown and SVG chart.
+    #[command(args_conflicts_with_subcommands = true)]
     Bench {
         #[command(subcommand)]
-        what: BenchCommand,
+        what: Option<BenchCommand>,
+        #[command(flatten)]
+        all: bench::AllOpts,
     },
     /// Show the gateway working end to end (namespaces, two gateways, a
     /// producer and a consumer of detector frames).
@@ -79,7 +83,7 @@ enum BenchCommand {
     /// socat and nginx.
     Relay(bench::BenchOpts),
     /// Gateway pairs with TLS 1.3 between them: the s2cs pair vs a stunnel
-    /// pair and a HAProxy TLS pair (throughput, CPU per GB), plus the
+    /// pair, a HAProxy TLS pair and an ssh tunnel (throughput, CPU per GB), plus the
     /// session setup time of `s2uc connect`.
     Tls(bench::TlsOpts),
 }
@@ -90,11 +94,14 @@ fn main() -> anyhow::Result<()> {
         Command::Setup => setup::run(&workspace_root()?),
         Command::Test { no_vm, cargo_args } => test::run(&workspace_root()?, !no_vm, &cargo_args),
         Command::VmTest { kernels } => test::vm_stage(&workspace_root()?, &kernels).map(drop),
+        Command::Bench { what: None, all } => bench::run_all(&workspace_root()?, &all).map(drop),
         Command::Bench {
-            what: BenchCommand::Relay(opts),
+            what: Some(BenchCommand::Relay(opts)),
+            ..
         } => bench::run_relay_bench(&workspace_root()?, &opts).map(drop),
         Command::Bench {
-            what: BenchCommand::Tls(opts),
+            what: Some(BenchCommand::Tls(opts)),
+            ..
         } => bench::run_tls_bench(&workspace_root()?, &opts).map(drop),
         Command::Demo { frames, frame_mib } => {
             demo::run(&workspace_root()?, &demo::DemoOpts { frames, frame_mib })

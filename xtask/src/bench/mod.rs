@@ -28,6 +28,8 @@
 //! traffic inside the namespaces it creates. A full run (9 cases x 2 stream
 //! counts x 5 s) measures for about a minute and a half, plus the build.
 
+mod all;
+mod chart;
 mod measure;
 mod peers;
 pub mod report;
@@ -41,6 +43,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
+pub use all::{AllOpts, run_all};
 pub use report::{BenchReport, CaseResult};
 pub use tls::{TlsOpts, run_tls_bench};
 
@@ -130,7 +133,7 @@ pub fn run_relay_bench(workspace: &Path, opts: &BenchOpts) -> anyhow::Result<Ben
                 );
             }
         } else {
-            build_s2cs(workspace)?;
+            build_release(workspace, &[("gateway", "s2cs")])?;
         }
     }
     peers::ensure_installed(opts.no_install)?;
@@ -357,21 +360,21 @@ fn s2cs_binary(workspace: &Path) -> PathBuf {
     target.join("release").join("s2cs")
 }
 
-fn build_s2cs(workspace: &Path) -> anyhow::Result<()> {
+/// `cargo build --release` of the given binaries (package, binary).
+fn build_release(workspace: &Path, bins: &[(&str, &str)]) -> anyhow::Result<()> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    eprintln!("bench: cargo build --release -p gateway --bin s2cs");
+    let mut args = vec!["build", "--release"];
+    for (package, bin) in bins {
+        args.extend(["-p", package, "--bin", bin]);
+    }
+    eprintln!("bench: cargo {}", args.join(" "));
     let status = Command::new(&cargo)
-        .args(["build", "--release", "-p", "gateway", "--bin", "s2cs"])
+        .args(&args)
         .current_dir(workspace)
         .status()
-        .with_context(|| {
-            format!(
-                "running {} build --release -p gateway",
-                cargo.to_string_lossy()
-            )
-        })?;
+        .with_context(|| format!("running {} build", cargo.to_string_lossy()))?;
     if !status.success() {
-        bail!("cargo build --release -p gateway failed ({status})");
+        bail!("cargo {} failed ({status})", args.join(" "));
     }
     Ok(())
 }

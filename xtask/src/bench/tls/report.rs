@@ -1,0 +1,366 @@
+//! The results of `bench tls`: rows per pair and stream count, ratios against
+//! the stunnel pair, the 2.5x goal, the session setup time, rendered as a text
+//! table, Markdown and JSON.
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use serde_json::json;
+
+use super::super::report::{CaseResult, Goal};
+use super::{BASELINE, CEILING, GOAL_RATIO, OURS, SUITE};
+
+/// The median of `values` (0 when empty).
+pub(super) fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// Everything one `bench tls` run measured.
+#[derive(Clone, Debug, Default)]
+pub struct TlsReport {
+    /// One row per pair and stream count; `relay_cpu_s` is the pair's (every
+    /// process in gwB and gwA).
+    pub results: Vec<CaseResult>,
+    pub goals: Vec<Goal>,
+    /// Pairs that could not be measured, with the reason.
+    pub failures: Vec<(String, String)>,
+    /// `s2uc connect` setup times, seconds.
+    pub setup_times_s: Vec<f64>,
+    /// Whether the s2cs pair's channel ran on kernel TLS (per gateway).
+    pub ktls: String,
+    pub duration_s: u32,
+    pub kernel: String,
+    pub cpus: usize,
+    pub loadavg_before: String,
+    pub loadavg_after: String,
+    pub json_path: PathBuf,
+    pub markdown_path: PathBuf,
+}
+
+impl TlsReport {
+    fn find(&self, case: &str, streams: u32) -> Option<&CaseResult> {
+        self.results
+            .iter()
+            .find(|r| r.case == case && r.streams == streams)
+    }
+
+    /// Throughput / stunnel's and the pair's CPU per GB / stunnel's.
+    fn ratios(&self, r: &CaseResult) -> (Option<f64>, Option<f64>) {
+        let Some(base) = self.find(BASELINE, r.streams) else {
+            return (None, None);
+        };
+        let div = |a: f64, b: f64| (b > 0.0).then(|| a / b);
+        (
+            div(r.gbit_per_s, base.gbit_per_s),
+            div(r.relay_cpu_per_gb(), base.relay_cpu_per_gb()),
+        )
+    }
+
+    /// Ours >= 2.5x the stunnel pair, for each stream count both were
+    /// measured with.
+    pub(super) fn check_goals(&mut self) {
+        let mut goals = Vec::new();
+        for ours in self.results.iter().filter(|r| r.case == OURS) {
+            if let (Some(value), _) = self.ratios(ours) {
+                goals.push(Goal {
+                    streams: ours.streams,
+                    what: "s2cs pair throughput / stunnel pair's".into(),
+                    value,
+                    target: format!(">= {GOAL_RATIO:.2}"),
+                    met: value >= GOAL_RATIO,
+                });
+            }
+        }
+        self.goals = goals;
+    }
+
+    /// Every goal checked and met, and nothing failed.
+    pub fn goals_met(&self) -> bool {
+        !self.goals.is_empty() && self.goals.iter().all(|g| g.met) && self.failures.is_empty()
+    }
+
+    fn setup_line(&self) -> String {
+        if self.setup_times_s.is_empty() {
+            return "session setup time: not measured".into();
+        }
+        let list: Vec<String> = self
+            .setup_times_s
+            .iter()
+            .map(|s| format!("{:.1}", s * 1e3))
+            .collect();
+        format!(
+            "session setup time (s2uc connect, {} sessions): median {:.1} ms (each: {} ms)",
+            self.setup_times_s.len(),
+            median(&self.setup_times_s) * 1e3,
+            list.join(", ")
+        )
+    }
+
+    fn rows(&self) -> Vec<[String; 8]> {
+        let opt = |v: Option<f64>| v.map_or_else(|| "-".into(), |v| format!("{v:.2}x"));
+        self.results
+            .iter()
+            .map(|r| {
+                let (tput, cpu) = self.ratios(r);
+                [
+                    r.label.clone(),
+                    format!("P{}", r.streams),
+                    format!("{:.2}", r.gbit_per_s),
+                    opt(tput),
+                    format!("{:.2}", r.relay_cpu_s / r.wall_s.max(1e-9)),
+                    format!("{:.2}", r.relay_cpu_per_gb()),
+                    opt(cpu),
+                    format!("{:.2}", r.machine_cpu_per_gb()),
+                ]
+            })
+            .collect()
+    }
+
+    const HEADER: [&'static str; 8] = [
+        "pair",
+        "streams",
+        "Gbit/s",
+        "vs stunnel",
+        "pair cores",
+        "pair CPU s/GB",
+        "CPU/GB vs stunnel",
+        "machine CPU s/GB",
+    ];
+
+    fn goal_lines(&self) -> Vec<String> {
+        let mut lines: Vec<String> = self
+            .goals
+            .iter()
+            .map(|g| {
+                format!(
+                    "goal P{}: {} = {:.2} ({}): {}",
+                    g.streams,
+                    g.what,
+                    g.value,
+                    g.target,
+                    if g.met { "met" } else { "NOT met" }
+                )
+            })
+            .collect();
+        if self.goals.is_empty() {
+            lines.push("goal: not checked (s2cs or stunnel pair missing)".into());
+        }
+        for ours in self.results.iter().filter(|r| r.case == OURS) {
+            if let Some(ceiling) = self.find(CEILING, ours.streams) {
+                let share = ours.gbit_per_s / ceiling.gbit_per_s.max(1e-9);
+                lines.push(format!(
+                    "P{}: the s2cs TLS pair moves {:.0}% of what the same pair moves without \
+                     cryptography ({:.2} of {:.2} Gbit/s); {GOAL_RATIO}x stunnel would need {:.2}",
+                    ours.streams,
+                    share * 100.0,
+                    ours.gbit_per_s,
+                    ceiling.gbit_per_s,
+                    self.find(BASELINE, ours.streams)
+                        .map_or(f64::NAN, |s| s.gbit_per_s * GOAL_RATIO),
+                ));
+            }
+        }
+        for (case, why) in &self.failures {
+            lines.push(format!("FAILED {case}: {why}"));
+        }
+        lines
+    }
+
+    /// The plain-text table with the setup time and the goals.
+    pub fn table(&self) -> String {
+        let rows = self.rows();
+        let mut widths = Self::HEADER.map(str::len);
+        for row in &rows {
+            for (w, cell) in widths.iter_mut().zip(row) {
+                *w = (*w).max(cell.len());
+            }
+        }
+        let mut out = String::new();
+        let line = |out: &mut String, cells: &[String]| {
+            let padded: Vec<String> = cells
+                .iter()
+                .zip(widths)
+                .enumerate()
+                .map(|(i, (c, w))| {
+                    if i == 0 {
+                        format!("{c:<w$}")
+                    } else {
+                        format!("{c:>w$}")
+                    }
+                })
+                .collect();
+            let _ = writeln!(out, "{}", padded.join("  ").trim_end());
+        };
+        let _ = writeln!(
+            out,
+            "bench tls: iperf3 -R -t {} through each gateway pair (consumer - gwB =TLS 1.3= gwA - producer), {} CPUs, kernel {}, load {} -> {}",
+            self.duration_s, self.cpus, self.kernel, self.loadavg_before, self.loadavg_after
+        );
+        line(&mut out, &Self::HEADER.map(String::from));
+        for row in &rows {
+            line(&mut out, row);
+        }
+        let _ = writeln!(out, "{}", self.setup_line());
+        if !self.ktls.is_empty() {
+            let _ = writeln!(out, "s2cs channel: {}", self.ktls);
+        }
+        for l in self.goal_lines() {
+            let _ = writeln!(out, "{l}");
+        }
+        let _ = write!(
+            out,
+            "pair CPU = every process in gwB and gwA (procfs); a shared {}-CPU machine: figures are noisy",
+            self.cpus
+        );
+        out
+    }
+
+    /// The same as Markdown.
+    pub fn markdown(&self) -> String {
+        let mut out = String::from("# bench tls: gateway pairs\n\n");
+        let _ = writeln!(
+            out,
+            "iperf3 -R -t {} (producer sends), consumer - gwB =TLS 1.3 ({SUITE})= gwA - producer, \
+             {} CPUs, kernel {}, load {} -> {}.\n",
+            self.duration_s, self.cpus, self.kernel, self.loadavg_before, self.loadavg_after
+        );
+        let _ = writeln!(out, "| {} |", Self::HEADER.join(" | "));
+        let _ = writeln!(out, "|{}", "---|".repeat(Self::HEADER.len()));
+        for row in self.rows() {
+            let _ = writeln!(out, "| {} |", row.join(" | "));
+        }
+        let _ = writeln!(out, "\n{}\n", self.setup_line());
+        if !self.ktls.is_empty() {
+            let _ = writeln!(out, "s2cs channel: {}\n", self.ktls);
+        }
+        for l in self.goal_lines() {
+            let _ = writeln!(out, "- {l}");
+        }
+        out
+    }
+
+    pub fn to_json(&self) -> serde_json::Value {
+        let results: Vec<serde_json::Value> = self
+            .results
+            .iter()
+            .map(|r| {
+                let (tput, cpu) = self.ratios(r);
+                json!({
+                    "case": r.case,
+                    "label": r.label,
+                    "streams": r.streams,
+                    "gbit_per_s": r.gbit_per_s,
+                    "bytes": r.bytes,
+                    "sent_bytes": r.sent_bytes,
+                    "retransmits": r.retransmits,
+                    "wall_s": r.wall_s,
+                    "pair_cpu_s": r.relay_cpu_s,
+                    "pair_cpu_s_per_gb": r.relay_cpu_per_gb(),
+                    "endpoints_cpu_s": r.endpoints_cpu_s,
+                    "kernel_threads_cpu_s": r.kernel_threads_cpu_s,
+                    "unattributed_cpu_s": r.unattributed_cpu_s,
+                    "others_cpu_s": r.others_cpu_s,
+                    "machine_cpu_s": r.machine_cpu_s,
+                    "softirq_cpu_s": r.softirq_cpu_s,
+                    "throughput_vs_stunnel": tput,
+                    "cpu_per_gb_vs_stunnel": cpu,
+                })
+            })
+            .collect();
+        let goals: Vec<serde_json::Value> = self
+            .goals
+            .iter()
+            .map(|g| {
+                json!({
+                    "streams": g.streams, "what": g.what, "value": g.value,
+                    "target": g.target, "met": g.met,
+                })
+            })
+            .collect();
+        let failures: Vec<serde_json::Value> = self
+            .failures
+            .iter()
+            .map(|(case, why)| json!({ "case": case, "error": why }))
+            .collect();
+        json!({
+            "bench": "tls",
+            "duration_s": self.duration_s,
+            "kernel": self.kernel,
+            "cpus": self.cpus,
+            "loadavg_before": self.loadavg_before,
+            "loadavg_after": self.loadavg_after,
+            "setup_time_s": {
+                "median": (!self.setup_times_s.is_empty()).then(|| median(&self.setup_times_s)),
+                "sessions": self.setup_times_s,
+            },
+            "s2cs_channel": self.ktls,
+            "results": results,
+            "goals": goals,
+            "goals_met": self.goals_met(),
+            "failures": failures,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(case: &str, streams: u32, gbit: f64) -> CaseResult {
+        CaseResult {
+            case: case.into(),
+            label: case.into(),
+            streams,
+            gbit_per_s: gbit,
+            bytes: (gbit * 1e9 / 8.0 * 5.0) as u64,
+            sent_bytes: (gbit * 1e9 / 8.0 * 5.0) as u64,
+            retransmits: 0,
+            wall_s: 5.0,
+            relay_cpu_s: 2.0,
+            endpoints_cpu_s: 3.0,
+            kernel_threads_cpu_s: 0.0,
+            unattributed_cpu_s: 0.0,
+            others_cpu_s: 0.0,
+            machine_cpu_s: 6.0,
+            softirq_cpu_s: 1.0,
+        }
+    }
+
+    #[test]
+    fn goal_against_stunnel_and_share_of_the_ceiling() {
+        let mut report = TlsReport {
+            results: vec![
+                row(OURS, 1, 6.0),
+                row(CEILING, 1, 8.0),
+                row(BASELINE, 1, 4.0),
+            ],
+            ..TlsReport::default()
+        };
+        report.check_goals();
+        assert_eq!(report.goals.len(), 1);
+        assert!((report.goals[0].value - 1.5).abs() < 1e-9);
+        assert!(!report.goals_met(), "1.5x is below the 2.5x goal");
+        let text = report.table();
+        assert!(text.contains("NOT met"), "{text}");
+        assert!(
+            text.contains("moves 75% of what the same pair moves without cryptography"),
+            "{text}"
+        );
+        assert!(text.contains("2.5x stunnel would need 10.00"), "{text}");
+        report.results[0].gbit_per_s = 10.0;
+        report.check_goals();
+        assert!(report.goals_met());
+    }
+
+    #[test]
+    fn median_of_odd_and_even_counts() {
+        assert!((median(&[3.0, 1.0, 2.0]) - 2.0).abs() < 1e-12);
+        assert!((median(&[4.0, 1.0, 2.0, 3.0]) - 2.5).abs() < 1e-12);
+        assert_eq!(median(&[]), 0.0);
+    }
+}
