@@ -7,17 +7,20 @@
 //! Integrity both ways, half-close, resets, a TLS alert mid-stream; refused
 //! connections (wrong secret, replayed proof, plain TCP, silent, garbage,
 //! wrong pinned certificate, mode mismatch) never reach the sink; the opt-in
-//! plaintext mode runs over the kernel relay (needs root, as CI has).
+//! plaintext mode runs over the kernel relay (needs root, as CI has). The
+//! TLS 1.2 opt-in and CA verification end to end (accepted and refused),
+//! and TLS 1.3 KeyUpdates from a plain rustls peer followed mid-stream.
 mod common;
 
 use common::{Pattern, expect_pattern, send_pattern};
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use gateway::channel::{
-    self, ChannelConfig, ChannelPath, ChannelSettings, FailureReason, KernelCaps, PeerVerification,
-    Role,
+    self, CertSource, ChannelConfig, ChannelInfo, ChannelPath, ChannelSettings, FailureReason,
+    KernelCaps, PeerVerification, Role,
 };
 use gateway::ebpf::KernelRelay;
 use gateway::relay::{ConnCounters, DataPath, RelayEngine};
@@ -47,6 +50,10 @@ struct Options {
     settings_b: Box<dyn Fn(&std::path::Path) -> ChannelSettings>,
     secret_a: [u8; 32],
     caps: KernelCaps,
+    /// gwA speaks TLS 1.2 only (`ChannelConfig::new_tls12_only`).
+    tls12_only_a: bool,
+    /// gwB speaks TLS 1.2 only.
+    tls12_only_b: bool,
 }
 
 impl Default for Options {
@@ -56,9 +63,22 @@ impl Default for Options {
             settings_b: Box::new(|dir| ChannelSettings::self_signed(dir)),
             secret_a: SECRET,
             caps: KernelCaps::detect(RelayEngine::userspace()),
+            tls12_only_a: false,
+            tls12_only_b: false,
         }
     }
 }
+
+fn config(settings: ChannelSettings, tls12_only: bool) -> ChannelConfig {
+    if tls12_only {
+        ChannelConfig::new_tls12_only(settings).expect("TLS 1.2-only config")
+    } else {
+        ChannelConfig::new(settings).expect("config")
+    }
+}
+
+/// What each gateway negotiated, per established channel.
+type Infos = Arc<Mutex<Vec<ChannelInfo>>>;
 
 struct Pair {
     /// gwA's LAN listener (where the client connects).
@@ -71,6 +91,8 @@ struct Pair {
     b: mpsc::UnboundedReceiver<Outcome>,
     cfg_a: ChannelConfig,
     cfg_b: ChannelConfig,
+    info_a: Infos,
+    info_b: Infos,
     _dir: tempfile::TempDir,
 }
 
@@ -78,10 +100,15 @@ impl Pair {
     async fn start(options: Options) -> Pair {
         init_logs();
         let dir = tempfile::tempdir().expect("tempdir");
-        let cfg_a =
-            ChannelConfig::new((options.settings_a)(&dir.path().join("a"))).expect("gwA config");
-        let cfg_b =
-            ChannelConfig::new((options.settings_b)(&dir.path().join("b"))).expect("gwB config");
+        let cfg_a = config(
+            (options.settings_a)(&dir.path().join("a")),
+            options.tls12_only_a,
+        );
+        let cfg_b = config(
+            (options.settings_b)(&dir.path().join("b")),
+            options.tls12_only_b,
+        );
+        let (info_a, info_b) = (Infos::default(), Infos::default());
         let sink = TcpListener::bind("127.0.0.1:0").await.expect("bind sink");
         let sink_addr = sink.local_addr().expect("sink addr");
         let wan = TcpListener::bind("127.0.0.1:0").await.expect("bind gwB");
@@ -92,18 +119,20 @@ impl Pair {
         let (tx_b, b) = mpsc::unbounded_channel();
 
         // gwB (PROD): channel::accept, then (only then) dial the sink.
-        let (cfg, caps) = (cfg_b.clone(), options.caps.clone());
+        let (cfg, caps, infos) = (cfg_b.clone(), options.caps.clone(), info_b.clone());
         tokio::spawn(async move {
             loop {
                 let Ok((tcp, _)) = wan.accept().await else {
                     return;
                 };
                 let (cfg, caps, tx) = (cfg.clone(), caps.clone(), tx_b.clone());
+                let infos = infos.clone();
                 tokio::spawn(async move {
                     let outcome = match channel::accept(tcp, &cfg, &SECRET).await {
                         Err(err) => Outcome::Refused(err.reason(), err.to_string()),
                         Ok(ch) => {
                             assert_eq!(ch.role(), Role::Acceptor);
+                            infos.lock().expect("infos").push(ch.info().clone());
                             let lan = TcpStream::connect(sink_addr)
                                 .await
                                 .expect("gwB dials the sink");
@@ -119,17 +148,20 @@ impl Pair {
 
         // gwA (CONS): accept the client, dial gwB, channel::connect, relay.
         let (cfg, caps, secret) = (cfg_a.clone(), options.caps, options.secret_a);
+        let infos = info_a.clone();
         tokio::spawn(async move {
             loop {
                 let Ok((client, _)) = lan.accept().await else {
                     return;
                 };
                 let (cfg, caps, tx) = (cfg.clone(), caps.clone(), tx_a.clone());
+                let infos = infos.clone();
                 tokio::spawn(async move {
                     let tcp = TcpStream::connect(wan_addr).await.expect("gwA dials gwB");
                     let outcome = match channel::connect(tcp, &cfg, "localhost", &secret).await {
                         Err(err) => Outcome::Refused(err.reason(), err.to_string()),
                         Ok(ch) => {
+                            infos.lock().expect("infos").push(ch.info().clone());
                             let counters = ConnCounters::default();
                             let result = channel::relay_channel(ch, client, &counters, &caps).await;
                             Outcome::Relayed(result.map_err(|e| e.to_string()))
@@ -147,6 +179,8 @@ impl Pair {
             b,
             cfg_a,
             cfg_b,
+            info_a,
+            info_b,
             _dir: dir,
         }
     }
@@ -163,6 +197,16 @@ impl Pair {
             .await
             .expect("gwA reports in time")
             .expect("gwA alive")
+    }
+
+    /// What each gateway negotiated on its one established channel.
+    fn negotiated(&self) -> (ChannelInfo, ChannelInfo) {
+        let one = |infos: &Infos, who: &str| {
+            let infos = infos.lock().expect("infos");
+            assert_eq!(infos.len(), 1, "{who}: one established channel");
+            infos[0].clone()
+        };
+        (one(&self.info_a, "gwA"), one(&self.info_b, "gwB"))
     }
 
     /// The sink must not get a connection (checked after the refusal was
@@ -498,11 +542,11 @@ mod raw_client {
     /// for this connection when None), then some data; returns the proof
     /// sent and whether the server closed the connection (`wait_close`: wait
     /// for the close instead of returning once gwB's proof arrived).
-    pub fn run(
+    /// A TLS 1.3 rustls client connected to gwB, handshake done; returns
+    /// the connection, its socket and its exporter value for the proof.
+    fn handshake(
         addr: std::net::SocketAddr,
-        proof: Option<[u8; 34]>,
-        wait_close: bool,
-    ) -> ([u8; 34], bool) {
+    ) -> (rustls::ClientConnection, std::net::TcpStream, [u8; 32]) {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let config = rustls::ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])
@@ -526,6 +570,15 @@ mod raw_client {
             None,
         )
         .unwrap();
+        (conn, tcp, exporter)
+    }
+
+    pub fn run(
+        addr: std::net::SocketAddr,
+        proof: Option<[u8; 34]>,
+        wait_close: bool,
+    ) -> ([u8; 34], bool) {
+        let (mut conn, mut tcp, exporter) = handshake(addr);
         let proof = proof.unwrap_or_else(|| {
             gateway::channel::proof::compute(
                 &super::SECRET,
@@ -561,6 +614,165 @@ mod raw_client {
             }
         };
         (proof, closed)
+    }
+
+    /// Bytes each way per round of [`key_update_rounds`].
+    pub const ROUND: usize = 300_000;
+
+    /// Plaintext + content type + tag of a record holding a KeyUpdate.
+    const KEY_UPDATE_BODY: usize = 5 + 1 + 16;
+
+    /// The peer's socket, counting the records gwB sends that have a
+    /// KeyUpdate's length (contents are encrypted; data records of exactly
+    /// 5 bytes would count too, so only a lower bound is meaningful).
+    pub struct Tap {
+        tcp: std::net::TcpStream,
+        header: Vec<u8>,
+        body_left: usize,
+        key_update_sized: usize,
+    }
+
+    impl Read for Tap {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = self.tcp.read(buf)?;
+            let mut bytes = &buf[..n];
+            while !bytes.is_empty() {
+                if self.body_left > 0 {
+                    let skip = self.body_left.min(bytes.len());
+                    self.body_left -= skip;
+                    bytes = &bytes[skip..];
+                    continue;
+                }
+                self.header.push(bytes[0]);
+                bytes = &bytes[1..];
+                if self.header.len() == 5 {
+                    self.body_left =
+                        usize::from(u16::from_be_bytes([self.header[3], self.header[4]]));
+                    self.key_update_sized += usize::from(self.body_left == KEY_UPDATE_BODY);
+                    self.header.clear();
+                }
+            }
+            Ok(n)
+        }
+    }
+
+    impl Write for Tap {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.tcp.write(buf)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            self.tcp.flush()
+        }
+    }
+
+    /// Sends `data` through rustls, in record-sized pieces (rustls buffers
+    /// 64 KiB at most).
+    fn send(conn: &mut rustls::ClientConnection, tcp: &mut Tap, data: &[u8]) -> Result<(), String> {
+        for piece in data.chunks(16 * 1024) {
+            conn.writer()
+                .write_all(piece)
+                .map_err(|e| format!("buffering: {e}"))?;
+            while conn.wants_write() {
+                conn.write_tls(tcp).map_err(|e| format!("sending: {e}"))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads more records from gwB into rustls.
+    fn pull(conn: &mut rustls::ClientConnection, tcp: &mut Tap) -> Result<(), String> {
+        let n = conn.read_tls(tcp).map_err(|e| format!("receiving: {e}"))?;
+        if n == 0 {
+            return Err("gwB closed without close_notify".into());
+        }
+        conn.process_new_packets()
+            .map_err(|e| format!("rustls refused gwB's records: {e}"))?;
+        Ok(())
+    }
+
+    /// Reads plaintext until `want` is full.
+    fn receive(
+        conn: &mut rustls::ClientConnection,
+        tcp: &mut Tap,
+        want: &mut [u8],
+    ) -> Result<(), String> {
+        let mut got = 0;
+        while got < want.len() {
+            match conn.reader().read(&mut want[got..]) {
+                Ok(0) => return Err(format!("close_notify after {got} of {} bytes", want.len())),
+                Ok(n) => got += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => pull(conn, tcp)?,
+                Err(e) => return Err(format!("reading: {e}")),
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads up to close_notify; no data may come before it.
+    fn receive_close(conn: &mut rustls::ClientConnection, tcp: &mut Tap) -> Result<(), String> {
+        let mut buf = [0u8; 1024];
+        loop {
+            match conn.reader().read(&mut buf) {
+                Ok(0) => return Ok(()),
+                Ok(n) => return Err(format!("{n} unexpected bytes before close_notify")),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => pull(conn, tcp)?,
+                Err(e) => return Err(format!("reading: {e}")),
+            }
+        }
+    }
+
+    /// A plain rustls peer of gwB that proves the secret, then runs one
+    /// round per entry of `updates`: half of ROUND bytes of stream 5, that
+    /// many KeyUpdates (update_requested) from rustls, the other half; then
+    /// it reads ROUND bytes of stream 6 from the sink through gwB (sent
+    /// after gwB saw the updates) and checks them. Finally close_notify both
+    /// ways. Returns how many records of a KeyUpdate's length gwB sent.
+    pub fn key_update_rounds(
+        addr: std::net::SocketAddr,
+        updates: &[usize],
+    ) -> Result<usize, String> {
+        let (mut conn, tcp, exporter) = handshake(addr);
+        // gwB sends nothing after its handshake flight until our Finished,
+        // so the tap starts on a record boundary.
+        let mut tcp = Tap {
+            tcp,
+            header: Vec::new(),
+            body_left: 0,
+            key_update_sized: 0,
+        };
+        let proof = gateway::channel::proof::compute(
+            &super::SECRET,
+            gateway::channel::Role::Connector,
+            0,
+            &exporter,
+        );
+        send(&mut conn, &mut tcp, &proof)?;
+        let mut theirs = [0u8; 34];
+        receive(&mut conn, &mut tcp, &mut theirs)?;
+        let (mut out, mut expect) = (super::Pattern::new(5), super::Pattern::new(6));
+        let (mut chunk, mut want, mut got) = (vec![0u8; ROUND], vec![0u8; ROUND], vec![0u8; ROUND]);
+        for (round, &count) in updates.iter().enumerate() {
+            out.fill(&mut chunk);
+            let (first, second) = chunk.split_at(ROUND / 2);
+            send(&mut conn, &mut tcp, first)?;
+            for _ in 0..count {
+                conn.refresh_traffic_keys()
+                    .map_err(|e| format!("KeyUpdate: {e}"))?;
+            }
+            send(&mut conn, &mut tcp, second)?;
+            receive(&mut conn, &mut tcp, &mut got).map_err(|e| format!("round {round}: {e}"))?;
+            expect.fill(&mut want);
+            if got != want {
+                return Err(format!("round {round}: the sink's bytes differ"));
+            }
+        }
+        conn.send_close_notify();
+        while conn.wants_write() {
+            conn.write_tls(&mut tcp)
+                .map_err(|e| format!("sending: {e}"))?;
+        }
+        receive_close(&mut conn, &mut tcp)?;
+        Ok(tcp.key_update_sized)
     }
 }
 
@@ -755,6 +967,7 @@ async fn plaintext_after_auth_uses_the_plaintext_relay() {
         settings_b: Box::new(plain),
         secret_a: [1; 32],
         caps: KernelCaps::detect(RelayEngine::userspace()),
+        ..Options::default()
     })
     .await;
     let _client = TcpStream::connect(pair.lan_addr)
@@ -765,6 +978,393 @@ async fn plaintext_after_auth_uses_the_plaintext_relay() {
         Outcome::Refused(Some(FailureReason::BadProof), _)
     ));
     pair.assert_sink_untouched().await;
+}
+
+/// The AEAD suites a TLS 1.2 channel may negotiate (as `ChannelInfo` names them).
+const TLS12_AEAD_SUITES: [&str; 3] = [
+    "TLS12_ECDHE_AES_128_GCM_SHA256",
+    "TLS12_ECDHE_AES_256_GCM_SHA384",
+    "TLS12_ECDHE_CHACHA20_POLY1305_SHA256",
+];
+
+/// Self-signed, with the operator's TLS 1.2 opt-in.
+fn allow_tls12(dir: &Path) -> ChannelSettings {
+    ChannelSettings {
+        allow_tls12: true,
+        ..ChannelSettings::self_signed(dir)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls12_opt_in_negotiates_tls12_with_an_aead_suite_and_streams_both_ways() {
+    // Both gateways opt in; gwA's stack speaks TLS 1.2 only.
+    let mut pair = Pair::start(Options {
+        settings_a: Box::new(allow_tls12),
+        settings_b: Box::new(allow_tls12),
+        tls12_only_a: true,
+        ..Options::default()
+    })
+    .await;
+    both_ways(&mut pair, 8 << 20).await;
+    for outcome in [pair.outcome_a().await, pair.outcome_b().await] {
+        match outcome {
+            // Kernel TLS where it takes TLS 1.2 keys, else userspace.
+            Outcome::Relayed(Ok(ChannelPath::KernelTls | ChannelPath::UserspaceTls)) => {}
+            other => panic!("expected a clean TLS 1.2 relay, got {other:?}"),
+        }
+    }
+    let (a, b) = pair.negotiated();
+    for (who, info) in [("gwA", &a), ("gwB", &b)] {
+        assert_eq!(info.protocol, "TLSv1.2", "{who}");
+        assert!(
+            TLS12_AEAD_SUITES.contains(&info.cipher_suite),
+            "{who}: {} is not an AEAD suite",
+            info.cipher_suite
+        );
+        assert!(!info.plaintext_after_auth, "{who}");
+    }
+    assert_eq!(a.cipher_suite, b.cipher_suite);
+    // The proof succeeded on both sides.
+    assert_eq!(pair.cfg_a.failures().established(), 1);
+    assert_eq!(pair.cfg_b.failures().established(), 1);
+    assert_eq!(pair.cfg_a.failures().total(), 0);
+    assert_eq!(pair.cfg_b.failures().total(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls12_only_peer_is_refused_without_the_opt_in() {
+    for gwa_is_tls12_only in [true, false] {
+        // The TLS 1.2-only end opted in; the other did not.
+        let options = if gwa_is_tls12_only {
+            Options {
+                settings_a: Box::new(allow_tls12),
+                tls12_only_a: true,
+                ..Options::default()
+            }
+        } else {
+            Options {
+                settings_b: Box::new(allow_tls12),
+                tls12_only_b: true,
+                ..Options::default()
+            }
+        };
+        let case = if gwa_is_tls12_only {
+            "gwA TLS 1.2 only"
+        } else {
+            "gwB TLS 1.2 only"
+        };
+        let mut pair = Pair::start(options).await;
+        let mut client = TcpStream::connect(pair.lan_addr)
+            .await
+            .expect("connect gwA");
+        let _ = client.write_all(b"must never arrive").await;
+        let (without_opt_in, with_opt_in) = if gwa_is_tls12_only {
+            (pair.outcome_b().await, pair.outcome_a().await)
+        } else {
+            (pair.outcome_a().await, pair.outcome_b().await)
+        };
+        match without_opt_in {
+            Outcome::Refused(Some(FailureReason::Handshake), _) => {}
+            other => panic!("{case}: the gateway without the opt-in must refuse, got {other:?}"),
+        }
+        assert!(
+            matches!(with_opt_in, Outcome::Refused(Some(_), _)),
+            "{case}: {with_opt_in:?}"
+        );
+        pair.assert_sink_untouched().await;
+        assert_eq!(pair.cfg_a.failures().established(), 0, "{case}");
+        assert_eq!(pair.cfg_b.failures().established(), 0, "{case}");
+        let mut buf = [0u8; 16];
+        let n = tokio::time::timeout(DEADLINE, client.read(&mut buf))
+            .await
+            .expect("in time");
+        assert!(matches!(n, Ok(0) | Err(_)), "{case}: client closed");
+    }
+}
+
+/// A certificate authority made for one test (rcgen), its certificate in a
+/// PEM file for `PeerVerification::Ca`.
+struct TestCa {
+    issuer: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+    roots_pem: PathBuf,
+}
+
+impl TestCa {
+    fn new(dir: &Path, name: &str) -> TestCa {
+        std::fs::create_dir_all(dir).expect("CA dir");
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, format!("s2cs test CA {name}"));
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::DigitalSignature,
+        ];
+        let key = rcgen::KeyPair::generate().expect("CA key");
+        let issuer = rcgen::CertifiedIssuer::self_signed(params, key).expect("CA certificate");
+        let roots_pem = dir.join(format!("ca-{name}.pem"));
+        std::fs::write(&roots_pem, issuer.pem()).expect("write the CA certificate");
+        TestCa { issuer, roots_pem }
+    }
+
+    fn verification(&self) -> PeerVerification {
+        PeerVerification::Ca {
+            roots_pem: self.roots_pem.clone(),
+        }
+    }
+
+    /// A gateway certificate for `names` signed by this CA, as PEM files
+    /// (the key 0600), and its fingerprint.
+    fn issue(&self, dir: &Path, stem: &str, names: &[&str]) -> (CertSource, channel::Fingerprint) {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let mut params = rcgen::CertificateParams::new(names).expect("params");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, stem);
+        params.extended_key_usages = vec![
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = params.signed_by(&key, &*self.issuer).expect("sign");
+        let cert_path = dir.join(format!("{stem}-cert.pem"));
+        let key_path = dir.join(format!("{stem}-key.pem"));
+        std::fs::write(&cert_path, cert.pem()).expect("write the certificate");
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&key_path)
+            .and_then(|mut f| f.write_all(key.serialize_pem().as_bytes()))
+            .expect("write the key");
+        let source = CertSource::Files {
+            cert: cert_path,
+            key: key_path,
+        };
+        (source, channel::Fingerprint::of_der(cert.der()))
+    }
+}
+
+/// Settings with the given certificate files and verification.
+fn with_certs(
+    certs: CertSource,
+    verify: PeerVerification,
+) -> Box<dyn Fn(&Path) -> ChannelSettings> {
+    Box::new(move |dir: &Path| ChannelSettings {
+        certs: certs.clone(),
+        verify: verify.clone(),
+        ..ChannelSettings::self_signed(dir)
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ca_verification_accepts_certificates_of_the_configured_ca() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = TestCa::new(dir.path(), "site");
+    let (certs_a, fp_a) = ca.issue(dir.path(), "gwa", &["localhost"]);
+    let (certs_b, fp_b) = ca.issue(dir.path(), "gwb", &["localhost"]);
+    let mut pair = Pair::start(Options {
+        settings_a: with_certs(certs_a, ca.verification()),
+        settings_b: with_certs(certs_b, ca.verification()),
+        ..Options::default()
+    })
+    .await;
+    both_ways(&mut pair, 8 << 20).await;
+    assert!(matches!(pair.outcome_a().await, Outcome::Relayed(Ok(_))));
+    assert!(matches!(pair.outcome_b().await, Outcome::Relayed(Ok(_))));
+    let (a, b) = pair.negotiated();
+    assert_eq!(
+        a.peer_fingerprint,
+        Some(fp_b),
+        "gwA saw gwB's CA-signed certificate"
+    );
+    assert_eq!(
+        b.peer_fingerprint,
+        Some(fp_a),
+        "gwB saw gwA's CA-signed client certificate"
+    );
+    assert_eq!(pair.cfg_a.failures().total(), 0);
+    assert_eq!(pair.cfg_b.failures().total(), 0);
+}
+
+/// Runs one client through a pair whose `rejecting` gateway ("gwA" or
+/// "gwB") must refuse the other's certificate: refused on certificate
+/// verification, counted, and nothing forwarded.
+async fn expect_certificate_refused(options: Options, rejecting: &str, case: &str) {
+    let mut pair = Pair::start(options).await;
+    let mut client = TcpStream::connect(pair.lan_addr)
+        .await
+        .expect("connect gwA");
+    let _ = client.write_all(b"must never arrive").await;
+    let (a, b) = (pair.outcome_a().await, pair.outcome_b().await);
+    let (refuser, other, cfg) = match rejecting {
+        "gwA" => (a, b, &pair.cfg_a),
+        _ => (b, a, &pair.cfg_b),
+    };
+    match refuser {
+        Outcome::Refused(Some(FailureReason::Certificate), message) => assert!(
+            message.contains("certificate verification"),
+            "{case}: {message}"
+        ),
+        other => panic!("{case}: {rejecting} should reject the certificate, got {other:?}"),
+    }
+    assert!(
+        matches!(other, Outcome::Refused(Some(_), _)),
+        "{case}: {other:?}"
+    );
+    assert_eq!(cfg.failures().get(FailureReason::Certificate), 1, "{case}");
+    pair.assert_sink_untouched().await;
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(DEADLINE, client.read(&mut buf))
+        .await
+        .expect("in time");
+    assert!(matches!(n, Ok(0) | Err(_)), "{case}: client closed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ca_verification_rejects_foreign_and_self_signed_certificates() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = TestCa::new(dir.path(), "site");
+    let rogue = TestCa::new(dir.path(), "rogue");
+    let (good_a, _) = ca.issue(dir.path(), "gwa", &["localhost"]);
+    let (good_b, _) = ca.issue(dir.path(), "gwb", &["localhost"]);
+    let (rogue_a, _) = rogue.issue(dir.path(), "rogue-gwa", &["localhost"]);
+    let (rogue_b, _) = rogue.issue(dir.path(), "rogue-gwb", &["localhost"]);
+    let (elsewhere_b, _) = ca.issue(dir.path(), "elsewhere-gwb", &["elsewhere.example"]);
+
+    // gwB's certificate comes from another CA: gwA refuses it.
+    expect_certificate_refused(
+        Options {
+            settings_a: with_certs(good_a.clone(), ca.verification()),
+            settings_b: with_certs(rogue_b, ca.verification()),
+            ..Options::default()
+        },
+        "gwA",
+        "server certificate from another CA",
+    )
+    .await;
+
+    // gwB's certificate is self-signed: gwA refuses it.
+    let verify = ca.verification();
+    expect_certificate_refused(
+        Options {
+            settings_a: with_certs(good_a.clone(), ca.verification()),
+            settings_b: Box::new(move |dir: &Path| ChannelSettings {
+                verify: verify.clone(),
+                ..ChannelSettings::self_signed(dir)
+            }),
+            ..Options::default()
+        },
+        "gwA",
+        "self-signed server certificate",
+    )
+    .await;
+
+    // gwB's certificate is from the CA but for another name: gwA refuses it.
+    expect_certificate_refused(
+        Options {
+            settings_a: with_certs(good_a, ca.verification()),
+            settings_b: with_certs(elsewhere_b, ca.verification()),
+            ..Options::default()
+        },
+        "gwA",
+        "server certificate for another name",
+    )
+    .await;
+
+    // gwA's client certificate comes from another CA: gwB refuses it.
+    expect_certificate_refused(
+        Options {
+            settings_a: with_certs(rogue_a, ca.verification()),
+            settings_b: with_certs(good_b, ca.verification()),
+            ..Options::default()
+        },
+        "gwB",
+        "client certificate from another CA",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_updates_from_a_rustls_peer_are_followed_mid_stream() {
+    let options = Options::default();
+    let ktls = options.caps.ktls.available();
+    let mut pair = Pair::start(options).await;
+    let addr = pair.wan_addr;
+    // Per round: KeyUpdates (update_requested) the peer sends mid-chunk.
+    let updates = [0usize, 1, 2, 1];
+    let peer = tokio::task::spawn_blocking(move || raw_client::key_update_rounds(addr, &updates));
+    let (mut server, _) = tokio::time::timeout(DEADLINE, pair.sink.accept())
+        .await
+        .expect("sink accept in time")
+        .expect("accept");
+    let sink = async {
+        let round_len = raw_client::ROUND;
+        let (mut input, mut output) = (Pattern::new(5), Pattern::new(6));
+        let (mut got, mut want) = (vec![0u8; round_len], vec![0u8; round_len]);
+        for round in 0..updates.len() {
+            server
+                .read_exact(&mut got)
+                .await
+                .map_err(|e| format!("sink, round {round}: {e}"))?;
+            input.fill(&mut want);
+            if got != want {
+                return Err(format!(
+                    "round {round}: the peer's bytes differ at the sink"
+                ));
+            }
+            // Sent after gwB followed the round's updates.
+            output.fill(&mut want);
+            server
+                .write_all(&want)
+                .await
+                .map_err(|e| format!("sink, round {round}: {e}"))?;
+        }
+        let n = server
+            .read(&mut got)
+            .await
+            .map_err(|e| format!("sink, end: {e}"))?;
+        if n != 0 {
+            return Err(format!("{n} bytes after the last round"));
+        }
+        server
+            .shutdown()
+            .await
+            .map_err(|e| format!("sink FIN: {e}"))
+    };
+    let sink = tokio::time::timeout(DEADLINE, sink)
+        .await
+        .expect("sink in time");
+    let peer = peer.await.expect("peer thread");
+    let outcome = pair.outcome_b().await;
+    if ktls {
+        // Kernel TLS cannot follow a KeyUpdate: the connection ends, naming why.
+        match outcome {
+            Outcome::Relayed(Err(e)) => assert!(e.contains("KeyUpdate"), "{e}"),
+            other => {
+                panic!("expected the kernel TLS relay to stop on the KeyUpdate, got {other:?}")
+            }
+        }
+        assert!(peer.is_err(), "the peer's connection must fail");
+    } else {
+        sink.expect("the sink got every byte, in order");
+        let answers = peer.expect("the peer read every byte gwB sent after its updates");
+        // gwB answered each round's update_requested (two in a row: once)
+        // with its own KeyUpdate before that round's data.
+        let rounds_with_updates = updates.iter().filter(|&&n| n > 0).count();
+        assert!(
+            answers >= rounds_with_updates,
+            "gwB sent {answers} KeyUpdate-sized records for {rounds_with_updates} requesting rounds"
+        );
+        match outcome {
+            Outcome::Relayed(Ok(ChannelPath::UserspaceTls)) => {}
+            other => panic!("expected a clean userspace relay, got {other:?}"),
+        }
+    }
+    assert_eq!(pair.cfg_b.failures().established(), 1);
 }
 
 /// A quick throughput figure for the TLS channel (not a benchmark: that is

@@ -171,14 +171,29 @@ impl fmt::Debug for ChannelConfig {
 impl ChannelConfig {
     /// Loads (or generates) the certificate and builds the TLS configurations.
     pub fn new(settings: ChannelSettings) -> Result<Self, ChannelError> {
-        let (chain, key) = load_identity(&settings.certs)?;
-        let fingerprint = Fingerprint::of_der(chain[0].as_ref());
-        let provider = Arc::new(provider());
-        let versions: &[&rustls::SupportedProtocolVersion] = if settings.allow_tls12 {
+        let versions: &[&'static rustls::SupportedProtocolVersion] = if settings.allow_tls12 {
             &[&rustls::version::TLS13, &rustls::version::TLS12]
         } else {
             &[&rustls::version::TLS13]
         };
+        Self::build(settings, versions)
+    }
+
+    /// Test hook: a gateway end that speaks TLS 1.2 only (like one whose TLS
+    /// stack or kernel lacks 1.3), to exercise the TLS 1.2 opt-in end to
+    /// end. Not for production use.
+    #[doc(hidden)]
+    pub fn new_tls12_only(settings: ChannelSettings) -> Result<Self, ChannelError> {
+        Self::build(settings, &[&rustls::version::TLS12])
+    }
+
+    fn build(
+        settings: ChannelSettings,
+        versions: &[&'static rustls::SupportedProtocolVersion],
+    ) -> Result<Self, ChannelError> {
+        let (chain, key) = load_identity(&settings.certs)?;
+        let fingerprint = Fingerprint::of_der(chain[0].as_ref());
+        let provider = Arc::new(provider());
         let tls_err =
             |what: &str, err: rustls::Error| ChannelError::config(format!("{what}: {err}"));
         let algorithms = provider.signature_verification_algorithms;

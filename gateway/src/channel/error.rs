@@ -139,7 +139,7 @@ pub enum ChannelError {
     /// The peer's certificate did not pass the configured verification
     /// (wrong pinned certificate, unknown CA, wrong name): probably the
     /// operator's configuration or a man in the middle.
-    #[error("the peer's certificate was rejected: {source}")]
+    #[error("the peer's certificate was rejected (certificate verification failed): {source}")]
     Certificate {
         #[source]
         source: rustls::Error,
@@ -219,6 +219,14 @@ pub enum ChannelRelayError {
     /// was tampered with or the peer is broken.
     #[error("bad TLS record from the peer gateway: {reason}")]
     Record { reason: &'static str },
+    /// The peer updated its TLS keys (KeyUpdate) on a connection whose keys
+    /// are in the kernel: this gateway hands no new keys to kernel TLS, so
+    /// the peer's next records could not be decrypted.
+    #[error(
+        "the peer gateway sent a TLS KeyUpdate, which kernel TLS cannot follow on this connection \
+         (no kernel rekeying); connection closed"
+    )]
+    KernelCannotRekey,
     /// The peer's TCP stream ended without close_notify: a truncation
     /// attack or a crashed peer; what arrived is not known to be complete.
     #[error("the channel ended without close_notify (truncated)")]

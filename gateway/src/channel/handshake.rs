@@ -18,6 +18,7 @@ use super::proof::{
     self, EXPORTER_LABEL, EXPORTER_LEN, FLAG_PLAINTEXT_AFTER_AUTH, PROOF_LEN, ProofError, Role,
 };
 use super::record::{HEADER, Secrets};
+use super::traffic::{SecretCapture, TrafficHash};
 
 /// What a successful handshake leaves.
 pub(super) struct Handshaken {
@@ -33,6 +34,7 @@ pub(super) struct Handshaken {
 pub(super) async fn establish(
     tcp: &TcpStream,
     mut conn: Connection,
+    capture: &SecretCapture,
     role: Role,
     secret: &[u8; 32],
     plaintext_after_auth: bool,
@@ -134,20 +136,42 @@ pub(super) async fn establish(
     }
 
     // 3b. TLS: the keys leave rustls for our record layer or the kernel.
-    let version = conn.protocol_version().ok_or(ChannelError::PeerClosed)?;
-    let extracted = conn
-        .dangerous_extract_secrets()
-        .map_err(|source| ChannelError::Handshake { source })?;
-    let secrets =
-        Secrets::from_rustls(version, extracted).map_err(|reason| ChannelError::Handshake {
-            source: rustls::Error::General(reason.into()),
-        })?;
+    let secrets = take_keys(conn, capture, role)?;
     Ok(Handshaken {
         secrets: Some(secrets),
         protocol,
         cipher,
         peer_fingerprint,
     })
+}
+
+/// Takes the traffic keys out of rustls, and for TLS 1.3 the traffic
+/// secrets `capture` kept (checked against the keys).
+fn take_keys(
+    conn: Connection,
+    capture: &SecretCapture,
+    role: Role,
+) -> Result<Secrets, ChannelError> {
+    let general = |reason: &str| ChannelError::Handshake {
+        source: rustls::Error::General(reason.into()),
+    };
+    let version = conn.protocol_version().ok_or(ChannelError::PeerClosed)?;
+    let traffic = match conn
+        .negotiated_cipher_suite()
+        .and_then(TrafficHash::of_suite)
+    {
+        Some(hash) => Some(
+            capture
+                .take(hash)
+                .map_err(general)?
+                .into_tx_rx(role == Role::Connector),
+        ),
+        None => None,
+    };
+    let extracted = conn
+        .dangerous_extract_secrets()
+        .map_err(|source| ChannelError::Handshake { source })?;
+    Secrets::from_rustls(version, extracted, traffic).map_err(general)
 }
 
 fn suite_name(suite: rustls::CipherSuite) -> &'static str {

@@ -18,8 +18,12 @@
 //! splice refuses a record that is not application data with EINVAL; that
 //! record is then read with recvmsg and TLS_GET_RECORD_TYPE and handled like
 //! the userspace path does: close_notify -> half-close, alert -> reset,
-//! session ticket -> ignored, KeyUpdate -> error. close_notify is sent with
-//! sendmsg and TLS_SET_RECORD_TYPE before the FIN.
+//! session ticket -> ignored. A KeyUpdate ends the connection with
+//! [`ChannelRelayError::KernelCannotRekey`]: the keys live in the kernel and
+//! no new ones are handed to it (TLS_RX/TLS_TX rekeying exists only from
+//! Linux 6.13 on and is not used here), so the peer's next records could not
+//! be decrypted. close_notify is sent with sendmsg and TLS_SET_RECORD_TYPE
+//! before the FIN.
 use std::io::{self, Read, Write};
 use std::net::{TcpListener, TcpStream as StdTcpStream};
 use std::os::fd::AsFd;
@@ -209,11 +213,12 @@ pub(super) fn enable(tcp: &TcpStream, secrets: &Secrets) -> Result<(), EnableErr
 pub(super) async fn relay(
     lan: &TcpStream,
     wan: &TcpStream,
+    version: Version,
     to_wan: &AtomicU64,
     to_lan: &AtomicU64,
 ) -> Result<(), ChannelRelayError> {
     let up = lan_to_ktls(lan, wan, to_wan);
-    let down = ktls_to_lan(wan, lan, to_lan);
+    let down = ktls_to_lan(wan, lan, version, to_lan);
     tokio::select! {
         both = async { tokio::try_join!(up, down) } => both.map(drop),
         err = first_error(lan, wan) => Err(err),
@@ -266,9 +271,24 @@ async fn lan_to_ktls(
     shutdown_write(wan).map_err(wan_err)
 }
 
+/// Handles a non-data record taken out of a kernel TLS socket: true when
+/// it was close_notify. A KeyUpdate is an error here (see the module docs).
+fn kernel_control(
+    version: Version,
+    content_type: u8,
+    payload: &[u8],
+) -> Result<bool, ChannelRelayError> {
+    match control_record(version, content_type, payload)? {
+        Control::Continue => Ok(false),
+        Control::Close => Ok(true),
+        Control::KeyUpdate { .. } => Err(ChannelRelayError::KernelCannotRekey),
+    }
+}
+
 async fn ktls_to_lan(
     wan: &TcpStream,
     lan: &TcpStream,
+    version: Version,
     counter: &AtomicU64,
 ) -> Result<(), ChannelRelayError> {
     let lan_err = |source| ChannelRelayError::Lan { source };
@@ -312,10 +332,10 @@ async fn ktls_to_lan(
                     counter.fetch_add(n as u64, Ordering::Relaxed);
                     continue;
                 }
-                match control_record(content_type, &record[..n])? {
-                    Control::Continue => continue,
-                    Control::Close => return shutdown_write(lan).map_err(lan_err),
+                if kernel_control(version, content_type, &record[..n])? {
+                    return shutdown_write(lan).map_err(lan_err);
                 }
+                continue;
             }
             Err(err) => return Err(wan_err(err)),
         };
@@ -332,5 +352,37 @@ async fn ktls_to_lan(
                 Err(err) => return Err(lan_err(err)),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::channel::record::{CONTENT_ALERT, CONTENT_HANDSHAKE, HANDSHAKE_KEY_UPDATE};
+
+    #[test]
+    fn key_update_on_kernel_tls_ends_the_connection_naming_the_cause() {
+        for request in [0, 1] {
+            let err = kernel_control(
+                Version::Tls13,
+                CONTENT_HANDSHAKE,
+                &[HANDSHAKE_KEY_UPDATE, 0, 0, 1, request],
+            )
+            .expect_err("a KeyUpdate cannot be followed in the kernel");
+            assert!(matches!(err, ChannelRelayError::KernelCannotRekey));
+            let text = err.to_string();
+            assert!(
+                text.contains("KeyUpdate") && text.contains("kernel TLS"),
+                "{text}"
+            );
+        }
+        assert!(matches!(
+            kernel_control(Version::Tls13, CONTENT_ALERT, &[1, 0]),
+            Ok(true)
+        ));
+        assert!(matches!(
+            kernel_control(Version::Tls13, CONTENT_HANDSHAKE, &[4, 0, 0, 1, 0]),
+            Ok(false)
+        ));
     }
 }

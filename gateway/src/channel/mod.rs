@@ -24,9 +24,11 @@
 //!
 //! Submodules: [`config`] (certificates, verification, settings),
 //! `handshake` (the handshake driver and proof exchange), [`proof`] (the
-//! proof message), `record` (the TLS record layer after the handshake),
-//! `userspace` and `ktls` (the two TLS data paths), `sockets` (helpers),
-//! [`error`] (errors and counters).
+//! proof message), `record` (the TLS record layer after the handshake,
+//! KeyUpdate included), `traffic` (the TLS 1.3 traffic secrets: captured
+//! per connection, and the key schedule for key updates), `userspace` and
+//! `ktls` (the two TLS data paths), `sockets` (helpers), [`error`] (errors
+//! and counters).
 pub mod config;
 pub mod error;
 mod handshake;
@@ -34,10 +36,12 @@ mod ktls;
 pub mod proof;
 mod record;
 mod sockets;
+mod traffic;
 mod userspace;
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use rustls::pki_types::ServerName;
 use rustls::{ClientConnection, Connection, ServerConnection};
@@ -50,6 +54,7 @@ pub use proof::Role;
 
 use crate::relay::{ConnCounters, DataPath, RelayEngine};
 use record::{Opener, Sealer, Secrets};
+use traffic::SecretCapture;
 
 /// An authenticated gateway-to-gateway connection, ready to relay.
 pub struct Channel {
@@ -102,8 +107,7 @@ impl Channel {
         let secrets = self
             .secrets
             .ok_or_else(|| std::io::Error::other("plaintext channel"))?;
-        let mut sealer =
-            Sealer::new(secrets.version, &secrets.tx).map_err(std::io::Error::other)?;
+        let mut sealer = Sealer::new(secrets.version, secrets.tx).map_err(std::io::Error::other)?;
         for chunk in data.chunks(record::MAX_PLAINTEXT) {
             let rec = sealer
                 .seal_to_vec(record::CONTENT_APPLICATION_DATA, chunk)
@@ -125,9 +129,14 @@ pub async fn accept(
     cfg: &ChannelConfig,
     secret: &[u8; 32],
 ) -> Result<Channel, ChannelError> {
-    let conn = ServerConnection::new(cfg.server.clone())
+    // This connection's own configuration, to capture its traffic secrets.
+    let capture = Arc::new(SecretCapture::default());
+    let mut server = (*cfg.server).clone();
+    server.key_log = capture.clone();
+    let conn = ServerConnection::new(Arc::new(server))
         .map_err(|e| ChannelError::config(format!("TLS server: {e}")))?;
-    establish(tcp, cfg, Connection::Server(conn), Role::Acceptor, secret).await
+    let conn = Connection::Server(conn);
+    establish(tcp, cfg, conn, &capture, Role::Acceptor, secret).await
 }
 
 /// CONS side: runs the TLS client handshake (verifying the server's
@@ -140,15 +149,21 @@ pub async fn connect(
 ) -> Result<Channel, ChannelError> {
     let name = ServerName::try_from(server_name.to_string())
         .map_err(|e| ChannelError::config(format!("server name {server_name:?}: {e}")))?;
-    let conn = ClientConnection::new(cfg.client.clone(), name)
+    // This connection's own configuration, to capture its traffic secrets.
+    let capture = Arc::new(SecretCapture::default());
+    let mut client = (*cfg.client).clone();
+    client.key_log = capture.clone();
+    let conn = ClientConnection::new(Arc::new(client), name)
         .map_err(|e| ChannelError::config(format!("TLS client: {e}")))?;
-    establish(tcp, cfg, Connection::Client(conn), Role::Connector, secret).await
+    let conn = Connection::Client(conn);
+    establish(tcp, cfg, conn, &capture, Role::Connector, secret).await
 }
 
 async fn establish(
     tcp: TcpStream,
     cfg: &ChannelConfig,
     conn: Connection,
+    capture: &SecretCapture,
     role: Role,
     secret: &[u8; 32],
 ) -> Result<Channel, ChannelError> {
@@ -156,7 +171,7 @@ async fn establish(
     let _ = tcp.set_nodelay(true);
     let outcome = tokio::time::timeout(
         cfg.proof_timeout,
-        handshake::establish(&tcp, conn, role, secret, cfg.plaintext_after_auth),
+        handshake::establish(&tcp, conn, capture, role, secret, cfg.plaintext_after_auth),
     )
     .await
     .unwrap_or(Err(ChannelError::Timeout {
@@ -303,13 +318,14 @@ pub async fn relay_channel(
     tracing::info!(?peer, ?role, %path, why, protocol = info.protocol, suite = info.cipher_suite, "channel: relaying");
     let outcome = match path {
         ChannelPath::KernelTls => {
+            let version = secrets.version;
             drop(secrets);
-            ktls::relay(&lan, &tcp, to_wan, to_lan).await
+            ktls::relay(&lan, &tcp, version, to_wan, to_lan).await
         }
         _ => {
-            let sealer = Sealer::new(secrets.version, &secrets.tx);
-            let opener = Opener::new(secrets.version, &secrets.rx);
-            drop(secrets);
+            let Secrets { version, tx, rx } = secrets;
+            let sealer = Sealer::new(version, tx);
+            let opener = Opener::new(version, rx);
             match (sealer, opener) {
                 (Ok(sealer), Ok(opener)) => {
                     userspace::relay(&lan, &tcp, sealer, opener, to_wan, to_lan).await

@@ -14,15 +14,24 @@
 //!   version || plaintext length;
 //! - TLS 1.2 ChaCha20-Poly1305: as TLS 1.3's nonce, TLS 1.2's AAD.
 //!
-//! Sequence numbers never wrap (an error instead). Key updates are not
-//! supported: no gateway of ours sends one (rustls' key update at the AES-GCM
-//! confidentiality limit never runs because rustls no longer encrypts), and a
-//! received one ends the connection with a clear error.
+//! Sequence numbers never wrap (an error instead).
+//!
+//! TLS 1.3 key updates (RFC 8446 sections 4.6.3 and 7.2): each direction
+//! keeps its application traffic secret ([`super::traffic`]) next to its key.
+//! [`post_handshake`] recognises a KeyUpdate (which must end its record);
+//! [`Opener::key_update`] then moves the read side to the next generation
+//! (new key and IV, sequence number 0), and [`Sealer::key_update`] seals a
+//! KeyUpdate under the current keys and then moves the write side. The relay
+//! answers an `update_requested` before its next data record, and starts an
+//! update itself when [`Sealer::key_update_due`] says the AES-GCM limit is
+//! near. TLS 1.2 has no key update: a KeyUpdate there is refused.
 use std::ops::Range;
 
 use ring::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey};
 use rustls::{ConnectionTrafficSecrets, ExtractedSecrets, ProtocolVersion};
 use zeroize::Zeroizing;
+
+use super::traffic::{TrafficSecret, TrafficSecrets};
 
 /// Largest plaintext in one record.
 pub const MAX_PLAINTEXT: usize = 16 * 1024;
@@ -39,6 +48,13 @@ const CONTENT_CHANGE_CIPHER_SPEC: u8 = 20;
 /// Handshake message types that may follow the handshake.
 pub const HANDSHAKE_NEW_SESSION_TICKET: u8 = 4;
 pub const HANDSHAKE_KEY_UPDATE: u8 = 24;
+/// Handshake message header: type (1) and length (3).
+const HANDSHAKE_HEADER: usize = 4;
+
+/// Records sealed under one AES-GCM key before we update it (TLS 1.3): the
+/// confidentiality limit rustls applies, below RFC 8446 section 5.5's
+/// 2^24.5 full-size records.
+pub const AES_GCM_RECORD_LIMIT: u64 = 1 << 24;
 
 /// TLS versions the record layer speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -63,14 +79,26 @@ impl Cipher {
             Cipher::Chacha20Poly1305 => &aead::CHACHA20_POLY1305,
         }
     }
+
+    /// Records we seal under one key before a key update (TLS 1.3).
+    fn record_limit(self) -> u64 {
+        match self {
+            Cipher::Aes128Gcm | Cipher::Aes256Gcm => AES_GCM_RECORD_LIMIT,
+            // No practical limit (RFC 8446 section 5.5).
+            Cipher::Chacha20Poly1305 => u64::MAX,
+        }
+    }
 }
 
-/// The key, IV and next sequence number of one direction. Wiped on drop.
+/// The key, IV and next sequence number of one direction, and (TLS 1.3) the
+/// traffic secret they were derived from. Wiped on drop.
 pub struct DirectionKeys {
     pub cipher: Cipher,
     pub key: Zeroizing<Vec<u8>>,
     pub iv: Zeroizing<[u8; 12]>,
     pub seq: u64,
+    /// The current application traffic secret (TLS 1.3 only).
+    pub secret: Option<TrafficSecret>,
 }
 
 /// Both directions' keys, as rustls hands them over after the handshake.
@@ -91,6 +119,19 @@ pub enum RecordError {
     Malformed,
     /// 2^64 records: the sequence number would wrap.
     SequenceExhausted,
+    /// A handshake message other than NewSessionTicket or (TLS 1.3)
+    /// KeyUpdate after the handshake.
+    UnexpectedHandshake,
+    /// A handshake message split over records after the handshake.
+    FragmentedHandshake,
+    /// A KeyUpdate with a bad length or request value.
+    BadKeyUpdate,
+    /// A KeyUpdate followed by more data in its record (RFC 8446 5.1).
+    KeyUpdateNotAligned,
+    /// A key update without a traffic secret to derive from (TLS 1.2).
+    NoTrafficSecret,
+    /// Deriving keys failed (cannot happen with valid lengths).
+    KeySchedule,
 }
 
 impl RecordError {
@@ -100,32 +141,67 @@ impl RecordError {
             RecordError::Overflow => "record too long",
             RecordError::Malformed => "malformed record",
             RecordError::SequenceExhausted => "record sequence number exhausted",
+            RecordError::UnexpectedHandshake => "unexpected handshake message after the handshake",
+            RecordError::FragmentedHandshake => {
+                "a handshake message split over records after the handshake (unsupported)"
+            }
+            RecordError::BadKeyUpdate => "malformed TLS KeyUpdate (illegal_parameter)",
+            RecordError::KeyUpdateNotAligned => {
+                "TLS KeyUpdate not at the end of its record (unexpected_message)"
+            }
+            RecordError::NoTrafficSecret => {
+                "TLS KeyUpdate without a traffic secret to derive the next keys from (TLS 1.2?)"
+            }
+            RecordError::KeySchedule => "TLS key schedule derivation failed",
         }
     }
 }
 
 impl Secrets {
-    /// Takes over the traffic keys of a finished rustls connection.
+    /// Takes over the traffic keys of a finished rustls connection. TLS 1.3
+    /// needs `traffic`, this end's (tx, rx) application traffic secrets, so
+    /// key updates can be followed; they must yield the extracted keys.
     pub fn from_rustls(
         version: ProtocolVersion,
         extracted: ExtractedSecrets,
+        traffic: Option<(TrafficSecret, TrafficSecret)>,
     ) -> Result<Self, &'static str> {
         let version = match version {
             ProtocolVersion::TLSv1_3 => Version::Tls13,
             ProtocolVersion::TLSv1_2 => Version::Tls12,
             _ => return Err("unsupported TLS version"),
         };
+        let (tx_secret, rx_secret) = match (version, traffic) {
+            (Version::Tls13, Some((tx, rx))) => (Some(tx), Some(rx)),
+            (Version::Tls13, None) => return Err("TLS 1.3 keys without their traffic secrets"),
+            (Version::Tls12, _) => (None, None),
+        };
         let (tx_seq, tx) = extracted.tx;
         let (rx_seq, rx) = extracted.rx;
         Ok(Secrets {
             version,
-            tx: direction(tx, tx_seq)?,
-            rx: direction(rx, rx_seq)?,
+            tx: direction(tx, tx_seq, tx_secret)?,
+            rx: direction(rx, rx_seq, rx_secret)?,
         })
     }
 }
 
-fn direction(secrets: ConnectionTrafficSecrets, seq: u64) -> Result<DirectionKeys, &'static str> {
+impl TrafficSecrets {
+    /// This end's (tx, rx) secrets: a client sends with the client secret.
+    pub fn into_tx_rx(self, we_are_client: bool) -> (TrafficSecret, TrafficSecret) {
+        if we_are_client {
+            (self.client, self.server)
+        } else {
+            (self.server, self.client)
+        }
+    }
+}
+
+fn direction(
+    secrets: ConnectionTrafficSecrets,
+    seq: u64,
+    secret: Option<TrafficSecret>,
+) -> Result<DirectionKeys, &'static str> {
     let (cipher, key, iv) = match &secrets {
         ConnectionTrafficSecrets::Aes128Gcm { key, iv } => (Cipher::Aes128Gcm, key, iv),
         ConnectionTrafficSecrets::Aes256Gcm { key, iv } => (Cipher::Aes256Gcm, key, iv),
@@ -135,24 +211,57 @@ fn direction(secrets: ConnectionTrafficSecrets, seq: u64) -> Result<DirectionKey
         _ => return Err("unsupported cipher"),
     };
     let iv: [u8; 12] = iv.as_ref().try_into().map_err(|_| "unexpected IV length")?;
-    Ok(DirectionKeys {
+    let keys = DirectionKeys {
         cipher,
         key: Zeroizing::new(key.as_ref().to_vec()),
         iv: Zeroizing::new(iv),
         seq,
-    })
+        secret,
+    };
+    check_secret(&keys)?;
+    Ok(keys)
 }
 
+/// The traffic secret must yield exactly the key and IV rustls extracted
+/// (else it belongs to another generation or connection).
+fn check_secret(keys: &DirectionKeys) -> Result<(), &'static str> {
+    let Some(secret) = &keys.secret else {
+        return Ok(());
+    };
+    let derived = secret
+        .packet_keys(keys.key.len())
+        .map_err(RecordError::as_str)?;
+    if same(&derived.key, &keys.key) && same(&derived.iv[..], &keys.iv[..]) {
+        Ok(())
+    } else {
+        Err(
+            "the captured TLS traffic secret does not yield the extracted keys \
+             (were the keys updated before the proof?)",
+        )
+    }
+}
+
+/// Equality without an early exit.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// One direction's record protection state.
 struct Protection {
     version: Version,
     cipher: Cipher,
     key: LessSafeKey,
     iv: [u8; 12],
     seq: u64,
+    /// The secret `key` and `iv` come from (TLS 1.3): the base of the next
+    /// generation.
+    secret: Option<TrafficSecret>,
+    /// Records to seal under one key before updating it.
+    limit: u64,
 }
 
 impl Protection {
-    fn new(version: Version, keys: &DirectionKeys) -> Result<Self, &'static str> {
+    fn new(version: Version, keys: DirectionKeys) -> Result<Self, &'static str> {
         let unbound =
             UnboundKey::new(keys.cipher.algorithm(), &keys.key).map_err(|_| "bad key length")?;
         Ok(Protection {
@@ -161,6 +270,8 @@ impl Protection {
             key: LessSafeKey::new(unbound),
             iv: *keys.iv,
             seq: keys.seq,
+            limit: keys.cipher.record_limit(),
+            secret: keys.secret,
         })
     }
 
@@ -184,6 +295,25 @@ impl Protection {
             .ok_or(RecordError::SequenceExhausted)?;
         Ok(())
     }
+
+    /// Moves to the next generation of keys (RFC 8446 section 7.2): the next
+    /// traffic secret, its key and IV, sequence number 0.
+    fn update(&mut self) -> Result<(), RecordError> {
+        let next = self
+            .secret
+            .as_ref()
+            .ok_or(RecordError::NoTrafficSecret)?
+            .next()?;
+        let algorithm = self.cipher.algorithm();
+        let keys = next.packet_keys(algorithm.key_len())?;
+        let unbound =
+            UnboundKey::new(algorithm, &keys.key).map_err(|_| RecordError::KeySchedule)?;
+        self.key = LessSafeKey::new(unbound);
+        self.iv = *keys.iv;
+        self.seq = 0;
+        self.secret = Some(next);
+        Ok(())
+    }
 }
 
 fn tls12_aad(seq: u64, content_type: u8, len: usize) -> [u8; 13] {
@@ -200,8 +330,36 @@ fn tls12_aad(seq: u64, content_type: u8, len: usize) -> [u8; 13] {
 pub struct Sealer(Protection);
 
 impl Sealer {
-    pub fn new(version: Version, keys: &DirectionKeys) -> Result<Self, &'static str> {
+    pub fn new(version: Version, keys: DirectionKeys) -> Result<Self, &'static str> {
         Protection::new(version, keys).map(Sealer)
+    }
+
+    /// Whether the keys should be updated before sealing `records` more
+    /// (TLS 1.3 with an AES-GCM suite, near [`AES_GCM_RECORD_LIMIT`]).
+    pub fn key_update_due(&self, records: u64) -> bool {
+        let p = &self.0;
+        p.secret.is_some() && p.seq.saturating_add(records) > p.limit
+    }
+
+    /// A KeyUpdate record (sealed under the current keys), after which this
+    /// sealer uses the next generation of keys. `update_requested` asks the
+    /// peer to update its own sending keys in turn.
+    pub fn key_update(&mut self, update_requested: bool) -> Result<Vec<u8>, RecordError> {
+        if self.0.secret.is_none() {
+            // Never announce an update we could not follow.
+            return Err(RecordError::NoTrafficSecret);
+        }
+        let message = [HANDSHAKE_KEY_UPDATE, 0, 0, 1, u8::from(update_requested)];
+        let record = self.seal_to_vec(CONTENT_HANDSHAKE, &message)?;
+        self.0.update()?;
+        Ok(record)
+    }
+
+    /// Test hook: update the keys after `records` records instead of the
+    /// AEAD's limit.
+    #[cfg(test)]
+    pub fn set_key_update_limit(&mut self, records: u64) {
+        self.0.limit = records;
     }
 
     /// Bytes before the plaintext in a record slot (header, explicit nonce).
@@ -308,12 +466,68 @@ pub fn record_len(buf: &[u8], version: Version) -> Result<Option<usize>, RecordE
     Ok(Some(HEADER + body))
 }
 
+/// What the handshake messages of a record received after the handshake ask for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PostHandshake {
+    /// Nothing (session tickets, which are never used).
+    Ignore,
+    /// A TLS 1.3 KeyUpdate: the peer's next records use its next keys.
+    KeyUpdate { update_requested: bool },
+}
+
+/// Parses the plaintext of a handshake record received after the handshake
+/// (RFC 8446 section 4.6): NewSessionTicket is ignored, KeyUpdate (TLS 1.3
+/// only) must be the record's last message and hold one byte, 0
+/// (update_not_requested) or 1 (update_requested). Anything else, and
+/// messages split over records, are refused.
+pub fn post_handshake(version: Version, payload: &[u8]) -> Result<PostHandshake, RecordError> {
+    if payload.is_empty() {
+        return Err(RecordError::Malformed);
+    }
+    let mut rest = payload;
+    let mut outcome = PostHandshake::Ignore;
+    while !rest.is_empty() {
+        let Some((&[kind, l0, l1, l2], after)) = rest.split_first_chunk::<HANDSHAKE_HEADER>()
+        else {
+            return Err(RecordError::FragmentedHandshake);
+        };
+        let len = usize::from(l0) << 16 | usize::from(l1) << 8 | usize::from(l2);
+        if after.len() < len {
+            return Err(RecordError::FragmentedHandshake);
+        }
+        let (body, after) = after.split_at(len);
+        rest = after;
+        outcome = match (version, kind) {
+            (_, HANDSHAKE_NEW_SESSION_TICKET) => PostHandshake::Ignore,
+            (Version::Tls13, HANDSHAKE_KEY_UPDATE) if !rest.is_empty() => {
+                return Err(RecordError::KeyUpdateNotAligned);
+            }
+            (Version::Tls13, HANDSHAKE_KEY_UPDATE) => match body {
+                [0] => PostHandshake::KeyUpdate {
+                    update_requested: false,
+                },
+                [1] => PostHandshake::KeyUpdate {
+                    update_requested: true,
+                },
+                _ => return Err(RecordError::BadKeyUpdate),
+            },
+            _ => return Err(RecordError::UnexpectedHandshake),
+        };
+    }
+    Ok(outcome)
+}
+
 /// Unprotects incoming records in place.
 pub struct Opener(Protection);
 
 impl Opener {
-    pub fn new(version: Version, keys: &DirectionKeys) -> Result<Self, &'static str> {
+    pub fn new(version: Version, keys: DirectionKeys) -> Result<Self, &'static str> {
         Protection::new(version, keys).map(Opener)
+    }
+
+    /// The peer sent a KeyUpdate: its next records use the next generation.
+    pub fn key_update(&mut self) -> Result<(), RecordError> {
+        self.0.update()
     }
 
     /// The TLS version (for [`record_len`]).
@@ -391,22 +605,28 @@ impl Opener {
     }
 }
 
+/// Helpers for the record layer's tests and the userspace relay's: a rustls
+/// client and server after an in-memory handshake, and our keys for the client.
 #[cfg(test)]
-mod tests {
-    //! Cross-checks against rustls itself: records rustls writes after the
-    //! handshake open with [`Opener`], and records [`Sealer`] writes are read
-    //! by rustls, for every version and suite.
+pub(super) mod test_support {
     use std::io::{Read, Write};
     use std::sync::Arc;
 
-    use rustls::crypto::ring::cipher_suite as cs;
     use rustls::{ClientConnection, Connection, ServerConnection, SupportedCipherSuite};
 
     use super::*;
+    use crate::channel::traffic::{SecretCapture, TrafficHash};
 
-    fn configs(
-        suite: SupportedCipherSuite,
-    ) -> (Arc<rustls::ClientConfig>, Arc<rustls::ServerConfig>) {
+    /// A client and a server that completed their handshake in memory (and
+    /// exchanged a little data), with the client's traffic secrets captured.
+    pub struct Handshaken {
+        pub client: Connection,
+        pub server: Connection,
+        pub suite: SupportedCipherSuite,
+        capture: Arc<SecretCapture>,
+    }
+
+    fn configs(suite: SupportedCipherSuite) -> (rustls::ClientConfig, rustls::ServerConfig) {
         let generated = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
         let cert = generated.cert.der().clone();
         let key = rustls_pki_types::PrivateKeyDer::try_from(generated.signing_key.serialize_der())
@@ -432,10 +652,11 @@ mod tests {
             .with_root_certificates(roots)
             .with_no_client_auth();
         client.enable_secret_extraction = true;
-        (Arc::new(client), Arc::new(server))
+        (client, server)
     }
 
-    fn transfer(from: &mut Connection, to: &mut Connection) {
+    /// Moves everything `from` wants to write into `to`.
+    pub fn transfer(from: &mut Connection, to: &mut Connection) {
         let mut wire = Vec::new();
         while from.wants_write() {
             from.write_tls(&mut wire).unwrap();
@@ -447,12 +668,72 @@ mod tests {
         }
     }
 
-    fn check_suite(suite: SupportedCipherSuite) {
-        let (client_cfg, server_cfg) = configs(suite);
+    /// What `conn` wants to send, as bytes.
+    pub fn drain(conn: &mut Connection) -> Vec<u8> {
+        let mut wire = Vec::new();
+        while conn.wants_write() {
+            conn.write_tls(&mut wire).unwrap();
+        }
+        wire
+    }
+
+    /// Feeds `wire` to `conn`; returns the plaintext it yields and whether
+    /// close_notify came.
+    pub fn feed(conn: &mut Connection, wire: &[u8]) -> (Vec<u8>, bool) {
+        let mut slice = wire;
+        let mut got = Vec::new();
+        let mut closed = false;
+        while !slice.is_empty() {
+            conn.read_tls(&mut slice).unwrap();
+            closed = conn.process_new_packets().unwrap().peer_has_closed();
+            let mut buf = [0u8; 4096];
+            loop {
+                match conn.reader().read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(e) => panic!("{e}"),
+                }
+            }
+        }
+        (got, closed)
+    }
+
+    /// Opens every record in `wire` (our side), following key updates;
+    /// returns the application data and the post-handshake events seen.
+    pub fn open_all(opener: &mut Opener, wire: &mut [u8]) -> (Vec<u8>, Vec<PostHandshake>) {
+        let mut plain = Vec::new();
+        let mut events = Vec::new();
+        let mut pos = 0;
+        while pos < wire.len() {
+            let len = record_len(&wire[pos..], opener.version()).unwrap().unwrap();
+            let (ct, range) = opener.open(&mut wire[pos..pos + len]).unwrap();
+            let body = &wire[pos + range.start..pos + range.end];
+            match ct {
+                CONTENT_APPLICATION_DATA => plain.extend_from_slice(body),
+                CONTENT_HANDSHAKE => {
+                    let event = post_handshake(opener.version(), body).unwrap();
+                    if let PostHandshake::KeyUpdate { .. } = event {
+                        opener.key_update().unwrap();
+                    }
+                    events.push(event);
+                }
+                other => panic!("unexpected content type {other}"),
+            }
+            pos += len;
+        }
+        (plain, events)
+    }
+
+    /// A handshake between a rustls client and server with only `suite`.
+    pub fn handshake(suite: SupportedCipherSuite) -> Handshaken {
+        let (mut client_cfg, server_cfg) = configs(suite);
+        let capture = Arc::new(SecretCapture::default());
+        client_cfg.key_log = capture.clone();
         let mut client = Connection::Client(
-            ClientConnection::new(client_cfg, "localhost".try_into().unwrap()).unwrap(),
+            ClientConnection::new(Arc::new(client_cfg), "localhost".try_into().unwrap()).unwrap(),
         );
-        let mut server = Connection::Server(ServerConnection::new(server_cfg).unwrap());
+        let mut server = Connection::Server(ServerConnection::new(Arc::new(server_cfg)).unwrap());
         while client.is_handshaking() || server.is_handshaking() {
             transfer(&mut client, &mut server);
             transfer(&mut server, &mut client);
@@ -462,58 +743,104 @@ mod tests {
         transfer(&mut server, &mut client);
         let mut got = [0u8; 7];
         client.reader().read_exact(&mut got).unwrap();
+        Handshaken {
+            client,
+            server,
+            suite,
+            capture,
+        }
+    }
+
+    impl Handshaken {
+        /// Takes the client's keys out of rustls (the client is consumed;
+        /// the server goes on); `swap` hands over the wrong secrets.
+        pub fn client_secrets(self, swap: bool) -> (Result<Secrets, &'static str>, Connection) {
+            let version = self.client.protocol_version().unwrap();
+            let traffic = TrafficHash::of_suite(self.suite)
+                .map(|hash| self.capture.take(hash).unwrap().into_tx_rx(!swap));
+            let extracted = match self.client {
+                Connection::Client(client) => client.dangerous_extract_secrets().unwrap(),
+                Connection::Server(_) => unreachable!("the client"),
+            };
+            (
+                Secrets::from_rustls(version, extracted, traffic),
+                self.server,
+            )
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Cross-checks against rustls itself: records rustls writes after the
+    //! handshake open with [`Opener`], records [`Sealer`] writes are read by
+    //! rustls, for every version and suite; key updates both ways, requested
+    //! or not, initiated by either side; the KeyUpdate parser's refusals.
+    use std::io::Write;
+
+    use rustls::SupportedCipherSuite;
+    use rustls::crypto::ring::cipher_suite as cs;
+
+    use super::test_support::{drain, feed, handshake, open_all};
+    use super::*;
+
+    const TLS13: [SupportedCipherSuite; 3] = [
+        cs::TLS13_AES_128_GCM_SHA256,
+        cs::TLS13_AES_256_GCM_SHA384,
+        cs::TLS13_CHACHA20_POLY1305_SHA256,
+    ];
+
+    fn payload(len: usize, seed: u32) -> Vec<u8> {
+        (0..len as u32)
+            .map(|i| (i.wrapping_mul(7) ^ seed) as u8)
+            .collect()
+    }
+
+    fn seal_all(sealer: &mut Sealer, data: &[u8]) -> Vec<u8> {
+        let mut wire = Vec::new();
+        for chunk in data.chunks(MAX_PLAINTEXT) {
+            wire.extend(sealer.seal_to_vec(CONTENT_APPLICATION_DATA, chunk).unwrap());
+        }
+        wire
+    }
+
+    /// A second copy of one direction's keys (for an opener of our own records).
+    fn duplicate(keys: &DirectionKeys) -> DirectionKeys {
+        DirectionKeys {
+            cipher: keys.cipher,
+            key: keys.key.clone(),
+            iv: keys.iv.clone(),
+            seq: keys.seq,
+            secret: keys.secret.as_ref().map(TrafficSecret::duplicate),
+        }
+    }
+
+    fn check_suite(suite: SupportedCipherSuite) {
+        let (secrets, mut server) = handshake(suite).client_secrets(false);
+        let secrets = secrets.unwrap();
 
         // rustls (server) -> Opener (client keys).
-        let payload: Vec<u8> = (0..40_000u32).map(|i| (i * 7) as u8).collect();
+        let payload = payload(40_000, 0);
         server.writer().write_all(&payload).unwrap();
-        let mut wire = Vec::new();
-        while server.wants_write() {
-            server.write_tls(&mut wire).unwrap();
-        }
-        let version = client.protocol_version().unwrap();
-        let secrets =
-            Secrets::from_rustls(version, client.dangerous_extract_secrets().unwrap()).unwrap();
-        let mut opener = Opener::new(secrets.version, &secrets.rx).unwrap();
-        let mut plain = Vec::new();
-        let mut pos = 0;
-        while pos < wire.len() {
-            let len = record_len(&wire[pos..], secrets.version).unwrap().unwrap();
-            let (ct, range) = opener.open(&mut wire[pos..pos + len]).unwrap();
-            assert_eq!(ct, CONTENT_APPLICATION_DATA);
-            plain.extend_from_slice(&wire[pos + range.start..pos + range.end]);
-            pos += len;
-        }
+        let mut wire = drain(&mut server);
+        let Secrets { version, tx, rx } = secrets;
+        let mut opener = Opener::new(version, rx).unwrap();
+        let (plain, events) = open_all(&mut opener, &mut wire);
+        assert!(events.is_empty());
         assert_eq!(plain, payload, "{suite:?}: rustls -> Opener");
 
         // Sealer (client keys) -> rustls (server).
-        let mut sealer = Sealer::new(secrets.version, &secrets.tx).unwrap();
-        let mut wire = Vec::new();
-        for chunk in payload.chunks(MAX_PLAINTEXT) {
-            wire.extend(sealer.seal_to_vec(CONTENT_APPLICATION_DATA, chunk).unwrap());
-        }
+        let copy = duplicate(&tx);
+        let mut sealer = Sealer::new(version, tx).unwrap();
+        let mut wire = seal_all(&mut sealer, &payload);
         wire.extend(sealer.seal_to_vec(CONTENT_ALERT, &[1, 0]).unwrap());
-        let mut slice = &wire[..];
-        let mut got = Vec::new();
-        let mut closed = false;
-        while !slice.is_empty() {
-            server.read_tls(&mut slice).unwrap();
-            closed = server.process_new_packets().unwrap().peer_has_closed();
-            let mut buf = [0u8; 4096];
-            loop {
-                match server.reader().read(&mut buf) {
-                    Ok(0) => break,
-                    Ok(n) => got.extend_from_slice(&buf[..n]),
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                    Err(e) => panic!("{e}"),
-                }
-            }
-        }
+        let (got, closed) = feed(&mut server, &wire);
         assert!(closed, "{suite:?}: close_notify seen by rustls");
         assert_eq!(got, payload, "{suite:?}: Sealer -> rustls");
 
         // A flipped bit is refused.
-        let mut sealer2 = Sealer::new(secrets.version, &secrets.tx).unwrap();
-        let mut opener2 = Opener::new(secrets.version, &secrets.tx).unwrap();
+        let mut sealer2 = Sealer::new(version, duplicate(&copy)).unwrap();
+        let mut opener2 = Opener::new(version, copy).unwrap();
         let mut record = sealer2.seal_to_vec(CONTENT_APPLICATION_DATA, b"x").unwrap();
         let last = record.len() - 1;
         record[last] ^= 1;
@@ -522,15 +849,173 @@ mod tests {
 
     #[test]
     fn records_interoperate_with_rustls_for_every_suite() {
-        for suite in [
-            cs::TLS13_AES_128_GCM_SHA256,
-            cs::TLS13_AES_256_GCM_SHA384,
-            cs::TLS13_CHACHA20_POLY1305_SHA256,
+        for suite in TLS13.into_iter().chain([
             cs::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
             cs::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
             cs::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
-        ] {
+        ]) {
             check_suite(suite);
         }
+    }
+
+    /// rustls updates (update_requested), we follow and answer; we update
+    /// with and without a request, rustls follows (and answers).
+    fn check_key_updates(suite: SupportedCipherSuite) {
+        let (secrets, mut server) = handshake(suite).client_secrets(false);
+        let Secrets { version, tx, rx } = secrets.unwrap();
+        let mut opener = Opener::new(version, rx).unwrap();
+        let mut sealer = Sealer::new(version, tx).unwrap();
+
+        // 1. rustls: data, KeyUpdate(update_requested), data, all in one flight.
+        let (a, b) = (payload(20_000, 1), payload(30_000, 2));
+        server.writer().write_all(&a).unwrap();
+        server.refresh_traffic_keys().unwrap();
+        server.writer().write_all(&b).unwrap();
+        let (plain, events) = open_all(&mut opener, &mut drain(&mut server));
+        let requested = PostHandshake::KeyUpdate {
+            update_requested: true,
+        };
+        assert_eq!(events, [requested], "{suite:?}");
+        assert_eq!(plain, [a, b].concat(), "{suite:?}: across rustls' update");
+
+        // 2. We answer (update_not_requested) before our next data.
+        let c = payload(50_000, 3);
+        let mut wire = sealer.key_update(false).unwrap();
+        wire.extend(seal_all(&mut sealer, &c));
+        assert_eq!(feed(&mut server, &wire).0, c, "{suite:?}: after our answer");
+
+        // 3. Two updates from rustls in a row, then data.
+        let d = payload(10_000, 4);
+        server.refresh_traffic_keys().unwrap();
+        server.refresh_traffic_keys().unwrap();
+        server.writer().write_all(&d).unwrap();
+        let (plain, events) = open_all(&mut opener, &mut drain(&mut server));
+        assert_eq!(events, [requested, requested], "{suite:?}");
+        assert_eq!(plain, d, "{suite:?}: two generations on");
+
+        // 4. We request an update; rustls answers (update_not_requested)
+        //    before its next data.
+        let e = payload(5_000, 5);
+        let mut wire = sealer.key_update(true).unwrap();
+        wire.extend(seal_all(&mut sealer, &e));
+        assert_eq!(
+            feed(&mut server, &wire).0,
+            e,
+            "{suite:?}: after our request"
+        );
+        let f = payload(25_000, 6);
+        server.writer().write_all(&f).unwrap();
+        let (plain, events) = open_all(&mut opener, &mut drain(&mut server));
+        let answer = PostHandshake::KeyUpdate {
+            update_requested: false,
+        };
+        assert_eq!(events, [answer], "{suite:?}: rustls answered");
+        assert_eq!(plain, f, "{suite:?}: after rustls' answer");
+
+        // 5. We update on our own at a (lowered) record limit.
+        sealer.set_key_update_limit(3);
+        let g = payload(10 * MAX_PLAINTEXT, 7);
+        let mut wire = Vec::new();
+        let mut updates = 0;
+        for chunk in g.chunks(MAX_PLAINTEXT) {
+            if sealer.key_update_due(1) {
+                wire.extend(sealer.key_update(false).unwrap());
+                updates += 1;
+            }
+            wire.extend(sealer.seal_to_vec(CONTENT_APPLICATION_DATA, chunk).unwrap());
+        }
+        assert!(updates >= 3, "{suite:?}: {updates} updates");
+        assert_eq!(feed(&mut server, &wire).0, g, "{suite:?}: limit updates");
+    }
+
+    #[test]
+    fn key_updates_interoperate_with_rustls_for_every_tls13_suite() {
+        for suite in TLS13 {
+            check_key_updates(suite);
+        }
+    }
+
+    #[test]
+    fn updates_are_due_only_near_the_aes_gcm_limit() {
+        for (suite, limited) in [
+            (cs::TLS13_AES_128_GCM_SHA256, true),
+            (cs::TLS13_CHACHA20_POLY1305_SHA256, false),
+        ] {
+            let (secrets, _) = handshake(suite).client_secrets(false);
+            let Secrets { version, tx, .. } = secrets.unwrap();
+            let sealer = Sealer::new(version, tx).unwrap();
+            assert!(!sealer.key_update_due(16));
+            assert!(!sealer.key_update_due(AES_GCM_RECORD_LIMIT));
+            assert_eq!(sealer.key_update_due(AES_GCM_RECORD_LIMIT + 1), limited);
+        }
+    }
+
+    #[test]
+    fn tls12_refuses_key_updates() {
+        let (secrets, _) =
+            handshake(cs::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256).client_secrets(false);
+        let Secrets { version, tx, rx } = secrets.unwrap();
+        assert_eq!(version, Version::Tls12);
+        let mut sealer = Sealer::new(version, tx).unwrap();
+        assert!(!sealer.key_update_due(u64::MAX));
+        assert_eq!(sealer.key_update(false), Err(RecordError::NoTrafficSecret));
+        let mut opener = Opener::new(version, rx).unwrap();
+        assert_eq!(opener.key_update(), Err(RecordError::NoTrafficSecret));
+        assert_eq!(
+            post_handshake(Version::Tls12, &[HANDSHAKE_KEY_UPDATE, 0, 0, 1, 0]),
+            Err(RecordError::UnexpectedHandshake)
+        );
+    }
+
+    #[test]
+    fn secrets_that_do_not_yield_the_keys_are_refused() {
+        let (secrets, _) = handshake(cs::TLS13_AES_128_GCM_SHA256).client_secrets(true);
+        let err = secrets.err().expect("swapped secrets refused");
+        assert!(err.contains("traffic secret"), "{err}");
+    }
+
+    #[test]
+    fn post_handshake_messages_are_parsed_strictly() {
+        let tls13 = |payload: &[u8]| post_handshake(Version::Tls13, payload);
+        let ticket = [HANDSHAKE_NEW_SESSION_TICKET, 0, 0, 2, 9, 9];
+        let update = |value: u8| [HANDSHAKE_KEY_UPDATE, 0, 0, 1, value];
+        assert_eq!(tls13(&ticket), Ok(PostHandshake::Ignore));
+        assert_eq!(
+            tls13(&update(0)),
+            Ok(PostHandshake::KeyUpdate {
+                update_requested: false
+            })
+        );
+        assert_eq!(
+            tls13(&update(1)),
+            Ok(PostHandshake::KeyUpdate {
+                update_requested: true
+            })
+        );
+        assert_eq!(
+            tls13(&[&ticket[..], &update(1)].concat()),
+            Ok(PostHandshake::KeyUpdate {
+                update_requested: true
+            })
+        );
+        assert_eq!(tls13(&update(2)), Err(RecordError::BadKeyUpdate));
+        assert_eq!(
+            tls13(&[HANDSHAKE_KEY_UPDATE, 0, 0, 2, 0, 0]),
+            Err(RecordError::BadKeyUpdate)
+        );
+        assert_eq!(
+            tls13(&[&update(0)[..], &ticket].concat()),
+            Err(RecordError::KeyUpdateNotAligned)
+        );
+        assert_eq!(
+            tls13(&update(0)[..4]),
+            Err(RecordError::FragmentedHandshake)
+        );
+        assert_eq!(
+            tls13(&[HANDSHAKE_KEY_UPDATE, 0]),
+            Err(RecordError::FragmentedHandshake)
+        );
+        assert_eq!(tls13(&[13, 0, 0, 0]), Err(RecordError::UnexpectedHandshake));
+        assert_eq!(tls13(&[]), Err(RecordError::Malformed));
     }
 }
