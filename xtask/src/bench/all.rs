@@ -126,7 +126,7 @@ pub fn run_all(workspace: &Path, opts: &AllOpts) -> anyhow::Result<AllPaths> {
     if !suites.is_empty() {
         chart::write_svg(
             &paths.svg,
-            "s2cs against its peers, measured in one run",
+            "s2cs (blue) against its peers (grey), measured in one run",
             &suites,
         )?;
     }

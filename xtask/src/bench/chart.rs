@@ -92,7 +92,9 @@ fn panel(
         .margin(12)
         .x_label_area_size(28)
         .y_label_area_size(250)
-        .build_cartesian_2d(0.0..x_max, (0..n.max(1)).into_segmented())
+        // A discrete 0..k range holds k + 1 values: one segment per bar (a
+        // lone bar gets an empty segment above it: 0..0 is not a range).
+        .build_cartesian_2d(0.0..x_max, (0..n.saturating_sub(1).max(1)).into_segmented())
         .map_err(draw_error)?;
     // Row 0 at the top: bar i sits in segment n-1-i.
     let row = |i: usize| n.saturating_sub(1 + i);
@@ -104,6 +106,7 @@ fn panel(
     chart
         .configure_mesh()
         .disable_y_mesh()
+        .light_line_style(WHITE)
         .y_labels(n.max(1))
         .y_label_formatter(&formatter)
         .x_labels(8)

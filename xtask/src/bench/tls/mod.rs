@@ -118,7 +118,7 @@ const PAIRS: &[PairCase] = &[
     },
     PairCase {
         name: "s2cs-plain",
-        label: "s2cs pair, plaintext after auth (no crypto: ceiling)",
+        label: "s2cs pair, no crypto (ceiling)",
         kind: PairKind::S2cs("plaintext-after-auth"),
     },
     PairCase {
