@@ -2,19 +2,25 @@
 //! command does. The binaries only parse, set up logging and call [`run_s2uc`]
 //! or [`run_appctrl`]. SciStream's underscore spellings (`--server_cert`,
 //! `--num_conn`, `--remote_ip`, `--receiver_ports`) are accepted as aliases.
+//!
+//! Credentials are global options of both binaries: the bearer token
+//! ([`TokenOpts`]) and, for servers that require client certificates, a
+//! client certificate and key ([`ClientCertOpts`], also from
+//! `$S2UC_CLIENT_CERT` / `$S2UC_CLIENT_KEY`).
 
 use std::io::{IsTerminal, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::{Args, Parser, Subcommand};
 use tokio_stream::StreamExt;
 use zeroize::Zeroizing;
 
 use crate::client::{
-    Client, ClientError, ClientOptions, connect_both, default_token_file, listeners_from, new_uid,
-    resolve_token, write_token_file,
+    Client, ClientError, ClientIdentity, ClientOptions, TokenSource, connect_both,
+    default_token_file, listeners_from, new_uid, resolve_token, validate_token, write_token_file,
 };
 use crate::secret::SessionSecret;
+use crate::watch_view::WatchView;
 
 /// How to reach one control server.
 #[derive(Args, Clone, Debug)]
@@ -48,6 +54,43 @@ pub struct TokenOpts {
     pub scope: Option<String>,
 }
 
+/// The client certificate presented to servers that require one (`s2cs
+/// --client-ca`).
+#[derive(Args, Clone, Debug, Default)]
+pub struct ClientCertOpts {
+    /// Client certificate (PEM) for servers that require client certificates.
+    #[arg(
+        long,
+        global = true,
+        env = "S2UC_CLIENT_CERT",
+        value_name = "FILE",
+        requires = "client_key"
+    )]
+    pub client_cert: Option<PathBuf>,
+    /// Private key (PEM, mode 0600) of --client-cert.
+    #[arg(
+        long,
+        global = true,
+        env = "S2UC_CLIENT_KEY",
+        value_name = "FILE",
+        requires = "client_cert"
+    )]
+    pub client_key: Option<PathBuf>,
+}
+
+impl ClientCertOpts {
+    /// Loads and checks the certificate and key, if given.
+    pub fn load(&self) -> Result<Option<ClientIdentity>, ClientError> {
+        match (&self.client_cert, &self.client_key) {
+            (Some(cert), Some(key)) => ClientIdentity::load(cert, key).map(Some),
+            (None, None) => Ok(None),
+            _ => Err(ClientError::Invalid(
+                "--client-cert and --client-key must be given together".into(),
+            )),
+        }
+    }
+}
+
 /// Session shape.
 #[derive(Args, Clone, Debug)]
 pub struct StreamOpts {
@@ -70,6 +113,9 @@ pub struct S2uc {
     /// Token options.
     #[command(flatten)]
     pub token: TokenOpts,
+    /// Client certificate options.
+    #[command(flatten)]
+    pub cert: ClientCertOpts,
     /// Command.
     #[command(subcommand)]
     pub cmd: S2ucCmd,
@@ -182,6 +228,9 @@ pub struct AppCtrl {
     /// Token options.
     #[command(flatten)]
     pub token: TokenOpts,
+    /// Client certificate options.
+    #[command(flatten)]
+    pub cert: ClientCertOpts,
     /// Command.
     #[command(subcommand)]
     pub cmd: AppCtrlCmd,
@@ -223,15 +272,25 @@ fn token_of(t: &TokenOpts) -> Result<Option<Zeroizing<String>>, ClientError> {
     Ok(resolve_token(t.token.as_deref(), env.as_deref(), &file)?.map(|(t, _)| t))
 }
 
-async fn connect(s: &ServerOpts, t: &TokenOpts) -> Result<Client, ClientError> {
+async fn connect(s: &ServerOpts, t: &TokenOpts, c: &ClientCertOpts) -> Result<Client, ClientError> {
     Client::connect(&ClientOptions {
         s2cs: s.s2cs.clone(),
         server_cert: Some(s.server_cert.clone()),
         tls_domain: s.tls_domain.clone(),
         token: token_of(t)?,
+        client_identity: c.load()?,
         ..ClientOptions::default()
     })
     .await
+}
+
+/// Where a token came from, for `check-auth` (never the token itself).
+fn describe_source(src: TokenSource, file: &Path) -> String {
+    match src {
+        TokenSource::Flag => "--token".into(),
+        TokenSource::Env => "$S2UC_TOKEN".into(),
+        TokenSource::File => format!("token file {}", file.display()),
+    }
 }
 
 fn split_list(s: &str) -> Vec<String> {
@@ -245,6 +304,7 @@ fn split_list(s: &str) -> Vec<String> {
 /// Runs one s2uc command.
 pub async fn run_s2uc(cli: S2uc) -> Result<(), ClientError> {
     let t = &cli.token;
+    let cert = &cli.cert;
     match cli.cmd {
         S2ucCmd::InboundRequest {
             server,
@@ -252,7 +312,7 @@ pub async fn run_s2uc(cli: S2uc) -> Result<(), ClientError> {
             remote_ip,
             receiver_ports,
         } => {
-            let c = connect(&server, t).await?;
+            let c = connect(&server, t, cert).await?;
             let prod_app = listeners_from(&remote_ip, &receiver_ports)?;
             let uid = new_uid();
             let r = c
@@ -288,7 +348,7 @@ pub async fn run_s2uc(cli: S2uc) -> Result<(), ClientError> {
                 }
                 None => None,
             };
-            let c = connect(&server, t).await?;
+            let c = connect(&server, t, cert).await?;
             let ls = c
                 .outbound(
                     &uid,
@@ -302,30 +362,51 @@ pub async fn run_s2uc(cli: S2uc) -> Result<(), ClientError> {
             println!("listeners: {}", ls.join(","));
         }
         S2ucCmd::Release { server, uid } => {
-            connect(&server, t).await?.release(&uid).await?;
+            connect(&server, t, cert).await?.release(&uid).await?;
             println!("Release completed");
         }
         S2ucCmd::CheckAuth { s2cs, server_cert } => {
             let file = t.token_file.clone().unwrap_or_else(default_token_file);
             let env = std::env::var("S2UC_TOKEN").ok();
-            match resolve_token(t.token.as_deref(), env.as_deref(), &file)? {
-                Some((_, src)) => println!("token: present (from {src:?})"),
-                None => println!("token: none (use --token, $S2UC_TOKEN or s2uc login)"),
-            }
+            let present = match resolve_token(t.token.as_deref(), env.as_deref(), &file)? {
+                Some((_, src)) => {
+                    println!("token: present (from {})", describe_source(src, &file));
+                    true
+                }
+                None => {
+                    println!("token: none (use --token, $S2UC_TOKEN or s2uc login)");
+                    false
+                }
+            };
             if let Some(s2cs) = s2cs {
-                let c = connect(
-                    &ServerOpts {
-                        s2cs,
-                        server_cert,
-                        tls_domain: None,
+                let server = ServerOpts {
+                    s2cs,
+                    server_cert,
+                    tls_domain: None,
+                };
+                let c = connect(&server, t, cert).await?;
+                let v = c.version().await.map_err(|e| match e {
+                    ClientError::Rpc {
+                        code: tonic::Code::Unauthenticated,
+                        message,
+                        ..
+                    } if present => ClientError::TokenRefused {
+                        server: server.s2cs.clone(),
+                        message,
                     },
-                    t,
-                )
-                .await?;
-                let v = c.version().await?;
+                    ClientError::Rpc {
+                        code: tonic::Code::Unauthenticated,
+                        message,
+                        ..
+                    } => ClientError::TokenMissing {
+                        server: server.s2cs.clone(),
+                        message,
+                    },
+                    other => other,
+                })?;
                 println!(
-                    "server {} accepts the token as identity {:?}",
-                    v.version, v.identity
+                    "server {} (s2cs {}) accepts the token as identity {:?}",
+                    server.s2cs, v.version, v.identity
                 );
             }
         }
@@ -334,6 +415,9 @@ pub async fn run_s2uc(cli: S2uc) -> Result<(), ClientError> {
             let token = match &t.token {
                 Some(tok) => Zeroizing::new(tok.clone()),
                 None => {
+                    if std::io::stdin().is_terminal() {
+                        eprintln!("paste the token and press Enter:");
+                    }
                     let mut s = Zeroizing::new(String::new());
                     std::io::stdin()
                         .read_line(&mut s)
@@ -344,9 +428,7 @@ pub async fn run_s2uc(cli: S2uc) -> Result<(), ClientError> {
                     s
                 }
             };
-            if token.trim().is_empty() {
-                return Err(ClientError::Invalid("empty token".into()));
-            }
+            validate_token(&token)?;
             write_token_file(&file, &token)?;
             println!("token stored in {} (mode 0600)", file.display());
         }
@@ -359,10 +441,12 @@ pub async fn run_s2uc(cli: S2uc) -> Result<(), ClientError> {
             producer,
         } => {
             let token = token_of(t)?;
+            let identity = cert.load()?;
             let opts = |s2cs: String, cert: PathBuf| ClientOptions {
                 s2cs,
                 server_cert: Some(cert),
                 token: token.clone(),
+                client_identity: identity.clone(),
                 ..ClientOptions::default()
             };
             let p = Client::connect(&opts(prod_s2cs, prod_cert)).await?;
@@ -376,11 +460,11 @@ pub async fn run_s2uc(cli: S2uc) -> Result<(), ClientError> {
             println!("setup time: {:.3} s", started.elapsed().as_secs_f64());
         }
         S2ucCmd::Status { server, uid } => {
-            let s = connect(&server, t).await?.status(&uid).await?;
+            let s = connect(&server, t, cert).await?.status(&uid).await?;
             print_status(&s);
         }
         S2ucCmd::List { server } => {
-            for s in connect(&server, t).await?.list().await?.sessions {
+            for s in connect(&server, t, cert).await?.list().await?.sessions {
                 print_status(&s);
             }
         }
@@ -389,47 +473,24 @@ pub async fn run_s2uc(cli: S2uc) -> Result<(), ClientError> {
             interval_ms,
             uid,
         } => {
-            let c = connect(&server, t).await?;
+            let c = connect(&server, t, cert).await?;
             let mut stream = c.watch(&uid, interval_ms).await?;
-            let tty = std::io::stdout().is_terminal();
-            let mut last: Option<(u64, u64)> = None;
+            let mut view = WatchView::new(std::io::stdout().is_terminal());
+            let mut out = std::io::stdout();
+            let write_err = |e| ClientError::Io {
+                context: "writing to stdout".into(),
+                source: e,
+            };
             while let Some(ev) = stream.next().await {
-                let ev = ev.map_err(|s| ClientError::Rpc {
-                    call: "watch",
-                    code: s.code(),
-                    message: s.message().to_owned(),
-                })?;
-                let c = ev.counters.unwrap_or_default();
-                let total = c.bytes_to_target + c.bytes_from_target;
-                let rate = match last {
-                    Some((t0, b0)) if ev.unix_millis > t0 => {
-                        (total.saturating_sub(b0)) as f64 * 8.0
-                            / ((ev.unix_millis - t0) as f64 / 1000.0)
-                            / 1e6
-                    }
-                    _ => 0.0,
-                };
-                last = Some((ev.unix_millis, total));
-                let line = format!(
-                    "{} {} to_target={} from_target={} conns={}/{} {:.1} Mbit/s",
-                    ev.uid,
-                    ev.state,
-                    c.bytes_to_target,
-                    c.bytes_from_target,
-                    c.connections_active,
-                    c.connections_total,
-                    rate
-                );
-                if tty {
-                    print!("\r\x1b[2K{line}");
-                    let _ = std::io::stdout().flush();
-                } else {
-                    println!("{line}");
-                }
+                let ev = ev.map_err(|s| ClientError::rpc("watch", s))?;
+                // Flushed per event: a pipe sees each line as it happens.
+                out.write_all(view.render(&ev).as_bytes())
+                    .and_then(|()| out.flush())
+                    .map_err(write_err)?;
             }
-            if tty {
-                println!();
-            }
+            out.write_all(view.finish().as_bytes())
+                .and_then(|()| out.flush())
+                .map_err(write_err)?;
         }
     }
     Ok(())
@@ -455,6 +516,7 @@ fn print_status(s: &crate::proto::SessionStatus) {
 /// Runs one appctrl command.
 pub async fn run_appctrl(cli: AppCtrl) -> Result<(), ClientError> {
     let t = &cli.token;
+    let cert = &cli.cert;
     match cli.cmd {
         AppCtrlCmd::Hello {
             server,
@@ -462,7 +524,7 @@ pub async fn run_appctrl(cli: AppCtrl) -> Result<(), ClientError> {
             role,
             listeners,
         } => {
-            let r = connect(&server, t)
+            let r = connect(&server, t, cert)
                 .await?
                 .hello(&uid, &role, &split_list(&listeners))
                 .await?;
@@ -486,7 +548,7 @@ pub async fn run_appctrl(cli: AppCtrl) -> Result<(), ClientError> {
             })?;
             let ls: Vec<String> = echo.addrs.iter().map(ToString::to_string).collect();
             println!("mock listeners: {}", ls.join(","));
-            let r = connect(&server, t)
+            let r = connect(&server, t, cert)
                 .await?
                 .hello_after_req(&uid, &role, &ls)
                 .await?;

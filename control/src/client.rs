@@ -1,23 +1,28 @@
 //! The client side: a connection to a control server over TLS with a pinned
-//! server certificate and a bearer token, and the operations `s2uc` and
-//! `appctrl` are made of (inbound, outbound, one-shot connect of both sides,
-//! release, status, list, watch, hello).
+//! server certificate, an optional client certificate ([`ClientIdentity`],
+//! for servers that require one) and a bearer token, and the operations
+//! `s2uc` and `appctrl` are made of (inbound, outbound, one-shot connect of
+//! both sides, release, status, list, watch, hello).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rand::RngCore;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use zeroize::Zeroizing;
 
 use crate::proto;
 use crate::proto::control_client::ControlClient;
 use crate::proto::control_ext_client::ControlExtClient;
 use crate::secret::SessionSecret;
+use crate::tls_probe::{self, ProbeTarget};
 
 /// Client-side errors.
 #[derive(Debug, thiserror::Error)]
@@ -47,14 +52,31 @@ pub enum ClientError {
     /// User: bad input.
     #[error("{0}")]
     Invalid(String),
+    /// Server: the token was refused (UNAUTHENTICATED).
+    #[error("the server {server} refused the token (UNAUTHENTICATED): {message}")]
+    TokenRefused { server: String, message: String },
+    /// Server: a token is required and none was sent (UNAUTHENTICATED).
+    #[error(
+        "the server {server} requires a token (UNAUTHENTICATED): {message}; pass --token, set $S2UC_TOKEN or run s2uc login"
+    )]
+    TokenMissing { server: String, message: String },
 }
 
 impl ClientError {
-    fn rpc(call: &'static str, s: tonic::Status) -> Self {
+    /// A failed call. A call that failed below gRPC (the connection broke)
+    /// carries the cause in the status's source chain: it is appended.
+    pub fn rpc(call: &'static str, s: tonic::Status) -> Self {
+        let mut message = s.message().to_owned();
+        let chain = source_chain(&s);
+        if chain.starts_with(&message) {
+            message = chain;
+        } else if !chain.is_empty() && !message.contains(&chain) {
+            message = format!("{message}: {chain}");
+        }
         ClientError::Rpc {
             call,
             code: s.code(),
-            message: s.message().to_owned(),
+            message,
         }
     }
 
@@ -96,8 +118,113 @@ pub struct ClientOptions {
     pub tls_domain: Option<String>,
     /// Bearer token.
     pub token: Option<Zeroizing<String>>,
+    /// Client certificate and key, for servers that require one.
+    pub client_identity: Option<ClientIdentity>,
     /// Plaintext (only for servers started with TLS disabled).
     pub plaintext: bool,
+}
+
+/// A client certificate chain and its private key (PEM), checked when
+/// loaded: presented to control servers that require client certificates.
+#[derive(Clone)]
+pub struct ClientIdentity {
+    cert_pem: Vec<u8>,
+    key_pem: Zeroizing<Vec<u8>>,
+}
+
+impl ClientIdentity {
+    /// Reads `cert` and `key` (PEM). The key must be readable by its owner
+    /// only (mode 0600), like every other secret the control plane reads.
+    pub fn load(cert: &Path, key: &Path) -> Result<Self, ClientError> {
+        let read = |path: &Path, what: &str| {
+            std::fs::read(path).map_err(|e| ClientError::Io {
+                context: format!("reading {what} {}", path.display()),
+                source: e,
+            })
+        };
+        let cert_pem = read(cert, "client certificate")?;
+        crate::auth::check_private_file(key, "client key")
+            .map_err(|e| ClientError::Invalid(e.to_string()))?;
+        let key_pem = Zeroizing::new(read(key, "client key")?);
+        Self::from_pem(cert_pem, key_pem.to_vec()).map_err(|e| match e {
+            ClientError::Invalid(reason) => ClientError::Invalid(format!(
+                "{reason} (certificate {}, key {})",
+                cert.display(),
+                key.display()
+            )),
+            other => other,
+        })
+    }
+
+    /// Checks that `cert_pem` holds a certificate chain and `key_pem` a
+    /// private key (PKCS#8, PKCS#1 or SEC1).
+    pub fn from_pem(cert_pem: Vec<u8>, key_pem: Vec<u8>) -> Result<Self, ClientError> {
+        let key_pem = Zeroizing::new(key_pem);
+        let mut certs = 0;
+        for c in CertificateDer::pem_slice_iter(&cert_pem) {
+            c.map_err(|e| {
+                ClientError::Invalid(format!("the client certificate is not valid PEM: {e}"))
+            })?;
+            certs += 1;
+        }
+        if certs == 0 {
+            return Err(ClientError::Invalid(
+                "the client certificate file holds no certificate (expected a PEM \"BEGIN CERTIFICATE\" block)".into(),
+            ));
+        }
+        // The parsed key is dropped at once; only the PEM is kept (zeroized).
+        PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
+            ClientError::Invalid(format!(
+                "the client key file holds no usable private key (expected a PEM PKCS#8, PKCS#1 or SEC1 key): {e}"
+            ))
+        })?;
+        Ok(ClientIdentity { cert_pem, key_pem })
+    }
+}
+
+/// The `source()` chain of `e` (not `e` itself), joined with ": ".
+fn source_chain(e: &dyn std::error::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let text = c.to_string();
+        if parts.last() != Some(&text) {
+            parts.push(text);
+        }
+        cur = c.source();
+    }
+    parts.join(": ")
+}
+
+/// What a TLS alert from the server (`alert`, e.g. "received fatal alert:
+/// UnknownCA") means for the user.
+fn tls_refusal_hint(alert: &str) -> &'static str {
+    const NO_CERT: &[&str] = &["CertificateRequired", "HandshakeFailure"];
+    const BAD_CERT: &[&str] = &[
+        "UnknownCA",
+        "BadCertificate",
+        "CertificateUnknown",
+        "UnsupportedCertificate",
+        "CertificateExpired",
+        "CertificateRevoked",
+        "DecryptError",
+    ];
+    if NO_CERT.iter().any(|a| alert.contains(a)) {
+        "it requires a client certificate: pass --client-cert and --client-key"
+    } else if BAD_CERT.iter().any(|a| alert.contains(a)) {
+        "it does not accept this client certificate: not signed by a CA it trusts, expired, or not for client authentication"
+    } else {
+        "see the server's log"
+    }
+}
+
+/// The message of a call that failed because the server refused the TLS
+/// handshake with `alert`.
+fn refused_message(message: &str, alert: &str) -> String {
+    format!(
+        "{message}; the server refused the TLS handshake ({alert}): {}",
+        tls_refusal_hint(alert)
+    )
 }
 
 /// The host part of "host:port" / "[v6]:port".
@@ -116,6 +243,9 @@ pub struct Client {
     pub control: ControlClient<AuthChannel>,
     /// `scistream.ControlExt`
     pub ext: ControlExtClient<AuthChannel>,
+    /// How to repeat the TLS handshake to diagnose a closed connection
+    /// (None over plaintext).
+    probe: Option<Arc<ProbeTarget>>,
 }
 
 /// Result of the PROD side setup.
@@ -192,6 +322,7 @@ impl Client {
             .map_err(conn_err)?
             .connect_timeout(Duration::from_secs(5))
             .tcp_nodelay(true);
+        let mut probe = None;
         if !opts.plaintext {
             let pem = match (&opts.server_cert_pem, &opts.server_cert) {
                 (Some(p), _) => p.clone(),
@@ -209,15 +340,49 @@ impl Client {
                 .tls_domain
                 .clone()
                 .unwrap_or_else(|| host_of(&opts.s2cs).to_owned());
-            ep = ep
-                .tls_config(
-                    ClientTlsConfig::new()
-                        .ca_certificate(Certificate::from_pem(pem))
-                        .domain_name(domain),
-                )
-                .map_err(conn_err)?;
+            probe = Some(ProbeTarget {
+                s2cs: opts.s2cs.clone(),
+                server_cert_pem: pem.clone(),
+                domain: domain.clone(),
+                identity: opts
+                    .client_identity
+                    .as_ref()
+                    .map(|id| (id.cert_pem.clone(), id.key_pem.clone())),
+            });
+            let mut tls = ClientTlsConfig::new()
+                .ca_certificate(Certificate::from_pem(pem))
+                .domain_name(domain);
+            if let Some(id) = &opts.client_identity {
+                tls = tls.identity(Identity::from_pem(&id.cert_pem, &*id.key_pem));
+            }
+            ep = ep.tls_config(tls).map_err(|e| {
+                ClientError::Invalid(format!(
+                    "TLS settings for {} rejected: {e}: {}{}",
+                    opts.s2cs,
+                    source_chain(&e),
+                    if opts.client_identity.is_some() {
+                        " (does the client key belong to the client certificate?)"
+                    } else {
+                        ""
+                    }
+                ))
+            })?;
         }
-        let channel = ep.connect().await.map_err(conn_err)?;
+        let channel = match ep.connect().await {
+            Ok(c) => c,
+            Err(e) => {
+                let err = conn_err(e);
+                return Err(match &probe {
+                    Some(p) => match tls_probe::refusal(p.clone()).await {
+                        Some(alert) => {
+                            ClientError::Invalid(refused_message(&err.to_string(), &alert))
+                        }
+                        None => err,
+                    },
+                    None => err,
+                });
+            }
+        };
         let token = match &opts.token {
             Some(t) => Some(
                 format!("Bearer {}", t.as_str())
@@ -230,7 +395,48 @@ impl Client {
         Ok(Client {
             control: ControlClient::with_interceptor(channel.clone(), ic.clone()),
             ext: ControlExtClient::with_interceptor(channel, ic),
+            probe: probe.map(Arc::new),
         })
+    }
+
+    /// The result of a call; a failure below gRPC (the connection closed)
+    /// is diagnosed with [`tls_probe`]: a refused TLS handshake (client
+    /// certificate missing or not accepted) is said so.
+    async fn finish<T>(
+        &self,
+        call: &'static str,
+        r: Result<tonic::Response<T>, tonic::Status>,
+    ) -> Result<T, ClientError> {
+        let status = match r {
+            Ok(r) => return Ok(r.into_inner()),
+            Err(s) => s,
+        };
+        // A status the server sent has no source; one made from a transport
+        // failure does.
+        let below_grpc = std::error::Error::source(&status).is_some()
+            && matches!(
+                status.code(),
+                tonic::Code::Unavailable | tonic::Code::Cancelled | tonic::Code::Unknown
+            );
+        let err = ClientError::rpc(call, status);
+        let (Some(probe), true) = (&self.probe, below_grpc) else {
+            return Err(err);
+        };
+        match (tls_probe::refusal(ProbeTarget::clone(probe)).await, err) {
+            (
+                Some(alert),
+                ClientError::Rpc {
+                    call,
+                    code,
+                    message,
+                },
+            ) => Err(ClientError::Rpc {
+                call,
+                code,
+                message: refused_message(&message, &alert),
+            }),
+            (_, err) => Err(err),
+        }
     }
 
     /// `req` (asking for a channel secret).
@@ -242,16 +448,16 @@ impl Client {
         rate: i32,
     ) -> Result<proto::Response, ClientError> {
         let mut c = self.control.clone();
-        c.req(proto::Request {
-            uid: uid.into(),
-            role: role.into(),
-            num_conn,
-            rate,
-            want_channel_secret: true,
-        })
-        .await
-        .map(tonic::Response::into_inner)
-        .map_err(|s| ClientError::rpc("req", s))
+        let r = c
+            .req(proto::Request {
+                uid: uid.into(),
+                role: role.into(),
+                num_conn,
+                rate,
+                want_channel_secret: true,
+            })
+            .await;
+        self.finish("req", r).await
     }
 
     /// `hello`.
@@ -262,14 +468,14 @@ impl Client {
         listeners: &[String],
     ) -> Result<proto::AppResponse, ClientError> {
         let mut c = self.control.clone();
-        c.hello(proto::Hello {
-            uid: uid.into(),
-            prod_listeners: listeners.to_vec(),
-            role: role.into(),
-        })
-        .await
-        .map(tonic::Response::into_inner)
-        .map_err(|s| ClientError::rpc("hello", s))
+        let r = c
+            .hello(proto::Hello {
+                uid: uid.into(),
+                prod_listeners: listeners.to_vec(),
+                role: role.into(),
+            })
+            .await;
+        self.finish("hello", r).await
     }
 
     /// `hello`, retried while the server does not know the uid yet (the req
@@ -303,24 +509,22 @@ impl Client {
         secret: Option<&SessionSecret>,
     ) -> Result<proto::Response, ClientError> {
         let mut c = self.control.clone();
-        c.update(proto::UpdateTargets {
-            uid: uid.into(),
-            remote_listeners: targets.to_vec(),
-            role: role.into(),
-            channel_secret: secret.map(|s| s.expose().to_vec()).unwrap_or_default(),
-        })
-        .await
-        .map(tonic::Response::into_inner)
-        .map_err(|s| ClientError::rpc("update", s))
+        let r = c
+            .update(proto::UpdateTargets {
+                uid: uid.into(),
+                remote_listeners: targets.to_vec(),
+                role: role.into(),
+                channel_secret: secret.map(|s| s.expose().to_vec()).unwrap_or_default(),
+            })
+            .await;
+        self.finish("update", r).await
     }
 
     /// `release`.
     pub async fn release(&self, uid: &str) -> Result<proto::Response, ClientError> {
         let mut c = self.control.clone();
-        c.release(proto::Release { uid: uid.into() })
-            .await
-            .map(tonic::Response::into_inner)
-            .map_err(|s| ClientError::rpc("release", s))
+        let r = c.release(proto::Release { uid: uid.into() }).await;
+        self.finish("release", r).await
     }
 
     /// The PROD side: req + hello (ProdApp's listeners) + update.
@@ -381,28 +585,22 @@ impl Client {
     /// `ControlExt.status`.
     pub async fn status(&self, uid: &str) -> Result<proto::SessionStatus, ClientError> {
         let mut c = self.ext.clone();
-        c.status(proto::StatusRequest { uid: uid.into() })
-            .await
-            .map(tonic::Response::into_inner)
-            .map_err(|s| ClientError::rpc("status", s))
+        let r = c.status(proto::StatusRequest { uid: uid.into() }).await;
+        self.finish("status", r).await
     }
 
     /// `ControlExt.list`.
     pub async fn list(&self) -> Result<proto::SessionList, ClientError> {
         let mut c = self.ext.clone();
-        c.list(proto::ListRequest {})
-            .await
-            .map(tonic::Response::into_inner)
-            .map_err(|s| ClientError::rpc("list", s))
+        let r = c.list(proto::ListRequest {}).await;
+        self.finish("list", r).await
     }
 
     /// `ControlExt.version` (also tells the identity the server sees).
     pub async fn version(&self) -> Result<proto::VersionInfo, ClientError> {
         let mut c = self.ext.clone();
-        c.version(proto::VersionRequest {})
-            .await
-            .map(tonic::Response::into_inner)
-            .map_err(|s| ClientError::rpc("version", s))
+        let r = c.version(proto::VersionRequest {}).await;
+        self.finish("version", r).await
     }
 
     /// `ControlExt.watch`.
@@ -412,13 +610,13 @@ impl Client {
         interval_ms: u32,
     ) -> Result<tonic::Streaming<proto::WatchEvent>, ClientError> {
         let mut c = self.ext.clone();
-        c.watch(proto::WatchRequest {
-            uid: uid.into(),
-            interval_ms,
-        })
-        .await
-        .map(tonic::Response::into_inner)
-        .map_err(|s| ClientError::rpc("watch", s))
+        let r = c
+            .watch(proto::WatchRequest {
+                uid: uid.into(),
+                interval_ms,
+            })
+            .await;
+        self.finish("watch", r).await
     }
 }
 
@@ -505,6 +703,33 @@ pub fn resolve_token(
     Ok((!t.is_empty()).then_some((t, TokenSource::File)))
 }
 
+/// Checks a token before it is stored: not empty, and printable ASCII
+/// without spaces (it travels in the `authorization` metadata as
+/// "Bearer TOKEN"). Surrounding whitespace (a pasted newline) is ignored.
+/// The error never contains the token.
+pub fn validate_token(token: &str) -> Result<(), ClientError> {
+    let t = token.trim();
+    if t.is_empty() {
+        return Err(ClientError::Invalid(
+            "empty token: pass --token TOKEN, or the token on standard input".into(),
+        ));
+    }
+    if t.get(..7)
+        .is_some_and(|p| p.eq_ignore_ascii_case("bearer "))
+    {
+        return Err(ClientError::Invalid(
+            "the token starts with \"Bearer \": store the token alone, without that prefix".into(),
+        ));
+    }
+    if let Some((i, _)) = t.char_indices().find(|(_, c)| !c.is_ascii_graphic()) {
+        return Err(ClientError::Invalid(format!(
+            "the token has a space, control or non-ASCII character at byte {}: a bearer token is printable ASCII without spaces (is it the right text?)",
+            i + 1
+        )));
+    }
+    Ok(())
+}
+
 /// Writes the token file with mode 0600 (directory 0700), atomically.
 pub fn write_token_file(file: &Path, token: &str) -> Result<(), ClientError> {
     use std::io::Write;
@@ -574,5 +799,54 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
         assert!(resolve_token(None, None, &f).is_err());
+    }
+
+    #[test]
+    fn token_validation_never_echoes_the_token() {
+        validate_token("  abc.DEF-123_~\n").expect("printable ASCII is a token");
+        for bad in [
+            "",
+            " \n",
+            "Bearer secret-xyz",
+            "secret xyz",
+            "secret\u{e9}xyz",
+            "se\tcret",
+        ] {
+            let e = validate_token(bad)
+                .expect_err("must be refused")
+                .to_string();
+            assert!(!e.contains("secret"), "{e}");
+        }
+    }
+
+    #[test]
+    fn client_identity_pem_is_checked() {
+        let ck = rcgen::generate_simple_self_signed(vec!["client".to_string()]).expect("rcgen");
+        let cert = ck.cert.pem().into_bytes();
+        let key = ck.signing_key.serialize_pem().into_bytes();
+        ClientIdentity::from_pem(cert.clone(), key.clone()).expect("a certificate and its key");
+        let e = ClientIdentity::from_pem(b"not pem".to_vec(), key.clone()).err();
+        assert!(
+            e.is_some_and(|e| e.to_string().contains("no certificate")),
+            "a file without certificate is refused"
+        );
+        let e = ClientIdentity::from_pem(cert.clone(), cert).err();
+        assert!(
+            e.is_some_and(|e| e.to_string().contains("no usable private key")),
+            "a certificate is not a key"
+        );
+    }
+
+    #[test]
+    fn tls_alerts_get_a_hint() {
+        let h = tls_refusal_hint("received fatal alert: CertificateRequired");
+        assert!(h.contains("requires a client certificate"), "{h}");
+        let h = tls_refusal_hint("received fatal alert: UnknownCA");
+        assert!(h.contains("does not accept this client certificate"), "{h}");
+        let m = refused_message("list failed", "received fatal alert: DecodeError");
+        assert!(
+            m.contains("refused the TLS handshake") && m.contains("DecodeError"),
+            "{m}"
+        );
     }
 }

@@ -21,6 +21,10 @@
 //! - [`observe`]: hooks for metrics (call latency, auth failures).
 //! - [`cli`]: clap definitions and commands of `s2uc` and `appctrl`.
 //! - [`client`]: client connection and the s2uc/appctrl operations.
+//! - `tls_probe` (private): why a server closed a client's connection (a
+//!   refused TLS handshake: client certificate missing or not accepted).
+//! - [`watch_view`]: how `s2uc watch` renders live counters (terminal or
+//!   plain lines).
 //! - [`mock`]: a mock producer application for `appctrl mock` and tests.
 #![forbid(unsafe_code)]
 
@@ -41,7 +45,9 @@ pub mod secret;
 pub mod server;
 pub mod session;
 pub mod tls;
+mod tls_probe;
 pub mod types;
+pub mod watch_view;
 
 /// Code generated from `proto/scistream.proto` (package `scistream`).
 #[allow(non_camel_case_types, clippy::all, missing_docs)]

@@ -13,6 +13,11 @@
 //!   every byte in order, with SHA-256 digests, bounded in bytes and time.
 //! - [`wait`]: [`Deadline`], [`eventually`] and [`wait_for_port`] (poll, never
 //!   sleep blindly).
+//! - [`daemon`]: the workspace's binaries ([`Bin`]: `s2cs`, `s2uc`), a
+//!   [`Daemon`] in a namespace whose output is printed when a test fails, and
+//!   [`S2uc`] to run the client.
+//! - [`gateway`]: `s2cs serve` as the suites run it ([`Gateway`]) and the
+//!   `s2uc connect` / `status` / `release` commands against it.
 //! - `sys` (private): the crate's only `unsafe` code.
 //!
 //! Everything here needs root (namespaces, veths); [`require_root`] says so
@@ -21,13 +26,17 @@
 
 #![deny(unsafe_code)]
 
+pub mod daemon;
 pub mod exec;
+pub mod gateway;
 pub mod netns;
 pub mod stream;
 mod sys;
 pub mod wait;
 
+pub use daemon::{Bin, Daemon, S2uc};
 pub use exec::{NsChild, NsThread};
+pub use gateway::{Connected, Gateway, GatewaySpec};
 pub use netns::{Link, Node, Topology, TopologyBuilder, sweep_stale};
 pub use stream::{Report, StreamError, StreamSpec};
 pub use wait::{Deadline, eventually, wait_for_port};

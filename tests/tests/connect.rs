@@ -30,252 +30,69 @@
 //! tests in the control crate) and a self-signed control certificate that
 //! `s2uc` pins.
 //!
-//! The binaries are `target/<profile>/{s2cs,s2uc}` next to this test
-//! executable (or `$S2CS_BIN`, `$S2UC_BIN`). Cargo does not build other
-//! packages' binaries for these tests: build them first with
-//! `cargo build -p gateway -p control`; a missing binary fails the test with
-//! that message, and one older than its sources prints a warning. Each
-//! gateway's stdout and log are printed when a test fails.
+//! IPv6: the same set-up on the topology's IPv6 addresses (control servers,
+//! listeners, allow rules, ProdApp) carries a verified stream too.
+//!
+//! The gateways and `s2uc` come from the harness (`e2e::gateway`,
+//! `e2e::daemon`): the binaries are `target/<profile>/{s2cs,s2uc}` next to
+//! this test executable (or `$S2CS_BIN`, `$S2UC_BIN`). Cargo does not build
+//! other packages' binaries for these tests: build them first with `cargo
+//! build -p gateway -p control`; a missing binary fails the test with that
+//! message, and one older than its sources prints a warning. Each gateway's
+//! stdout and log are printed when a test fails.
 //!
 //! The `data_plane` module at the end tests `KernelDataPlane` in-process on
 //! loopback (counters, rate, stop and reset), without the control server.
 //!
 //! Needs root (namespaces, eBPF). Every wait is bounded.
-use std::fs::File;
 use std::io::ErrorKind;
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::path::Path;
+use std::process::Output;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
+use e2e::gateway::{CONTROL_PORT, PORT_RANGE};
 use e2e::stream::{self, StreamSpec};
-use e2e::{Deadline, Link, Node, NsChild, Topology, eventually};
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
+use e2e::{Connected, Deadline, Gateway, GatewaySpec, Link, Node, S2uc, Topology, eventually};
 
-/// Control port of both gateways.
-const CONTROL_PORT: u16 = 5000;
-/// Session listener ports of both gateways.
-const PORT_RANGE: &str = "5100-5199";
 /// First port ProdApp listens on.
 const PRODUCER_PORT: u16 = 7000;
 
 const SECS_30: Duration = Duration::from_secs(30);
 
 // ---------------------------------------------------------------------------
-// Binaries
-// ---------------------------------------------------------------------------
-
-/// A binary of the workspace: `$ENV`, else `name` in the target directory of
-/// this test executable.
-fn binary(name: &str, env: &str, package: &str) -> PathBuf {
-    if let Some(bin) = std::env::var_os(env) {
-        return PathBuf::from(bin);
-    }
-    let exe = std::env::current_exe().expect("path of the test executable");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .unwrap_or_else(|| panic!("{} has no target/<profile> directory", exe.display()));
-    let bin = profile_dir.join(name);
-    assert!(
-        bin.is_file(),
-        "{} is missing: build it first with `cargo build -p gateway -p control` (cargo does not \
-         build other packages' binaries for these tests), or point {env} at one",
-        bin.display()
-    );
-    warn_if_stale(&bin, package);
-    bin
-}
-
-/// Says so when `bin` is older than the sources of `package`.
-fn warn_if_stale(bin: &Path, package: &str) {
-    fn newest(dir: &Path) -> Option<SystemTime> {
-        std::fs::read_dir(dir)
-            .ok()?
-            .filter_map(Result::ok)
-            .filter_map(|entry| {
-                let meta = entry.metadata().ok()?;
-                if meta.is_dir() {
-                    newest(&entry.path())
-                } else {
-                    meta.modified().ok()
-                }
-            })
-            .max()
-    }
-    let Some(workspace) = Path::new(env!("CARGO_MANIFEST_DIR")).parent() else {
-        return;
-    };
-    let built = std::fs::metadata(bin).and_then(|m| m.modified()).ok();
-    for dir in [package, "control"] {
-        let sources = workspace.join(dir).join("src");
-        if let (Some(built), Some(source)) = (built, newest(&sources))
-            && source > built
-        {
-            eprintln!(
-                "warning: {} is older than {}: rebuild it (`cargo build -p gateway -p control`)",
-                bin.display(),
-                sources.display()
-            );
-        }
-    }
-}
-
-fn s2cs_bin() -> PathBuf {
-    binary("s2cs", "S2CS_BIN", "gateway")
-}
-
-fn s2uc_bin() -> PathBuf {
-    binary("s2uc", "S2UC_BIN", "control")
-}
-
-// ---------------------------------------------------------------------------
 // Gateways
 // ---------------------------------------------------------------------------
 
-/// One `s2cs serve` process. Prints its output if the test fails.
-struct Gateway {
-    node: Node,
-    child: NsChild,
-    dir: tempfile::TempDir,
-    control: SocketAddr,
-    cert: PathBuf,
-    args: Vec<String>,
+/// Which of the topology's addresses a set-up uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Family {
+    V4,
+    V6,
 }
 
-/// What differs between the two gateways.
-struct GatewaySpec {
-    node: Node,
-    /// Control address.
-    control: SocketAddr,
-    /// Where session listeners bind (and what is advertised).
-    listener_ip: IpAddr,
-    /// The one allow rule.
-    allow: String,
-    /// `--data-path`.
-    data_path: &'static str,
-}
-
-impl Gateway {
-    fn start(topo: &Topology, spec: GatewaySpec) -> Gateway {
-        let dir = tempfile::Builder::new()
-            .prefix(&format!("{}-{}-", topo.id(), spec.node))
-            .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
-            .expect("creating the gateway's state directory");
-        let ip = spec.listener_ip.to_string();
-        let args: Vec<String> = [
-            "serve",
-            "--control-listen",
-            &spec.control.to_string(),
-            "--port-range",
-            PORT_RANGE,
-            "--listener-ip",
-            &ip,
-            "--advertise-ip",
-            &ip,
-            "--no-auth",
-            "--allow",
-            &spec.allow,
-            "--data-path",
-            spec.data_path,
-            "--state-dir",
-            &dir.path().join("state").display().to_string(),
-        ]
-        .iter()
-        .map(|s| (*s).to_owned())
-        .collect();
-        let stdout = File::create(dir.path().join("stdout")).expect("creating the stdout file");
-        let stderr = File::create(dir.path().join("stderr")).expect("creating the log file");
-        let mut cmd = Command::new(s2cs_bin());
-        cmd.args(&args)
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(stdout)
-            .stderr(stderr);
-        let child = topo
-            .spawn(spec.node, cmd)
-            .unwrap_or_else(|e| panic!("starting s2cs in {}: {e:#}", spec.node));
-        let cert = dir.path().join("state/tls/control-cert.pem");
-        let mut gw = Gateway {
-            node: spec.node,
-            child,
-            dir,
-            control: spec.control,
-            cert,
-            args,
-        };
-        gw.wait_ready();
-        gw
-    }
-
-    /// Waits for the line with the certificate fingerprint, printed once the
-    /// control listener is bound.
-    fn wait_ready(&mut self) {
-        let result = eventually(SECS_30, || {
-            if let Some(status) = self.child.try_wait().expect("polling s2cs") {
-                panic!("s2cs in {} exited early ({status})", self.node);
-            }
-            if self.stdout().contains("SHA-256 fingerprint") {
-                Ok(())
-            } else {
-                Err("no fingerprint line yet")
-            }
-        });
-        if let Err(e) = result {
-            panic!("s2cs in {} did not get ready: {e:#}", self.node);
-        }
-        assert!(self.cert.is_file(), "{} missing", self.cert.display());
-    }
-
-    fn stdout(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("stdout")).unwrap_or_default()
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("stderr")).unwrap_or_default()
-    }
-
-    fn command_line(&self) -> String {
-        format!("s2cs {}", self.args.join(" "))
-    }
-
-    /// SIGTERM, then waits for a clean exit.
-    fn terminate(&mut self) {
-        let pid = Pid::from_raw(i32::try_from(self.child.id()).expect("pid fits i32"));
-        kill(pid, Signal::SIGTERM).expect("sending SIGTERM to s2cs");
-        let status = self
-            .child
-            .wait_deadline(SECS_30)
-            .unwrap_or_else(|e| panic!("s2cs in {} after SIGTERM: {e:#}", self.node));
-        assert!(
-            status.success(),
-            "s2cs in {} exited with {status}",
-            self.node
-        );
-        assert!(
-            self.stdout().contains("s2cs: stopped"),
-            "s2cs in {} did not report a clean stop",
-            self.node
-        );
-    }
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!(
-                "---- {} ({}) stdout ----\n{}---- {} log ----\n{}",
-                self.node,
-                self.command_line(),
-                self.stdout(),
-                self.node,
-                self.log()
-            );
+impl Family {
+    /// `node`'s address on `link`.
+    fn ip(self, topo: &Topology, node: Node, link: Link) -> IpAddr {
+        match self {
+            Family::V4 => topo.addr(node, link),
+            Family::V6 => topo.addr6(node, link),
         }
     }
+
+    /// `link`'s subnet as an allow rule network ("10.1.0.0/24", "fd00:e2e:1::/64").
+    fn subnet(self, link: Link) -> String {
+        match self {
+            Family::V4 => format!("{}/24", link.subnet_v4()),
+            Family::V6 => format!("{}/64", link.subnet_v6()),
+        }
+    }
+}
+
+/// Where gateways and s2uc keep their files.
+fn tmp() -> &'static Path {
+    Path::new(env!("CARGO_TARGET_TMPDIR"))
 }
 
 /// A topology with a PROD gateway in gwa and a CONS gateway in gwb. Fields
@@ -283,14 +100,20 @@ impl Drop for Gateway {
 struct Setup {
     gwa: Gateway,
     gwb: Gateway,
-    home: tempfile::TempDir,
+    s2uc: S2uc,
+    family: Family,
     topo: Topology,
 }
 
 impl Setup {
     fn new(data_path: &'static str) -> Setup {
+        Setup::with(data_path, Family::V4)
+    }
+
+    fn with(data_path: &'static str, family: Family) -> Setup {
         let topo = Topology::new().unwrap_or_else(|e| panic!("cannot build the topology: {e:#}"));
-        let wan_ip = topo.addr(Node::Gwa, Link::Wan);
+        let extra = vec!["--data-path".to_owned(), data_path.to_owned()];
+        let wan_ip = family.ip(&topo, Node::Gwa, Link::Wan);
         let gwa = Gateway::start(
             &topo,
             GatewaySpec {
@@ -298,11 +121,13 @@ impl Setup {
                 control: SocketAddr::new(wan_ip, CONTROL_PORT),
                 listener_ip: wan_ip,
                 // ProdApp's LAN only.
-                allow: format!("{}/24", Link::LanA.subnet_v4()),
-                data_path,
+                allow: family.subnet(Link::LanA),
+                extra: extra.clone(),
             },
-        );
-        let lanb_ip = topo.addr(Node::Gwb, Link::LanB);
+            tmp(),
+        )
+        .unwrap_or_else(|e| panic!("starting the PROD gateway: {e:#}"));
+        let lanb_ip = family.ip(&topo, Node::Gwb, Link::LanB);
         let gwb = Gateway::start(
             &topo,
             GatewaySpec {
@@ -310,145 +135,60 @@ impl Setup {
                 control: SocketAddr::new(lanb_ip, CONTROL_PORT),
                 listener_ip: lanb_ip,
                 // The PROD gateway's WAN listeners only.
-                allow: format!("{}/24:{PORT_RANGE}", Link::Wan.subnet_v4()),
-                data_path,
+                allow: format!("{}:{PORT_RANGE}", family.subnet(Link::Wan)),
+                extra,
             },
-        );
-        let home = tempfile::Builder::new()
-            .prefix(&format!("{}-home-", topo.id()))
-            .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
-            .expect("creating a HOME for s2uc");
+            tmp(),
+        )
+        .unwrap_or_else(|e| panic!("starting the CONS gateway: {e:#}"));
+        let s2uc = S2uc::new(tmp(), &format!("{}-home", topo.id()))
+            .unwrap_or_else(|e| panic!("a HOME for s2uc: {e:#}"));
         Setup {
             gwa,
             gwb,
-            home,
+            s2uc,
+            family,
             topo,
         }
     }
 
-    /// Runs `s2uc ARGS` in `node` and returns its output (any exit status).
-    fn s2uc(&self, node: Node, args: &[&str]) -> Output {
-        let mut cmd = Command::new(s2uc_bin());
-        // No token file from the machine's real HOME.
-        cmd.args(args)
-            .env("HOME", self.home.path())
-            .env_remove("S2UC_TOKEN");
-        self.topo
-            .output(node, cmd, SECS_30)
-            .unwrap_or_else(|e| panic!("running s2uc {args:?} in {node}: {e:#}"))
-    }
-
-    /// Runs `s2uc ARGS` in `node`, requires success, returns its stdout.
-    fn s2uc_ok(&self, node: Node, args: &[&str]) -> String {
-        let out = self.s2uc(node, args);
-        assert!(
-            out.status.success(),
-            "s2uc {} in {node} failed ({}):\n{}{}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
     /// `s2uc connect` from gwb for the producer listeners `producer`.
     fn connect(&self, producer: &[SocketAddr], rate_mbps: u32) -> Connected {
-        let producer: Vec<String> = producer.iter().map(ToString::to_string).collect();
-        let (prod_s2cs, cons_s2cs) = (self.gwa.control.to_string(), self.gwb.control.to_string());
-        let (prod_cert, cons_cert) = (
-            self.gwa.cert.display().to_string(),
-            self.gwb.cert.display().to_string(),
-        );
-        let (num_conn, rate) = (producer.len().to_string(), rate_mbps.to_string());
-        let producer = producer.join(",");
-        let args = [
-            "connect",
-            "--prod-s2cs",
-            &prod_s2cs,
-            "--cons-s2cs",
-            &cons_s2cs,
-            "--prod-cert",
-            &prod_cert,
-            "--cons-cert",
-            &cons_cert,
-            "--producer",
-            &producer,
-            "--num-conn",
-            &num_conn,
-            "--rate",
-            &rate,
-        ];
-        let started = Instant::now();
-        let out = self.s2uc_ok(Node::Gwb, &args);
-        let wall = started.elapsed();
-        Connected::parse(&out, wall)
+        self.s2uc
+            .connect(
+                &self.topo,
+                Node::Gwb,
+                (&self.gwa, &self.gwb),
+                producer,
+                rate_mbps,
+            )
+            .unwrap_or_else(|e| panic!("{e:#}"))
     }
 
     /// `s2uc status UID` against `gateway`, from `node`.
     fn status(&self, node: Node, gateway: &Gateway, uid: &str) -> Output {
-        let s2cs = gateway.control.to_string();
-        let cert = gateway.cert.display().to_string();
-        self.s2uc(
-            node,
-            &["status", "--s2cs", &s2cs, "--server-cert", &cert, uid],
-        )
+        self.s2uc
+            .status(&self.topo, node, gateway, uid)
+            .unwrap_or_else(|e| panic!("{e:#}"))
     }
 
     /// `s2uc release UID` against `gateway`, from `node`.
     fn release(&self, node: Node, gateway: &Gateway, uid: &str) {
-        let s2cs = gateway.control.to_string();
-        let cert = gateway.cert.display().to_string();
-        let out = self.s2uc_ok(
-            node,
-            &["release", "--s2cs", &s2cs, "--server-cert", &cert, uid],
-        );
-        assert!(out.contains("Release completed"), "release said: {out}");
+        self.s2uc
+            .release(&self.topo, node, gateway, uid)
+            .unwrap_or_else(|e| panic!("{e:#}"));
     }
-}
 
-/// What `s2uc connect` printed.
-#[derive(Debug)]
-struct Connected {
-    uid: String,
-    prod_listeners: Vec<SocketAddr>,
-    cons_listeners: Vec<SocketAddr>,
-    /// req to update on both gateways, as s2uc measured it.
-    setup: Duration,
-    /// The whole s2uc run (process start, TLS connections, setup).
-    wall: Duration,
-}
-
-impl Connected {
-    fn parse(out: &str, wall: Duration) -> Connected {
-        let field = |name: &str| -> &str {
-            out.lines()
-                .find_map(|l| l.strip_prefix(name))
-                .unwrap_or_else(|| panic!("s2uc connect printed no {name:?} line:\n{out}"))
-                .trim()
-        };
-        let addrs = |name: &str| -> Vec<SocketAddr> {
-            field(name)
-                .split(',')
-                .map(|a| {
-                    a.trim()
-                        .parse()
-                        .unwrap_or_else(|e| panic!("{name} {a:?} in s2uc output: {e}"))
-                })
-                .collect()
-        };
-        let setup = field("setup time:");
-        let secs: f64 = setup
-            .strip_suffix(" s")
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| panic!("setup time {setup:?} is not \"N s\""));
-        Connected {
-            uid: field("uid:").to_owned(),
-            prod_listeners: addrs("prod gateway listeners:"),
-            cons_listeners: addrs("consumer connects to:"),
-            setup: Duration::from_secs_f64(secs),
-            wall,
+    /// SIGTERM to both gateways; each must stop cleanly.
+    fn terminate(&mut self) {
+        for gw in [&mut self.gwa, &mut self.gwb] {
+            gw.terminate().unwrap_or_else(|e| panic!("{e:#}"));
         }
+    }
+
+    /// ProdApp: see [`start_producer`].
+    fn start_producer(&self, specs: &[StreamSpec]) -> (Vec<SocketAddr>, Vec<JoinHandle<()>>) {
+        start_producer(&self.topo, self.family, specs)
     }
 }
 
@@ -477,12 +217,16 @@ fn counters_of(status: &str) -> (u64, u64, u64) {
 
 /// ProdApp: listeners in prod, each sending one stream to the first
 /// connection it accepts.
-fn start_producer(topo: &Topology, specs: &[StreamSpec]) -> (Vec<SocketAddr>, Vec<JoinHandle<()>>) {
+fn start_producer(
+    topo: &Topology,
+    family: Family,
+    specs: &[StreamSpec],
+) -> (Vec<SocketAddr>, Vec<JoinHandle<()>>) {
     let mut addrs = Vec::new();
     let mut threads = Vec::new();
     for (i, spec) in specs.iter().copied().enumerate() {
         let port = PRODUCER_PORT + u16::try_from(i).expect("few streams");
-        let addr = topo.sockaddr(Node::Prod, Link::LanA, port);
+        let addr = SocketAddr::new(family.ip(topo, Node::Prod, Link::LanA), port);
         let listener = topo
             .tcp_listen(Node::Prod, addr)
             .unwrap_or_else(|e| panic!("producer listener: {e:#}"));
@@ -577,7 +321,7 @@ fn connect_streams_through_both_gateways_then_release() {
         StreamSpec::new(3, 16 << 20),
     ];
     let total: u64 = specs.iter().map(|s| s.len).sum();
-    let (producer, producer_threads) = start_producer(&s.topo, &specs);
+    let (producer, producer_threads) = s.start_producer(&specs);
 
     let c = s.connect(&producer, 0);
     eprintln!(
@@ -717,8 +461,107 @@ fn connect_streams_through_both_gateways_then_release() {
         String::from_utf8_lossy(&status.stderr)
     );
 
-    s.gwa.terminate();
-    s.gwb.terminate();
+    s.terminate();
+}
+
+/// The same set-up over IPv6 only: both control servers listen on their
+/// gateway's IPv6 address (`s2uc` pins the self-signed certificate, whose
+/// names include that address), the listeners and allow rules are IPv6,
+/// ProdApp listens on prod's IPv6 address. Two streams (16 + 8 MiB) arrive
+/// whole and in order (SHA-256 verified) over the secure channel, both
+/// gateways count them, and release closes the listeners.
+#[test]
+fn connect_streams_over_ipv6() {
+    let mut s = Setup::with("auto", Family::V6);
+    let specs = [StreamSpec::new(11, 16 << 20), StreamSpec::new(12, 8 << 20)];
+    let total: u64 = specs.iter().map(|s| s.len).sum();
+    let (producer, producer_threads) = s.start_producer(&specs);
+    assert!(producer.iter().all(SocketAddr::is_ipv6), "{producer:?}");
+
+    let c = s.connect(&producer, 0);
+    eprintln!(
+        "s2uc connect over IPv6: uid {} setup {:.3} s; PROD gateway listeners {:?}; consumer \
+         connects to {:?}",
+        c.uid,
+        c.setup.as_secs_f64(),
+        c.prod_listeners,
+        c.cons_listeners
+    );
+    let gwa_wan = s.topo.addr6(Node::Gwa, Link::Wan);
+    let gwb_lanb = s.topo.addr6(Node::Gwb, Link::LanB);
+    assert_eq!(c.prod_listeners.len(), specs.len());
+    assert_eq!(c.cons_listeners.len(), specs.len());
+    assert!(
+        c.prod_listeners.iter().all(|a| a.ip() == gwa_wan),
+        "PROD listeners on gwa's IPv6 WAN address: {:?}",
+        c.prod_listeners
+    );
+    assert!(
+        c.cons_listeners.iter().all(|a| a.ip() == gwb_lanb),
+        "CONS listeners on gwb's IPv6 LAN B address: {:?}",
+        c.cons_listeners
+    );
+
+    let consumers: Vec<_> = c
+        .cons_listeners
+        .iter()
+        .zip(specs)
+        .map(|(addr, spec)| start_consumer(&s.topo, *addr, spec))
+        .collect();
+    for consumer in consumers {
+        join(consumer);
+    }
+    for producer in producer_threads {
+        join(producer);
+    }
+
+    // Every WAN connection was the secure channel.
+    for gw in [&s.gwa, &s.gwb] {
+        let log = gw.log();
+        let relayed: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("channel: relaying"))
+            .collect();
+        assert_eq!(
+            relayed.len(),
+            specs.len(),
+            "{}: one secure channel per connection:\n{log}",
+            gw.node
+        );
+        assert!(
+            relayed.iter().all(|l| l.contains("TLSv1.3")),
+            "{}: TLS 1.3 on every connection:\n{log}",
+            gw.node
+        );
+    }
+
+    // Both gateways counted the bytes; gwb's targets are gwa's IPv6 listeners.
+    let status = s.status(Node::Cons, &s.gwb, &c.uid);
+    let text = String::from_utf8_lossy(&status.stdout).into_owned();
+    assert!(status.status.success(), "s2uc status from cons: {status:?}");
+    assert!(
+        text.contains("role=CONS") && text.contains("state=ACTIVE"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("targets=[{gwa_wan}]:")),
+        "CONS targets are the PROD gateway's IPv6 listeners: {text}"
+    );
+    assert_eq!(counters_of(&text), (0, total, 2), "CONS gateway counters");
+    let status = s.status(Node::Gwb, &s.gwa, &c.uid);
+    let text = String::from_utf8_lossy(&status.stdout).into_owned();
+    assert!(status.status.success(), "s2uc status of gwa: {status:?}");
+    assert_eq!(counters_of(&text), (0, total, 2), "PROD gateway counters");
+
+    s.release(Node::Gwb, &s.gwa, &c.uid);
+    s.release(Node::Cons, &s.gwb, &c.uid);
+    for addr in &c.cons_listeners {
+        assert_unreachable(&s.topo, Node::Cons, *addr, &[ErrorKind::ConnectionRefused]);
+    }
+    for addr in &c.prod_listeners {
+        assert_unreachable(&s.topo, Node::Gwb, *addr, &[ErrorKind::ConnectionRefused]);
+    }
+    s.terminate();
 }
 
 /// Releasing a session with a stream in flight: listeners close at once,
@@ -829,7 +672,7 @@ fn rate_is_enforced(data_path: &'static str) {
     const BYTES: u64 = 4_000_000;
     let s = Setup::new(data_path);
     let spec = StreamSpec::new(8, BYTES);
-    let (producer, producer_threads) = start_producer(&s.topo, &[spec]);
+    let (producer, producer_threads) = s.start_producer(&[spec]);
     let c = s.connect(&producer, RATE_MBPS);
     let elapsed = join(start_consumer(&s.topo, c.cons_listeners[0], spec));
     for producer in producer_threads {

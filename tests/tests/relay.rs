@@ -16,29 +16,27 @@
 //! client and server exchange went through the relay process.
 //!
 //! The relay binary is `target/<profile>/s2cs` next to this test executable
-//! (or `$S2CS_BIN`); build it first (`cargo build -p gateway`; `cargo xtask
-//! test` builds the workspace before running the tests). Its log goes to a
-//! file under `CARGO_TARGET_TMPDIR`, printed when a test fails; the tests read
-//! it to check that every connection really used the data path under test:
+//! (or `$S2CS_BIN`), found and run by the harness (`e2e::daemon`); build it
+//! first (`cargo build -p gateway`; `cargo xtask test` builds the workspace
+//! before running the tests). Its log goes to a file under
+//! `CARGO_TARGET_TMPDIR`, printed when a test fails; the tests read it to
+//! check that every connection really used the data path under test:
 //! a silent fallback to another path fails the test, except for connections
 //! the client had already half-closed when the relay set them up (the kernel
 //! admits only established sockets into a SockHash, so sockmap relays those
 //! in userspace).
 //!
 //! Needs root (namespaces, eBPF). Every wait is bounded.
-use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
 use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime};
 
 use e2e::stream::{self, StreamError, StreamSpec};
-use e2e::{Deadline, Link, Node, NsChild, Topology, eventually};
-use nix::sys::signal::{Signal, kill};
+use e2e::{Bin, Daemon, Deadline, Link, Node, Topology, eventually};
+use nix::sys::signal::Signal;
 use nix::sys::socket::{setsockopt, sockopt};
-use nix::unistd::Pid;
 
 /// Where the relay listens (gwa, WAN side).
 const RELAY_PORT: u16 = 5000;
@@ -51,61 +49,6 @@ const SHORT: Duration = Duration::from_secs(10);
 /// A reset must reach the other end within this long.
 const RESET_PROMPT: Duration = Duration::from_secs(3);
 
-/// The relay binary: `$S2CS_BIN`, else `s2cs` in the target directory of this
-/// test executable (`target/debug/deps/relay-HASH` -> `target/debug/s2cs`).
-fn s2cs_bin() -> PathBuf {
-    if let Some(bin) = std::env::var_os("S2CS_BIN") {
-        return PathBuf::from(bin);
-    }
-    let exe = std::env::current_exe().expect("path of the test executable");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .unwrap_or_else(|| panic!("{} has no target/<profile> directory", exe.display()));
-    let bin = profile_dir.join("s2cs");
-    assert!(
-        bin.is_file(),
-        "the relay binary {} is missing: build it with `cargo build -p gateway` (or run the \
-         tests with `cargo xtask test`, which builds the workspace first), or point S2CS_BIN at one",
-        bin.display()
-    );
-    warn_if_stale(&bin);
-    bin
-}
-
-/// Cargo does not rebuild `s2cs` for this crate's tests: say so when the
-/// binary is older than the gateway's sources.
-fn warn_if_stale(bin: &Path) {
-    fn newest(dir: &Path) -> Option<SystemTime> {
-        std::fs::read_dir(dir)
-            .ok()?
-            .filter_map(Result::ok)
-            .filter_map(|entry| {
-                let meta = entry.metadata().ok()?;
-                if meta.is_dir() {
-                    newest(&entry.path())
-                } else {
-                    meta.modified().ok()
-                }
-            })
-            .max()
-    }
-    let Some(workspace) = Path::new(env!("CARGO_MANIFEST_DIR")).parent() else {
-        return;
-    };
-    let sources = workspace.join("gateway/src");
-    let built = std::fs::metadata(bin).and_then(|m| m.modified()).ok();
-    if let (Some(built), Some(source)) = (built, newest(&sources))
-        && source > built
-    {
-        eprintln!(
-            "warning: {} is older than {}: rebuild it (`cargo build -p gateway`)",
-            bin.display(),
-            sources.display()
-        );
-    }
-}
-
 /// A topology with an `s2cs relay` running in gwa. Fields drop in order: the
 /// relay is killed before the namespaces go.
 struct Harness {
@@ -113,11 +56,10 @@ struct Harness {
     topo: Topology,
 }
 
-/// The relay process; prints its log if the test fails.
+/// The relay process; prints its log if the test fails (see `e2e::Daemon`).
 struct Relay {
-    child: NsChild,
+    daemon: Daemon,
     path: &'static str,
-    log: PathBuf,
     /// Where clients connect.
     addr: SocketAddr,
 }
@@ -149,62 +91,51 @@ impl Relay {
     fn start(topo: &Topology, path: &'static str) -> Relay {
         let addr = topo.sockaddr(Node::Gwa, Link::Wan, RELAY_PORT);
         let target = topo.sockaddr(Node::Prod, Link::LanA, SERVER_PORT);
-        let log = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{}-{path}.log", topo.id()));
-        let out = File::create(&log).unwrap_or_else(|e| panic!("creating {}: {e}", log.display()));
-        let err = out.try_clone().expect("duplicating the log file");
-        let mut cmd = Command::new(s2cs_bin());
-        cmd.arg("relay")
-            .args(["--listen", &addr.to_string()])
-            .args(["--target", &target.to_string()])
-            .args(["--path", path])
-            .env("RUST_LOG", "info,gateway::proxy=debug,gateway::relay=debug")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err);
-        let child = topo
-            .spawn(Node::Gwa, cmd)
-            .unwrap_or_else(|e| panic!("starting s2cs relay in gwa: {e:#}"));
-        let mut relay = Relay {
-            child,
+        let dir = Daemon::workdir(
+            Path::new(env!("CARGO_TARGET_TMPDIR")),
+            &format!("{}-{path}", topo.id()),
+        )
+        .unwrap_or_else(|e| panic!("{e:#}"));
+        let args: Vec<String> = [
+            "relay",
+            "--listen",
+            &addr.to_string(),
+            "--target",
+            &target.to_string(),
+            "--path",
             path,
-            log,
-            addr,
-        };
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+        let daemon = Daemon::start(
+            topo,
+            Node::Gwa,
+            Bin::S2cs,
+            &args,
+            &[("RUST_LOG", "info,gateway::proxy=debug,gateway::relay=debug")],
+            dir,
+        )
+        .unwrap_or_else(|e| panic!("starting s2cs relay in gwa: {e:#}"));
+        let mut relay = Relay { daemon, path, addr };
         relay.wait_listening();
         relay
-    }
-
-    fn pid(&self) -> Pid {
-        Pid::from_raw(i32::try_from(self.child.id()).expect("pid fits i32"))
     }
 
     /// Polls the relay's TCP table (its namespace's) until it listens, without
     /// connecting (a probe connection would make it dial the server).
     fn wait_listening(&mut self) {
-        let deadline = Deadline::after(SHORT);
-        loop {
-            if let Some(status) = self.child.try_wait().expect("relay status") {
-                panic!("s2cs relay ({}) exited at start: {status}", self.path);
-            }
-            if tcp_sockets(self.child.id())
-                .iter()
-                .any(|s| s.local_port == RELAY_PORT && s.state == TCP_LISTEN)
-            {
-                return;
-            }
-            assert!(
-                !deadline.expired(),
-                "s2cs relay ({}) not listening after {SHORT:?}",
-                self.path
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        self.daemon
+            .wait_until(SHORT, "listening", |d| {
+                tcp_sockets(d.id())
+                    .iter()
+                    .any(|s| s.local_port == RELAY_PORT && s.state == TCP_LISTEN)
+            })
+            .unwrap_or_else(|e| panic!("s2cs relay ({}): {e:#}", self.path));
     }
 
     fn log_text(&self) -> String {
-        let raw = std::fs::read(&self.log).unwrap_or_default();
-        strip_ansi(&String::from_utf8_lossy(&raw))
+        self.daemon.log()
     }
 
     /// Waits until the relay has logged `n` cleanly closed connections and
@@ -264,49 +195,16 @@ impl Relay {
     }
 
     fn stop_process(&self) {
-        kill(self.pid(), Signal::SIGSTOP).expect("SIGSTOP the relay");
+        self.daemon
+            .signal(Signal::SIGSTOP)
+            .unwrap_or_else(|e| panic!("{e:#}"));
     }
 
     fn continue_process(&self) {
-        kill(self.pid(), Signal::SIGCONT).expect("SIGCONT the relay");
+        self.daemon
+            .signal(Signal::SIGCONT)
+            .unwrap_or_else(|e| panic!("{e:#}"));
     }
-}
-
-impl Drop for Relay {
-    fn drop(&mut self) {
-        // A stopped process still dies of SIGKILL (NsChild's drop).
-        if std::thread::panicking() {
-            let text = self.log_text();
-            let tail: Vec<&str> = text.lines().rev().take(40).collect();
-            eprintln!(
-                "--- last lines of the s2cs relay log ({}) ---",
-                self.log.display()
-            );
-            for line in tail.iter().rev() {
-                eprintln!("{line}");
-            }
-        } else {
-            let _ = std::fs::remove_file(&self.log);
-        }
-    }
-}
-
-fn strip_ansi(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            // CSI: ESC [ parameters final-byte
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 const TCP_ESTABLISHED: u8 = 0x01;
@@ -693,7 +591,7 @@ fn reset_mid_stream(path: &'static str) {
 /// relay port (accepted or not) with at least `bytes` unread.
 fn wait_queued(relay: &Relay, bytes: u64) {
     eventually(SHORT, || {
-        let queued = tcp_sockets(relay.child.id())
+        let queued = tcp_sockets(relay.daemon.id())
             .iter()
             .filter(|s| s.local_port == RELAY_PORT && s.state == TCP_ESTABLISHED)
             .map(|s| s.rx_queue)
@@ -892,12 +790,4 @@ fn sizes_include_empty_and_large_connections() {
     assert!(lens.contains(&1));
     assert!(lens.iter().any(|&l| l >= 4 << 20));
     assert!(lens.iter().all(|&l| l < 5 << 20));
-}
-
-#[test]
-fn strips_terminal_colours() {
-    assert_eq!(
-        strip_ansi("\u{1b}[3mpath\u{1b}[0m\u{1b}[2m=\u{1b}[0msockmap"),
-        "path=sockmap"
-    );
 }

@@ -1,4 +1,5 @@
-//! Test helpers: a real control server with TLS on 127.0.0.1:0, in-process.
+//! Test helpers: a real control server with TLS on 127.0.0.1:0, in-process,
+//! and [`s2uc`], which runs the real `s2uc` binary.
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
@@ -119,4 +120,42 @@ pub async fn eventually<F: FnMut() -> bool>(what: &str, mut f: F) {
         );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
+}
+
+/// Runs the real `s2uc` binary with `args`, `env` on top of a clean
+/// environment for it (HOME = `home`, no S2UC_* variables from the caller)
+/// and `stdin` as its standard input; stdout and stderr are piped (not a
+/// terminal).
+pub async fn s2uc(
+    args: &[&str],
+    env: &[(&str, &std::ffi::OsStr)],
+    home: &std::path::Path,
+    stdin: &[u8],
+) -> std::process::Output {
+    use tokio::io::AsyncWriteExt;
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_s2uc"));
+    cmd.args(args)
+        .env("HOME", home)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    for var in [
+        "S2UC_TOKEN",
+        "S2UC_CLIENT_CERT",
+        "S2UC_CLIENT_KEY",
+        "S2UC_CHANNEL_SECRET",
+    ] {
+        cmd.env_remove(var);
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("starting s2uc");
+    let mut input = child.stdin.take().expect("s2uc's stdin is piped");
+    input.write_all(stdin).await.expect("writing s2uc's stdin");
+    drop(input);
+    tokio::time::timeout(std::time::Duration::from_secs(30), child.wait_with_output())
+        .await
+        .expect("s2uc must finish within 30 s")
+        .expect("collecting s2uc's output")
 }

@@ -2,29 +2,23 @@
 //! gwa, CONS in gwb) with extra flags, `s2uc connect` / `release` from gwb, a
 //! producer in prod, a consumer in cons, and a tiny Prometheus scraper.
 //!
-//! The binaries are `target/<profile>/{s2cs,s2uc}` next to the test
-//! executable (or `$S2CS_BIN`, `$S2UC_BIN`): build them first with
-//! `cargo build -p gateway -p control`. Each gateway's stdout and log are
-//! printed when a test fails. Every wait is bounded.
+//! The gateways and `s2uc` come from the harness (`e2e::gateway`,
+//! `e2e::daemon`): the binaries are `target/<profile>/{s2cs,s2uc}` next to
+//! the test executable (or `$S2CS_BIN`, `$S2UC_BIN`), built first with
+//! `cargo build -p gateway -p control`; each gateway's output is printed
+//! when a test fails. Every wait is bounded.
 #![allow(dead_code)]
 
-use std::fs::File;
 use std::io::{Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use e2e::gateway::{CONTROL_PORT, PORT_RANGE};
 use e2e::stream::{self, StreamSpec};
-use e2e::{Deadline, Link, Node, NsChild, Topology, eventually};
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
+use e2e::{Connected, Deadline, Gateway, GatewaySpec, Link, Node, S2uc, Topology, eventually};
 
-/// Control port of both gateways.
-pub const CONTROL_PORT: u16 = 5000;
-/// Session listener ports of both gateways.
-pub const PORT_RANGE: &str = "5100-5199";
 /// First port ProdApp listens on.
 pub const PRODUCER_PORT: u16 = 7000;
 /// Where a gateway serves metrics inside its namespace.
@@ -32,153 +26,9 @@ pub const METRICS_ADDR: &str = "127.0.0.1:9100";
 
 pub const SECS_30: Duration = Duration::from_secs(30);
 
-fn binary(name: &str, env: &str) -> PathBuf {
-    if let Some(bin) = std::env::var_os(env) {
-        return PathBuf::from(bin);
-    }
-    let exe = std::env::current_exe().expect("path of the test executable");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .unwrap_or_else(|| panic!("{} has no target/<profile> directory", exe.display()));
-    let bin = profile_dir.join(name);
-    assert!(
-        bin.is_file(),
-        "{} is missing: build it first with `cargo build -p gateway -p control`, or point {env} at one",
-        bin.display()
-    );
-    bin
-}
-
-/// One `s2cs serve` process. Prints its output if the test fails.
-pub struct Gateway {
-    pub node: Node,
-    child: NsChild,
-    dir: tempfile::TempDir,
-    pub control: SocketAddr,
-    pub cert: PathBuf,
-    args: Vec<String>,
-}
-
-impl Gateway {
-    /// Starts `s2cs serve` in `node` with the usual flags plus `extra`.
-    pub fn start(
-        topo: &Topology,
-        node: Node,
-        control: SocketAddr,
-        listener_ip: IpAddr,
-        allow: &str,
-        extra: &[&str],
-    ) -> Gateway {
-        let dir = tempfile::Builder::new()
-            .prefix(&format!("{}-{node}-", topo.id()))
-            .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
-            .expect("creating the gateway's state directory");
-        let ip = listener_ip.to_string();
-        let state = dir.path().join("state").display().to_string();
-        let control_s = control.to_string();
-        let mut args: Vec<String> = [
-            "serve",
-            "--control-listen",
-            &control_s,
-            "--port-range",
-            PORT_RANGE,
-            "--listener-ip",
-            &ip,
-            "--advertise-ip",
-            &ip,
-            "--no-auth",
-            "--allow",
-            allow,
-            "--state-dir",
-            &state,
-        ]
-        .iter()
-        .map(|s| (*s).to_owned())
-        .collect();
-        args.extend(extra.iter().map(|s| (*s).to_owned()));
-        let stdout = File::create(dir.path().join("stdout")).expect("creating the stdout file");
-        let stderr = File::create(dir.path().join("stderr")).expect("creating the log file");
-        let mut cmd = Command::new(binary("s2cs", "S2CS_BIN"));
-        cmd.args(&args)
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(stdout)
-            .stderr(stderr);
-        let child = topo
-            .spawn(node, cmd)
-            .unwrap_or_else(|e| panic!("starting s2cs in {node}: {e:#}"));
-        let mut gw = Gateway {
-            node,
-            child,
-            cert: dir.path().join("state/tls/control-cert.pem"),
-            dir,
-            control,
-            args,
-        };
-        let extra_lines: Vec<&str> = extra
-            .iter()
-            .filter_map(|flag| match *flag {
-                "--xdp-iface" => Some("XDP guard on"),
-                "--metrics-listen" => Some("metrics on"),
-                _ => None,
-            })
-            .collect();
-        let result = eventually(SECS_30, || {
-            if let Some(status) = gw.child.try_wait().expect("polling s2cs") {
-                panic!("s2cs in {node} exited early ({status})");
-            }
-            let out = gw.stdout();
-            if out.contains("SHA-256 fingerprint") && extra_lines.iter().all(|l| out.contains(l)) {
-                Ok(())
-            } else {
-                Err("not ready yet")
-            }
-        });
-        if let Err(e) = result {
-            panic!("s2cs in {node} did not get ready: {e:#}");
-        }
-        gw
-    }
-
-    pub fn stdout(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("stdout")).unwrap_or_default()
-    }
-
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("stderr")).unwrap_or_default()
-    }
-
-    /// SIGTERM, then waits for a clean exit.
-    pub fn terminate(&mut self) {
-        let pid = Pid::from_raw(i32::try_from(self.child.id()).expect("pid fits i32"));
-        kill(pid, Signal::SIGTERM).expect("sending SIGTERM to s2cs");
-        let status = self
-            .child
-            .wait_deadline(SECS_30)
-            .unwrap_or_else(|e| panic!("s2cs in {} after SIGTERM: {e:#}", self.node));
-        assert!(
-            status.success(),
-            "s2cs in {} exited with {status}",
-            self.node
-        );
-    }
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!(
-                "---- {} (s2cs {}) stdout ----\n{}---- {} log ----\n{}",
-                self.node,
-                self.args.join(" "),
-                self.stdout(),
-                self.node,
-                self.log()
-            );
-        }
-    }
+/// Where gateways and s2uc keep their files.
+fn tmp() -> &'static Path {
+    Path::new(env!("CARGO_TARGET_TMPDIR"))
 }
 
 /// A topology with a PROD gateway in gwa (listeners on the WAN) and a CONS
@@ -186,7 +36,7 @@ impl Drop for Gateway {
 pub struct Setup {
     pub gwa: Gateway,
     pub gwb: Gateway,
-    home: tempfile::TempDir,
+    s2uc: S2uc,
     pub topo: Topology,
 }
 
@@ -196,98 +46,61 @@ impl Setup {
             .attacker(attacker)
             .build()
             .unwrap_or_else(|e| panic!("cannot build the topology: {e:#}"));
+        let extra = |flags: &[&str]| flags.iter().map(|f| (*f).to_owned()).collect();
         let wan_ip = topo.addr(Node::Gwa, Link::Wan);
         let gwa = Gateway::start(
             &topo,
-            Node::Gwa,
-            SocketAddr::new(wan_ip, CONTROL_PORT),
-            wan_ip,
-            &format!("{}/24", Link::LanA.subnet_v4()),
-            gwa_extra,
-        );
+            GatewaySpec {
+                node: Node::Gwa,
+                control: SocketAddr::new(wan_ip, CONTROL_PORT),
+                listener_ip: wan_ip,
+                allow: format!("{}/24", Link::LanA.subnet_v4()),
+                extra: extra(gwa_extra),
+            },
+            tmp(),
+        )
+        .unwrap_or_else(|e| panic!("starting the PROD gateway: {e:#}"));
         let lanb_ip = topo.addr(Node::Gwb, Link::LanB);
         let gwb = Gateway::start(
             &topo,
-            Node::Gwb,
-            SocketAddr::new(lanb_ip, CONTROL_PORT),
-            lanb_ip,
-            &format!("{}/24:{PORT_RANGE}", Link::Wan.subnet_v4()),
-            gwb_extra,
-        );
-        let home = tempfile::Builder::new()
-            .prefix(&format!("{}-home-", topo.id()))
-            .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
-            .expect("creating a HOME for s2uc");
+            GatewaySpec {
+                node: Node::Gwb,
+                control: SocketAddr::new(lanb_ip, CONTROL_PORT),
+                listener_ip: lanb_ip,
+                allow: format!("{}/24:{PORT_RANGE}", Link::Wan.subnet_v4()),
+                extra: extra(gwb_extra),
+            },
+            tmp(),
+        )
+        .unwrap_or_else(|e| panic!("starting the CONS gateway: {e:#}"));
+        let s2uc = S2uc::new(tmp(), &format!("{}-home", topo.id()))
+            .unwrap_or_else(|e| panic!("a HOME for s2uc: {e:#}"));
         Setup {
             gwa,
             gwb,
-            home,
+            s2uc,
             topo,
         }
     }
 
-    fn s2uc_ok(&self, node: Node, args: &[&str]) -> String {
-        let mut cmd = Command::new(binary("s2uc", "S2UC_BIN"));
-        cmd.args(args)
-            .env("HOME", self.home.path())
-            .env_remove("S2UC_TOKEN");
-        let out: Output = self
-            .topo
-            .output(node, cmd, SECS_30)
-            .unwrap_or_else(|e| panic!("running s2uc {args:?} in {node}: {e:#}"));
-        assert!(
-            out.status.success(),
-            "s2uc {} in {node} failed ({}):\n{}{}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
     /// `s2uc connect` from gwb for the producer listeners.
     pub fn connect(&self, producer: &[SocketAddr], rate_mbps: u32) -> Connected {
-        let producer: Vec<String> = producer.iter().map(ToString::to_string).collect();
-        let (prod_s2cs, cons_s2cs) = (self.gwa.control.to_string(), self.gwb.control.to_string());
-        let (prod_cert, cons_cert) = (
-            self.gwa.cert.display().to_string(),
-            self.gwb.cert.display().to_string(),
-        );
-        let (num_conn, rate) = (producer.len().to_string(), rate_mbps.to_string());
-        let producer = producer.join(",");
-        let out = self.s2uc_ok(
-            Node::Gwb,
-            &[
-                "connect",
-                "--prod-s2cs",
-                &prod_s2cs,
-                "--cons-s2cs",
-                &cons_s2cs,
-                "--prod-cert",
-                &prod_cert,
-                "--cons-cert",
-                &cons_cert,
-                "--producer",
-                &producer,
-                "--num-conn",
-                &num_conn,
-                "--rate",
-                &rate,
-            ],
-        );
-        Connected::parse(&out)
+        self.s2uc
+            .connect(
+                &self.topo,
+                Node::Gwb,
+                (&self.gwa, &self.gwb),
+                producer,
+                rate_mbps,
+            )
+            .unwrap_or_else(|e| panic!("{e:#}"))
     }
 
     /// `s2uc release UID` against `gateway`, from gwb.
     pub fn release(&self, gateway: &Gateway, uid: &str) {
-        let s2cs = gateway.control.to_string();
-        let cert = gateway.cert.display().to_string();
-        let out = self.s2uc_ok(
-            Node::Gwb,
-            &["release", "--s2cs", &s2cs, "--server-cert", &cert, uid],
-        );
-        assert!(out.contains("Release completed"), "release said: {out}");
+        self.s2uc
+            .release(&self.topo, Node::Gwb, gateway, uid)
+            .unwrap_or_else(|e| panic!("{e:#}"));
     }
 
     /// The metrics text of the gateway in `node` (served on METRICS_ADDR
@@ -297,40 +110,6 @@ impl Setup {
             .run_in(node, scrape_local)
             .expect("entering the namespace")
             .unwrap_or_else(|e| panic!("scraping the metrics of {node}: {e}"))
-    }
-}
-
-/// What `s2uc connect` printed.
-#[derive(Debug)]
-pub struct Connected {
-    pub uid: String,
-    pub prod_listeners: Vec<SocketAddr>,
-    pub cons_listeners: Vec<SocketAddr>,
-}
-
-impl Connected {
-    fn parse(out: &str) -> Connected {
-        let field = |name: &str| -> &str {
-            out.lines()
-                .find_map(|l| l.strip_prefix(name))
-                .unwrap_or_else(|| panic!("s2uc connect printed no {name:?} line:\n{out}"))
-                .trim()
-        };
-        let addrs = |name: &str| -> Vec<SocketAddr> {
-            field(name)
-                .split(',')
-                .map(|a| {
-                    a.trim()
-                        .parse()
-                        .unwrap_or_else(|e| panic!("{name} {a:?} in s2uc output: {e}"))
-                })
-                .collect()
-        };
-        Connected {
-            uid: field("uid:").to_owned(),
-            prod_listeners: addrs("prod gateway listeners:"),
-            cons_listeners: addrs("consumer connects to:"),
-        }
     }
 }
 
