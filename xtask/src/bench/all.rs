@@ -15,30 +15,16 @@ use serde_json::json;
 use super::chart::{self, Bar, Suite};
 use super::report::{BenchReport, CaseResult};
 use super::tls::{TlsOpts, TlsReport};
-use super::{BenchOpts, run_relay_bench, run_tls_bench};
+use super::{BenchOpts, RunOpts, run_relay_bench, run_tls_bench};
 
 /// Options of `cargo xtask bench` (both suites).
 #[derive(Clone, Debug, clap::Args)]
 pub struct AllOpts {
-    /// Seconds per iperf3 run (iperf3 -t).
-    #[arg(long, default_value_t = 5)]
-    pub duration: u32,
-    /// Parallel streams (iperf3 -P), one run per value.
-    #[arg(long, value_delimiter = ',', default_values_t = [1, 4])]
-    pub streams: Vec<u32>,
+    #[command(flatten)]
+    pub run: RunOpts,
     /// `s2uc connect` sessions whose setup time is measured (median reported).
     #[arg(long, default_value_t = 5)]
     pub sessions: u32,
-    /// Use the existing target/release/{s2cs,s2uc} instead of building them.
-    #[arg(long)]
-    pub no_build: bool,
-    /// Fail instead of installing missing peers with apt-get.
-    #[arg(long)]
-    pub no_install: bool,
-    /// Where to write bench.{json,md,svg} and each suite's own files
-    /// [default: <workspace>/target/bench].
-    #[arg(long)]
-    pub out_dir: Option<PathBuf>,
 }
 
 /// Where the combined results went.
@@ -51,33 +37,26 @@ pub struct AllPaths {
 /// Runs both suites and writes `bench.json`, `bench.md` and `bench.svg`.
 pub fn run_all(workspace: &Path, opts: &AllOpts) -> anyhow::Result<AllPaths> {
     super::require_root()?;
-    if opts.no_build {
-        let s2cs = super::s2cs_binary(workspace);
-        for bin in [s2cs.clone(), s2cs.with_file_name("s2uc")] {
-            if !bin.is_file() {
-                bail!("{} is missing (drop --no-build to build it)", bin.display());
-            }
-        }
-    } else {
-        super::build_release(workspace, &[("gateway", "s2cs"), ("control", "s2uc")])?;
-    }
-    super::peers::ensure_installed(opts.no_install)?;
-    super::tls::ensure_installed(opts.no_install)?;
-    let out_dir = opts
-        .out_dir
-        .clone()
-        .unwrap_or_else(|| workspace.join("target/bench"));
+    opts.run.validate()?;
+    opts.run
+        .release_binaries(workspace, &[("gateway", "s2cs"), ("control", "s2uc")])?;
+    super::peers::ensure_installed(opts.run.no_install)?;
+    super::tls::ensure_installed(opts.run.no_install)?;
+    let out_dir = opts.run.out_dir(workspace);
     std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
+    // The suites find everything built and installed.
+    let run = RunOpts {
+        no_build: true,
+        no_install: true,
+        out_dir: Some(out_dir.clone()),
+        ..opts.run.clone()
+    };
 
     let relay = run_relay_bench(
         workspace,
         &BenchOpts {
-            duration: opts.duration,
-            streams: opts.streams.clone(),
+            run: run.clone(),
             cases: Vec::new(),
-            no_build: true,
-            no_install: true,
-            out_dir: Some(out_dir.clone()),
         },
     );
     if super::interrupted() {
@@ -86,13 +65,9 @@ pub fn run_all(workspace: &Path, opts: &AllOpts) -> anyhow::Result<AllPaths> {
     let tls = run_tls_bench(
         workspace,
         &TlsOpts {
-            duration: opts.duration,
-            streams: opts.streams.clone(),
+            run,
             cases: Vec::new(),
             sessions: opts.sessions,
-            no_build: true,
-            no_install: true,
-            out_dir: Some(out_dir.clone()),
         },
     );
     if super::interrupted() {

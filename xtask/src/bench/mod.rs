@@ -30,6 +30,7 @@
 
 mod all;
 mod chart;
+mod common;
 mod measure;
 mod peers;
 pub mod report;
@@ -44,6 +45,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 
 pub use all::{AllOpts, run_all};
+pub use common::{Machine, RunOpts};
 pub use report::{BenchReport, CaseResult};
 pub use tls::{TlsOpts, run_tls_bench};
 
@@ -51,40 +53,14 @@ use peers::{CASES, Case, Kind};
 use topo::{BenchNet, Forwarding};
 
 /// Options of `bench relay`.
-#[derive(Clone, Debug, clap::Args)]
+#[derive(Clone, Debug, Default, clap::Args)]
 pub struct BenchOpts {
-    /// Seconds per iperf3 run (iperf3 -t).
-    #[arg(long, default_value_t = 5)]
-    pub duration: u32,
-    /// Parallel streams (iperf3 -P), one run per value.
-    #[arg(long, value_delimiter = ',', default_values_t = [1, 4])]
-    pub streams: Vec<u32>,
+    #[command(flatten)]
+    pub run: RunOpts,
     /// Only these cases, comma-separated: direct, s2cs-sockmap, s2cs-splice,
     /// s2cs-copy, haproxy, haproxy-splice, socat, socat-128k, nginx.
     #[arg(long, value_delimiter = ',')]
     pub cases: Vec<String>,
-    /// Use the existing target/release/s2cs instead of building it.
-    #[arg(long)]
-    pub no_build: bool,
-    /// Fail instead of installing missing peers with apt-get.
-    #[arg(long)]
-    pub no_install: bool,
-    /// Where to write relay.json and relay.md [default: <workspace>/target/bench].
-    #[arg(long)]
-    pub out_dir: Option<PathBuf>,
-}
-
-impl Default for BenchOpts {
-    fn default() -> Self {
-        BenchOpts {
-            duration: 5,
-            streams: vec![1, 4],
-            cases: Vec::new(),
-            no_build: false,
-            no_install: false,
-            out_dir: None,
-        }
-    }
 }
 
 /// Set by the Ctrl-C handler: the run stops at the next check and its guards
@@ -117,42 +93,21 @@ const RELAY_PORT: u16 = 7000;
 pub fn run_relay_bench(workspace: &Path, opts: &BenchOpts) -> anyhow::Result<BenchReport> {
     require_root()?;
     let cases = select_cases(&opts.cases)?;
-    let mut streams = opts.streams.clone();
-    streams.sort_unstable();
-    streams.dedup();
-    if streams.len() != opts.streams.len() || streams.contains(&0) || opts.duration == 0 {
-        bail!("--streams needs distinct positive counts and --duration a positive number");
-    }
+    opts.run.validate()?;
     let s2cs = s2cs_binary(workspace);
     if cases.iter().any(|c| matches!(c.kind, Kind::S2cs(_))) {
-        if opts.no_build {
-            if !s2cs.is_file() {
-                bail!(
-                    "{} is missing (drop --no-build to build it)",
-                    s2cs.display()
-                );
-            }
-        } else {
-            build_release(workspace, &[("gateway", "s2cs")])?;
-        }
+        opts.run
+            .release_binaries(workspace, &[("gateway", "s2cs")])?;
     }
-    peers::ensure_installed(opts.no_install)?;
+    peers::ensure_installed(opts.run.no_install)?;
 
-    let out_dir = opts
-        .out_dir
-        .clone()
-        .unwrap_or_else(|| workspace.join("target/bench"));
+    let out_dir = opts.run.out_dir(workspace);
     let work = out_dir.join("relay-run");
     std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
     let tck = measure::clock_ticks();
     let mut report = BenchReport {
-        duration_s: opts.duration,
-        kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
-            .unwrap_or_default()
-            .trim()
-            .to_owned(),
-        cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
-        loadavg_before: measure::loadavg(),
+        duration_s: opts.run.duration,
+        machine: Machine::now(),
         json_path: out_dir.join("relay.json"),
         markdown_path: out_dir.join("relay.md"),
         ..BenchReport::default()
@@ -178,46 +133,25 @@ pub fn run_relay_bench(workspace: &Path, opts: &BenchOpts) -> anyhow::Result<Ben
             }
         }
     }
-    report.loadavg_after = measure::loadavg();
+    report.machine.finish();
     drop(net);
     eprintln!("bench: measured in {:.0?}", start.elapsed());
 
     report.results = raw_results
         .into_iter()
-        .map(
-            |(case, streams, run): (&Case, u32, measure::Run)| CaseResult {
-                case: case.name.to_owned(),
-                label: case.label.to_owned(),
-                streams,
-                gbit_per_s: run.iperf.bits_per_second / 1e9,
-                bytes: run.iperf.bytes,
-                sent_bytes: run.iperf.sent_bytes,
-                retransmits: run.iperf.retransmits,
-                wall_s: run.wall.as_secs_f64(),
-                relay_cpu_s: run.relay_cpu,
-                endpoints_cpu_s: run.endpoints_cpu,
-                kernel_threads_cpu_s: run.kernel_threads_cpu,
-                unattributed_cpu_s: run.unattributed_cpu,
-                others_cpu_s: run.others_cpu,
-                machine_cpu_s: run.machine_cpu,
-                softirq_cpu_s: run.softirq_cpu,
-            },
-        )
+        .map(|(case, streams, run): (&Case, u32, measure::Run)| {
+            CaseResult::from_run(case.name, case.label, streams, &run)
+        })
         .collect();
     report.check_goals();
 
-    let json = serde_json::to_string_pretty(&report.to_json()).context("serializing the report")?;
-    std::fs::write(&report.json_path, json + "\n")
-        .with_context(|| format!("writing {}", report.json_path.display()))?;
-    std::fs::write(&report.markdown_path, report.markdown())
-        .with_context(|| format!("writing {}", report.markdown_path.display()))?;
-    println!("{}", report.table());
-    println!(
-        "wrote {} and {} (raw iperf3 output and relay logs in {})",
-        report.json_path.display(),
-        report.markdown_path.display(),
-        work.display()
-    );
+    common::write_report(
+        &report.to_json(),
+        (&report.json_path, &report.markdown_path),
+        &report.markdown(),
+        &report.table(),
+        &work,
+    )?;
     Ok(report)
 }
 
@@ -238,13 +172,13 @@ fn run_case<'c>(
     };
     let relay = peers::start(net, case, port, work, s2cs)?;
     let mut rows = Vec::new();
-    for &streams in &opts.streams {
+    for &streams in &opts.run.streams {
         let raw = work.join(format!("{}-P{streams}.json", case.name));
         let server = IperfServer::start(net, work)?;
         let run = measure::iperf_run(
             net,
             relay.addr,
-            opts.duration,
+            opts.run.duration,
             streams,
             server.pid(),
             tck,

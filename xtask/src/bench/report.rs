@@ -100,11 +100,8 @@ pub struct BenchReport {
     /// Cases that could not be measured, with the reason.
     pub failures: Vec<(String, String)>,
     pub duration_s: u32,
-    pub kernel: String,
-    pub cpus: usize,
-    /// /proc/loadavg (1, 5, 15 min) before and after the run.
-    pub loadavg_before: String,
-    pub loadavg_after: String,
+    /// Where it ran and how busy the machine was.
+    pub machine: super::Machine,
     /// Where the JSON and Markdown were written.
     pub json_path: std::path::PathBuf,
     pub markdown_path: std::path::PathBuf,
@@ -202,11 +199,11 @@ impl BenchReport {
         format!(
             "kernel {}, {} CPUs, iperf3 -t {}, veth MTU 1500; load average before {} / after {}; \
              other processes used {:.2} cores on average during the runs",
-            self.kernel,
-            self.cpus,
+            self.machine.kernel,
+            self.machine.cpus,
             self.duration_s,
-            self.loadavg_before,
-            self.loadavg_after,
+            self.machine.loadavg_before,
+            self.machine.loadavg_after,
             self.others_cores_mean()
         )
     }
@@ -389,12 +386,12 @@ impl BenchReport {
             .collect();
         json!({
             "bench": "relay",
-            "kernel": self.kernel,
-            "cpus": self.cpus,
+            "kernel": self.machine.kernel,
+            "cpus": self.machine.cpus,
             "duration_s": self.duration_s,
             "mtu": super::topo::MTU,
-            "loadavg_before": self.loadavg_before,
-            "loadavg_after": self.loadavg_after,
+            "loadavg_before": self.machine.loadavg_before,
+            "loadavg_after": self.machine.loadavg_after,
             "others_cores_mean": self.others_cores_mean(),
             "results": results,
             "goals": goals,
@@ -405,10 +402,17 @@ impl BenchReport {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn row(case: &str, streams: u32, gbit: f64, relay_cpu: f64, machine: f64) -> CaseResult {
+    /// A made-up row (also used by the TLS suite's report tests).
+    pub(in crate::bench) fn row(
+        case: &str,
+        streams: u32,
+        gbit: f64,
+        relay_cpu: f64,
+        machine: f64,
+    ) -> CaseResult {
         CaseResult {
             case: case.into(),
             label: case.into(),

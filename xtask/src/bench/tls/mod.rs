@@ -41,7 +41,7 @@
 mod pairs;
 mod report;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
@@ -49,7 +49,7 @@ use anyhow::{Context, bail};
 use super::measure::{self, RunSpec};
 use super::report::CaseResult;
 use super::topo::{PAIR_SERVER_ADDR, PairNet};
-use super::{IperfServer, interrupted, peers};
+use super::{IperfServer, Machine, RunOpts, interrupted, peers};
 
 use pairs::{ktls_stat, make_cert, start_haproxy, start_s2cs, start_ssh, start_stunnel};
 pub use report::TlsReport;
@@ -58,12 +58,8 @@ use report::median;
 /// Options of `bench tls`.
 #[derive(Clone, Debug, clap::Args)]
 pub struct TlsOpts {
-    /// Seconds per iperf3 run (iperf3 -t).
-    #[arg(long, default_value_t = 5)]
-    pub duration: u32,
-    /// Parallel streams (iperf3 -P), one run per value.
-    #[arg(long, value_delimiter = ',', default_values_t = [1, 4])]
-    pub streams: Vec<u32>,
+    #[command(flatten)]
+    pub run: RunOpts,
     /// Only these pairs, comma-separated: s2cs, s2cs-plain, stunnel,
     /// haproxy-tls, ssh.
     #[arg(long, value_delimiter = ',')]
@@ -71,15 +67,6 @@ pub struct TlsOpts {
     /// `s2uc connect` sessions whose setup time is measured (median reported).
     #[arg(long, default_value_t = 5)]
     pub sessions: u32,
-    /// Use the existing target/release/{s2cs,s2uc} instead of building them.
-    #[arg(long)]
-    pub no_build: bool,
-    /// Fail instead of installing missing peers with apt-get.
-    #[arg(long)]
-    pub no_install: bool,
-    /// Where to write tls.json and tls.md [default: <workspace>/target/bench].
-    #[arg(long)]
-    pub out_dir: Option<PathBuf>,
 }
 
 /// Debian packages this benchmark needs, with a file that shows each is there.
@@ -169,34 +156,19 @@ pub fn ensure_installed(no_install: bool) -> anyhow::Result<()> {
 pub fn run_tls_bench(workspace: &Path, opts: &TlsOpts) -> anyhow::Result<TlsReport> {
     super::require_root()?;
     let pairs = select(&opts.cases)?;
-    let mut streams = opts.streams.clone();
-    streams.sort_unstable();
-    streams.dedup();
-    if streams.len() != opts.streams.len() || streams.contains(&0) || opts.duration == 0 {
-        bail!("--streams needs distinct positive counts and --duration a positive number");
-    }
+    opts.run.validate()?;
     if opts.sessions == 0 {
         bail!("--sessions needs at least one session");
     }
     let s2cs = super::s2cs_binary(workspace);
     let s2uc = s2cs.with_file_name("s2uc");
     if pairs.iter().any(|p| matches!(p.kind, PairKind::S2cs(_))) {
-        if opts.no_build {
-            for bin in [&s2cs, &s2uc] {
-                if !bin.is_file() {
-                    bail!("{} is missing (drop --no-build to build it)", bin.display());
-                }
-            }
-        } else {
-            super::build_release(workspace, &[("gateway", "s2cs"), ("control", "s2uc")])?;
-        }
+        opts.run
+            .release_binaries(workspace, &[("gateway", "s2cs"), ("control", "s2uc")])?;
     }
-    ensure_installed(opts.no_install)?;
+    ensure_installed(opts.run.no_install)?;
 
-    let out_dir = opts
-        .out_dir
-        .clone()
-        .unwrap_or_else(|| workspace.join("target/bench"));
+    let out_dir = opts.run.out_dir(workspace);
     let work = out_dir.join("tls-run");
     if work.exists() {
         std::fs::remove_dir_all(&work).with_context(|| format!("removing {}", work.display()))?;
@@ -205,13 +177,8 @@ pub fn run_tls_bench(workspace: &Path, opts: &TlsOpts) -> anyhow::Result<TlsRepo
     make_cert(&work)?;
     let tck = measure::clock_ticks();
     let mut report = TlsReport {
-        duration_s: opts.duration,
-        kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
-            .unwrap_or_default()
-            .trim()
-            .to_owned(),
-        cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
-        loadavg_before: measure::loadavg(),
+        duration_s: opts.run.duration,
+        machine: Machine::now(),
         json_path: out_dir.join("tls.json"),
         markdown_path: out_dir.join("tls.md"),
         ..TlsReport::default()
@@ -236,23 +203,18 @@ pub fn run_tls_bench(workspace: &Path, opts: &TlsOpts) -> anyhow::Result<TlsRepo
             }
         }
     }
-    report.loadavg_after = measure::loadavg();
+    report.machine.finish();
     drop(net);
     eprintln!("bench: measured in {:.0?}", start.elapsed());
     report.check_goals();
 
-    let json = serde_json::to_string_pretty(&report.to_json()).context("serializing the report")?;
-    std::fs::write(&report.json_path, json + "\n")
-        .with_context(|| format!("writing {}", report.json_path.display()))?;
-    std::fs::write(&report.markdown_path, report.markdown())
-        .with_context(|| format!("writing {}", report.markdown_path.display()))?;
-    println!("{}", report.table());
-    println!(
-        "wrote {} and {} (raw iperf3 output, configs and logs in {})",
-        report.json_path.display(),
-        report.markdown_path.display(),
-        work.display()
-    );
+    super::common::write_report(
+        &report.to_json(),
+        (&report.json_path, &report.markdown_path),
+        &report.markdown(),
+        &report.table(),
+        &work,
+    )?;
     Ok(report)
 }
 
@@ -283,7 +245,7 @@ fn run_pair(
         );
     }
     let gateways = [net.gwb.as_str(), net.gwa.as_str()];
-    for &streams in &opts.streams {
+    for &streams in &opts.run.streams {
         if interrupted() {
             bail!("interrupted");
         }
@@ -292,7 +254,7 @@ fn run_pair(
             client_ns: &net.client,
             gateway_ns: &gateways,
             target: running.addr,
-            secs: opts.duration,
+            secs: opts.run.duration,
             streams,
             reverse: true,
             server_pid: server.pid(),
@@ -311,23 +273,9 @@ fn run_pair(
             run.machine_cpu,
             run.wall.as_secs_f64()
         );
-        report.results.push(CaseResult {
-            case: pair.name.to_owned(),
-            label: pair.label.to_owned(),
-            streams,
-            gbit_per_s: run.iperf.bits_per_second / 1e9,
-            bytes: run.iperf.bytes,
-            sent_bytes: run.iperf.sent_bytes,
-            retransmits: run.iperf.retransmits,
-            wall_s: run.wall.as_secs_f64(),
-            relay_cpu_s: run.relay_cpu,
-            endpoints_cpu_s: run.endpoints_cpu,
-            kernel_threads_cpu_s: run.kernel_threads_cpu,
-            unattributed_cpu_s: run.unattributed_cpu,
-            others_cpu_s: run.others_cpu,
-            machine_cpu_s: run.machine_cpu,
-            softirq_cpu_s: run.softirq_cpu,
-        });
+        report
+            .results
+            .push(CaseResult::from_run(pair.name, pair.label, streams, &run));
     }
     if pair.kind == PairKind::S2cs("tls") {
         report.ktls = gateways

@@ -34,10 +34,8 @@ pub struct TlsReport {
     /// Whether the s2cs pair's channel ran on kernel TLS (per gateway).
     pub ktls: String,
     pub duration_s: u32,
-    pub kernel: String,
-    pub cpus: usize,
-    pub loadavg_before: String,
-    pub loadavg_after: String,
+    /// Where it ran and how busy the machine was.
+    pub machine: super::super::Machine,
     pub json_path: PathBuf,
     pub markdown_path: PathBuf,
 }
@@ -205,7 +203,11 @@ impl TlsReport {
         let _ = writeln!(
             out,
             "bench tls: iperf3 -R -t {} through each gateway pair (consumer - gwB =TLS 1.3= gwA - producer), {} CPUs, kernel {}, load {} -> {}",
-            self.duration_s, self.cpus, self.kernel, self.loadavg_before, self.loadavg_after
+            self.duration_s,
+            self.machine.cpus,
+            self.machine.kernel,
+            self.machine.loadavg_before,
+            self.machine.loadavg_after
         );
         line(&mut out, &Self::HEADER.map(String::from));
         for row in &rows {
@@ -221,7 +223,7 @@ impl TlsReport {
         let _ = write!(
             out,
             "pair CPU = every process in gwB and gwA (procfs); a shared {}-CPU machine: figures are noisy",
-            self.cpus
+            self.machine.cpus
         );
         out
     }
@@ -233,7 +235,11 @@ impl TlsReport {
             out,
             "iperf3 -R -t {} (producer sends), consumer - gwB =TLS 1.3 ({SUITE})= gwA - producer, \
              {} CPUs, kernel {}, load {} -> {}.\n",
-            self.duration_s, self.cpus, self.kernel, self.loadavg_before, self.loadavg_after
+            self.duration_s,
+            self.machine.cpus,
+            self.machine.kernel,
+            self.machine.loadavg_before,
+            self.machine.loadavg_after
         );
         let _ = writeln!(out, "| {} |", Self::HEADER.join(" | "));
         let _ = writeln!(out, "|{}", "---|".repeat(Self::HEADER.len()));
@@ -296,10 +302,10 @@ impl TlsReport {
         json!({
             "bench": "tls",
             "duration_s": self.duration_s,
-            "kernel": self.kernel,
-            "cpus": self.cpus,
-            "loadavg_before": self.loadavg_before,
-            "loadavg_after": self.loadavg_after,
+            "kernel": self.machine.kernel,
+            "cpus": self.machine.cpus,
+            "loadavg_before": self.machine.loadavg_before,
+            "loadavg_after": self.machine.loadavg_after,
             "setup_time_s": {
                 "median": (!self.setup_times_s.is_empty()).then(|| median(&self.setup_times_s)),
                 "sessions": self.setup_times_s,
@@ -318,23 +324,7 @@ mod tests {
     use super::*;
 
     fn row(case: &str, streams: u32, gbit: f64) -> CaseResult {
-        CaseResult {
-            case: case.into(),
-            label: case.into(),
-            streams,
-            gbit_per_s: gbit,
-            bytes: (gbit * 1e9 / 8.0 * 5.0) as u64,
-            sent_bytes: (gbit * 1e9 / 8.0 * 5.0) as u64,
-            retransmits: 0,
-            wall_s: 5.0,
-            relay_cpu_s: 2.0,
-            endpoints_cpu_s: 3.0,
-            kernel_threads_cpu_s: 0.0,
-            unattributed_cpu_s: 0.0,
-            others_cpu_s: 0.0,
-            machine_cpu_s: 6.0,
-            softirq_cpu_s: 1.0,
-        }
+        crate::bench::report::tests::row(case, streams, gbit, 2.0, 6.0)
     }
 
     #[test]
