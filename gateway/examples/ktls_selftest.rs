@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use gateway::channel::{
     self, ChannelConfig, ChannelPath, ChannelSettings, FailureReason, KernelCaps, KtlsSupport,
 };
-use gateway::relay::{ConnCounters, RelayEngine};
+use gateway::relay::{ConnCounters, DataPath, RelayEngine};
 use ring::digest::{Context, SHA256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -329,11 +329,11 @@ async fn run(mib: usize) -> Result<(), String> {
         return Err("kernel TLS is not available".into());
     }
     let dir = std::env::temp_dir().join(format!("ktls-selftest-{}", std::process::id()));
+    let user = KernelCaps::without_ktls(RelayEngine::userspace(), DataPath::Splice);
     let ktls = KernelCaps {
         ktls: support.clone(),
-        engine: RelayEngine::userspace(),
+        ..user.clone()
     };
-    let user = KernelCaps::without_ktls(RelayEngine::userspace());
     let len = mib << 20;
 
     println!("case: kernel TLS on both gateways");

@@ -147,6 +147,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
         (None, _) => println!("s2cs: control channel WITHOUT TLS"),
     }
+    if let Some((cert, fingerprint)) = gateway.channel_cert() {
+        println!(
+            "s2cs: data channel certificate {} SHA-256 fingerprint {fingerprint}",
+            cert.display()
+        );
+    }
     if let Some((iface, mode)) = gateway.xdp() {
         println!("s2cs: XDP guard on {iface} ({mode} mode)");
     }

@@ -13,7 +13,9 @@
 //! - *live* values read at scrape time from their owners (so a sockmap
 //!   relay's in-kernel byte counters are as fresh as the scrape): sessions by
 //!   state, bytes per session and direction, open connections, relayed bytes
-//!   over the whole life of the process, XDP drops by reason.
+//!   over the whole life of the process, XDP drops by reason, data-channel
+//!   connections established and refused by reason (certificate, bad_proof,
+//!   timeout, ...).
 //!
 //! Labels never carry a secret: the session label is the uid, except for
 //! sessions with the legacy uid-derived data secret (where the uid *is* the
@@ -36,6 +38,7 @@ use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
 };
 
+use crate::channel::ChannelFailures;
 use crate::session::KernelDataPlane;
 use crate::xdp::XdpGuard;
 
@@ -82,6 +85,7 @@ struct Sources {
     data_plane: OnceLock<Weak<KernelDataPlane>>,
     sessions_by_state: OnceLock<SessionsFn>,
     xdp: OnceLock<Weak<XdpGuard>>,
+    channel: OnceLock<Arc<ChannelFailures>>,
 }
 
 type SessionsFn = Box<dyn Fn() -> Vec<(&'static str, u64)> + Send + Sync>;
@@ -230,6 +234,12 @@ impl Metrics {
         let _ = self.sources.xdp.set(Arc::downgrade(guard));
     }
 
+    /// Reads the data channel's established and refused connections at
+    /// scrape time. Only the first call counts.
+    pub fn watch_channel(&self, failures: &Arc<ChannelFailures>) {
+        let _ = self.sources.channel.set(Arc::clone(failures));
+    }
+
     /// The hook the control server reports calls and auth failures to.
     pub fn control_observer(self: &Arc<Self>) -> Arc<dyn Observer> {
         Arc::new(ControlObserver(Arc::clone(self)))
@@ -320,7 +330,7 @@ struct Live {
 }
 
 /// (name, help, labels) of every live family.
-const LIVE: [(&str, &str, &[&str]); 9] = [
+const LIVE: [(&str, &str, &[&str]); 11] = [
     (
         "s2cs_sessions",
         "Sessions in the control server, by state",
@@ -367,6 +377,17 @@ const LIVE: [(&str, &str, &[&str]); 9] = [
         "s2cs_xdp_attached",
         "1 while the XDP guard is attached, with its mode (native or generic)",
         &["iface", "mode"],
+    ),
+    (
+        "s2cs_channel_established_total",
+        "Data-channel connections whose TLS handshake and mutual proof succeeded",
+        &[],
+    ),
+    (
+        "s2cs_channel_refused_total",
+        "Data-channel connections refused before any byte was relayed, by reason (timeout, \
+         not_tls, handshake, certificate, bad_proof, mode_mismatch, peer_closed, io)",
+        &["reason"],
     ),
 ];
 
@@ -513,6 +534,19 @@ impl Collector for Live {
                 )],
             ));
         }
+        if let Some(channel) = self.sources.channel.get() {
+            families.push((
+                9,
+                MetricType::COUNTER,
+                vec![counter(&[], channel.established())],
+            ));
+            let refused = channel
+                .snapshot()
+                .into_iter()
+                .map(|(reason, n)| counter(&[("reason", reason.as_str())], n))
+                .collect();
+            families.push((10, MetricType::COUNTER, refused));
+        }
         families
             .into_iter()
             .filter(|(_, _, metrics)| !metrics.is_empty())
@@ -605,6 +639,23 @@ mod tests {
             "s2cs_control_call_duration_seconds_count{code=\"ok\",method=\"req\"} 1",
             "s2cs_auth_failures_total{reason=\"unauthenticated\"} 1",
             "s2cs_auth_failures_total{reason=\"permission_denied\"} 0",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in:\n{text}");
+        }
+    }
+
+    #[test]
+    fn channel_counters_are_read_at_scrape_time() {
+        let metrics = Metrics::new().expect("metrics");
+        let text = metrics.render().expect("render");
+        assert!(!text.contains("s2cs_channel_refused_total"), "{text}");
+        let failures = Arc::new(ChannelFailures::default());
+        metrics.watch_channel(&failures);
+        let text = metrics.render().expect("render");
+        for line in [
+            "s2cs_channel_established_total 0",
+            "s2cs_channel_refused_total{reason=\"certificate\"} 0",
+            "s2cs_channel_refused_total{reason=\"bad_proof\"} 0",
         ] {
             assert!(text.contains(line), "missing {line:?} in:\n{text}");
         }

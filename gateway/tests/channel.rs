@@ -62,7 +62,7 @@ impl Default for Options {
             settings_a: Box::new(|dir| ChannelSettings::self_signed(dir)),
             settings_b: Box::new(|dir| ChannelSettings::self_signed(dir)),
             secret_a: SECRET,
-            caps: KernelCaps::detect(RelayEngine::userspace()),
+            caps: KernelCaps::detect(RelayEngine::userspace(), DataPath::Splice),
             tls12_only_a: false,
             tls12_only_b: false,
         }
@@ -945,15 +945,14 @@ async fn plaintext_after_auth_uses_the_plaintext_relay() {
     let mut pair = Pair::start(Options {
         settings_a: Box::new(plain),
         settings_b: Box::new(plain),
-        caps: KernelCaps::detect(engine),
+        caps: KernelCaps::detect(engine, DataPath::Splice),
         ..Options::default()
     })
     .await;
     both_ways(&mut pair, 16 << 20).await;
     for outcome in [pair.outcome_a().await, pair.outcome_b().await] {
         match outcome {
-            // The plaintext engine's `auto` path (splice: zero-copy in the
-            // kernel; sockmap is opt-in, see RelayEngine::best_path).
+            // The path the gateway chose (here splice, what `auto` picks).
             Outcome::Relayed(Ok(path)) => {
                 assert_eq!(path, ChannelPath::Plaintext(DataPath::Splice))
             }
@@ -966,7 +965,7 @@ async fn plaintext_after_auth_uses_the_plaintext_relay() {
         settings_a: Box::new(plain),
         settings_b: Box::new(plain),
         secret_a: [1; 32],
-        caps: KernelCaps::detect(RelayEngine::userspace()),
+        caps: KernelCaps::detect(RelayEngine::userspace(), DataPath::Splice),
         ..Options::default()
     })
     .await;
@@ -978,6 +977,38 @@ async fn plaintext_after_auth_uses_the_plaintext_relay() {
         Outcome::Refused(Some(FailureReason::BadProof), _)
     ));
     pair.assert_sink_untouched().await;
+}
+
+/// The plaintext mode relays on the data path the gateway chose
+/// (`KernelCaps::path`, from `s2cs serve --data-path`), not on the engine's
+/// default: copy, and sockmap through the kernel relay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plaintext_after_auth_relays_on_the_chosen_data_path() {
+    let plain = |dir: &std::path::Path| ChannelSettings {
+        plaintext_after_auth: true,
+        ..ChannelSettings::self_signed(dir)
+    };
+    for path in [DataPath::Copy, DataPath::Sockmap] {
+        let mut pair = Pair::start(Options {
+            settings_a: Box::new(plain),
+            settings_b: Box::new(plain),
+            caps: KernelCaps::detect(kernel_engine(), path),
+            ..Options::default()
+        })
+        .await;
+        both_ways(&mut pair, 4 << 20).await;
+        for (who, outcome) in [
+            ("gwA", pair.outcome_a().await),
+            ("gwB", pair.outcome_b().await),
+        ] {
+            match outcome {
+                Outcome::Relayed(Ok(used)) => {
+                    assert_eq!(used, ChannelPath::Plaintext(path), "{who}")
+                }
+                other => panic!("{who}: expected the plaintext relay on {path}, got {other:?}"),
+            }
+        }
+    }
 }
 
 /// The AEAD suites a TLS 1.2 channel may negotiate (as `ChannelInfo` names them).

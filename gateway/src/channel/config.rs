@@ -7,7 +7,7 @@
 //! the rustls configurations once.
 use std::fmt;
 use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,11 +22,11 @@ use rustls::{
     ClientConfig, DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig,
     SignatureScheme,
 };
-use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use zeroize::Zeroizing;
 
 use super::error::{ChannelError, ChannelFailures};
+use super::pem::{self, PemFileError};
 
 /// Certificate file name in a self-signed directory.
 pub const SELF_SIGNED_CERT: &str = "channel-cert.pem";
@@ -61,18 +61,39 @@ impl Fingerprint {
 
     /// Parses "AB:CD:..." or plain hex (64 digits).
     pub fn parse(text: &str) -> Result<Self, ChannelError> {
-        let digits: Vec<u8> = text.bytes().filter(|b| *b != b':').collect();
-        let bad = || {
-            ChannelError::config(format!(
-                "{text:?} is not a SHA-256 fingerprint (64 hex digits)"
-            ))
+        text.parse()
+            .map_err(|e: BadFingerprint| ChannelError::config(e.to_string()))
+    }
+}
+
+/// Text that is not a SHA-256 fingerprint.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{text:?} is not a SHA-256 fingerprint: expected 64 hex digits, optionally in pairs \
+     separated by colons (AB:CD:...)"
+)]
+pub struct BadFingerprint {
+    text: String,
+}
+
+impl std::str::FromStr for Fingerprint {
+    type Err = BadFingerprint;
+
+    /// Parses "AB:CD:..." or plain hex (64 digits), either case.
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let bad = || BadFingerprint {
+            text: text.to_owned(),
         };
+        let digits: Vec<u8> = text.bytes().filter(|b| *b != b':').collect();
         if digits.len() != 64 {
             return Err(bad());
         }
         let mut out = [0u8; 32];
         for (i, pair) in digits.chunks(2).enumerate() {
             let hex = std::str::from_utf8(pair).map_err(|_| bad())?;
+            if !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(bad());
+            }
             out[i] = u8::from_str_radix(hex, 16).map_err(|_| bad())?;
         }
         Ok(Fingerprint(out))
@@ -191,9 +212,9 @@ impl ChannelConfig {
         settings: ChannelSettings,
         versions: &[&'static rustls::SupportedProtocolVersion],
     ) -> Result<Self, ChannelError> {
-        let (chain, key) = load_identity(&settings.certs)?;
-        let fingerprint = Fingerprint::of_der(chain[0].as_ref());
         let provider = Arc::new(provider());
+        let (chain, key) = load_identity(&settings.certs, &provider)?;
+        let fingerprint = Fingerprint::of_der(chain[0].as_ref());
         let tls_err =
             |what: &str, err: rustls::Error| ChannelError::config(format!("{what}: {err}"));
         let algorithms = provider.signature_verification_algorithms;
@@ -252,6 +273,13 @@ impl ChannelConfig {
         client.resumption = Resumption::disabled();
         client.alpn_protocols = vec![ALPN.to_vec()];
 
+        if settings.allow_tls12 {
+            tracing::warn!(
+                "channel: TLS 1.2 is allowed on the data channel (opt-in): use it only for peers or \
+                 kernels without TLS 1.3; TLS 1.2 connections get no key update, so the AES-GCM \
+                 usage limit is not enforced on them"
+            );
+        }
         if settings.plaintext_after_auth {
             tracing::warn!(
                 "channel: PLAINTEXT AFTER AUTHENTICATION is enabled: after the mutual proof, session data \
@@ -313,6 +341,7 @@ fn provider() -> CryptoProvider {
 
 fn load_identity(
     source: &CertSource,
+    provider: &CryptoProvider,
 ) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), ChannelError> {
     let (cert, key) = match source {
         CertSource::Files { cert, key } => (cert.clone(), key.clone()),
@@ -325,34 +354,14 @@ fn load_identity(
             (cert, key)
         }
     };
-    check_private(&key)?;
-    let chain = CertificateDer::pem_file_iter(&cert)
-        .map_err(|e| ChannelError::config(format!("reading {}: {e}", cert.display())))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| ChannelError::config(format!("parsing {}: {e}", cert.display())))?;
-    if chain.is_empty() {
-        return Err(ChannelError::config(format!(
-            "{} holds no certificate",
-            cert.display()
-        )));
-    }
-    let key = PrivateKeyDer::from_pem_file(&key)
-        .map_err(|e| ChannelError::config(format!("reading the key {}: {e}", key.display())))?;
-    Ok((chain, key))
-}
-
-/// Refuses a key file that others can read.
-fn check_private(path: &Path) -> Result<(), ChannelError> {
-    let meta = std::fs::metadata(path)
-        .map_err(|e| ChannelError::config(format!("{}: {e}", path.display())))?;
-    let mode = meta.permissions().mode() & 0o777;
-    if mode & 0o077 != 0 {
-        return Err(ChannelError::config(format!(
-            "the key file {} has mode {mode:o}; it must not be readable by group or others (chmod 600)",
-            path.display()
-        )));
-    }
-    Ok(())
+    let file_err = |path: &Path, what: &str, err: PemFileError| {
+        ChannelError::config(format!("the {what} {}: {err}", path.display()))
+    };
+    // The key first: a key others can read is refused whatever else is wrong.
+    let key_der = pem::read_private_key(&key).map_err(|e| file_err(&key, "key file", e))?;
+    let chain = pem::read_cert_chain(&cert).map_err(|e| file_err(&cert, "certificate file", e))?;
+    pem::check_key_pair(&chain, &key_der, provider).map_err(|e| file_err(&key, "key file", e))?;
+    Ok((chain, key_der))
 }
 
 fn generate_self_signed(dir: &Path, extra: &[String]) -> Result<(), ChannelError> {
@@ -392,23 +401,8 @@ fn generate_self_signed(dir: &Path, extra: &[String]) -> Result<(), ChannelError
 }
 
 fn load_roots(path: &Path) -> Result<Arc<RootCertStore>, ChannelError> {
-    let mut roots = RootCertStore::empty();
-    let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| ChannelError::config(format!("reading CA file {}: {e}", path.display())))?;
-    for cert in certs {
-        let cert =
-            cert.map_err(|e| ChannelError::config(format!("parsing {}: {e}", path.display())))?;
-        roots.add(cert).map_err(|e| {
-            ChannelError::config(format!("CA certificate in {}: {e}", path.display()))
-        })?;
-    }
-    if roots.is_empty() {
-        return Err(ChannelError::config(format!(
-            "{} holds no CA certificate",
-            path.display()
-        )));
-    }
-    Ok(Arc::new(roots))
+    pem::read_roots(path)
+        .map_err(|e| ChannelError::config(format!("the CA file {}: {e}", path.display())))
 }
 
 /// Accepts any server certificate (the handshake signature is still checked
@@ -513,6 +507,7 @@ impl ClientCertVerifier for Pinned {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt as _;
 
     #[test]
     fn self_signed_once_with_private_key_and_fingerprint_round_trip() {

@@ -15,14 +15,16 @@
 //! best path this kernel and this connection allow ([`ChannelPath`]):
 //! 1. kernel TLS fed and drained by splice ([`ktls`]);
 //! 2. our userspace record layer with large batches ([`userspace`]);
-//! 3. in the opt-in plaintext mode, the plaintext relay engine (sockmap)
-//!    end to end, after both sides left TLS with close_notify.
+//! 3. in the opt-in plaintext mode, the plaintext relay engine end to end
+//!    on the gateway's data path ([`KernelCaps::path`], e.g. sockmap), after
+//!    both sides left TLS with close_notify.
 //!
 //! Sockmap redirect into a kTLS socket is not used: it failed (EINVAL when
 //! setting the keys on a socket in a SockHash) on every kernel tried; see
 //! docs and the reference notes.
 //!
-//! Submodules: [`config`] (certificates, verification, settings),
+//! Submodules: [`config`] (certificates, verification, settings), [`pem`]
+//! (reading certificate, key and CA files),
 //! `handshake` (the handshake driver and proof exchange), [`proof`] (the
 //! proof message), `record` (the TLS record layer after the handshake,
 //! KeyUpdate included), `traffic` (the TLS 1.3 traffic secrets: captured
@@ -33,6 +35,7 @@ pub mod config;
 pub mod error;
 mod handshake;
 mod ktls;
+pub mod pem;
 pub mod proof;
 mod record;
 mod sockets;
@@ -47,9 +50,12 @@ use rustls::pki_types::ServerName;
 use rustls::{ClientConnection, Connection, ServerConnection};
 use tokio::net::TcpStream;
 
-pub use config::{CertSource, ChannelConfig, ChannelSettings, Fingerprint, PeerVerification};
+pub use config::{
+    BadFingerprint, CertSource, ChannelConfig, ChannelSettings, Fingerprint, PeerVerification,
+};
 pub use error::{ChannelError, ChannelFailures, ChannelRelayError, FailureReason};
 pub use ktls::{KtlsSupport, probe_ktls};
+pub use pem::PemFileError;
 pub use proof::Role;
 
 use crate::relay::{ConnCounters, DataPath, RelayEngine};
@@ -212,29 +218,37 @@ async fn establish(
     }
 }
 
-/// What the kernel offers the channel relay.
+/// What the kernel offers the channel relay, and the plaintext data path the
+/// gateway chose.
 #[derive(Clone)]
 pub struct KernelCaps {
     /// Kernel TLS, as probed.
     pub ktls: KtlsSupport,
-    /// The plaintext relay engine (sockmap where loaded) for the plaintext mode.
+    /// The plaintext relay engine for the plaintext-after-authentication mode.
     pub engine: RelayEngine,
+    /// The data path of that mode: the one the gateway relays plaintext legs
+    /// on (`s2cs serve --data-path`); `engine` must be able to run it. A
+    /// connection the path cannot take falls back as [`RelayEngine::relay`]
+    /// does (sockmap to splice).
+    pub path: DataPath,
 }
 
 impl KernelCaps {
     /// Probes kernel TLS now (blocking, a few milliseconds).
-    pub fn detect(engine: RelayEngine) -> Self {
+    pub fn detect(engine: RelayEngine, path: DataPath) -> Self {
         KernelCaps {
             ktls: probe_ktls(),
             engine,
+            path,
         }
     }
 
     /// Never uses kernel TLS.
-    pub fn without_ktls(engine: RelayEngine) -> Self {
+    pub fn without_ktls(engine: RelayEngine, path: DataPath) -> Self {
         KernelCaps {
             ktls: KtlsSupport::unavailable("kernel TLS disabled by configuration"),
             engine,
+            path,
         }
     }
 }
@@ -283,13 +297,16 @@ pub async fn relay_channel(
         Role::Acceptor => (&counters.to_client, &counters.to_server),
     };
     let Some(secrets) = secrets else {
-        let path = caps.engine.best_path();
-        tracing::info!(?peer, path = %ChannelPath::Plaintext(path), "channel: plaintext after authentication (no encryption on the WAN)");
+        let path = caps.path;
+        tracing::info!(?peer, ?role, path = %ChannelPath::Plaintext(path), "channel: plaintext after authentication (no encryption on the WAN)");
         let (client, server) = match role {
             Role::Connector => (lan, tcp),
             Role::Acceptor => (tcp, lan),
         };
         let summary = caps.engine.relay(path, client, server, counters).await?;
+        if summary.path != path {
+            tracing::info!(?peer, planned = %path, used = %summary.path, "channel: this connection fell back to another plaintext path");
+        }
         return Ok(ChannelPath::Plaintext(summary.path));
     };
     let (path, why) = if caps.ktls.available() {

@@ -30,9 +30,12 @@
 //! Layout:
 //! - this file: the session table, accept loops, connections, counters;
 //! - [`wan`]: [`ChannelMode`] and [`wan::wan_leg`] (plain TCP for now);
-//! - [`serve`]: `s2cs serve`, the control server on top of this data plane.
+//! - [`serve`]: `s2cs serve`, the control server on top of this data plane;
+//! - [`channel_args`]: its data-channel options (certificates, peer
+//!   verification, TLS 1.2, proof deadline) and their checks.
 #![forbid(unsafe_code)]
 
+pub mod channel_args;
 pub mod serve;
 pub mod wan;
 
@@ -804,20 +807,11 @@ async fn relay_connection(
     target: SocketAddr,
 ) -> Result<&'static str, ConnError> {
     guard.add_socket(&accepted)?;
-    let dialled = match tokio::time::timeout(shared.dial_timeout, TcpStream::connect(target)).await
-    {
-        Ok(Ok(socket)) => socket,
-        Ok(Err(source)) => return Err(ConnError::Dial { target, source }),
-        Err(_) => {
-            return Err(ConnError::DialTimeout {
-                target,
-                timeout: shared.dial_timeout,
-            });
-        }
-    };
-    guard.add_socket(&dialled)?;
-    // PROD: the peer gateway connected to our WAN listener. CONS: we dialled
-    // the PROD gateway's WAN listener. The other side is a LAN application.
+    // PROD: the peer gateway connected to our WAN listener; it must complete
+    // the channel (and prove the session secret) before ProdApp is dialled,
+    // so a refused connection never reaches it. CONS: we dial the PROD
+    // gateway's WAN listener and set up the channel on that connection. The
+    // other side is a LAN application.
     let (client, server) = match shared.role {
         Role::Prod => {
             let wan = wan::wan_leg(
@@ -829,9 +823,13 @@ async fn relay_connection(
                 &shared.uid,
             )
             .await?;
+            let dialled = dial(shared, target).await?;
+            guard.add_socket(&dialled)?;
             (wan, Leg::Plain(dialled))
         }
         Role::Cons => {
+            let dialled = dial(shared, target).await?;
+            guard.add_socket(&dialled)?;
             let wan = wan::wan_leg(
                 shared.channel,
                 shared.secure.as_deref(),
@@ -872,6 +870,18 @@ async fn relay_connection(
         (Leg::Secure(_), Leg::Secure(_)) => Err(ConnError::Channel(ChannelError::NotConfigured(
             shared.channel,
         ))),
+    }
+}
+
+/// Dials a session's target within its dial timeout.
+async fn dial(shared: &Shared, target: SocketAddr) -> Result<TcpStream, ConnError> {
+    match tokio::time::timeout(shared.dial_timeout, TcpStream::connect(target)).await {
+        Ok(Ok(socket)) => Ok(socket),
+        Ok(Err(source)) => Err(ConnError::Dial { target, source }),
+        Err(_) => Err(ConnError::DialTimeout {
+            target,
+            timeout: shared.dial_timeout,
+        }),
     }
 }
 

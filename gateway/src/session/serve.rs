@@ -7,6 +7,10 @@
 //! until the shutdown future completes (see [`shutdown_signal`]) and drains:
 //! pending calls get a grace period and every session is stopped.
 //!
+//! The data channel's flags (certificates, peer verification, TLS 1.2,
+//! proof deadline) are [`super::channel_args::ChannelArgs`]; they and their
+//! files are checked first, before the relay engine loads or anything binds.
+//!
 //! Optional parts: `--xdp-iface` attaches the XDP guard of the data ports to
 //! the WAN interface (see [`crate::xdp`]) and hands it to the data plane;
 //! `--metrics-listen` serves the Prometheus metrics (see [`crate::metrics`]).
@@ -20,7 +24,9 @@ use std::time::Duration;
 
 use control::{ControlError, ControlServer, ServerArgs, ServerConfig};
 
+use super::channel_args::{ChannelArgs, ChannelOptionError, describe_verification};
 use super::{ChannelMode, KernelDataPlane, PathChoice, SessionError, SessionOptions, engine_for};
+use crate::channel::{ChannelConfig, Fingerprint, KernelCaps};
 use crate::metrics::{self, Metrics, MetricsError};
 use crate::relay::DataPath;
 use crate::xdp::{AttachMode, PeerNet, XdpError, XdpGuard};
@@ -36,20 +42,9 @@ pub struct ServeArgs {
     /// relay loads, else splice), sockmap, splice or copy.
     #[arg(long, value_name = "PATH", default_value = "auto")]
     pub data_path: PathChoice,
-    /// How the link between gateways is carried: tls (TLS 1.3 with a mutual
-    /// proof of the session secret; kernel TLS where available),
-    /// plaintext-after-auth (the same proof, then plain TCP so the kernel
-    /// relay runs end to end: trusted circuits only), or plain (no
-    /// encryption, no authentication: tests only).
-    #[arg(long, value_name = "MODE", default_value = "tls")]
-    pub channel: ChannelMode,
-    /// Directory of the data channel's self-signed certificate (generated on
-    /// first start, key 0600). Default: `<state-dir>/channel`.
-    #[arg(long, value_name = "DIR")]
-    pub channel_cert_dir: Option<PathBuf>,
-    /// Never use kernel TLS for the data channel (userspace TLS only).
-    #[arg(long)]
-    pub no_ktls: bool,
+    /// Data-channel options.
+    #[command(flatten)]
+    pub channel: ChannelArgs,
     /// Seconds the open connections of a released session may go on before
     /// they are reset (release waits for them this long, then resets them).
     #[arg(long, value_name = "SECS", default_value_t = 1.0)]
@@ -80,6 +75,9 @@ pub enum ServeError {
     /// Operator: a flag or the configuration file is wrong.
     #[error("invalid configuration: {reason}")]
     Config { reason: String },
+    /// Operator: a data-channel option is wrong (the source names it).
+    #[error("invalid configuration")]
+    Channel(#[from] ChannelOptionError),
     /// Operator or system: the configuration is rejected, or the control
     /// server failed while serving.
     #[error(transparent)]
@@ -110,6 +108,7 @@ pub struct Gateway {
     cert_path: Option<PathBuf>,
     path: DataPath,
     channel: ChannelMode,
+    channel_cert: Option<(PathBuf, Fingerprint)>,
     metrics: Arc<Metrics>,
     metrics_listener: Option<(tokio::net::TcpListener, SocketAddr)>,
     /// Detached when the gateway is dropped (after serving).
@@ -135,6 +134,17 @@ impl Gateway {
             cfg.tls.names.push(control_ip.to_string());
         }
         let cert_path = cert_path(&cfg);
+        // The data channel's options and files are checked before anything
+        // is loaded or bound.
+        let channel_settings = args
+            .channel
+            .settings(cfg.state_dir.as_deref(), cfg.effective_advertise_ip())?;
+        let channel_config = match channel_settings {
+            Some(settings) => Some(channel_config(settings).map_err(|err| ServeError::Config {
+                reason: format!("secure data channel: {err}"),
+            })?),
+            None => None,
+        };
         let (engine, path) = engine_for(args.data_path)?;
         let options = SessionOptions {
             stop_grace: Duration::from_secs_f64(args.release_grace),
@@ -151,31 +161,25 @@ impl Gateway {
             }
             None => None,
         };
-        let secure = match args.channel {
-            ChannelMode::Plain => None,
-            mode => {
-                let dir = match (&args.channel_cert_dir, &cfg.state_dir) {
-                    (Some(dir), _) => dir.clone(),
-                    (None, Some(state)) => state.join("channel"),
-                    (None, None) => PathBuf::from("channel"),
-                };
-                let mut settings = crate::channel::ChannelSettings::self_signed(dir);
-                settings.plaintext_after_auth = mode == ChannelMode::PlaintextAfterAuth;
-                let config = crate::channel::ChannelConfig::new(settings).map_err(|err| {
-                    ServeError::Config {
-                        reason: format!("secure data channel: {err}"),
-                    }
-                })?;
-                let caps = if args.no_ktls {
-                    crate::channel::KernelCaps::without_ktls(engine.clone())
+        let mode = args.channel.mode;
+        let mut channel_cert = None;
+        let secure = match channel_config {
+            None => None,
+            Some((config, cert)) => {
+                channel_cert = Some((cert, config.fingerprint()));
+                metrics.watch_channel(config.failures());
+                // Plaintext after authentication relays on the same data
+                // path as every plaintext leg (--data-path).
+                let caps = if args.channel.no_ktls {
+                    KernelCaps::without_ktls(engine.clone(), path)
                 } else {
-                    crate::channel::KernelCaps::detect(engine.clone())
+                    KernelCaps::detect(engine.clone(), path)
                 };
                 Some(Arc::new(crate::session::SecureWan { config, caps }))
             }
         };
-        let mut data_plane = KernelDataPlane::new(engine, path, args.channel, options)
-            .with_metrics(Arc::clone(&metrics));
+        let mut data_plane =
+            KernelDataPlane::new(engine, path, mode, options).with_metrics(Arc::clone(&metrics));
         if let Some(secure) = secure {
             data_plane = data_plane.with_secure_channel(secure);
         }
@@ -212,7 +216,8 @@ impl Gateway {
             control_addr,
             cert_path,
             path,
-            channel: args.channel,
+            channel: mode,
+            channel_cert,
             metrics,
             metrics_listener,
             xdp,
@@ -259,6 +264,12 @@ impl Gateway {
         self.channel
     }
 
+    /// The data channel's certificate file and its SHA-256 fingerprint (what
+    /// peers pin with --channel-peer-fingerprint); None with --channel plain.
+    pub fn channel_cert(&self) -> Option<(&std::path::Path, Fingerprint)> {
+        self.channel_cert.as_ref().map(|(p, f)| (p.as_path(), *f))
+    }
+
     /// Serves until `shutdown` completes, then drains and stops every session.
     pub async fn serve<F>(self, shutdown: F) -> Result<(), ServeError>
     where
@@ -300,6 +311,31 @@ impl Gateway {
     }
 }
 
+/// Builds the data channel's configuration (generating the self-signed
+/// certificate on first start) and logs how it is set up; returns it with
+/// the certificate file.
+fn channel_config(
+    settings: crate::channel::ChannelSettings,
+) -> Result<(ChannelConfig, PathBuf), crate::channel::ChannelError> {
+    let cert = match &settings.certs {
+        crate::channel::CertSource::Files { cert, .. } => cert.clone(),
+        crate::channel::CertSource::SelfSigned { dir, .. } => {
+            dir.join(crate::channel::config::SELF_SIGNED_CERT)
+        }
+    };
+    let verification = describe_verification(&settings.verify);
+    let (tls12, timeout) = (settings.allow_tls12, settings.proof_timeout);
+    let config = ChannelConfig::new(settings)?;
+    tracing::info!(
+        cert = %cert.display(),
+        fingerprint = %config.fingerprint(),
+        versions = if tls12 { "TLS 1.3, TLS 1.2" } else { "TLS 1.3" },
+        proof_timeout = ?timeout,
+        "data channel: {verification}"
+    );
+    Ok((config, cert))
+}
+
 /// Where the control certificate is (operator's, or the self-signed one).
 fn cert_path(cfg: &ServerConfig) -> Option<PathBuf> {
     if cfg.tls.dangerous_disable {
@@ -333,5 +369,80 @@ pub async fn shutdown_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
         () = terminate => tracing::info!("SIGTERM received"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser as _;
+
+    #[derive(Debug, clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    /// `s2cs serve` flags that reach the metrics bind, which must fail (a
+    /// TEST-NET address is never local), plus `extra`.
+    fn args(state: &std::path::Path, extra: &[&str]) -> ServeArgs {
+        let state = state.to_str().expect("UTF-8 temp path");
+        let base = [
+            "s2cs",
+            "--no-auth",
+            "--data-path",
+            "copy",
+            "--state-dir",
+            state,
+            "--metrics-listen",
+            "192.0.2.1:9",
+        ];
+        Cli::try_parse_from(base.iter().chain(extra))
+            .expect("flags")
+            .serve
+    }
+
+    #[tokio::test]
+    async fn channel_options_are_checked_before_anything_is_bound() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // The premise: with valid channel options, preparing gets as far as
+        // the metrics listener (and fails there).
+        let err = Gateway::prepare(args(dir.path(), &[]))
+            .await
+            .err()
+            .expect("the metrics address cannot be bound");
+        assert!(matches!(err, ServeError::Metrics(_)), "{err}");
+        // A bad channel option fails first, naming the option.
+        let missing = dir.path().join("missing.pem");
+        let missing = missing.to_str().expect("UTF-8");
+        for (extra, option) in [
+            (
+                &["--channel-proof-timeout", "0"][..],
+                "--channel-proof-timeout",
+            ),
+            (
+                &["--channel-cert", missing, "--channel-key", missing][..],
+                "--channel-cert",
+            ),
+            (&["--channel-peer-ca", missing][..], "--channel-peer-ca"),
+            (
+                &["--channel", "plain", "--channel-tls12"][..],
+                "--channel-tls12",
+            ),
+        ] {
+            let err = Gateway::prepare(args(dir.path(), extra))
+                .await
+                .err()
+                .expect("refused");
+            match &err {
+                ServeError::Channel(e) => assert_eq!(e.option, option, "{err}"),
+                other => panic!("{extra:?}: expected a channel option error, got {other}"),
+            }
+            let text = super::super::error_chain(&err);
+            assert!(
+                text.starts_with(&format!("invalid configuration: {option}")),
+                "{text}"
+            );
+        }
     }
 }

@@ -8,11 +8,14 @@
 //! default) and [`ChannelMode::PlaintextAfterAuth`] the connection becomes a
 //! [`crate::channel::Channel`]: TLS 1.3 and the mutual proof of the session
 //! secret, before any byte is relayed. [`ChannelMode::Plain`] (no encryption,
-//! no authentication) exists only for tests and old peers, and warns.
+//! no authentication) exists only for tests and old peers, and warns. The
+//! CONS gateway verifies the PROD gateway's certificate (when CA
+//! verification is on) against the IP address it dialled ([`server_name`]).
 #![forbid(unsafe_code)]
 
 use std::fmt;
 use std::io;
+use std::net::SocketAddr;
 use std::str::FromStr;
 
 use control::{SessionId, SessionSecret};
@@ -101,10 +104,15 @@ pub struct SecureWan {
     pub caps: crate::channel::KernelCaps,
 }
 
-/// TLS server name the CONS gateway asks for (the PROD gateway's certificate
-/// is checked by pinning or CA when configured; the mutual proof of the
-/// session secret authenticates the peer in every case).
-const SERVER_NAME: &str = "s2cs";
+/// The TLS server name the CONS gateway verifies the PROD gateway's
+/// certificate against: the IP address it dialled (the PROD gateway's
+/// advertised listener address; IPv4-mapped IPv6 as IPv4). It matters only
+/// with CA verification, where the certificate must carry that address as
+/// an IP subject alternative name; pinning ignores names, and the mutual
+/// proof of the session secret authenticates the peer in every case.
+pub fn server_name(peer: SocketAddr) -> String {
+    peer.ip().to_canonical().to_string()
+}
 
 /// Why a WAN connection could not become a [`Leg`].
 #[derive(Debug, thiserror::Error)]
@@ -150,8 +158,13 @@ pub async fn wan_leg(
                     crate::channel::accept(stream, &secure.config, secret.expose()).await
                 }
                 WanSide::Dialled => {
-                    crate::channel::connect(stream, &secure.config, SERVER_NAME, secret.expose())
-                        .await
+                    let peer = stream.peer_addr().map_err(|source| ChannelError::Socket {
+                        side,
+                        action: "reading the peer address",
+                        source,
+                    })?;
+                    let name = server_name(peer);
+                    crate::channel::connect(stream, &secure.config, &name, secret.expose()).await
                 }
             };
             let channel = established.map_err(|source| ChannelError::Secure { side, source })?;
@@ -173,6 +186,32 @@ pub async fn wan_leg(
                 });
             }
             Ok(Leg::Plain(stream))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls_pki_types::ServerName;
+
+    #[test]
+    fn the_server_name_is_the_dialled_ip() {
+        for (dialled, expected) in [
+            ("10.2.0.1:5100", "10.2.0.1"),
+            ("[fd00:e2e:2::1]:5100", "fd00:e2e:2::1"),
+            ("[::ffff:10.2.0.1]:5100", "10.2.0.1"),
+        ] {
+            let dialled: SocketAddr = dialled.parse().expect("address");
+            let name = server_name(dialled);
+            assert_eq!(name, expected);
+            // rustls takes it as an IP address (matched against IP SANs), not
+            // as a DNS name.
+            let parsed = ServerName::try_from(name).expect("server name");
+            assert!(
+                matches!(parsed, ServerName::IpAddress(_)),
+                "{dialled}: {parsed:?}"
+            );
         }
     }
 }
