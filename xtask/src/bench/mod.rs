@@ -72,14 +72,19 @@ fn interrupted() -> bool {
 }
 
 /// Makes Ctrl-C set [`INTERRUPTED`] (the run then stops at its next check and
-/// its guards clean up).
+/// its guards clean up). Once per process: `cargo xtask bench` runs two suites.
 fn install_interrupt_handler() {
-    if let Err(e) = ctrlc::set_handler(|| {
-        eprintln!("\nbench: interrupted; cleaning up");
-        INTERRUPTED.store(true, Ordering::Relaxed);
-    }) {
-        eprintln!("bench: no Ctrl-C handler ({e}); an interrupted run leaves namespaces behind");
-    }
+    static INSTALL: std::sync::Once = std::sync::Once::new();
+    INSTALL.call_once(|| {
+        if let Err(e) = ctrlc::set_handler(|| {
+            eprintln!("\nbench: interrupted; cleaning up");
+            INTERRUPTED.store(true, Ordering::Relaxed);
+        }) {
+            eprintln!(
+                "bench: no Ctrl-C handler ({e}); an interrupted run leaves namespaces behind"
+            );
+        }
+    });
 }
 
 /// First port the relays listen on (one port per case).
