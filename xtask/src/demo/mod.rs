@@ -303,11 +303,12 @@ fn data_paths(log: &Path) -> String {
     let mut counts: Vec<(String, usize)> = Vec::new();
     for line in text
         .lines()
+        .map(strip_ansi)
         .filter(|l| l.contains("gateway::session: connection closed"))
     {
         if let Some(path) = line
             .split_whitespace()
-            .find_map(|w| strip_ansi(w).strip_prefix("path=").map(String::from))
+            .find_map(|w| w.strip_prefix("path=").map(String::from))
         {
             match counts.iter_mut().find(|(p, _)| *p == path) {
                 Some((_, n)) => *n += 1,
@@ -325,9 +326,9 @@ fn data_paths(log: &Path) -> String {
         .join(", ")
 }
 
-fn strip_ansi(word: &str) -> String {
+fn strip_ansi(text: &str) -> String {
     let mut out = String::new();
-    let mut chars = word.chars();
+    let mut chars = text.chars();
     while let Some(c) = chars.next() {
         if c == '\u{1b}' {
             for c in chars.by_ref() {
@@ -340,4 +341,25 @@ fn strip_ansi(word: &str) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_paths_reads_coloured_and_plain_logs() {
+        let dir = std::env::temp_dir().join(format!("s2demo-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let log = dir.join("gw.log");
+        let coloured = "\u{1b}[2m2026\u{1b}[0m \u{1b}[2mgateway::session\u{1b}[0m\u{1b}[2m:\u{1b}[0m \
+                        connection closed \u{1b}[3mpath\u{1b}[0m\u{1b}[2m=\u{1b}[0muserspace-tls up=0";
+        let plain = "2026 DEBUG gateway::session: connection closed uid=x path=userspace-tls up=0";
+        let other = "2026 DEBUG gateway::channel: channel: connection closed path=userspace-tls";
+        std::fs::write(&log, format!("{coloured}\n{plain}\n{other}\n")).expect("log");
+        assert_eq!(data_paths(&log), "userspace-tls (2 connections)");
+        std::fs::write(&log, "nothing here\n").expect("log");
+        assert!(data_paths(&log).starts_with("no connection reported"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
