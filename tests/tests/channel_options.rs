@@ -22,23 +22,19 @@
 //! Needs root and the built binaries (`cargo build -p gateway -p control`).
 //! Every wait is bounded; a failing test prints both gateways' output.
 use std::io::{ErrorKind, Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use e2e::gateway::PORT_RANGE;
+use e2e::gateway::{CONTROL_PORT, PORT_RANGE};
 use e2e::stream::{self, StreamSpec};
 use e2e::{Deadline, Gateway, GatewaySpec, Link, Node, S2uc, Topology, eventually};
 use sha2::{Digest, Sha256};
+use support::{METRICS_ADDR, PRODUCER_PORT, join, metric, scrape_local, start_consumer};
 
-/// Control port of both gateways.
-const CONTROL_PORT: u16 = 5000;
-/// Where ProdApp listens.
-const PRODUCER_PORT: u16 = 7000;
-/// Where each gateway serves its metrics, inside its namespace.
-const METRICS_ADDR: &str = "127.0.0.1:9100";
+mod support;
 
 const SECS_10: Duration = Duration::from_secs(10);
 const SECS_60: Duration = Duration::from_secs(60);
@@ -251,62 +247,6 @@ fn start_producer(listener: TcpListener, spec: StreamSpec) -> JoinHandle<()> {
         stream::send_tcp(&conn, spec, Deadline::after(Duration::from_secs(120)))
             .unwrap_or_else(|e| panic!("producer sending: {e}"));
     })
-}
-
-/// ConsApp: connects from cons and verifies `spec` (digest included).
-fn start_consumer(topo: &Topology, addr: SocketAddr, spec: StreamSpec) -> JoinHandle<()> {
-    let conn = topo
-        .tcp_connect(Node::Cons, addr, Duration::from_secs(5))
-        .unwrap_or_else(|e| panic!("consumer connecting to {addr}: {e:#}"));
-    std::thread::spawn(move || {
-        let report = stream::verify_tcp(&conn, spec, Deadline::after(Duration::from_secs(120)))
-            .unwrap_or_else(|e| panic!("consumer stream from {addr}: {e}"));
-        assert_eq!(report.sha256, spec.sha256(), "digest of the stream");
-    })
-}
-
-fn join<T>(handle: JoinHandle<T>) -> T {
-    match handle.join() {
-        Ok(value) => value,
-        Err(panic) => std::panic::resume_unwind(panic),
-    }
-}
-
-/// GET /metrics from METRICS_ADDR in the calling thread's namespace.
-fn scrape_local() -> Result<String, String> {
-    let addr: SocketAddr = METRICS_ADDR.parse().map_err(|e| format!("{e}"))?;
-    let mut conn = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
-        .map_err(|e| format!("connecting to {addr}: {e}"))?;
-    conn.set_read_timeout(Some(Duration::from_secs(5)))
-        .map_err(|e| e.to_string())?;
-    conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: s2cs\r\nConnection: close\r\n\r\n")
-        .map_err(|e| format!("sending the request: {e}"))?;
-    let mut response = String::new();
-    conn.read_to_string(&mut response)
-        .map_err(|e| format!("reading the response: {e}"))?;
-    match response.split_once("\r\n\r\n") {
-        Some((head, body)) if head.starts_with("HTTP/1.1 200") => Ok(body.to_owned()),
-        _ => Err(format!("unexpected response: {response:?}")),
-    }
-}
-
-/// The value of the sample `name{...}` whose labels include all of `labels`.
-fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|line| {
-            let (series, value) = line.rsplit_once(' ')?;
-            let (series_name, rest) = match series.split_once('{') {
-                Some((n, rest)) => (n, rest.strip_suffix('}')?),
-                None => (series, ""),
-            };
-            let all = labels
-                .iter()
-                .all(|(k, v)| rest.split(',').any(|pair| pair == format!("{k}=\"{v}\"")));
-            (series_name == name && all)
-                .then(|| value.parse().ok())
-                .flatten()
-        })
 }
 
 /// Log lines of `gw` containing every one of `parts`.

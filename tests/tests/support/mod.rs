@@ -161,7 +161,7 @@ pub fn join<T>(handle: JoinHandle<T>) -> T {
 }
 
 /// GET /metrics from METRICS_ADDR in the calling thread's namespace.
-fn scrape_local() -> Result<String, String> {
+pub fn scrape_local() -> Result<String, String> {
     let addr: SocketAddr = METRICS_ADDR.parse().map_err(|e| format!("{e}"))?;
     let mut conn = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
         .map_err(|e| format!("connecting to {addr}: {e}"))?;
