@@ -79,6 +79,57 @@ impl CaseResult {
     }
 }
 
+/// The figures every suite reports for a row, as a JSON object; each suite
+/// adds the CPU of what it measured (relay or pair) and its ratios.
+pub(super) fn measured_json(r: &CaseResult) -> serde_json::Map<String, serde_json::Value> {
+    [
+        ("case", json!(r.case)),
+        ("label", json!(r.label)),
+        ("streams", json!(r.streams)),
+        ("gbit_per_s", json!(r.gbit_per_s)),
+        ("bytes", json!(r.bytes)),
+        ("sent_bytes", json!(r.sent_bytes)),
+        ("retransmits", json!(r.retransmits)),
+        ("wall_s", json!(r.wall_s)),
+        ("endpoints_cpu_s", json!(r.endpoints_cpu_s)),
+        ("machine_cpu_s", json!(r.machine_cpu_s)),
+        ("kernel_threads_cpu_s", json!(r.kernel_threads_cpu_s)),
+        ("unattributed_cpu_s", json!(r.unattributed_cpu_s)),
+        ("others_cpu_s", json!(r.others_cpu_s)),
+        ("softirq_cpu_s", json!(r.softirq_cpu_s)),
+    ]
+    .into_iter()
+    .map(|(key, value)| (key.to_owned(), value))
+    .collect()
+}
+
+/// `goals` and `failures` as JSON arrays (both suites report them alike).
+pub(super) fn goals_and_failures_json(
+    goals: &[Goal],
+    failures: &[(String, String)],
+) -> (serde_json::Value, serde_json::Value) {
+    let goals = goals
+        .iter()
+        .map(|g| {
+            json!({
+                "streams": g.streams,
+                "what": g.what,
+                "value": g.value,
+                "target": g.target,
+                "met": g.met,
+            })
+        })
+        .collect();
+    let failures = failures
+        .iter()
+        .map(|(case, why)| json!({ "case": case, "error": why }))
+        .collect();
+    (
+        serde_json::Value::Array(goals),
+        serde_json::Value::Array(failures),
+    )
+}
+
 /// One goal from baselines.md, checked for one stream count.
 #[derive(Clone, Debug)]
 pub struct Goal {
@@ -340,50 +391,30 @@ impl BenchReport {
             .iter()
             .map(|r| {
                 let (thr, cpu, all_in) = self.ratios(r);
-                json!({
-                    "case": r.case,
-                    "label": r.label,
-                    "streams": r.streams,
-                    "gbit_per_s": r.gbit_per_s,
-                    "bytes": r.bytes,
-                    "sent_bytes": r.sent_bytes,
-                    "retransmits": r.retransmits,
-                    "wall_s": r.wall_s,
-                    "relay_cpu_s": r.relay_cpu_s,
-                    "endpoints_cpu_s": r.endpoints_cpu_s,
-                    "machine_cpu_s": r.machine_cpu_s,
-                    "kernel_threads_cpu_s": r.kernel_threads_cpu_s,
-                    "unattributed_cpu_s": r.unattributed_cpu_s,
-                    "others_cpu_s": r.others_cpu_s,
-                    "softirq_cpu_s": r.softirq_cpu_s,
-                    "relay_cpu_s_per_gb": r.relay_cpu_per_gb(),
-                    "relay_all_in_cpu_s_per_gb": r.relay_all_in_cpu_per_gb(),
-                    "machine_cpu_s_per_gb": r.machine_cpu_per_gb(),
-                    "throughput_vs_haproxy": thr,
-                    "relay_cpu_per_gb_vs_haproxy": cpu,
-                    "relay_all_in_cpu_per_gb_vs_haproxy": all_in,
-                    "throughput_vs_direct": self.of_direct(r),
-                })
+                let mut row = measured_json(r);
+                row.extend([
+                    ("relay_cpu_s".to_owned(), json!(r.relay_cpu_s)),
+                    ("relay_cpu_s_per_gb".to_owned(), json!(r.relay_cpu_per_gb())),
+                    (
+                        "relay_all_in_cpu_s_per_gb".to_owned(),
+                        json!(r.relay_all_in_cpu_per_gb()),
+                    ),
+                    (
+                        "machine_cpu_s_per_gb".to_owned(),
+                        json!(r.machine_cpu_per_gb()),
+                    ),
+                    ("throughput_vs_haproxy".to_owned(), json!(thr)),
+                    ("relay_cpu_per_gb_vs_haproxy".to_owned(), json!(cpu)),
+                    (
+                        "relay_all_in_cpu_per_gb_vs_haproxy".to_owned(),
+                        json!(all_in),
+                    ),
+                    ("throughput_vs_direct".to_owned(), json!(self.of_direct(r))),
+                ]);
+                serde_json::Value::Object(row)
             })
             .collect();
-        let goals: Vec<serde_json::Value> = self
-            .goals
-            .iter()
-            .map(|g| {
-                json!({
-                    "streams": g.streams,
-                    "what": g.what,
-                    "value": g.value,
-                    "target": g.target,
-                    "met": g.met,
-                })
-            })
-            .collect();
-        let failures: Vec<serde_json::Value> = self
-            .failures
-            .iter()
-            .map(|(case, why)| json!({ "case": case, "error": why }))
-            .collect();
+        let (goals, failures) = goals_and_failures_json(&self.goals, &self.failures);
         json!({
             "bench": "relay",
             "kernel": self.machine.kernel,

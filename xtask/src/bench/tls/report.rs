@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use serde_json::json;
 
-use super::super::report::{CaseResult, Goal};
+use super::super::report::{CaseResult, Goal, goals_and_failures_json, measured_json};
 use super::{BASELINE, CEILING, GOAL_RATIO, OURS, SUITE};
 
 /// The median of `values` (0 when empty).
@@ -262,43 +262,17 @@ impl TlsReport {
             .iter()
             .map(|r| {
                 let (tput, cpu) = self.ratios(r);
-                json!({
-                    "case": r.case,
-                    "label": r.label,
-                    "streams": r.streams,
-                    "gbit_per_s": r.gbit_per_s,
-                    "bytes": r.bytes,
-                    "sent_bytes": r.sent_bytes,
-                    "retransmits": r.retransmits,
-                    "wall_s": r.wall_s,
-                    "pair_cpu_s": r.relay_cpu_s,
-                    "pair_cpu_s_per_gb": r.relay_cpu_per_gb(),
-                    "endpoints_cpu_s": r.endpoints_cpu_s,
-                    "kernel_threads_cpu_s": r.kernel_threads_cpu_s,
-                    "unattributed_cpu_s": r.unattributed_cpu_s,
-                    "others_cpu_s": r.others_cpu_s,
-                    "machine_cpu_s": r.machine_cpu_s,
-                    "softirq_cpu_s": r.softirq_cpu_s,
-                    "throughput_vs_stunnel": tput,
-                    "cpu_per_gb_vs_stunnel": cpu,
-                })
+                let mut row = measured_json(r);
+                row.extend([
+                    ("pair_cpu_s".to_owned(), json!(r.relay_cpu_s)),
+                    ("pair_cpu_s_per_gb".to_owned(), json!(r.relay_cpu_per_gb())),
+                    ("throughput_vs_stunnel".to_owned(), json!(tput)),
+                    ("cpu_per_gb_vs_stunnel".to_owned(), json!(cpu)),
+                ]);
+                serde_json::Value::Object(row)
             })
             .collect();
-        let goals: Vec<serde_json::Value> = self
-            .goals
-            .iter()
-            .map(|g| {
-                json!({
-                    "streams": g.streams, "what": g.what, "value": g.value,
-                    "target": g.target, "met": g.met,
-                })
-            })
-            .collect();
-        let failures: Vec<serde_json::Value> = self
-            .failures
-            .iter()
-            .map(|(case, why)| json!({ "case": case, "error": why }))
-            .collect();
+        let (goals, failures) = goals_and_failures_json(&self.goals, &self.failures);
         json!({
             "bench": "tls",
             "duration_s": self.duration_s,
