@@ -28,11 +28,11 @@ use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use e2e::gateway::{CONTROL_PORT, PORT_RANGE};
+use e2e::gateway::CONTROL_PORT;
 use e2e::stream::{self, StreamSpec};
-use e2e::{Deadline, Gateway, GatewaySpec, Link, Node, S2uc, Topology, eventually};
+use e2e::{Deadline, Gateway, Link, Node, Topology, eventually};
 use sha2::{Digest, Sha256};
-use support::{METRICS_ADDR, PRODUCER_PORT, join, metric, scrape_local, start_consumer};
+use support::{METRICS_ADDR, PRODUCER_PORT, Setup, join, start_consumer};
 
 mod support;
 
@@ -136,89 +136,16 @@ fn ca_flags(own: &Issued, trusted: &TestCa) -> Vec<String> {
 // Gateways, applications, metrics
 // ---------------------------------------------------------------------------
 
-/// The two gateways of a topology. Fields drop in order: the gateways (which
-/// print their output if the test failed) before the topology.
-struct Pair {
-    gwa: Gateway,
-    gwb: Gateway,
-    s2uc: S2uc,
-    topo: Topology,
+/// `flags` plus `--metrics-listen METRICS_ADDR`.
+fn with_metrics(mut flags: Vec<String>) -> Vec<String> {
+    flags.extend(["--metrics-listen".to_owned(), METRICS_ADDR.to_owned()]);
+    flags
 }
 
-impl Pair {
-    /// Starts PROD in gwa and CONS in gwb with `--metrics-listen` and the
-    /// extra flags.
-    fn start(topo: Topology, gwa_extra: Vec<String>, gwb_extra: Vec<String>) -> Pair {
-        let metrics = ["--metrics-listen".to_owned(), METRICS_ADDR.to_owned()];
-        let wan_ip = topo.addr(Node::Gwa, Link::Wan);
-        let gwa = Gateway::start(
-            &topo,
-            GatewaySpec {
-                node: Node::Gwa,
-                control: SocketAddr::new(wan_ip, CONTROL_PORT),
-                listener_ip: wan_ip,
-                allow: format!("{}/24", Link::LanA.subnet_v4()),
-                extra: gwa_extra.into_iter().chain(metrics.clone()).collect(),
-            },
-            tmp_parent(),
-        )
-        .unwrap_or_else(|e| panic!("starting the PROD gateway: {e:#}"));
-        let lanb_ip = topo.addr(Node::Gwb, Link::LanB);
-        let gwb = Gateway::start(
-            &topo,
-            GatewaySpec {
-                node: Node::Gwb,
-                control: SocketAddr::new(lanb_ip, CONTROL_PORT),
-                listener_ip: lanb_ip,
-                allow: format!("{}/24:{PORT_RANGE}", Link::Wan.subnet_v4()),
-                extra: gwb_extra.into_iter().chain(metrics).collect(),
-            },
-            tmp_parent(),
-        )
-        .unwrap_or_else(|e| panic!("starting the CONS gateway: {e:#}"));
-        let s2uc = S2uc::new(tmp_parent(), &format!("{}-home", topo.id()))
-            .unwrap_or_else(|e| panic!("a HOME for s2uc: {e:#}"));
-        Pair {
-            gwa,
-            gwb,
-            s2uc,
-            topo,
-        }
-    }
-
-    /// `s2uc connect` from gwb for one producer listener; the consumer's
-    /// address (on gwb's LAN B).
-    fn connect(&self, producer: SocketAddr) -> SocketAddr {
-        let c = self
-            .s2uc
-            .connect(
-                &self.topo,
-                Node::Gwb,
-                (&self.gwa, &self.gwb),
-                &[producer],
-                0,
-            )
-            .unwrap_or_else(|e| panic!("s2uc connect: {e:#}"));
-        c.cons_listeners[0]
-    }
-
-    fn gateway(&self, node: Node) -> &Gateway {
-        if node == Node::Gwa {
-            &self.gwa
-        } else {
-            &self.gwb
-        }
-    }
-
-    /// The value of `name{labels}` in the metrics of the gateway in `node`.
-    fn metric(&self, node: Node, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-        let text = self
-            .topo
-            .run_in(node, scrape_local)
-            .expect("entering the namespace")
-            .unwrap_or_else(|e| panic!("scraping the metrics of {node}: {e}"));
-        metric(&text, name, labels)
-    }
+/// `s2uc connect` from gwb for one producer listener; the consumer's
+/// address (on gwb's LAN B).
+fn connect(pair: &Setup, producer: SocketAddr) -> SocketAddr {
+    pair.connect(&[producer], 0).cons_listeners[0]
 }
 
 fn topology() -> Topology {
@@ -274,12 +201,16 @@ fn ca_signed_certificates_carry_a_verified_stream() {
     let b = site.issue(certs.path(), "gwb", topo.addr(Node::Gwb, Link::LanB));
     let mut gwb_flags = ca_flags(&b, &site);
     gwb_flags.push("--channel-tls12".to_owned());
-    let pair = Pair::start(topo, ca_flags(&a, &site), gwb_flags);
+    let pair = Setup::start(
+        topo,
+        with_metrics(ca_flags(&a, &site)),
+        with_metrics(gwb_flags),
+    );
 
     let spec = StreamSpec::new(51, 16 << 20);
     let (producer_addr, listener) = producer_listener(&pair.topo);
     let producer = start_producer(listener, spec);
-    let consumer_addr = pair.connect(producer_addr);
+    let consumer_addr = connect(&pair, producer_addr);
     let consumer = start_consumer(&pair.topo, consumer_addr, spec);
     join(consumer);
     join(producer);
@@ -354,10 +285,14 @@ fn certificate_of_another_ca_gets_no_data_through(foreign: Node) {
     let a = issuer(Node::Gwa).issue(certs.path(), "gwa", topo.addr(Node::Gwa, Link::Wan));
     let b = issuer(Node::Gwb).issue(certs.path(), "gwb", topo.addr(Node::Gwb, Link::LanB));
     // Both trust only the site CA.
-    let pair = Pair::start(topo, ca_flags(&a, &site), ca_flags(&b, &site));
+    let pair = Setup::start(
+        topo,
+        with_metrics(ca_flags(&a, &site)),
+        with_metrics(ca_flags(&b, &site)),
+    );
 
     let (producer_addr, producer) = producer_listener(&pair.topo);
-    let consumer_addr = pair.connect(producer_addr);
+    let consumer_addr = connect(&pair, producer_addr);
 
     // ConsApp connects and writes; its connection is closed without a byte.
     let mut conn = pair
@@ -440,12 +375,12 @@ fn plaintext_after_auth_relays_on_the_sockmap_path_chosen_by_the_operator() {
         .map(|s| (*s).to_owned())
         .collect()
     };
-    let pair = Pair::start(topo, flags(), flags());
+    let pair = Setup::start(topo, with_metrics(flags()), with_metrics(flags()));
 
     let spec = StreamSpec::new(52, 16 << 20);
     let (producer_addr, listener) = producer_listener(&pair.topo);
     let producer = start_producer(listener, spec);
-    let consumer_addr = pair.connect(producer_addr);
+    let consumer_addr = connect(&pair, producer_addr);
     let consumer = start_consumer(&pair.topo, consumer_addr, spec);
     join(consumer);
     join(producer);

@@ -47,6 +47,11 @@ impl Setup {
             .build()
             .unwrap_or_else(|e| panic!("cannot build the topology: {e:#}"));
         let extra = |flags: &[&str]| flags.iter().map(|f| (*f).to_owned()).collect();
+        Setup::start(topo, extra(gwa_extra), extra(gwb_extra))
+    }
+
+    /// Starts the two gateways in `topo` with the extra flags.
+    pub fn start(topo: Topology, gwa_extra: Vec<String>, gwb_extra: Vec<String>) -> Setup {
         let wan_ip = topo.addr(Node::Gwa, Link::Wan);
         let gwa = Gateway::start(
             &topo,
@@ -55,7 +60,7 @@ impl Setup {
                 control: SocketAddr::new(wan_ip, CONTROL_PORT),
                 listener_ip: wan_ip,
                 allow: format!("{}/24", Link::LanA.subnet_v4()),
-                extra: extra(gwa_extra),
+                extra: gwa_extra,
             },
             tmp(),
         )
@@ -68,7 +73,7 @@ impl Setup {
                 control: SocketAddr::new(lanb_ip, CONTROL_PORT),
                 listener_ip: lanb_ip,
                 allow: format!("{}/24:{PORT_RANGE}", Link::Wan.subnet_v4()),
-                extra: extra(gwb_extra),
+                extra: gwb_extra,
             },
             tmp(),
         )
@@ -101,6 +106,20 @@ impl Setup {
         self.s2uc
             .release(&self.topo, Node::Gwb, gateway, uid)
             .unwrap_or_else(|e| panic!("{e:#}"));
+    }
+
+    /// The gateway in `node` (gwa or gwb).
+    pub fn gateway(&self, node: Node) -> &Gateway {
+        if node == Node::Gwa {
+            &self.gwa
+        } else {
+            &self.gwb
+        }
+    }
+
+    /// The value of `name{labels}` in the metrics of the gateway in `node`.
+    pub fn metric(&self, node: Node, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        metric(&self.scrape(node), name, labels)
     }
 
     /// The metrics text of the gateway in `node` (served on METRICS_ADDR
