@@ -270,6 +270,27 @@ fn start_consumer(topo: &Topology, addr: SocketAddr, spec: StreamSpec) -> JoinHa
     })
 }
 
+/// ConsApp on each listener with its stream (in order), then waits for
+/// every consumer and producer; the consumers' times to a verified end.
+fn consume_all(
+    topo: &Topology,
+    listeners: &[SocketAddr],
+    specs: &[StreamSpec],
+    producers: Vec<JoinHandle<()>>,
+) -> Vec<Duration> {
+    assert_eq!(listeners.len(), specs.len(), "one CONS listener per stream");
+    let consumers: Vec<_> = listeners
+        .iter()
+        .zip(specs)
+        .map(|(addr, spec)| start_consumer(topo, *addr, *spec))
+        .collect();
+    let times = consumers.into_iter().map(join).collect();
+    for producer in producers {
+        join(producer);
+    }
+    times
+}
+
 fn join<T>(handle: JoinHandle<T>) -> T {
     match handle.join() {
         Ok(value) => value,
@@ -350,18 +371,7 @@ fn connect_streams_through_both_gateways_then_release() {
 
     // ConsApp connects to the CONS gateway's listeners and gets every byte.
     let started = Instant::now();
-    let consumers: Vec<_> = c
-        .cons_listeners
-        .iter()
-        .zip(specs)
-        .map(|(addr, spec)| start_consumer(&s.topo, *addr, spec))
-        .collect();
-    for consumer in consumers {
-        join(consumer);
-    }
-    for producer in producer_threads {
-        join(producer);
-    }
+    consume_all(&s.topo, &c.cons_listeners, &specs, producer_threads);
     let elapsed = started.elapsed();
     eprintln!(
         "{} MiB through both gateways in {:.2} s ({:.0} MiB/s)",
@@ -502,18 +512,7 @@ fn connect_streams_over_ipv6() {
         c.cons_listeners
     );
 
-    let consumers: Vec<_> = c
-        .cons_listeners
-        .iter()
-        .zip(specs)
-        .map(|(addr, spec)| start_consumer(&s.topo, *addr, spec))
-        .collect();
-    for consumer in consumers {
-        join(consumer);
-    }
-    for producer in producer_threads {
-        join(producer);
-    }
+    consume_all(&s.topo, &c.cons_listeners, &specs, producer_threads);
 
     // Every WAN connection was the secure channel.
     for gw in [&s.gwa, &s.gwb] {
@@ -674,10 +673,7 @@ fn rate_is_enforced(data_path: &'static str) {
     let spec = StreamSpec::new(8, BYTES);
     let (producer, producer_threads) = s.start_producer(&[spec]);
     let c = s.connect(&producer, RATE_MBPS);
-    let elapsed = join(start_consumer(&s.topo, c.cons_listeners[0], spec));
-    for producer in producer_threads {
-        join(producer);
-    }
+    let elapsed = consume_all(&s.topo, &c.cons_listeners, &[spec], producer_threads)[0];
     let ideal = Duration::from_secs_f64(BYTES as f64 * 8.0 / (f64::from(RATE_MBPS) * 1e6));
     let mbps = BYTES as f64 * 8.0 / 1e6 / elapsed.as_secs_f64();
     eprintln!(
