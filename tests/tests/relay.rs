@@ -139,12 +139,15 @@ impl Relay {
     }
 
     /// Waits until the relay has logged `n` cleanly closed connections and
-    /// checks that each one used this relay's data path, except at most
-    /// `may_fall_back` of them. Only the sockmap path falls back (to a
-    /// userspace path), and only for a connection whose client had already
-    /// sent FIN when the relay set it up: the kernel admits only established
-    /// sockets into a SockHash.
-    fn expect_closed(&self, n: usize, may_fall_back: usize) {
+    /// checks that each one used this relay's data path, or, where `fallback`
+    /// allows it, that every one that did not could not have: only the sockmap
+    /// path falls back (to a userspace path), and only for a connection whose
+    /// client had already sent FIN when the relay set it up (the kernel admits
+    /// only established sockets into a SockHash). The relay reads nothing
+    /// before setup, so that FIN can only have arrived if every byte the
+    /// client sent fitted in the relay socket's receive buffer: a connection
+    /// on another path that carried more than that fails the test.
+    fn expect_closed(&self, topo: &Topology, n: usize, fallback: Fallback) {
         let lines = eventually(SHORT, || {
             let closed: Vec<String> = self
                 .log_text()
@@ -169,29 +172,37 @@ impl Relay {
             .iter()
             .filter(|line| !line.split_whitespace().any(|field| field == want))
             .collect();
-        let allowed = if self.path == "sockmap" {
-            may_fall_back
-        } else {
-            0
-        };
+        if other.is_empty() {
+            return;
+        }
+        let listing = other
+            .iter()
+            .map(|l| l.as_str())
+            .collect::<Vec<_>>()
+            .join("\n");
         assert!(
-            other.len() <= allowed,
-            "{}: {} of {n} connections used another data path (at most {allowed} may):\n{}",
+            self.path == "sockmap" && fallback == Fallback::IfHalfClosedAtSetup,
+            "{}: {} of {n} connections used another data path:\n{listing}",
             self.path,
             other.len(),
-            other
-                .iter()
-                .map(|l| l.as_str())
-                .collect::<Vec<_>>()
-                .join("\n")
         );
-        if !other.is_empty() {
-            eprintln!(
-                "{}: {} connection(s) already half-closed at setup were relayed in userspace",
-                self.path,
-                other.len()
-            );
-        }
+        let buffer = receive_buffer(topo);
+        let too_big: Vec<&&String> = other
+            .iter()
+            .filter(|line| logged_bytes(line, "up") > buffer)
+            .collect();
+        assert!(
+            too_big.is_empty(),
+            "{}: {} connection(s) carrying more than the relay's {buffer} B receive buffer \
+             (so not half-closed at setup) used another data path:\n{listing}",
+            self.path,
+            too_big.len(),
+        );
+        eprintln!(
+            "{}: {} connection(s) already half-closed at setup were relayed in userspace",
+            self.path,
+            other.len()
+        );
     }
 
     fn stop_process(&self) {
@@ -236,6 +247,42 @@ fn tcp_sockets(pid: u32) -> Vec<TcpSocket> {
 }
 
 /// Accepts one connection, within `deadline`.
+/// Whether a test's connections may leave the path under test (see
+/// `Relay::expect_closed`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Fallback {
+    /// Every connection must use the relay's path.
+    Never,
+    /// Sockmap may relay in userspace a connection its client had already
+    /// half-closed when the relay set it up.
+    IfHalfClosedAtSetup,
+}
+
+/// The receive buffer a TCP socket accepted in gwa starts with (the middle
+/// value of gwa's `net.ipv4.tcp_rmem`): what the kernel can queue for the
+/// relay before it reads anything (autotuning grows it only on reads).
+fn receive_buffer(topo: &Topology) -> u64 {
+    let text = topo
+        .run_in(Node::Gwa, || {
+            std::fs::read_to_string("/proc/sys/net/ipv4/tcp_rmem")
+        })
+        .and_then(|read| Ok(read?))
+        .unwrap_or_else(|e| panic!("read gwa's net.ipv4.tcp_rmem: {e:#}"));
+    text.split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("gwa's net.ipv4.tcp_rmem is not three numbers: {text:?}"))
+}
+
+/// The number after `key=` in a relay log line (`up=`/`down=` byte counts).
+fn logged_bytes(line: &str, key: &str) -> u64 {
+    let prefix = format!("{key}=");
+    line.split_whitespace()
+        .find_map(|field| field.strip_prefix(&prefix))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("relay log line without {prefix}<bytes>: {line}"))
+}
+
 fn accept(listener: &TcpListener, deadline: impl Into<Deadline>) -> TcpStream {
     listener
         .set_nonblocking(true)
@@ -301,7 +348,7 @@ fn one_gib_one_way(path: &'static str) {
         "{path}: digests differ"
     );
     eprintln!("{path}: 1 GiB one way at {:.0} MiB/s", got.mib_per_s());
-    h.relay.expect_closed(1, 0);
+    h.relay.expect_closed(&h.topo, 1, Fallback::Never);
 }
 
 /// 256 MiB each way at the same time on one connection.
@@ -341,7 +388,7 @@ fn both_ways_at_once(path: &'static str) {
         server_got.mib_per_s(),
         got.mib_per_s()
     );
-    h.relay.expect_closed(1, 0);
+    h.relay.expect_closed(&h.topo, 1, Fallback::Never);
 }
 
 /// Connection sizes: a fixed mix of zero, one byte and a few MiB, the rest
@@ -381,7 +428,6 @@ fn sixty_four_connections(path: &'static str) {
         });
     let lens = sizes(seed, N);
     let total: u64 = lens.iter().sum();
-    let small = lens.iter().filter(|&&len| len <= 64 << 10).count();
     let listener = h.listen();
     let deadline = Deadline::after(BULK);
     let server = h
@@ -462,9 +508,10 @@ fn sixty_four_connections(path: &'static str) {
     );
     let echoed = server.join_deadline(SHORT).expect("server");
     assert_eq!(echoed, total, "{path}: bytes echoed");
-    // A client that sends everything and FIN at once (at most one initial
-    // window) may have half-closed before the relay set its connection up.
-    h.relay.expect_closed(N, small);
+    // A client that sends everything and FIN at once may have half-closed
+    // before the relay set its connection up.
+    h.relay
+        .expect_closed(&h.topo, N, Fallback::IfHalfClosedAtSetup);
 }
 
 /// The client sends a request, shuts its write side, then reads the answer:
@@ -504,7 +551,8 @@ fn request_then_half_close(path: &'static str) {
         assert_eq!(got.sha256, server_sent.sha256, "{path}: answer digest");
     }
     // The empty request's FIN may reach the relay before it sets up.
-    h.relay.expect_closed(cases.len(), 1);
+    h.relay
+        .expect_closed(&h.topo, cases.len(), Fallback::IfHalfClosedAtSetup);
 }
 
 /// A peer resets mid-stream: the other end must see a reset (not a clean end,
@@ -584,7 +632,7 @@ fn reset_mid_stream(path: &'static str) {
         .unwrap_or_else(|e| panic!("{path} after resets: {e}"));
     conn.shutdown(Shutdown::Write).expect("close");
     assert_eq!(got.sha256, join(server).sha256);
-    h.relay.expect_closed(1, 0);
+    h.relay.expect_closed(&h.topo, 1, Fallback::Never);
 }
 
 /// Waits until the relay's namespace holds an established connection to the
@@ -676,7 +724,7 @@ fn sends_before_setup(path: &'static str) {
         got.sha256, server_sent.sha256,
         "{path}: server -> client digest"
     );
-    h.relay.expect_closed(2, 0);
+    h.relay.expect_closed(&h.topo, 2, Fallback::Never);
 }
 
 /// Most a relay may hold for a stalled reader: the sender's send buffer, the
@@ -725,7 +773,7 @@ fn stalled_reader_holds_back_the_sender(path: &'static str) {
         sent >> 20,
         BUFFERED_MAX >> 20
     );
-    h.relay.expect_closed(1, 0);
+    h.relay.expect_closed(&h.topo, 1, Fallback::Never);
 }
 
 /// Flow control, per path: see [`stalled_reader_holds_back_the_sender`].
