@@ -5,7 +5,7 @@
 //! through network namespaces in the `e2e` crate.
 mod common;
 
-use common::{expect_pattern, send_pattern};
+use common::{expect_pattern, send_pattern, send_rest};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -346,9 +346,12 @@ async fn many_connections(path: DataPath) {
 /// instead of buffering the stream in the gateway (bounded memory).
 async fn slow_consumer(path: DataPath) {
     use std::sync::atomic::{AtomicU64, Ordering};
-    const LEN: u64 = 64 << 20;
-    /// Socket buffers on both legs plus the relay's own allowance.
-    const BOUND: u64 = 40 << 20;
+    const LEN: u64 = 128 << 20;
+    /// Socket buffers on both legs plus the relay's own allowance, plus what
+    /// the sockmap path's kernel redirect moves on while its userspace flow
+    /// gate is delayed on a loaded machine. A relay without flow control
+    /// buffers nearly all of LEN.
+    const BOUND: u64 = 64 << 20;
     let (listener, target) = server().await;
     let relay = Relay::start(path, target).await;
     let consumed = Arc::new(AtomicU64::new(0));
@@ -422,14 +425,46 @@ path_tests!(sockmap, DataPath::Sockmap);
 path_tests!(splice, DataPath::Splice);
 path_tests!(copy, DataPath::Copy);
 
-fn open_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd")
-        .expect("list fds")
-        .count()
+/// This process's TCP sockets (open descriptors, not TIME_WAIT leftovers,
+/// not listeners) with either end on one of `ports`, as `/proc/self/net/tcp`
+/// lines. A relay that leaked a connection's socket keeps it here (in
+/// CLOSE_WAIT or FIN_WAIT2) for as long as the descriptor stays open. Other
+/// tests running in this process at the same time use other ports, so unlike
+/// a count of all descriptors this cannot be disturbed by them.
+fn open_sockets_on(ports: &[u16]) -> Vec<String> {
+    const LISTEN: &str = "0A";
+    let port_of = |endpoint: &str| {
+        endpoint
+            .rsplit_once(':')
+            .and_then(|(_, port)| u16::from_str_radix(port, 16).ok())
+    };
+    ["/proc/self/net/tcp", "/proc/self/net/tcp6"]
+        .iter()
+        .flat_map(|table| {
+            std::fs::read_to_string(table)
+                .unwrap_or_else(|e| panic!("read {table}: {e}"))
+                .lines()
+                .skip(1)
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .filter(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (Some(local), Some(remote), Some(state), Some(inode)) =
+                (fields.get(1), fields.get(2), fields.get(3), fields.get(9))
+            else {
+                return false;
+            };
+            let ours = [local, remote]
+                .iter()
+                .any(|end| port_of(end).is_some_and(|port| ports.contains(&port)));
+            ours && *state != LISTEN && *inode != "0"
+        })
+        .collect()
 }
 
 /// 10,000 connections through the kernel relay: afterwards both maps are
-/// empty and the process has as many descriptors open as before.
+/// empty and no socket of those connections is still open.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sockmap_releases_every_entry_and_fd() {
     let (listener, target) = server().await;
@@ -453,8 +488,6 @@ async fn sockmap_releases_every_entry_and_fd() {
         target,
     )
     .await;
-    // Warm up so lazily opened descriptors (epoll, runtime) are counted.
-    let before = open_fds();
     let mut batch = tokio::task::JoinSet::new();
     for i in 0..10_000u64 {
         let addr = relay.addr;
@@ -513,10 +546,22 @@ async fn sockmap_releases_every_entry_and_fd() {
         (0, 0),
         "SockHash and relay map must be empty"
     );
-    let after = open_fds();
+    // The echo tasks close their sockets just after their last write, so
+    // allow them a moment; a leaked socket never goes.
+    let ports = [relay.addr.port(), target.port()];
+    let mut leftover = open_sockets_on(&ports);
+    for _ in 0..100 {
+        if leftover.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        leftover = open_sockets_on(&ports);
+    }
     assert!(
-        after <= before,
-        "descriptors leaked: {before} before, {after} after"
+        leftover.is_empty(),
+        "{} socket(s) of finished connections still open (/proc/self/net/tcp):\n{}",
+        leftover.len(),
+        leftover.join("\n")
     );
     relay.stop().await;
 }
@@ -527,14 +572,30 @@ async fn sockmap_releases_every_entry_and_fd() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sockmap_bytes_in_the_insert_window_are_kept_in_order() {
     const LEN: u64 = 16 << 20;
+    const WINDOW: Duration = Duration::from_millis(500);
     let (listener, target) = server().await;
     let kernel = Arc::new(KernelRelay::load().expect("loading the eBPF relay (needs root)"));
-    kernel.pause_between_inserts(Duration::from_millis(300));
+    kernel.pause_between_inserts(WINDOW);
     tokio::spawn(async move {
         let (mut s, _) = listener.accept().await.expect("accept");
-        // Start inside the relay's (widened) window between the two inserts.
-        tokio::time::sleep(Duration::from_millis(30)).await;
-        send_pattern(&mut s, 9, LEN).await.expect("stream");
+        // Some bytes must arrive inside the relay's (widened) window between
+        // its two inserts, whenever that window opens: a slow trickle (1 KiB
+        // every 2 ms, so the relay's receive buffer is not full before the
+        // window even if the relay is slow to start it) for longer than the
+        // window, then the rest at full speed.
+        let mut pattern = common::Pattern::new(9);
+        let mut chunk = [0u8; 1024];
+        let mut sent = 0u64;
+        let trickle_until = tokio::time::Instant::now() + 2 * WINDOW;
+        while tokio::time::Instant::now() < trickle_until {
+            pattern.fill(&mut chunk);
+            s.write_all(&chunk).await.expect("trickle");
+            sent += chunk.len() as u64;
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        send_rest(&mut s, pattern, LEN - sent)
+            .await
+            .expect("stream");
         s.shutdown().await.expect("fin");
     });
     let relay = Relay::start_with(

@@ -39,7 +39,15 @@ pub async fn send_pattern(
     seed: u64,
     len: u64,
 ) -> std::io::Result<()> {
-    let mut pattern = Pattern::new(seed);
+    send_rest(w, Pattern::new(seed), len).await
+}
+
+/// Sends the next `len` bytes of a pattern already partly sent.
+pub async fn send_rest(
+    w: &mut (impl AsyncWriteExt + Unpin),
+    mut pattern: Pattern,
+    len: u64,
+) -> std::io::Result<()> {
     let mut buf = vec![0u8; 256 * 1024];
     let mut left = len;
     while left > 0 {
