@@ -479,21 +479,24 @@ impl Client {
     }
 
     /// `hello`, retried while the server does not know the uid yet (the req
-    /// sent just before may not have arrived). Gives up after 3 s.
+    /// sent just before may not have arrived): first after 5 ms, backing off
+    /// to 100 ms, for up to 5 s (as long as SciStream's own client waits).
     pub async fn hello_after_req(
         &self,
         uid: &str,
         role: &str,
         listeners: &[String],
     ) -> Result<proto::AppResponse, ClientError> {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        let mut pause = Duration::from_millis(5);
         loop {
             match self.hello(uid, role, listeners).await {
                 Err(e)
                     if e.code() == Some(tonic::Code::NotFound)
                         && tokio::time::Instant::now() < deadline =>
                 {
-                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(100));
                 }
                 r => return r,
             }

@@ -458,6 +458,9 @@ impl proto::control_ext_server::ControlExt for Service {
         let mut shutdown = core.shutdown.subscribe();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(interval);
+            // After a stall, carry on one interval later instead of sending
+            // a burst of events with (almost) the same counters.
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
                     _ = tick.tick() => {}
