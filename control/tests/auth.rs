@@ -104,7 +104,7 @@ async fn token_file_and_ownership() {
 struct Idp {
     calls: AtomicUsize,
     /// token -> (username, scope, absolute exp in Unix seconds)
-    tokens: HashMap<String, (String, String, i64)>,
+    tokens: std::sync::Mutex<HashMap<String, (String, String, i64)>>,
 }
 
 async fn introspect(
@@ -119,7 +119,13 @@ async fn introspect(
         return Err(StatusCode::UNAUTHORIZED);
     }
     let tok = form.get("token").cloned().unwrap_or_default();
-    Ok(axum::Json(match idp.tokens.get(&tok) {
+    let known = idp
+        .tokens
+        .lock()
+        .unwrap_or_else(|poison| poison.into_inner())
+        .get(&tok)
+        .cloned();
+    Ok(axum::Json(match known {
         Some((user, scope, exp)) => serde_json::json!({
             "active": true, "username": user, "sub": "uuid-1", "scope": scope, "exp": exp,
         }),
@@ -127,30 +133,25 @@ async fn introspect(
     }))
 }
 
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs() as i64
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn introspection_with_scope_and_cache() {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
-    let mut idp = Idp::default();
-    idp.tokens.insert(
-        "good".into(),
-        (
-            "alice@example.org".into(),
-            "other scistream".into(),
-            now + 3600,
-        ),
-    );
-    idp.tokens.insert(
-        "noscope".into(),
-        ("bob@example.org".into(), "other".into(), now + 3600),
-    );
-    idp.tokens.insert(
-        "short".into(),
-        ("carol@example.org".into(), "scistream".into(), now + 2),
-    );
-    let idp = Arc::new(idp);
+    let now = unix_now();
+    let idp = Arc::new(Idp::default());
+    let issue = |token: &str, user: &str, scope: &str, exp: i64| {
+        idp.tokens
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .insert(token.into(), (user.into(), scope.into(), exp));
+    };
+    issue("good", "alice@example.org", "other scistream", now + 3600);
+    issue("noscope", "bob@example.org", "other", now + 3600);
     let app = axum::Router::new()
         .route("/introspect", post(introspect))
         .with_state(idp.clone());
@@ -191,7 +192,10 @@ async fn introspection_with_scope_and_cache() {
     assert_eq!(k, Code::Unauthenticated);
     assert!(m.contains("not active"), "{m}");
 
-    // A token expiring in 1 s is cached at most until then.
+    // A token expiring in 3 s (issued now, so a slow start cannot eat into
+    // it) is cached at most until then.
+    let short_exp = unix_now() + 3;
+    issue("short", "carol@example.org", "scistream", short_exp);
     let short = srv.client(Some("short")).await;
     short.list().await.unwrap();
     let before = idp.calls.load(Ordering::SeqCst);
@@ -201,7 +205,9 @@ async fn introspection_with_scope_and_cache() {
         before,
         "cached while valid"
     );
-    tokio::time::sleep(std::time::Duration::from_millis(3100)).await;
+    while unix_now() <= short_exp {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     let (k, _) = rpc_code(short.list().await);
     assert_eq!(k, Code::Unauthenticated, "expired token must be refused");
     assert!(
