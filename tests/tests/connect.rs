@@ -615,9 +615,10 @@ fn release_resets_open_connections() {
         matches!(&err, stream::StreamError::Io { source, .. } if source.kind() == ErrorKind::ConnectionReset),
         "the consumer must see a reset, got: {err}"
     );
-    // Default grace is 1 s; the rest is s2uc starting and TLS.
+    // Default grace is 1 s; the rest is s2uc starting and TLS (slow on a
+    // loaded machine). Waiting for the stream to end would take far longer.
     assert!(
-        release_took < Duration::from_secs(5),
+        release_took < Duration::from_secs(12),
         "release took {release_took:?}"
     );
     assert_unreachable(
@@ -835,7 +836,8 @@ mod data_plane {
         dp.stop_session(&uid(3)).await;
         let took = started.elapsed();
         assert!(took >= Duration::from_millis(250), "no grace: {took:?}");
-        assert!(took < Duration::from_secs(3), "stop took {took:?}");
+        // The stream would last 40 s: stopping did not wait for it.
+        assert!(took < Duration::from_secs(10), "stop took {took:?}");
         let mut total = n;
         let err = loop {
             match c.read(&mut buf).await {
