@@ -48,7 +48,7 @@ fn try_relay_verdict(ctx: &SkBuffContext) -> u32 {
     // SAFETY: the helper only reads the socket the context's skb belongs to.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.skb.skb as *mut _) };
     // A socket without a relay entry is not ours to touch: leave its bytes to it.
-    let Some(entry) = RELAY.get_ptr_mut(&cookie) else {
+    let Some(entry) = RELAY.get_ptr_mut(cookie) else {
         return sk_action::SK_PASS;
     };
     let len = u64::from(ctx.len());
