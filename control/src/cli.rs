@@ -499,7 +499,7 @@ pub async fn run_s2uc(cli: S2uc) -> Result<(), ClientError> {
 fn print_status(s: &crate::proto::SessionStatus) {
     let c = s.counters.unwrap_or_default();
     println!(
-        "{} role={} state={} owner={} num_conn={} listeners={} targets={} bytes={}/{} conns={}",
+        "{} role={} state={} owner={} num_conn={} listeners={} targets={} bytes={}/{} conns={} active={}",
         s.uid,
         s.role,
         s.state,
@@ -509,8 +509,12 @@ fn print_status(s: &crate::proto::SessionStatus) {
         s.targets.join(","),
         c.bytes_to_target,
         c.bytes_from_target,
-        c.connections_total
+        c.connections_total,
+        c.connections_active
     );
+    if !s.restore_error.is_empty() {
+        println!("  restore: {}", s.restore_error);
+    }
 }
 
 /// Runs one appctrl command.

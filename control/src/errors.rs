@@ -82,6 +82,25 @@ pub enum ControlError {
     /// Operator: bad configuration.
     #[error("configuration error: {reason}")]
     Config { reason: String },
+    /// Operator: another gateway process serves from this state directory.
+    #[error(
+        "the state directory {} is in use by {holder}; stop it first, or give this gateway its own --state-dir",
+        dir.display()
+    )]
+    StateDirLocked {
+        dir: std::path::PathBuf,
+        holder: String,
+    },
+    /// Operator/system: the state directory cannot be written (full,
+    /// read-only, permissions), so a new session could not survive a restart.
+    #[error(
+        "the session state directory {} cannot be written ({reason}); new sessions are refused until it can (free space or fix its permissions); running sessions are not affected",
+        dir.display()
+    )]
+    StateDirUnwritable {
+        dir: std::path::PathBuf,
+        reason: String,
+    },
     /// Operator/system: I/O failure.
     #[error("{context}: {source}")]
     Io {
@@ -126,9 +145,12 @@ impl ControlError {
                 Code::PermissionDenied
             }
             ControlError::HelloTimeout { .. } => Code::DeadlineExceeded,
-            ControlError::AuthBackend { .. } | ControlError::ShuttingDown => Code::Unavailable,
+            ControlError::AuthBackend { .. }
+            | ControlError::ShuttingDown
+            | ControlError::StateDirUnwritable { .. } => Code::Unavailable,
             ControlError::DataPlane { .. }
             | ControlError::Config { .. }
+            | ControlError::StateDirLocked { .. }
             | ControlError::Io { .. }
             | ControlError::Tls { .. }
             | ControlError::Transport(_) => Code::Internal,

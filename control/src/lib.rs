@@ -13,6 +13,7 @@
 //! - [`allowlist`]: which update targets are allowed.
 //! - [`secret`]: data-channel session secrets.
 //! - [`persist`]: atomic JSON session files.
+//! - [`state_lock`]: one running gateway per state directory.
 //! - [`tls`]: control-channel certificate (operator or self-signed).
 //! - [`config`]: TOML configuration and the server's clap flags.
 //! - [`dataplane`]: the trait the gateway's data plane implements, and a
@@ -44,6 +45,7 @@ pub mod registry;
 pub mod secret;
 pub mod server;
 pub mod session;
+pub mod state_lock;
 pub mod tls;
 mod tls_probe;
 pub mod types;
@@ -63,4 +65,5 @@ pub use errors::ControlError;
 pub use observe::{AuthFailure, CallCode, NoObserver, Observer};
 pub use secret::SessionSecret;
 pub use server::{ControlServer, ServerHandle, serve};
+pub use state_lock::StateLock;
 pub use types::{Identity, Role, SessionId};

@@ -50,6 +50,27 @@ pub struct SessionRecord {
     pub created_unix: u64,
 }
 
+/// Bytes written by [`Store::check_writable`]: more than a session record.
+const PROBE_BYTES: usize = 8192;
+
+/// Creates `path` (mode 0600), writes `data` and syncs it.
+fn write_synced(path: &Path, data: &[u8]) -> Result<(), ControlError> {
+    let ctx = |what: &str| format!("{what} {}", path.display());
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| ControlError::io(ctx("creating"), e))?;
+    // The mode only applies on creation; enforce it for a stale temp file.
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| ControlError::io(ctx("chmod"), e))?;
+    f.write_all(data)
+        .map_err(|e| ControlError::io(ctx("writing"), e))?;
+    f.sync_all().map_err(|e| ControlError::io(ctx("fsync"), e))
+}
+
 /// The persistence directory.
 #[derive(Clone, Debug)]
 pub struct Store {
@@ -79,32 +100,41 @@ impl Store {
         self.dir.join(format!("{uid}.json"))
     }
 
-    /// Writes a record atomically (mode 0600).
+    /// Writes a record atomically (mode 0600). On failure nothing
+    /// half-written is left: the temporary file is removed and the previous
+    /// record, if any, stays as it was.
     pub fn save(&self, rec: &SessionRecord) -> Result<(), ControlError> {
         let path = self.path(&rec.uid);
         let tmp = self.dir.join(format!(".{}.json.tmp", rec.uid));
         let data = serde_json::to_vec_pretty(rec).map_err(|e| ControlError::Config {
             reason: format!("serializing session {}: {e}", rec.uid),
         })?;
-        let ctx = |what: &str| format!("{what} {}", tmp.display());
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(|e| ControlError::io(ctx("creating"), e))?;
-        // The mode only applies on creation; enforce it for a stale temp file.
-        f.set_permissions(std::fs::Permissions::from_mode(0o600))
-            .map_err(|e| ControlError::io(ctx("chmod"), e))?;
-        f.write_all(&data)
-            .map_err(|e| ControlError::io(ctx("writing"), e))?;
-        f.sync_all()
-            .map_err(|e| ControlError::io(ctx("fsync"), e))?;
-        drop(f);
-        std::fs::rename(&tmp, &path)
-            .map_err(|e| ControlError::io(format!("renaming to {}", path.display()), e))?;
-        Ok(())
+        let written = write_synced(&tmp, &data).and_then(|()| {
+            std::fs::rename(&tmp, &path)
+                .map_err(|e| ControlError::io(format!("renaming to {}", path.display()), e))
+        });
+        if written.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        written
+    }
+
+    /// Checks that a session file could be written now: writes, syncs and
+    /// removes a probe of a record's size. Catches a full or read-only
+    /// directory before a new session depends on it.
+    pub fn check_writable(&self) -> Result<(), ControlError> {
+        let probe = self
+            .dir
+            .join(format!(".probe-{}.tmp", rand::random::<u64>()));
+        let written = write_synced(&probe, &[b'.'; PROBE_BYTES]);
+        let _ = std::fs::remove_file(&probe);
+        written.map_err(|err| ControlError::StateDirUnwritable {
+            dir: self.dir.clone(),
+            reason: match err {
+                ControlError::Io { source, .. } => source.to_string(),
+                other => other.to_string(),
+            },
+        })
     }
 
     /// Removes a session's record (absent is fine).

@@ -210,8 +210,10 @@ impl PortAllocator {
         Ok(out)
     }
 
-    /// Re-binds one specific port (restoring a persisted session).
-    pub fn claim(&self, port: u16) -> Result<(PortLease, TcpListener), ControlError> {
+    /// Leases one specific port without binding it (a persisted session
+    /// being restored holds its ports this way, so no new session gets them
+    /// while it waits for a port another program holds).
+    pub fn reserve(&self, port: u16) -> Result<PortLease, ControlError> {
         let range = self.inner.range;
         if !range.contains(port) {
             return Err(ControlError::Config {
@@ -219,21 +221,28 @@ impl PortAllocator {
             });
         }
         let mut st = self.inner.lock();
-        if st.in_use.contains(&port) {
+        if !st.in_use.insert(port) {
             return Err(ControlError::Config {
-                reason: format!("port {port} is already leased"),
+                reason: format!("port {port} is already leased by another session"),
             });
         }
-        let l = bind_listener(SocketAddr::new(self.inner.bind_ip, port))
-            .map_err(|e| ControlError::io(format!("re-binding listener port {port}"), e))?;
-        st.in_use.insert(port);
-        Ok((
-            PortLease {
-                port,
-                inner: self.inner.clone(),
-            },
-            l,
-        ))
+        Ok(PortLease {
+            port,
+            inner: self.inner.clone(),
+        })
+    }
+
+    /// Binds the listener of a leased port.
+    pub fn listen(&self, lease: &PortLease) -> Result<TcpListener, ControlError> {
+        bind_listener(SocketAddr::new(self.inner.bind_ip, lease.port))
+            .map_err(|e| ControlError::io(format!("binding listener port {}", lease.port), e))
+    }
+
+    /// Leases and binds one specific port.
+    pub fn claim(&self, port: u16) -> Result<(PortLease, TcpListener), ControlError> {
+        let lease = self.reserve(port)?;
+        let listener = self.listen(&lease)?;
+        Ok((lease, listener))
     }
 }
 
@@ -280,5 +289,28 @@ mod tests {
         assert_eq!(pool.in_use(), 3);
         drop(got);
         assert_eq!(pool.in_use(), 0);
+    }
+
+    #[test]
+    fn a_reserved_port_is_not_handed_out_and_binds_later() {
+        let base = 43000 + (std::process::id() % 2000) as u16 * 10;
+        let range = PortRange {
+            first: base,
+            last: base + 1,
+        };
+        let pool = PortAllocator::new(range, IpAddr::V4(Ipv4Addr::LOCALHOST));
+        // Another program holds the first port: the reservation still holds it.
+        let other = TcpListener::bind((Ipv4Addr::LOCALHOST, base)).expect("a free test port");
+        let lease = pool.reserve(base).expect("reserved");
+        let err = pool
+            .listen(&lease)
+            .expect_err("port taken by another program");
+        assert!(err.to_string().contains(&format!("port {base}")), "{err}");
+        assert!(pool.reserve(base).is_err(), "leased once only");
+        let got = pool.allocate(1).expect("the other port");
+        assert_eq!(got[0].0.port(), base + 1, "the reserved port is skipped");
+        drop(other);
+        let listener = pool.listen(&lease).expect("binds once freed");
+        assert_eq!(listener.local_addr().expect("addr").port(), base);
     }
 }

@@ -11,6 +11,12 @@
 //! table (written when present and past `hello`, removed otherwise). It runs
 //! under one of a set of striped async locks, so writes for one uid are
 //! ordered and the last write always reflects the latest state.
+//!
+//! Restore: [`Registry::restore`] brings a persisted session back. One that
+//! cannot come back yet (a port is held by another program) stays in the
+//! table as RESTORING: it holds its port leases (unbound, so no new session
+//! gets them), keeps its file, reports why, and [`Registry::retry_restore`]
+//! tries again with backoff until it binds or is released.
 
 use std::collections::HashMap;
 use std::collections::hash_map::DefaultHasher;
@@ -31,6 +37,23 @@ use crate::session::{Call, SessionState};
 use crate::types::{Identity, Role, SessionId};
 
 const PERSIST_STRIPES: usize = 64;
+/// First retry of a session that could not be restored.
+const RESTORE_BACKOFF_FIRST: Duration = Duration::from_millis(250);
+/// Longest pause between two restore attempts.
+const RESTORE_BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// What `hello` tells the waiting `req`: the session is READY, or it could
+/// not be made durable and is gone.
+pub type HelloOutcome = Result<(), ControlError>;
+
+/// A persisted session waiting to be restored.
+struct PendingRestore {
+    record: SessionRecord,
+    /// Why the last attempt failed.
+    reason: String,
+    attempts: u32,
+    next_attempt: Instant,
+}
 
 /// One live session.
 pub struct Session {
@@ -51,7 +74,9 @@ pub struct Session {
     want_secret: bool,
     created_unix: u64,
     state_since: Instant,
-    hello_tx: Option<oneshot::Sender<()>>,
+    hello_tx: Option<oneshot::Sender<HelloOutcome>>,
+    /// Set while RESTORING.
+    pending: Option<PendingRestore>,
 }
 
 impl Session {
@@ -96,6 +121,50 @@ impl Session {
             targets: self.targets.clone(),
             created_unix: self.created_unix,
             legacy_secret: self.legacy_secret,
+            restore_error: self.pending.as_ref().map(|p| {
+                format!(
+                    "not restored after {} attempt(s), retrying: {}",
+                    p.attempts, p.reason
+                )
+            }),
+        }
+    }
+
+    /// A RESTORING placeholder for `record`, holding the port `leases` it
+    /// could reserve.
+    fn restoring(
+        record: SessionRecord,
+        leases: Vec<PortLease>,
+        reason: String,
+        attempts: u32,
+    ) -> Self {
+        let backoff = RESTORE_BACKOFF_FIRST
+            .saturating_mul(1 << attempts.saturating_sub(1).min(8))
+            .min(RESTORE_BACKOFF_MAX);
+        Session {
+            uid: record.uid.clone(),
+            role: record.role,
+            owner: record.owner.clone(),
+            num_conn: record.num_conn,
+            rate: record.rate,
+            state: SessionState::Restoring,
+            leases,
+            listeners: Vec::new(),
+            advertised: record.advertised.clone(),
+            prod_listeners: record.prod_listeners.clone(),
+            targets: record.targets.clone(),
+            secret: None,
+            legacy_secret: record.legacy_secret,
+            want_secret: record.want_secret,
+            created_unix: record.created_unix,
+            state_since: Instant::now(),
+            hello_tx: None,
+            pending: Some(PendingRestore {
+                record,
+                reason,
+                attempts,
+                next_attempt: Instant::now() + backoff,
+            }),
         }
     }
 }
@@ -125,6 +194,8 @@ pub struct SessionView {
     pub created_unix: u64,
     /// legacy secret in use
     pub legacy_secret: bool,
+    /// Why a RESTORING session is not back yet.
+    pub restore_error: Option<String>,
 }
 
 /// What `req` answers once hello arrived.
@@ -226,12 +297,14 @@ impl Registry {
         self.table().len()
     }
 
-    /// How many sessions are in each live state (REQUESTED, READY, ACTIVE).
-    pub fn count_by_state(&self) -> [(SessionState, usize); 3] {
+    /// How many sessions are in each live state (REQUESTED, READY, ACTIVE,
+    /// RESTORING).
+    pub fn count_by_state(&self) -> [(SessionState, usize); 4] {
         let mut counts = [
             (SessionState::Requested, 0),
             (SessionState::Ready, 0),
             (SessionState::Active, 0),
+            (SessionState::Restoring, 0),
         ];
         for session in self.table().values() {
             if let Some(slot) = counts.iter_mut().find(|(state, _)| *state == session.state) {
@@ -264,7 +337,7 @@ impl Registry {
 
     /// Creates a session in state REQUESTED with `num_conn` bound listeners;
     /// returns the receiver that fires when hello arrives.
-    pub fn create(&self, n: NewSession) -> Result<oneshot::Receiver<()>, ControlError> {
+    pub fn create(&self, n: NewSession) -> Result<oneshot::Receiver<HelloOutcome>, ControlError> {
         let mut table = self.table();
         if table.contains_key(&n.uid) {
             return Err(ControlError::DuplicateSession {
@@ -306,6 +379,7 @@ impl Registry {
                 created_unix: now_unix(),
                 state_since: Instant::now(),
                 hello_tx: Some(tx),
+                pending: None,
             },
         );
         Ok(rx)
@@ -340,8 +414,9 @@ impl Registry {
         })
     }
 
-    /// Records hello: REQUESTED -> READY, wakes the pending req. Returns the
-    /// advertised listeners.
+    /// Records hello: REQUESTED -> READY. Returns the advertised listeners.
+    /// The pending req is woken by [`Registry::hello_done`] once the session
+    /// is persisted.
     pub fn hello(
         &self,
         uid: &SessionId,
@@ -353,11 +428,20 @@ impl Registry {
         s.state = transition(s, Call::Hello)?;
         s.state_since = Instant::now();
         s.prod_listeners = prod_listeners;
-        if let Some(tx) = s.hello_tx.take() {
-            // The req may have gone away meanwhile; then nobody waits.
-            let _ = tx.send(());
-        }
         Ok(s.advertised.clone())
+    }
+
+    /// Ends a hello: on success wakes the pending req; on failure (the
+    /// session could not be persisted) removes the session and tells the
+    /// req why. Returns the removed session for the caller to drop.
+    pub fn hello_done(&self, uid: &SessionId, outcome: HelloOutcome) -> Option<Session> {
+        let mut table = self.table();
+        let failed = outcome.is_err();
+        if let Some(tx) = table.get_mut(uid).and_then(|s| s.hello_tx.take()) {
+            // The req may have gone away meanwhile; then nobody waits.
+            let _ = tx.send(outcome);
+        }
+        if failed { table.remove(uid) } else { None }
     }
 
     /// Update: READY -> ACTIVE. Moves the listeners into a plan for the data
@@ -426,6 +510,13 @@ impl Registry {
         Ok((plan, s.view(), answer_secret))
     }
 
+    /// Whether `uid` is in the table and READY.
+    pub fn is_ready(&self, uid: &SessionId) -> bool {
+        self.table()
+            .get(uid)
+            .is_some_and(|s| s.state == SessionState::Ready)
+    }
+
     /// Whether `uid` is in the table and ACTIVE.
     pub fn is_active(&self, uid: &SessionId) -> bool {
         self.table()
@@ -489,6 +580,16 @@ impl Registry {
         self.table().keys().cloned().collect()
     }
 
+    /// Uids of the RESTORING sessions whose next attempt is due.
+    pub fn restores_due(&self) -> Vec<SessionId> {
+        let now = Instant::now();
+        self.table()
+            .values()
+            .filter(|s| s.pending.as_ref().is_some_and(|p| p.next_attempt <= now))
+            .map(|s| s.uid.clone())
+            .collect()
+    }
+
     fn stripe(&self, uid: &SessionId) -> &tokio::sync::Mutex<()> {
         let mut h = DefaultHasher::new();
         uid.hash(&mut h);
@@ -496,126 +597,270 @@ impl Registry {
     }
 
     /// Makes the persisted file of `uid` match the table: written if the
-    /// session exists past hello, removed otherwise. Errors are logged (the
-    /// session keeps working without restart safety).
-    pub async fn sync_persist(&self, uid: &SessionId) {
+    /// session exists past hello, removed otherwise; a RESTORING session's
+    /// file is left as it is. A failure is returned as
+    /// [`ControlError::StateDirUnwritable`] (and logged) for the caller to
+    /// decide.
+    pub async fn sync_persist(&self, uid: &SessionId) -> Result<(), ControlError> {
         let Some(store) = self.store.clone() else {
-            return;
+            return Ok(());
         };
         let _g = self.stripe(uid).lock().await;
-        let rec = self
-            .table()
-            .get(uid)
-            .filter(|s| matches!(s.state, SessionState::Ready | SessionState::Active))
-            .map(Session::record);
+        let rec = match self.table().get(uid) {
+            Some(s) if s.state == SessionState::Restoring => return Ok(()),
+            Some(s) if matches!(s.state, SessionState::Ready | SessionState::Active) => {
+                Some(s.record())
+            }
+            _ => None,
+        };
         let uid2 = uid.clone();
+        let dir = store.dir().to_path_buf();
         let res = tokio::task::spawn_blocking(move || match rec {
             Some(r) => store.save(&r),
             None => store.remove(&uid2),
         })
         .await;
-        match res {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::error!(%uid, error = %e, "persisting session failed"),
-            Err(e) => tracing::error!(%uid, error = %e, "persistence task failed"),
+        let reason = match res {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(ControlError::Io { context, source })) => format!("{context}: {source}"),
+            Ok(Err(e)) => e.to_string(),
+            Err(e) => format!("persistence task failed: {e}"),
+        };
+        tracing::error!(%uid, dir = %dir.display(), error = %reason, "persisting the session failed");
+        Err(ControlError::StateDirUnwritable { dir, reason })
+    }
+
+    /// Checks that the state directory can take a new session file now.
+    pub async fn check_store_writable(&self) -> Result<(), ControlError> {
+        let Some(store) = self.store.clone() else {
+            return Ok(());
+        };
+        let dir = store.dir().to_path_buf();
+        tokio::task::spawn_blocking(move || store.check_writable())
+            .await
+            .unwrap_or_else(|e| {
+                Err(ControlError::StateDirUnwritable {
+                    dir,
+                    reason: format!("probe task failed: {e}"),
+                })
+            })
+    }
+
+    /// Brings a persisted session back: leases and binds its ports. Returns
+    /// the plan to start when it was ACTIVE. When it cannot come back yet,
+    /// the session stays in the table as RESTORING (its file untouched) and
+    /// the error says why; [`Registry::retry_restore`] tries again.
+    pub fn restore(&self, rec: SessionRecord) -> Result<Option<SessionPlan>, ControlError> {
+        if self.table().contains_key(&rec.uid) {
+            return Err(ControlError::DuplicateSession {
+                uid: rec.uid.to_string(),
+            });
+        }
+        self.attempt_restore(rec, Vec::new(), 1)
+    }
+
+    /// Tries a RESTORING session again (see [`Registry::restore`]). The
+    /// placeholder stays in the table meanwhile, so `status` and `release`
+    /// see it; `Ok(None)` also when it was released during the attempt.
+    pub fn retry_restore(&self, uid: &SessionId) -> Result<Option<SessionPlan>, ControlError> {
+        let (record, mut held, attempts) = {
+            let mut table = self.table();
+            let Some(s) = table.get_mut(uid) else {
+                return Ok(None);
+            };
+            let Some(p) = &s.pending else {
+                return Ok(None);
+            };
+            (
+                p.record.clone(),
+                std::mem::take(&mut s.leases),
+                p.attempts + 1,
+            )
+        };
+        let built = self.build_restored(&record, &mut held);
+        let mut table = self.table();
+        let still_waiting = table.get(uid).is_some_and(|s| s.pending.is_some());
+        if !still_waiting {
+            // Released meanwhile: whatever was built or held is dropped here.
+            return Ok(None);
+        }
+        match built {
+            Ok((session, plan)) => {
+                table.insert(uid.clone(), session);
+                Ok(plan)
+            }
+            Err(err) => {
+                table.insert(
+                    uid.clone(),
+                    Session::restoring(record, held, reason_of(&err), attempts),
+                );
+                Err(err)
+            }
         }
     }
 
-    /// Rebuilds a persisted session: re-binds its ports. Returns the plan to
-    /// start when it was ACTIVE.
-    pub fn restore(&self, rec: SessionRecord) -> Result<Option<SessionPlan>, ControlError> {
-        let mut leases = Vec::new();
-        let mut listeners = Vec::new();
-        for p in &rec.ports {
-            let (lease, l) = self.ports.claim(*p)?;
-            leases.push(lease);
-            listeners.push(l);
-        }
-        let secret = match &rec.secret_hex {
-            Some(h) => Some(SessionSecret::from_hex(h)?),
-            None => None,
+    /// Puts an ACTIVE session whose data plane could not start back into
+    /// RESTORING (its ports stay leased, unbound), to be retried.
+    pub fn demote_to_restoring(&self, uid: &SessionId, reason: String, attempts: u32) {
+        let mut table = self.table();
+        let Some(mut s) = table.remove(uid) else {
+            return;
         };
+        let record = s.record();
+        let leases = std::mem::take(&mut s.leases);
+        drop(s); // closes any listener still held
+        table.insert(
+            uid.clone(),
+            Session::restoring(record, leases, reason, attempts),
+        );
+    }
+
+    /// How many restore attempts a RESTORING session has had (0 if none).
+    pub fn restore_attempts(&self, uid: &SessionId) -> u32 {
+        self.table()
+            .get(uid)
+            .and_then(|s| s.pending.as_ref())
+            .map_or(0, |p| p.attempts)
+    }
+
+    /// The first restore attempt; on failure the RESTORING placeholder
+    /// (holding whatever ports could be reserved) goes into the table.
+    fn attempt_restore(
+        &self,
+        rec: SessionRecord,
+        mut held: Vec<PortLease>,
+        attempts: u32,
+    ) -> Result<Option<SessionPlan>, ControlError> {
+        let built = self.build_restored(&rec, &mut held);
         let mut table = self.table();
         if table.contains_key(&rec.uid) {
             return Err(ControlError::DuplicateSession {
                 uid: rec.uid.to_string(),
             });
         }
-        let plan = match rec.state {
-            SessionState::Active => {
-                let Some(secret) = secret.clone() else {
-                    return Err(ControlError::Config {
-                        reason: format!("persisted ACTIVE session {} has no secret", rec.uid),
-                    });
-                };
-                if rec.targets.len() != listeners.len() {
-                    return Err(ControlError::Config {
-                        reason: format!(
-                            "persisted session {} has {} targets for {} ports",
-                            rec.uid,
-                            rec.targets.len(),
-                            listeners.len()
-                        ),
-                    });
-                }
-                let links = std::mem::take(&mut listeners)
-                    .into_iter()
-                    .zip(rec.targets.iter().copied())
-                    .map(|(listener, target)| Link { listener, target })
-                    .collect();
-                Some(SessionPlan {
-                    uid: rec.uid.clone(),
-                    role: rec.role,
-                    links,
-                    rate_bytes_per_sec: rate_to_bytes_per_sec(rec.rate),
-                    secret,
-                    legacy_secret: rec.legacy_secret,
-                })
+        match built {
+            Ok((session, plan)) => {
+                table.insert(rec.uid.clone(), session);
+                Ok(plan)
             }
-            SessionState::Ready => None,
-            other => {
-                return Err(ControlError::Config {
-                    reason: format!("persisted session {} is in state {other}", rec.uid),
-                });
+            Err(err) => {
+                let reason = reason_of(&err);
+                table.insert(
+                    rec.uid.clone(),
+                    Session::restoring(rec, held, reason, attempts),
+                );
+                Err(err)
             }
-        };
-        table.insert(
-            rec.uid.clone(),
-            Session {
-                uid: rec.uid,
-                role: rec.role,
-                owner: rec.owner,
-                num_conn: rec.num_conn,
-                rate: rec.rate,
-                state: rec.state,
-                leases,
-                listeners,
-                advertised: rec.advertised,
-                prod_listeners: rec.prod_listeners,
-                targets: rec.targets,
-                secret,
-                legacy_secret: rec.legacy_secret,
-                want_secret: rec.want_secret,
-                created_unix: rec.created_unix,
-                state_since: Instant::now(),
-                hello_tx: None,
-            },
-        );
-        Ok(plan)
+        }
     }
 
-    /// Drops a persisted file that could not be restored.
-    pub fn forget_persisted(&self, uid: &SessionId) {
-        if let Some(store) = &self.store
-            && let Err(e) = store.remove(uid)
-        {
-            tracing::error!(%uid, error = %e, "removing the session file failed");
+    /// Leases (or reuses from `held`) and binds every port of `rec`, and
+    /// builds its session. On error `held` keeps every lease obtained.
+    fn build_restored(
+        &self,
+        rec: &SessionRecord,
+        held: &mut Vec<PortLease>,
+    ) -> Result<(Session, Option<SessionPlan>), ControlError> {
+        let secret = match &rec.secret_hex {
+            Some(h) => Some(SessionSecret::from_hex(h)?),
+            None => None,
+        };
+        if rec.state == SessionState::Active && secret.is_none() {
+            return Err(ControlError::Config {
+                reason: format!("persisted ACTIVE session {} has no secret", rec.uid),
+            });
         }
+        if rec.state == SessionState::Active && rec.targets.len() != rec.ports.len() {
+            return Err(ControlError::Config {
+                reason: format!(
+                    "persisted session {} has {} targets for {} ports",
+                    rec.uid,
+                    rec.targets.len(),
+                    rec.ports.len()
+                ),
+            });
+        }
+        if !matches!(rec.state, SessionState::Active | SessionState::Ready) {
+            return Err(ControlError::Config {
+                reason: format!("persisted session {} is in state {}", rec.uid, rec.state),
+            });
+        }
+        for &port in &rec.ports {
+            if !held.iter().any(|l| l.port() == port) {
+                held.push(self.ports.reserve(port)?);
+            }
+        }
+        let mut listeners = Vec::with_capacity(rec.ports.len());
+        for &port in &rec.ports {
+            let lease =
+                held.iter()
+                    .find(|l| l.port() == port)
+                    .ok_or_else(|| ControlError::Config {
+                        reason: format!("port {port} of session {} is not leased", rec.uid),
+                    })?;
+            listeners.push(self.ports.listen(lease)?);
+        }
+        // Leases in the record's port order.
+        let mut leases = Vec::with_capacity(rec.ports.len());
+        for &port in &rec.ports {
+            if let Some(i) = held.iter().position(|l| l.port() == port) {
+                leases.push(held.swap_remove(i));
+            }
+        }
+        let plan = if rec.state == SessionState::Active {
+            let secret = secret.clone().ok_or_else(|| ControlError::Config {
+                reason: format!("persisted ACTIVE session {} has no secret", rec.uid),
+            })?;
+            let links = std::mem::take(&mut listeners)
+                .into_iter()
+                .zip(rec.targets.iter().copied())
+                .map(|(listener, target)| Link { listener, target })
+                .collect();
+            Some(SessionPlan {
+                uid: rec.uid.clone(),
+                role: rec.role,
+                links,
+                rate_bytes_per_sec: rate_to_bytes_per_sec(rec.rate),
+                secret,
+                legacy_secret: rec.legacy_secret,
+            })
+        } else {
+            None
+        };
+        let session = Session {
+            uid: rec.uid.clone(),
+            role: rec.role,
+            owner: rec.owner.clone(),
+            num_conn: rec.num_conn,
+            rate: rec.rate,
+            state: rec.state,
+            leases,
+            listeners,
+            advertised: rec.advertised.clone(),
+            prod_listeners: rec.prod_listeners.clone(),
+            targets: rec.targets.clone(),
+            secret,
+            legacy_secret: rec.legacy_secret,
+            want_secret: rec.want_secret,
+            created_unix: rec.created_unix,
+            state_since: Instant::now(),
+            hello_tx: None,
+            pending: None,
+        };
+        Ok((session, plan))
     }
 
     /// The persistence store, if any.
     pub fn store(&self) -> Option<&Store> {
         self.store.as_ref()
+    }
+}
+
+/// An error as one line for `status` (I/O errors with their context).
+fn reason_of(err: &ControlError) -> String {
+    match err {
+        ControlError::Io { context, source } => format!("{context}: {source}"),
+        other => other.to_string(),
     }
 }
 

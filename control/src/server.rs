@@ -6,8 +6,18 @@
 //! authenticator, loads or generates the TLS certificate and restores
 //! persisted sessions (re-binding their listeners) before anything is
 //! served. On shutdown, pending `req` calls and `watch` streams end with
-//! UNAVAILABLE, every running session is stopped in the data plane, and the
-//! persisted files are kept so the next start restores the sessions.
+//! UNAVAILABLE, every running session is stopped in the data plane (all at
+//! once, so shutdown takes one session's stop time however many there are),
+//! and the persisted files are kept so the next start restores the sessions.
+//!
+//! Durability: a session is persisted before `req` answers (at `hello`) and
+//! before `update` answers; when the state directory cannot be written the
+//! call fails with an error naming it and nothing is left half set up. A
+//! persisted session that cannot be restored at start (its port is held by
+//! another program, say) is never deleted: it stays RESTORING, `status` says
+//! why, and a background task retries it with backoff until it binds or is
+//! released. With a state directory the server holds its lock
+//! ([`StateLock`]) for as long as it runs.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -23,7 +33,7 @@ use crate::allowlist::AllowList;
 use crate::auth::Authenticator;
 use crate::authz::Authz;
 use crate::config::ServerConfig;
-use crate::dataplane::{DataPlane, SessionCounters};
+use crate::dataplane::{DataPlane, SessionCounters, SessionPlan};
 use crate::errors::ControlError;
 use crate::observe::{AuthFailure, NoObserver, Observer};
 use crate::persist::Store;
@@ -32,6 +42,7 @@ use crate::proto;
 use crate::registry::{NewSession, Registry, SessionView};
 use crate::secret::SessionSecret;
 use crate::session::SessionState;
+use crate::state_lock::StateLock;
 use crate::tls::TlsMaterial;
 use crate::types::{Identity, Role, SessionId, parse_addr_list};
 
@@ -48,6 +59,8 @@ pub const CAPABILITIES: &[&str] = &[
 
 /// How long shutdown waits for in-flight calls before giving up.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// How often RESTORING sessions are looked at (each has its own backoff).
+const RESTORE_TICK: Duration = Duration::from_millis(250);
 
 /// Shared state behind both services.
 struct Core {
@@ -58,6 +71,8 @@ struct Core {
     data_plane: Arc<dyn DataPlane>,
     shutdown: watch::Sender<bool>,
     observer: Arc<dyn Observer>,
+    /// Held for the server's life: no other gateway uses this state dir.
+    _state_lock: Option<StateLock>,
 }
 
 /// Removes a REQUESTED session if the req future is dropped (the client
@@ -92,6 +107,7 @@ fn view_to_status(v: SessionView, c: Option<SessionCounters>) -> proto::SessionS
         created_unix: v.created_unix,
         counters: c.map(counters_to_proto),
         legacy_secret: v.legacy_secret,
+        restore_error: v.restore_error.unwrap_or_default(),
     }
 }
 
@@ -158,6 +174,9 @@ impl Core {
             }
             Role::Cons => (None, false),
         };
+        // A session that could not survive a restart is refused now, with
+        // the directory named, rather than after hello.
+        self.registry.check_store_writable().await?;
         let rx = self.registry.create(NewSession {
             uid: uid.clone(),
             role,
@@ -177,7 +196,12 @@ impl Core {
         let mut shutdown = self.shutdown.subscribe();
         tokio::select! {
             r = tokio::time::timeout(timeout, rx) => match r {
-                Ok(Ok(())) => {}
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(err))) => {
+                    // hello could not persist the session; it is gone.
+                    guard.uid = None;
+                    return Err(err);
+                }
                 Ok(Err(_)) => {
                     guard.uid = None;
                     return Err(ControlError::ReleasedWhileWaiting { uid: uid.to_string() });
@@ -222,7 +246,14 @@ impl Core {
             .map(ToString::to_string)
             .collect();
         let listeners = self.registry.hello(&uid, &who, announced)?;
-        self.registry.sync_persist(&uid).await;
+        if let Err(err) = self.registry.sync_persist(&uid).await {
+            // Not durable: the session goes, and the waiting req says why.
+            drop(self.registry.hello_done(&uid, Err(copy_unwritable(&err))));
+            let _ = self.registry.sync_persist(&uid).await;
+            tracing::warn!(%uid, "hello: the session could not be persisted; released");
+            return Err(err);
+        }
+        drop(self.registry.hello_done(&uid, Ok(())));
         tracing::info!(%uid, role = %h.role, "hello received");
         Ok(proto::AppResponse {
             message: format!("hello received for session {uid}"),
@@ -258,7 +289,7 @@ impl Core {
             if let Some(s) = self.registry.remove(&uid) {
                 drop(s);
             }
-            self.registry.sync_persist(&uid).await;
+            let _ = self.registry.sync_persist(&uid).await;
             return Err(ControlError::DataPlane {
                 uid: uid.to_string(),
                 source: e,
@@ -271,7 +302,15 @@ impl Core {
                 uid: uid.to_string(),
             });
         }
-        self.registry.sync_persist(&uid).await;
+        if let Err(err) = self.registry.sync_persist(&uid).await {
+            // Not durable: undo the whole session rather than run one that
+            // a restart would bring back in another state.
+            self.data_plane.stop_session(&uid).await;
+            drop(self.registry.remove(&uid));
+            let _ = self.registry.sync_persist(&uid).await;
+            tracing::warn!(%uid, "update: the session could not be persisted; released");
+            return Err(err);
+        }
         tracing::info!(%uid, role = %view.role, targets = ?view.targets, "update: session active");
         Ok(proto::Response {
             listeners: view.listeners.iter().map(ToString::to_string).collect(),
@@ -295,7 +334,8 @@ impl Core {
         // Stop relaying (closing the listeners) before the ports go back.
         self.data_plane.stop_session(&uid).await;
         drop(session);
-        self.registry.sync_persist(&uid).await;
+        // A failure is logged there; the session is released all the same.
+        let _ = self.registry.sync_persist(&uid).await;
         tracing::info!(%uid, "session released");
         Ok(proto::Response {
             state: SessionState::Released.as_str().to_owned(),
@@ -329,17 +369,32 @@ impl Core {
         Ok(proto::SessionList { sessions })
     }
 
-    /// Stops every session in the data plane (persisted files stay).
+    /// Stops every session in the data plane, all at once (persisted files
+    /// stay).
     async fn stop_all(&self) {
+        let mut stopping = tokio::task::JoinSet::new();
         for uid in self.registry.uids() {
-            if let Some(s) = self.registry.remove(&uid) {
-                self.data_plane.stop_session(&uid).await;
-                drop(s);
+            if let Some(session) = self.registry.remove(&uid) {
+                let data_plane = Arc::clone(&self.data_plane);
+                stopping.spawn(async move {
+                    data_plane.stop_session(&uid).await;
+                    // The ports go back only once the listeners are closed.
+                    drop(session);
+                });
             }
+        }
+        let count = stopping.len();
+        while stopping.join_next().await.is_some() {}
+        if count > 0 {
+            tracing::info!(
+                sessions = count,
+                "every session stopped (their files are kept)"
+            );
         }
     }
 
-    /// Restores persisted sessions.
+    /// Restores persisted sessions. One that cannot come back now stays
+    /// RESTORING (file kept) and is retried by [`Core::retry_restores`].
     async fn restore(&self) -> Result<(), ControlError> {
         let Some(store) = self.registry.store() else {
             return Ok(());
@@ -349,21 +404,69 @@ impl Core {
             let uid = rec.uid.clone();
             match self.registry.restore(rec) {
                 Ok(None) => tracing::info!(%uid, "restored READY session"),
-                Ok(Some(plan)) => match self.data_plane.start_session(plan).await {
-                    Ok(()) => tracing::info!(%uid, "restored ACTIVE session"),
-                    Err(e) => {
-                        tracing::error!(%uid, error = %e, "restored session could not start; dropping it");
-                        drop(self.registry.remove(&uid));
-                        self.registry.forget_persisted(&uid);
-                    }
-                },
-                Err(e) => {
-                    tracing::error!(%uid, error = %e, "persisted session could not be restored; dropping it");
-                    self.registry.forget_persisted(&uid);
+                Ok(Some(plan)) => self.start_restored(&uid, plan, 1).await,
+                Err(ControlError::DuplicateSession { .. }) => {
+                    tracing::error!(%uid, "two session files hold the same uid; restored once")
                 }
+                Err(e) => tracing::error!(
+                    %uid,
+                    error = %e,
+                    "persisted session could not be restored; its file is kept and it is retried until it binds or is released"
+                ),
             }
         }
         Ok(())
+    }
+
+    /// Starts a restored ACTIVE session; if the data plane refuses, the
+    /// session goes back to RESTORING.
+    async fn start_restored(&self, uid: &SessionId, plan: SessionPlan, attempts: u32) {
+        match self.data_plane.start_session(plan).await {
+            Ok(()) if attempts > 1 => {
+                tracing::info!(%uid, attempts, "restored ACTIVE session (after waiting)")
+            }
+            Ok(()) => tracing::info!(%uid, "restored ACTIVE session"),
+            Err(e) => {
+                if attempts == 1 {
+                    tracing::error!(%uid, error = %e, "restored session could not start; its file is kept and it is retried");
+                }
+                self.registry.demote_to_restoring(
+                    uid,
+                    format!("the data plane could not start: {e}"),
+                    attempts,
+                );
+            }
+        }
+    }
+
+    /// One pass over the RESTORING sessions whose next attempt is due.
+    async fn retry_restores(&self) {
+        for uid in self.registry.restores_due() {
+            let attempts = self.registry.restore_attempts(&uid) + 1;
+            match self.registry.retry_restore(&uid) {
+                Ok(Some(plan)) => self.start_restored(&uid, plan, attempts).await,
+                Ok(None) => {
+                    if self.registry.is_ready(&uid) {
+                        tracing::info!(%uid, attempts, "restored READY session (after waiting)");
+                    }
+                }
+                Err(e) => tracing::debug!(%uid, attempts, error = %e, "session still not restored"),
+            }
+        }
+    }
+}
+
+/// A second copy of a persistence error (one for the waiting req, one for
+/// the hello that failed).
+fn copy_unwritable(err: &ControlError) -> ControlError {
+    match err {
+        ControlError::StateDirUnwritable { dir, reason } => ControlError::StateDirUnwritable {
+            dir: dir.clone(),
+            reason: reason.clone(),
+        },
+        other => ControlError::Config {
+            reason: other.to_string(),
+        },
     }
 }
 
@@ -520,8 +623,8 @@ impl ServerHandle {
     pub fn sessions(&self) -> usize {
         self.core.registry.len()
     }
-    /// Sessions in each live state (REQUESTED, READY, ACTIVE).
-    pub fn sessions_by_state(&self) -> [(SessionState, usize); 3] {
+    /// Sessions in each live state (REQUESTED, READY, ACTIVE, RESTORING).
+    pub fn sessions_by_state(&self) -> [(SessionState, usize); 4] {
         self.core.registry.count_by_state()
     }
 }
@@ -549,7 +652,34 @@ impl ControlServer {
         data_plane: Arc<dyn DataPlane>,
         observer: Arc<dyn Observer>,
     ) -> Result<Self, ControlError> {
+        let lock = match &cfg.state_dir {
+            Some(dir) => Some(StateLock::acquire(dir)?),
+            None => None,
+        };
+        Self::with_state_lock(cfg, data_plane, observer, lock).await
+    }
+
+    /// Like [`ControlServer::with_observer`], with the state directory's
+    /// lock already taken by the caller (the gateway takes it before it
+    /// binds or loads anything).
+    pub async fn with_state_lock(
+        cfg: ServerConfig,
+        data_plane: Arc<dyn DataPlane>,
+        observer: Arc<dyn Observer>,
+        state_lock: Option<StateLock>,
+    ) -> Result<Self, ControlError> {
         cfg.validate()?;
+        if let (Some(dir), Some(lock)) = (&cfg.state_dir, &state_lock)
+            && lock.dir() != dir.as_path()
+        {
+            return Err(ControlError::Config {
+                reason: format!(
+                    "the state dir lock is for {}, not {}",
+                    lock.dir().display(),
+                    dir.display()
+                ),
+            });
+        }
         let auth =
             Authenticator::from_config(cfg.auth.as_ref().ok_or_else(|| ControlError::Config {
                 reason: "no authentication mode chosen".into(),
@@ -582,6 +712,7 @@ impl ControlServer {
             data_plane,
             shutdown,
             observer,
+            _state_lock: state_lock,
         });
         core.restore().await?;
         Ok(ControlServer { core, tls })
@@ -631,8 +762,19 @@ impl ControlServer {
                         let uid = s.uid().clone();
                         drop(s);
                         tracing::warn!(%uid, ?max_age, "session READY without update for too long; released");
-                        core.registry.sync_persist(&uid).await;
+                        let _ = core.registry.sync_persist(&uid).await;
                     }
+                }
+            })
+        };
+        let restorer = {
+            let core = core.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(RESTORE_TICK);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    core.retry_restores().await;
                 }
             })
         };
@@ -660,6 +802,10 @@ impl ControlServer {
             }
         };
         reaper.abort();
+        restorer.abort();
+        // A restore attempt in flight may still start a session: wait for
+        // the task to be gone before stopping them all.
+        let _ = restorer.await;
         core.stop_all().await;
         result
     }

@@ -1,6 +1,11 @@
 //! The session state machine: `Requested -(hello)-> Ready -(update)-> Active`,
 //! and `release` from any live state to `Released`. Calls out of order are
 //! refused with a hint saying what the client should do instead.
+//!
+//! `Restoring` is a persisted READY or ACTIVE session that could not be
+//! brought back after a restart (a port is taken, say): it keeps its file
+//! and its ports, is retried until it comes back, and may only be released.
+//! It is never written to disk (the file keeps the persisted state).
 
 use std::fmt;
 
@@ -21,6 +26,9 @@ pub enum SessionState {
     /// `release` arrived (terminal; released sessions leave the table).
     #[serde(rename = "RELEASED")]
     Released,
+    /// Persisted, but not yet restored after a restart (retried).
+    #[serde(rename = "RESTORING")]
+    Restoring,
 }
 
 /// The calls that move a session.
@@ -53,6 +61,7 @@ impl SessionState {
             SessionState::Ready => "READY",
             SessionState::Active => "ACTIVE",
             SessionState::Released => "RELEASED",
+            SessionState::Restoring => "RESTORING",
         }
     }
 
@@ -62,7 +71,10 @@ impl SessionState {
         match (self, call) {
             (Requested, Call::Hello) => Ok(Ready),
             (Ready, Call::Update) => Ok(Active),
-            (Requested | Ready | Active, Call::Release) => Ok(Released),
+            (Requested | Ready | Active | Restoring, Call::Release) => Ok(Released),
+            (Restoring, _) => Err(
+                "the session is being restored after a gateway restart (`s2uc status` says why it is not back yet); wait for it or release it",
+            ),
             (Ready | Active, Call::Hello) => Err("hello was already received for this session"),
             (Requested, Call::Update) => {
                 Err("send hello first (req is still waiting for the application's hello)")
@@ -103,5 +115,8 @@ mod tests {
         assert!(Active.next(Call::Hello).is_err());
         assert!(Released.next(Call::Release).is_err());
         assert!(Requested.next(Call::Release).is_ok());
+        assert!(Restoring.next(Call::Hello).is_err());
+        assert!(Restoring.next(Call::Update).is_err());
+        assert_eq!(Restoring.next(Call::Release).unwrap(), Released);
     }
 }
