@@ -9,7 +9,7 @@ use gateway::check;
 use gateway::ebpf::KernelRelay;
 use gateway::proxy::{self, ProxyPlan, ProxyStats};
 use gateway::relay::{DataPath, RelayEngine};
-use gateway::session::serve::{Gateway, ServeArgs, shutdown_signal};
+use gateway::session::serve::{Gateway, ServeArgs, shutdown_signals};
 
 #[derive(Parser)]
 #[command(
@@ -133,6 +133,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    // Watched from the start, so a signal during start-up also drains.
+    let shutdown = shutdown_signals();
     let gateway = Gateway::prepare(args).await?;
     println!(
         "s2cs: control server on {} (data path {}, gateway channel {})",
@@ -164,7 +166,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(addr) = gateway.metrics_addr() {
         println!("s2cs: metrics on http://{addr}/metrics");
     }
-    gateway.serve(shutdown_signal()).await?;
+    gateway.serve(shutdown).await?;
     println!("s2cs: stopped");
     Ok(())
 }

@@ -77,6 +77,8 @@ pub struct SessionOptions {
     pub dial_timeout: Duration,
     /// Open connections per session; further ones wait in the listen queue.
     pub max_connections: usize,
+    /// Dead-peer detection on every WAN connection.
+    pub wan_liveness: WanLiveness,
 }
 
 impl Default for SessionOptions {
@@ -85,9 +87,69 @@ impl Default for SessionOptions {
             stop_grace: Duration::from_secs(1),
             dial_timeout: Duration::from_secs(10),
             max_connections: 1024,
+            wan_liveness: WanLiveness::default(),
         }
     }
 }
+
+/// How a WAN connection notices that the peer gateway is gone (a crash
+/// without a reset, a partition): TCP keepalive while it is idle, and
+/// TCP_USER_TIMEOUT while sent data waits for an acknowledgement. Either
+/// ends the connection with an error, and the relay then resets its LAN leg
+/// too, so both applications see the end instead of a hang.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WanLiveness {
+    /// Idle time before the first keepalive probe (probes then go a third
+    /// of it apart, three of them); `None`: no keepalive.
+    pub keepalive_idle: Option<Duration>,
+    /// How long sent data (or a probe) may stay unacknowledged before the
+    /// connection is declared dead; `None`: the kernel's retransmission
+    /// limit (about 15 minutes).
+    pub user_timeout: Option<Duration>,
+}
+
+impl Default for WanLiveness {
+    /// Long-haul defaults: a minute of silence from a peer that should be
+    /// talking ends the connection; round trips of a few hundred
+    /// milliseconds and short congestion stalls are far below that.
+    fn default() -> Self {
+        WanLiveness {
+            keepalive_idle: Some(Duration::from_secs(30)),
+            user_timeout: Some(Duration::from_secs(60)),
+        }
+    }
+}
+
+impl WanLiveness {
+    /// Sets keepalive and the user timeout on a WAN socket.
+    fn apply(&self, socket: &TcpStream) -> Result<(), ConnError> {
+        let sock = SockRef::from(socket);
+        if let Some(idle) = self.keepalive_idle {
+            let idle = idle.max(Duration::from_secs(1));
+            let interval = (idle / 3).max(Duration::from_secs(1));
+            let keepalive = socket2::TcpKeepalive::new()
+                .with_time(idle)
+                .with_interval(interval)
+                .with_retries(KEEPALIVE_PROBES);
+            sock.set_tcp_keepalive(&keepalive)
+                .map_err(|source| ConnError::Socket {
+                    option: "TCP keepalive",
+                    source,
+                })?;
+        }
+        if let Some(timeout) = self.user_timeout {
+            sock.set_tcp_user_timeout(Some(timeout))
+                .map_err(|source| ConnError::Socket {
+                    option: "TCP_USER_TIMEOUT",
+                    source,
+                })?;
+        }
+        Ok(())
+    }
+}
+
+/// Unanswered keepalive probes before a WAN connection is declared dead.
+const KEEPALIVE_PROBES: u32 = 3;
 
 /// How long a stopping session waits for reset connections to be gone.
 const RESET_WAIT: Duration = Duration::from_secs(5);
@@ -280,6 +342,7 @@ struct Shared {
     channel: ChannelMode,
     secure: Option<Arc<SecureWan>>,
     dial_timeout: Duration,
+    wan_liveness: WanLiveness,
     metrics: Option<Arc<Metrics>>,
     /// The `session` label of its metrics (see [`metrics_label`]).
     label: String,
@@ -608,6 +671,7 @@ impl KernelDataPlane {
             channel: self.channel,
             secure: self.secure.clone(),
             dial_timeout: self.options.dial_timeout,
+            wan_liveness: self.options.wan_liveness,
             phase,
             limit: Arc::new(Semaphore::new(self.options.max_connections.max(1))),
             next_conn: AtomicU64::new(0),
@@ -814,6 +878,7 @@ async fn relay_connection(
     // other side is a LAN application.
     let (client, server) = match shared.role {
         Role::Prod => {
+            shared.wan_liveness.apply(&accepted)?;
             let wan = wan::wan_leg(
                 shared.channel,
                 shared.secure.as_deref(),
@@ -830,6 +895,7 @@ async fn relay_connection(
         Role::Cons => {
             let dialled = dial(shared, target).await?;
             guard.add_socket(&dialled)?;
+            shared.wan_liveness.apply(&dialled)?;
             let wan = wan::wan_leg(
                 shared.channel,
                 shared.secure.as_deref(),

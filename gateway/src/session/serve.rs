@@ -4,7 +4,7 @@
 //! [`Gateway::prepare`] reads and validates the whole configuration, loads
 //! the relay engine, builds the control server (TLS certificate, persisted
 //! sessions) and binds the control listener; [`Gateway::serve`] then serves
-//! until the shutdown future completes (see [`shutdown_signal`]) and drains:
+//! until the shutdown future completes (see [`shutdown_signals`]) and drains:
 //! pending calls get a grace period and every session is stopped.
 //!
 //! The data channel's flags (certificates, peer verification, TLS 1.2,
@@ -22,10 +22,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use control::{ControlError, ControlServer, ServerArgs, ServerConfig};
+use control::{ControlError, ControlServer, ServerArgs, ServerConfig, StateLock};
 
 use super::channel_args::{ChannelArgs, ChannelOptionError, describe_verification};
-use super::{ChannelMode, KernelDataPlane, PathChoice, SessionError, SessionOptions, engine_for};
+use super::{
+    ChannelMode, KernelDataPlane, PathChoice, SessionError, SessionOptions, WanLiveness, engine_for,
+};
 use crate::channel::{ChannelConfig, Fingerprint, KernelCaps};
 use crate::metrics::{self, Metrics, MetricsError};
 use crate::relay::DataPath;
@@ -49,6 +51,16 @@ pub struct ServeArgs {
     /// they are reset (release waits for them this long, then resets them).
     #[arg(long, value_name = "SECS", default_value_t = 1.0)]
     pub release_grace: f64,
+    /// Seconds a WAN connection may be idle before TCP keepalive probes
+    /// check that the peer gateway is still there (three probes, a third of
+    /// this apart); 0 turns keepalive off.
+    #[arg(long, value_name = "SECS", default_value_t = 30.0)]
+    pub wan_keepalive: f64,
+    /// Seconds data sent on a WAN connection may stay unacknowledged before
+    /// the connection is declared dead (TCP_USER_TIMEOUT) and both of its
+    /// legs are ended; 0 leaves the kernel's limit (about 15 minutes).
+    #[arg(long, value_name = "SECS", default_value_t = 60.0)]
+    pub wan_user_timeout: f64,
     /// Attach the XDP guard to this (WAN-facing) interface: TCP to the
     /// session port range is dropped before the socket layer unless a live
     /// PROD session allows the source for that port.
@@ -128,7 +140,15 @@ impl Gateway {
                 ),
             });
         }
+        let wan_liveness = wan_liveness(args.wan_keepalive, args.wan_user_timeout)
+            .map_err(|reason| ServeError::Config { reason })?;
         let mut cfg = args.server.into_config()?;
+        // Before anything is generated, bound or loaded: a second gateway on
+        // this state directory stops here, naming the first one's pid.
+        let state_lock = match &cfg.state_dir {
+            Some(dir) => Some(StateLock::acquire(dir)?),
+            None => None,
+        };
         let control_ip = args.control_listen.ip();
         if !control_ip.is_unspecified() && !cfg.tls.names.contains(&control_ip.to_string()) {
             cfg.tls.names.push(control_ip.to_string());
@@ -148,6 +168,7 @@ impl Gateway {
         let (engine, path) = engine_for(args.data_path)?;
         let options = SessionOptions {
             stop_grace: Duration::from_secs_f64(args.release_grace),
+            wan_liveness,
             ..SessionOptions::default()
         };
         let metrics = Metrics::new()?;
@@ -198,7 +219,8 @@ impl Gateway {
         let data_plane = Arc::new(data_plane);
         metrics.watch_data_plane(&data_plane);
         let server =
-            ControlServer::with_observer(cfg, data_plane, metrics.control_observer()).await?;
+            ControlServer::with_state_lock(cfg, data_plane, metrics.control_observer(), state_lock)
+                .await?;
         metrics.watch_control(server.handle());
         let listener = tokio::net::TcpListener::bind(args.control_listen)
             .await
@@ -352,23 +374,95 @@ fn cert_path(cfg: &ServerConfig) -> Option<PathBuf> {
     Some(dir.join(control::tls::SELF_SIGNED_CERT))
 }
 
-/// Completes on SIGINT or SIGTERM (whichever comes first). If the SIGTERM
-/// handler cannot be installed, only SIGINT is waited for.
-pub async fn shutdown_signal() {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut sigterm) => {
-                sigterm.recv().await;
-            }
-            Err(err) => {
-                tracing::warn!(error = %err, "cannot watch SIGTERM; stop the gateway with SIGINT");
-                std::future::pending::<()>().await;
-            }
+/// The name of the next SIGINT or SIGTERM (a stream that is gone is not
+/// waited on).
+async fn next_signal(
+    sigint: &mut Option<tokio::signal::unix::Signal>,
+    sigterm: &mut Option<tokio::signal::unix::Signal>,
+) -> &'static str {
+    async fn recv(signal: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {
+        match signal {
+            Some(s) => s.recv().await,
+            None => std::future::pending().await,
         }
+    }
+    loop {
+        tokio::select! {
+            got = recv(sigint) => match got {
+                Some(()) => return "SIGINT",
+                None => *sigint = None,
+            },
+            got = recv(sigterm) => match got {
+                Some(()) => return "SIGTERM",
+                None => *sigterm = None,
+            },
+        }
+    }
+}
+
+/// `--wan-keepalive` and `--wan-user-timeout` (seconds, 0 = off); the error
+/// names the flag.
+fn wan_liveness(keepalive: f64, user_timeout: f64) -> Result<WanLiveness, String> {
+    let seconds = |flag: &str, value: f64, min: f64| -> Result<Option<Duration>, String> {
+        if !value.is_finite() || !(0.0..=86_400.0).contains(&value) {
+            return Err(format!(
+                "{flag} must be a number of seconds from 0 to 86400, got {value}"
+            ));
+        }
+        if value == 0.0 {
+            return Ok(None);
+        }
+        if value < min {
+            return Err(format!(
+                "{flag} must be 0 (off) or at least {min} s, got {value}"
+            ));
+        }
+        Ok(Some(Duration::from_secs_f64(value)))
     };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
-        () = terminate => tracing::info!("SIGTERM received"),
+    Ok(WanLiveness {
+        // TCP_KEEPIDLE counts whole seconds.
+        keepalive_idle: seconds("--wan-keepalive", keepalive, 1.0)?,
+        user_timeout: seconds("--wan-user-timeout", user_timeout, 0.1)?,
+    })
+}
+
+/// Exit status after a second SIGINT/SIGTERM cut the drain short.
+pub const FORCED_EXIT_STATUS: i32 = 130;
+
+/// Watches SIGINT and SIGTERM from now on: the returned future completes on
+/// the first one (the gateway then drains); a second one ends the process
+/// at once with [`FORCED_EXIT_STATUS`] (persisted sessions are on disk and
+/// come back on the next start). If the SIGTERM handler cannot be
+/// installed, only SIGINT is watched. Call it inside the runtime.
+pub fn shutdown_signals() -> impl Future<Output = ()> + Send + 'static {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (first_tx, first_rx) = tokio::sync::oneshot::channel::<()>();
+    let sigint = signal(SignalKind::interrupt());
+    let sigterm = signal(SignalKind::terminate());
+    tokio::spawn(async move {
+        let (mut sigint, mut sigterm) = match (sigint, sigterm) {
+            (Ok(int), Ok(term)) => (Some(int), Some(term)),
+            (int, term) => {
+                if let Err(err) = &term {
+                    tracing::warn!(error = %err, "cannot watch SIGTERM; stop the gateway with SIGINT");
+                }
+                if let Err(err) = &int {
+                    tracing::warn!(error = %err, "cannot watch SIGINT");
+                }
+                (int.ok(), term.ok())
+            }
+        };
+        let first = next_signal(&mut sigint, &mut sigterm).await;
+        tracing::info!("{first} received: stopping (send it again to exit at once)");
+        let _ = first_tx.send(());
+        let second = next_signal(&mut sigint, &mut sigterm).await;
+        eprintln!(
+            "s2cs: second {second}: exiting at once without draining; persisted sessions come back on the next start"
+        );
+        std::process::exit(FORCED_EXIT_STATUS);
+    });
+    async move {
+        let _ = first_rx.await;
     }
 }
 
@@ -400,6 +494,48 @@ mod tests {
         Cli::try_parse_from(base.iter().chain(extra))
             .expect("flags")
             .serve
+    }
+
+    #[test]
+    fn wan_liveness_flags_are_checked_and_zero_turns_them_off() {
+        let on = wan_liveness(30.0, 60.0).expect("defaults");
+        assert_eq!(on.keepalive_idle, Some(Duration::from_secs(30)));
+        assert_eq!(on.user_timeout, Some(Duration::from_secs(60)));
+        let off = wan_liveness(0.0, 0.0).expect("off");
+        assert_eq!((off.keepalive_idle, off.user_timeout), (None, None));
+        for (keepalive, timeout, flag) in [
+            (0.5, 60.0, "--wan-keepalive"),
+            (-1.0, 60.0, "--wan-keepalive"),
+            (f64::NAN, 60.0, "--wan-keepalive"),
+            (30.0, 100_000.0, "--wan-user-timeout"),
+            (30.0, 0.01, "--wan-user-timeout"),
+        ] {
+            let err = wan_liveness(keepalive, timeout).expect_err("refused");
+            assert!(err.starts_with(flag), "{keepalive} {timeout}: {err}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_second_gateway_on_a_locked_state_dir_fails_before_binding() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let _held = StateLock::acquire(dir.path()).expect("first lock");
+        let err = Gateway::prepare(args(dir.path(), &[]))
+            .await
+            .err()
+            .expect("the state dir is locked");
+        // Refused at the lock, not at the metrics bind that comes later.
+        assert!(
+            matches!(
+                err,
+                ServeError::Control(ControlError::StateDirLocked { .. })
+            ),
+            "{err}"
+        );
+        assert!(
+            err.to_string()
+                .contains(&format!("pid {}", std::process::id())),
+            "{err}"
+        );
     }
 
     #[tokio::test]
