@@ -15,7 +15,6 @@
 //!   in).
 
 use std::fmt::Write as _;
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, SystemTime};
@@ -131,6 +130,9 @@ impl Bin {
 pub struct Daemon {
     child: NsChild,
     node: Node,
+    bin: Bin,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
     command_line: String,
     /// `None` once kept or removed (on drop).
     dir: Option<tempfile::TempDir>,
@@ -157,30 +159,52 @@ impl Daemon {
         env: &[(&str, &str)],
         dir: tempfile::TempDir,
     ) -> anyhow::Result<Daemon> {
-        let program = bin.path()?;
-        let create = |name: &str| {
-            let p = dir.path().join(name);
-            File::create(&p).with_context(|| format!("creating {}", p.display()))
-        };
-        let mut cmd = Command::new(&program);
-        cmd.args(args)
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(create("stdout")?)
-            .stderr(create("stderr")?);
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
+        let args: Vec<String> = args.to_vec();
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
         let command_line = format!("{} {}", bin.name(), args.join(" "));
-        let child = topo
-            .spawn(node, cmd)
-            .with_context(|| format!("starting `{command_line}` in {node}"))?;
+        let child = spawn(topo, node, bin, &args, &env, dir.path(), &command_line)?;
         Ok(Daemon {
             child,
             node,
+            bin,
+            args,
+            env,
             command_line,
             dir: Some(dir),
         })
+    }
+
+    /// Starts the program again, the same way, after it exited (or was
+    /// killed): its output is appended to the same files.
+    pub fn restart(&mut self, topo: &Topology) -> anyhow::Result<()> {
+        if self.try_wait()?.is_none() {
+            bail!(
+                "`{}` in {} still runs: stop it before restarting",
+                self.command_line,
+                self.node
+            );
+        }
+        let dir = self.dir().to_path_buf();
+        self.child = spawn(
+            topo,
+            self.node,
+            self.bin,
+            &self.args,
+            &self.env,
+            &dir,
+            &self.command_line,
+        )?;
+        Ok(())
+    }
+
+    /// SIGKILL, then waits for it to be gone.
+    pub fn kill(&mut self) -> anyhow::Result<ExitStatus> {
+        self.child
+            .kill()
+            .with_context(|| format!("killing `{}`", self.command_line))
     }
 
     /// The node it runs in.
@@ -311,6 +335,39 @@ impl Drop for Daemon {
             eprintln!("---- {} files kept in {}", self.node, dir.keep().display());
         }
     }
+}
+
+/// Spawns `bin ARGS` in `node` with `env` (plus `NO_COLOR=1`), stdin
+/// closed, stdout and stderr appended to `dir`'s `stdout` and `stderr`.
+fn spawn(
+    topo: &Topology,
+    node: Node,
+    bin: Bin,
+    args: &[String],
+    env: &[(String, String)],
+    dir: &Path,
+    command_line: &str,
+) -> anyhow::Result<NsChild> {
+    let program = bin.path()?;
+    let open = |name: &str| {
+        let p = dir.join(name);
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&p)
+            .with_context(|| format!("opening {}", p.display()))
+    };
+    let mut cmd = Command::new(&program);
+    cmd.args(args)
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(open("stdout")?)
+        .stderr(open("stderr")?);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    topo.spawn(node, cmd)
+        .with_context(|| format!("starting `{command_line}` in {node}"))
 }
 
 /// Removes terminal colour sequences (ESC `[` ... final letter).

@@ -7,8 +7,10 @@
 //! self-signed control certificate that `s2uc` pins, and any extra flags.
 //! [`Gateway::start`] returns once the daemon has printed its certificate
 //! fingerprint (and the lines its extra flags promise: `--xdp-iface`,
-//! `--metrics-listen`). Like every [`Daemon`], it prints its output when the
-//! test fails.
+//! `--metrics-listen`). Extra `--port-range` or `--state-dir` flags replace
+//! the defaults. [`Gateway::kill`] (SIGKILL) and [`Gateway::restart`] (the
+//! same command on the same state directory) are for fault tests. Like
+//! every [`Daemon`], it prints its output when the test fails.
 //!
 //! [`S2uc::connect`], [`S2uc::status`] and [`S2uc::release`] run those
 //! commands against gateways and parse what they print.
@@ -55,23 +57,37 @@ pub struct Gateway {
     pub control: SocketAddr,
     /// Its control certificate (for `s2uc --server-cert`).
     pub cert: PathBuf,
+    /// Its `--state-dir`.
+    pub state: PathBuf,
     daemon: Daemon,
+    /// Lines the daemon prints once it serves (see [`Gateway::start`]).
+    ready_lines: Vec<String>,
 }
+
+/// The line `s2cs serve` prints once per start when it serves.
+const SERVING: &str = "s2cs: control server on";
 
 impl Gateway {
     /// Starts the gateway, with its files in a new directory in `parent`,
     /// and waits until it serves.
     pub fn start(topo: &Topology, spec: GatewaySpec, parent: &Path) -> anyhow::Result<Gateway> {
         let dir = Daemon::workdir(parent, &format!("{}-{}", topo.id(), spec.node))?;
-        let state = dir.path().join("state");
+        let given = |flag: &str| {
+            spec.extra
+                .iter()
+                .position(|f| f == flag)
+                .and_then(|i| spec.extra.get(i + 1))
+                .cloned()
+        };
+        let state = given("--state-dir")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| dir.path().join("state"));
         let cert = state.join("tls/control-cert.pem");
         let ip = spec.listener_ip.to_string();
         let mut args: Vec<String> = [
             "serve",
             "--control-listen",
             &spec.control.to_string(),
-            "--port-range",
-            PORT_RANGE,
             "--listener-ip",
             &ip,
             "--advertise-ip",
@@ -79,22 +95,23 @@ impl Gateway {
             "--no-auth",
             "--allow",
             &spec.allow,
-            "--state-dir",
-            &state.display().to_string(),
         ]
         .iter()
         .map(|s| (*s).to_owned())
         .collect();
+        if given("--port-range").is_none() {
+            args.extend(["--port-range".to_owned(), PORT_RANGE.to_owned()]);
+        }
+        if given("--state-dir").is_none() {
+            args.extend(["--state-dir".to_owned(), state.display().to_string()]);
+        }
         args.extend(spec.extra.iter().cloned());
-        let ready_lines: Vec<&str> = spec
-            .extra
-            .iter()
-            .filter_map(|flag| match flag.as_str() {
-                "--xdp-iface" => Some("XDP guard on"),
-                "--metrics-listen" => Some("metrics on"),
-                _ => None,
-            })
-            .collect();
+        let mut ready_lines = vec![SERVING.to_owned()];
+        ready_lines.extend(spec.extra.iter().filter_map(|flag| match flag.as_str() {
+            "--xdp-iface" => Some("XDP guard on".to_owned()),
+            "--metrics-listen" => Some("metrics on".to_owned()),
+            _ => None,
+        }));
         let mut daemon = Daemon::start(
             topo,
             spec.node,
@@ -118,8 +135,46 @@ impl Gateway {
             node: spec.node,
             control: spec.control,
             cert,
+            state,
             daemon,
+            ready_lines,
         })
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.daemon.id()
+    }
+
+    /// SIGKILL: the gateway dies at once, as in a crash.
+    pub fn kill(&mut self) -> anyhow::Result<()> {
+        self.daemon.kill().map(drop)
+    }
+
+    /// Starts the same command again (same state directory, addresses and
+    /// flags) after it stopped or was killed, and waits until it serves.
+    pub fn restart(&mut self, topo: &Topology) -> anyhow::Result<()> {
+        let starts = self.stdout().matches(SERVING).count();
+        self.daemon.restart(topo)?;
+        let ready = self.ready_lines.clone();
+        self.daemon
+            .wait_until(GATEWAY_DEADLINE, "serving again", |d| {
+                let out = d.stdout();
+                out.matches(SERVING).count() > starts
+                    && ready
+                        .iter()
+                        .all(|l| out.matches(l.as_str()).count() > starts)
+            })
+    }
+
+    /// Whether the process has exited (with its status).
+    pub fn try_wait(&mut self) -> anyhow::Result<Option<std::process::ExitStatus>> {
+        self.daemon.try_wait()
+    }
+
+    /// Sends `signal` to the gateway.
+    pub fn signal(&self, signal: nix::sys::signal::Signal) -> anyhow::Result<()> {
+        self.daemon.signal(signal)
     }
 
     /// Its standard output so far.

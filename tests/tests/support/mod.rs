@@ -52,6 +52,22 @@ impl Setup {
 
     /// Starts the two gateways in `topo` with the extra flags.
     pub fn start(topo: Topology, gwa_extra: Vec<String>, gwb_extra: Vec<String>) -> Setup {
+        Setup::start_with_ports(topo, PORT_RANGE, gwa_extra, gwb_extra)
+    }
+
+    /// Like [`Setup::start`], both gateways leasing listener ports from
+    /// `ports` (the CONS gateway may dial the PROD gateway's in that range).
+    pub fn start_with_ports(
+        topo: Topology,
+        ports: &str,
+        mut gwa_extra: Vec<String>,
+        mut gwb_extra: Vec<String>,
+    ) -> Setup {
+        if ports != PORT_RANGE {
+            for extra in [&mut gwa_extra, &mut gwb_extra] {
+                extra.extend(["--port-range".to_owned(), ports.to_owned()]);
+            }
+        }
         let wan_ip = topo.addr(Node::Gwa, Link::Wan);
         let gwa = Gateway::start(
             &topo,
@@ -72,7 +88,7 @@ impl Setup {
                 node: Node::Gwb,
                 control: SocketAddr::new(lanb_ip, CONTROL_PORT),
                 listener_ip: lanb_ip,
-                allow: format!("{}/24:{PORT_RANGE}", Link::Wan.subnet_v4()),
+                allow: format!("{}/24:{ports}", Link::Wan.subnet_v4()),
                 extra: gwb_extra,
             },
             tmp(),
@@ -99,6 +115,64 @@ impl Setup {
                 rate_mbps,
             )
             .unwrap_or_else(|e| panic!("{e:#}"))
+    }
+
+    /// `s2uc connect` from gwb, returning its failure instead of panicking.
+    pub fn try_connect(
+        &self,
+        producer: &[SocketAddr],
+        rate_mbps: u32,
+    ) -> anyhow::Result<Connected> {
+        self.s2uc.connect(
+            &self.topo,
+            Node::Gwb,
+            (&self.gwa, &self.gwb),
+            producer,
+            rate_mbps,
+        )
+    }
+
+    /// What `s2uc ARGS --s2cs GATEWAY --server-cert CERT [UID]` prints (run
+    /// from gwb, whatever its exit status): `command` is "status" or "list".
+    pub fn ask(&self, node: Node, command: &str, uid: Option<&str>) -> String {
+        let gateway = self.gateway(node);
+        let (s2cs, cert) = (
+            gateway.control.to_string(),
+            gateway.cert.display().to_string(),
+        );
+        let mut args = vec![command, "--s2cs", &s2cs, "--server-cert", &cert];
+        args.extend(uid);
+        let out = self
+            .s2uc
+            .output(&self.topo, Node::Gwb, &args, SECS_30)
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    }
+
+    /// The gateway in `node`, to stop, kill or restart it.
+    pub fn gateway_mut(&mut self, node: Node) -> &mut Gateway {
+        if node == Node::Gwa {
+            &mut self.gwa
+        } else {
+            &mut self.gwb
+        }
+    }
+
+    /// Starts the stopped (or killed) gateway in `node` again on its state
+    /// directory and waits until it serves.
+    pub fn restart(&mut self, node: Node) {
+        let gateway = if node == Node::Gwa {
+            &mut self.gwa
+        } else {
+            &mut self.gwb
+        };
+        gateway
+            .restart(&self.topo)
+            .unwrap_or_else(|e| panic!("restarting the gateway in {node}: {e:#}"));
     }
 
     /// `s2uc release UID` against `gateway`, from gwb.
