@@ -4,6 +4,7 @@ mod bench;
 mod cmd;
 mod demo;
 mod setup;
+mod soak;
 mod test;
 mod vm;
 
@@ -51,6 +52,18 @@ enum Command {
         what: Option<BenchCommand>,
         #[command(flatten)]
         all: bench::AllOpts,
+    },
+    /// The long soak: two gateways under a seeded random mix of sessions,
+    /// streams of every channel mode and data path, kills, restarts and
+    /// partitions, every byte verified; writes target/soak/soak.json and a
+    /// chart soak.svg. Not part of `test`.
+    Soak {
+        /// How long to run.
+        #[arg(long, default_value_t = 30.0)]
+        minutes: f64,
+        /// Seed of the random mix (the same seed, the same run).
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
     },
     /// Show the gateway working end to end (namespaces, two gateways, a
     /// producer and a consumer of detector frames).
@@ -103,6 +116,7 @@ fn main() -> anyhow::Result<()> {
             what: Some(BenchCommand::Tls(opts)),
             ..
         } => bench::run_tls_bench(&workspace_root()?, &opts).map(drop),
+        Command::Soak { minutes, seed } => soak::run(&workspace_root()?, minutes, seed),
         Command::Demo { frames, frame_mib } => {
             demo::run(&workspace_root()?, &demo::DemoOpts { frames, frame_mib })
         }
