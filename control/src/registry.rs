@@ -872,3 +872,163 @@ fn transition(s: &Session, call: Call) -> Result<SessionState, ControlError> {
         hint,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ports::PortRange;
+    use std::net::{Ipv4Addr, TcpListener as StdListener};
+
+    /// A registry over a two-port range on loopback, free when the test
+    /// starts, and the record of an ACTIVE session on its first port.
+    fn setup(base: u16) -> (Registry, SessionRecord) {
+        let range = PortRange {
+            first: base,
+            last: base + 1,
+        };
+        let ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        let registry = Registry::new(
+            PortAllocator::new(range, ip),
+            ip,
+            16,
+            Authz::new(Vec::new()),
+            None,
+        );
+        let uid = SessionId::parse("restore-1").expect("uid");
+        let record = SessionRecord {
+            uid,
+            role: Role::Prod,
+            owner: Identity::anonymous(),
+            num_conn: 1,
+            rate: 0,
+            state: SessionState::Active,
+            ports: vec![base],
+            advertised: vec![SocketAddr::new(ip, base)],
+            prod_listeners: Vec::new(),
+            targets: vec![SocketAddr::new(ip, 9)],
+            secret_hex: Some(SessionSecret::generate().expect("secret").to_hex()),
+            legacy_secret: false,
+            want_secret: true,
+            created_unix: 1,
+        };
+        (registry, record)
+    }
+
+    fn free_base() -> u16 {
+        // Two neighbouring free ports (the kernel's choice and the next).
+        loop {
+            let l = StdListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("port");
+            let base = l.local_addr().expect("addr").port();
+            drop(l);
+            if base < u16::MAX && StdListener::bind((Ipv4Addr::LOCALHOST, base + 1)).is_ok() {
+                return base;
+            }
+        }
+    }
+
+    #[test]
+    fn a_session_whose_port_is_taken_waits_as_restoring_and_comes_back() {
+        let base = free_base();
+        let (registry, record) = setup(base);
+        let uid = record.uid.clone();
+        let who = Identity::anonymous();
+        let squatter = StdListener::bind((Ipv4Addr::LOCALHOST, base)).expect("take the port");
+
+        let err = registry.restore(record).expect_err("the port is taken");
+        assert!(err.to_string().contains(&format!("port {base}")), "{err}");
+        let view = registry.status(&uid, &who).expect("still in the table");
+        assert_eq!(view.state, SessionState::Restoring);
+        let why = view.restore_error.expect("a reason");
+        assert!(
+            why.contains("1 attempt") && why.contains(&format!("port {base}")),
+            "{why}"
+        );
+        // Its port stays reserved: a new session gets the other one.
+        let other = registry.ports().allocate(1).expect("the other port");
+        assert_eq!(other[0].0.port(), base + 1);
+        drop(other);
+        // Calls other than release are refused with a hint.
+        let err = registry
+            .hello(&uid, &who, Vec::new())
+            .expect_err("out of order");
+        assert!(err.to_string().contains("restored"), "{err}");
+
+        assert!(registry.retry_restore(&uid).is_err(), "still taken");
+        assert_eq!(registry.restore_attempts(&uid), 2);
+
+        drop(squatter);
+        let plan = registry
+            .retry_restore(&uid)
+            .expect("binds now")
+            .expect("an ACTIVE session has a plan");
+        let bound = plan.links[0].listener.local_addr().expect("addr");
+        assert_eq!(bound.port(), base, "the same port");
+        assert!(registry.is_active(&uid));
+        assert!(
+            registry
+                .status(&uid, &who)
+                .expect("view")
+                .restore_error
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn a_restoring_session_can_be_released_and_frees_its_ports() {
+        let base = free_base();
+        let (registry, record) = setup(base);
+        let uid = record.uid.clone();
+        let squatter = StdListener::bind((Ipv4Addr::LOCALHOST, base)).expect("take the port");
+        assert!(registry.restore(record).is_err());
+        assert_eq!(registry.ports().in_use(), 1, "reserved while restoring");
+        let s = registry
+            .release(&uid, &Identity::anonymous())
+            .expect("release is allowed");
+        drop(s);
+        assert_eq!(registry.ports().in_use(), 0);
+        assert!(
+            registry
+                .retry_restore(&uid)
+                .expect("nothing to do")
+                .is_none()
+        );
+        drop(squatter);
+    }
+
+    #[test]
+    fn a_failed_hello_removes_the_session_and_tells_the_waiting_req() {
+        let base = free_base();
+        let (registry, _) = setup(base);
+        let uid = SessionId::parse("hello-fails").expect("uid");
+        let who = Identity::anonymous();
+        let mut rx = registry
+            .create(NewSession {
+                uid: uid.clone(),
+                role: Role::Cons,
+                owner: who.clone(),
+                num_conn: 1,
+                rate: 0,
+                secret: None,
+                legacy_secret: false,
+                want_secret: true,
+            })
+            .expect("created");
+        registry.hello(&uid, &who, Vec::new()).expect("hello");
+        let removed = registry.hello_done(
+            &uid,
+            Err(ControlError::StateDirUnwritable {
+                dir: "/state/sessions".into(),
+                reason: "No space left on device".into(),
+            }),
+        );
+        assert!(removed.is_some(), "the session goes");
+        drop(removed);
+        assert_eq!(registry.ports().in_use(), 0);
+        match rx.try_recv() {
+            Ok(Err(ControlError::StateDirUnwritable { dir, .. })) => {
+                assert_eq!(dir, std::path::PathBuf::from("/state/sessions"));
+            }
+            other => panic!("the req must learn why: {other:?}"),
+        }
+    }
+}
