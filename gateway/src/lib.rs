@@ -12,15 +12,21 @@
 //! - [`proxy`]: a listener that relays every accepted connection to a target;
 //! - [`session`]: the data plane of SciStream sessions (`control::DataPlane`)
 //!   and `s2cs serve`;
+//! - [`admission`]: the budget of WAN connections not yet authenticated
+//!   (gateway-wide, per source, per second);
+//! - [`refusal_log`]: one log line a second summing up refused WAN
+//!   connections;
 //! - [`xdp`]: the XDP guard of the data ports on the WAN interface and its
 //!   allow-list;
 //! - [`metrics`]: the Prometheus registry of `s2cs serve` and its HTTP
 //!   endpoint.
+pub mod admission;
 pub mod channel;
 pub mod check;
 pub mod ebpf;
 pub mod metrics;
 pub mod proxy;
+pub mod refusal_log;
 pub mod relay;
 pub mod session;
 pub mod sys;

@@ -29,11 +29,18 @@ pub enum FailureReason {
     PeerClosed,
     /// A socket error.
     Io,
+    /// Not admitted: the gateway's budget of unauthenticated connections
+    /// was used up.
+    GatewayBusy,
+    /// Not admitted: its source had too many unauthenticated connections.
+    SourceBusy,
+    /// Not admitted: its source opened connections too fast.
+    SourceRate,
 }
 
 impl FailureReason {
     /// Every reason, in the order of [`ChannelFailures`]' counters.
-    pub const ALL: [FailureReason; 8] = [
+    pub const ALL: [FailureReason; 11] = [
         FailureReason::Timeout,
         FailureReason::NotTls,
         FailureReason::Handshake,
@@ -42,6 +49,9 @@ impl FailureReason {
         FailureReason::ModeMismatch,
         FailureReason::PeerClosed,
         FailureReason::Io,
+        FailureReason::GatewayBusy,
+        FailureReason::SourceBusy,
+        FailureReason::SourceRate,
     ];
 
     /// A short label (for logs and metrics).
@@ -55,6 +65,9 @@ impl FailureReason {
             FailureReason::ModeMismatch => "mode_mismatch",
             FailureReason::PeerClosed => "peer_closed",
             FailureReason::Io => "io",
+            FailureReason::GatewayBusy => "gateway_busy",
+            FailureReason::SourceBusy => "source_busy",
+            FailureReason::SourceRate => "source_rate",
         }
     }
 
@@ -63,6 +76,16 @@ impl FailureReason {
             .iter()
             .position(|r| *r == self)
             .unwrap_or(0)
+    }
+}
+
+impl From<crate::admission::Refusal> for FailureReason {
+    fn from(refusal: crate::admission::Refusal) -> Self {
+        match refusal {
+            crate::admission::Refusal::GatewayBusy => FailureReason::GatewayBusy,
+            crate::admission::Refusal::SourceBusy => FailureReason::SourceBusy,
+            crate::admission::Refusal::SourceRate => FailureReason::SourceRate,
+        }
     }
 }
 
@@ -76,8 +99,10 @@ impl fmt::Display for FailureReason {
 /// by reason, plus the channels established.
 #[derive(Debug, Default)]
 pub struct ChannelFailures {
-    counts: [AtomicU64; 8],
+    counts: [AtomicU64; 11],
     established: AtomicU64,
+    /// The last refusal with its peer, for the log's summary.
+    last: std::sync::Mutex<Option<String>>,
 }
 
 impl ChannelFailures {
@@ -104,7 +129,19 @@ impl ChannelFailures {
             .collect()
     }
 
-    pub(super) fn record(&self, reason: FailureReason) {
+    /// Counts one refusal and remembers what it was (peer and error).
+    pub fn record_detail(&self, reason: FailureReason, detail: String) {
+        self.record(reason);
+        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(detail);
+    }
+
+    /// The last refusal recorded with [`ChannelFailures::record_detail`].
+    pub fn last_refusal(&self) -> Option<String> {
+        self.last.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Counts one connection refused for `reason`.
+    pub fn record(&self, reason: FailureReason) {
         self.counts[reason.index()].fetch_add(1, Ordering::Relaxed);
     }
 

@@ -208,10 +208,22 @@ async fn establish(
             })
         }
         Err(err) => {
+            let peer_text = peer.map_or_else(|| "?".to_owned(), |p| p.to_string());
             if let Some(reason) = err.reason() {
-                cfg.failures.record(reason);
+                cfg.failures
+                    .record_detail(reason, format!("{peer_text} {reason}: {err}"));
             }
-            tracing::warn!(?peer, ?role, reason = err.reason().map(FailureReason::as_str), error = %err, "channel: connection refused");
+            match role {
+                // Our own dial: one line each, there are few.
+                Role::Connector => {
+                    tracing::warn!(?peer, ?role, reason = err.reason().map(FailureReason::as_str), error = %err, "channel: connection refused")
+                }
+                // Incoming: anyone on the WAN can make these; the refusal
+                // log sums them up once a second.
+                Role::Acceptor => {
+                    tracing::debug!(?peer, ?role, reason = err.reason().map(FailureReason::as_str), error = %err, "channel: connection refused")
+                }
+            }
             drop(tcp);
             Err(err)
         }

@@ -61,6 +61,8 @@ use tracing::Instrument as _;
 
 pub use wan::{ChannelError, ChannelMode, Leg, SecureWan, WanSide};
 
+use crate::admission::{Admission, AdmissionLimits, Pending, Refusal};
+use crate::channel::FailureReason;
 use crate::ebpf::{EbpfError, KernelRelay};
 use crate::metrics::{Metrics, SessionSample};
 use crate::relay::{ConnCounters, DataPath, RelayEngine, RelayError};
@@ -301,6 +303,7 @@ pub struct KernelDataPlane {
     sessions: Mutex<HashMap<SessionId, Running>>,
     xdp: Option<XdpPlan>,
     metrics: Option<Arc<Metrics>>,
+    admission: Arc<Admission>,
 }
 
 /// The XDP guard and whom it lets reach a live PROD session's ports.
@@ -343,6 +346,8 @@ struct Shared {
     secure: Option<Arc<SecureWan>>,
     dial_timeout: Duration,
     wan_liveness: WanLiveness,
+    /// The gateway's budget of unauthenticated WAN connections.
+    admission: Arc<Admission>,
     metrics: Option<Arc<Metrics>>,
     /// The `session` label of its metrics (see [`metrics_label`]).
     label: String,
@@ -373,6 +378,19 @@ struct OpenConn {
 }
 
 impl Shared {
+    /// Resets a WAN connection that was not admitted and counts why.
+    fn refuse(&self, socket: TcpStream, refusal: Refusal) {
+        // RST rather than FIN: nothing of ours stays in TIME_WAIT.
+        let _ = SockRef::from(&socket).set_linger(Some(Duration::ZERO));
+        drop(socket);
+        if let Some(secure) = &self.secure {
+            secure
+                .config
+                .failures()
+                .record(FailureReason::from(refusal));
+        }
+    }
+
     fn table(&self) -> MutexGuard<'_, ConnTable> {
         self.conns
             .lock()
@@ -449,9 +467,9 @@ impl ConnGuard {
     }
 
     /// Adds a socket of this connection: TCP_NODELAY and the pacing cap.
-    fn add_socket(&self, socket: &TcpStream) -> Result<(), ConnError> {
-        socket
-            .set_nodelay(true)
+    fn add_socket(&self, socket: &impl AsFd) -> Result<(), ConnError> {
+        SockRef::from(socket)
+            .set_tcp_nodelay(true)
             .map_err(|source| ConnError::Socket {
                 option: "TCP_NODELAY",
                 source,
@@ -523,7 +541,20 @@ impl KernelDataPlane {
             sessions: Mutex::new(HashMap::new()),
             xdp: None,
             metrics: None,
+            admission: Admission::new(AdmissionLimits::default()),
         }
+    }
+
+    /// Bounds the unauthenticated WAN connections of all PROD sessions
+    /// (default: [`AdmissionLimits::default`]).
+    pub fn with_admission(mut self, limits: AdmissionLimits) -> Self {
+        self.admission = Admission::new(limits);
+        self
+    }
+
+    /// The admission control of unauthenticated WAN connections.
+    pub fn admission(&self) -> &Arc<Admission> {
+        &self.admission
     }
 
     /// Keeps `guard`'s allow-list in step with the sessions: each PROD
@@ -672,6 +703,7 @@ impl KernelDataPlane {
             secure: self.secure.clone(),
             dial_timeout: self.options.dial_timeout,
             wan_liveness: self.options.wan_liveness,
+            admission: Arc::clone(&self.admission),
             phase,
             limit: Arc::new(Semaphore::new(self.options.max_connections.max(1))),
             next_conn: AtomicU64::new(0),
@@ -787,6 +819,12 @@ async fn reached(phase: &mut watch::Receiver<Phase>, at: Phase) {
 }
 
 /// Accepts on one listener of a session until the session stops.
+///
+/// CONS listeners face the LAN: a connection waits for one of the session's
+/// permits before it is accepted. PROD listeners face the WAN: a connection
+/// is admitted under the gateway's budget of unauthenticated connections
+/// ([`Admission`]) or reset at once, and takes one of the session's permits
+/// only after it proved the session secret.
 async fn accept_loop(
     shared: Arc<Shared>,
     listener: TcpListener,
@@ -795,22 +833,37 @@ async fn accept_loop(
 ) {
     let mut phase = shared.phase.subscribe();
     loop {
-        let permit = tokio::select! {
-            permit = Arc::clone(&shared.limit).acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => break,
-            },
-            () = reached(&mut phase, Phase::Stopping) => break,
+        let permit = if shared.role == Role::Cons {
+            tokio::select! {
+                permit = Arc::clone(&shared.limit).acquire_owned() => match permit {
+                    Ok(permit) => Some(permit),
+                    Err(_) => break,
+                },
+                () = reached(&mut phase, Phase::Stopping) => break,
+            }
+        } else {
+            None
         };
         tokio::select! {
             () = reached(&mut phase, Phase::Stopping) => break,
             accepted = listener.accept() => match accepted {
                 Ok((socket, peer)) => {
+                    let pending = if shared.role == Role::Prod {
+                        match shared.admission.admit(peer.ip()) {
+                            Ok(pending) => Some(pending),
+                            Err(refusal) => {
+                                shared.refuse(socket, refusal);
+                                continue;
+                            }
+                        }
+                    } else {
+                        None
+                    };
                     let (shared, drain) = (Arc::clone(&shared), drain.clone());
                     let span = tracing::debug_span!(parent: &shared.span, "conn", %peer);
                     tokio::spawn(async move {
-                        connection(shared, socket, peer, target).await;
-                        drop((permit, drain));
+                        connection(shared, socket, peer, target, permit, pending).await;
+                        drop(drain);
                     }.instrument(span));
                 }
                 Err(err) => {
@@ -823,19 +876,80 @@ async fn accept_loop(
     }
 }
 
+/// A PROD gateway's WAN connection that proved the session secret, with
+/// the descriptor of its socket (for the pacing cap and reset-on-close).
+struct Authenticated {
+    leg: Leg,
+    socket: OwnedFd,
+}
+
+/// Sets up the secure channel on a WAN connection accepted by a PROD
+/// gateway: the peer gateway must prove the session secret before the
+/// connection counts as one of the session's.
+async fn authenticate(shared: &Shared, accepted: TcpStream) -> Result<Authenticated, ConnError> {
+    shared.wan_liveness.apply(&accepted)?;
+    let socket = accepted
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|source| ConnError::Socket {
+            option: "F_DUPFD (socket handle)",
+            source,
+        })?;
+    let leg = wan::wan_leg(
+        shared.channel,
+        shared.secure.as_deref(),
+        WanSide::Accepted,
+        accepted,
+        &shared.secret,
+        &shared.uid,
+    )
+    .await?;
+    Ok(Authenticated { leg, socket })
+}
+
 /// Relays one accepted connection until it ends or the session resets it.
+/// A PROD connection authenticates first (holding `pending`, its place in
+/// the admission budget), then waits for a session permit.
 async fn connection(
     shared: Arc<Shared>,
     accepted: TcpStream,
     peer: SocketAddr,
     target: SocketAddr,
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    pending: Option<Pending>,
 ) {
+    let mut phase = shared.phase.subscribe();
+    let (accepted, authenticated, _permit) = if shared.role == Role::Prod {
+        let outcome = tokio::select! {
+            outcome = authenticate(&shared, accepted) => outcome,
+            () = reached(&mut phase, Phase::Stopping) => return,
+        };
+        drop(pending);
+        let authenticated = match outcome {
+            Ok(authenticated) => authenticated,
+            Err(err) => {
+                // Counted by reason and summed up in the log once a second
+                // (a flood must not become a log flood).
+                tracing::debug!(uid = %shared.uid, %peer, error = %error_chain(&err), "WAN connection refused");
+                return;
+            }
+        };
+        let permit = tokio::select! {
+            permit = Arc::clone(&shared.limit).acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => return,
+            },
+            () = reached(&mut phase, Phase::Stopping) => return,
+        };
+        (None, Some(authenticated), Some(permit))
+    } else {
+        (Some(accepted), None, permit)
+    };
     let guard = ConnGuard::new(Arc::clone(&shared));
     if let Some(metrics) = &shared.metrics {
         metrics.connection_started(shared.role.as_str(), shared.path.as_str());
     }
-    let mut phase = shared.phase.subscribe();
-    let work = relay_connection(&shared, &guard, accepted, target);
+    let work = relay_connection(&shared, &guard, accepted, authenticated, target);
     let finished: (&str, bool) = tokio::select! {
         outcome = work => match outcome {
             Ok(path) => {
@@ -867,32 +981,24 @@ async fn connection(
 async fn relay_connection(
     shared: &Shared,
     guard: &ConnGuard,
-    accepted: TcpStream,
+    accepted: Option<TcpStream>,
+    authenticated: Option<Authenticated>,
     target: SocketAddr,
 ) -> Result<&'static str, ConnError> {
-    guard.add_socket(&accepted)?;
     // PROD: the peer gateway connected to our WAN listener; it must complete
     // the channel (and prove the session secret) before ProdApp is dialled,
     // so a refused connection never reaches it. CONS: we dial the PROD
     // gateway's WAN listener and set up the channel on that connection. The
     // other side is a LAN application.
-    let (client, server) = match shared.role {
-        Role::Prod => {
-            shared.wan_liveness.apply(&accepted)?;
-            let wan = wan::wan_leg(
-                shared.channel,
-                shared.secure.as_deref(),
-                WanSide::Accepted,
-                accepted,
-                &shared.secret,
-                &shared.uid,
-            )
-            .await?;
+    let (client, server) = match (accepted, authenticated) {
+        (_, Some(Authenticated { leg, socket })) => {
+            guard.add_socket(&socket)?;
             let dialled = dial(shared, target).await?;
             guard.add_socket(&dialled)?;
-            (wan, Leg::Plain(dialled))
+            (leg, Leg::Plain(dialled))
         }
-        Role::Cons => {
+        (Some(accepted), None) => {
+            guard.add_socket(&accepted)?;
             let dialled = dial(shared, target).await?;
             guard.add_socket(&dialled)?;
             shared.wan_liveness.apply(&dialled)?;
@@ -906,6 +1012,11 @@ async fn relay_connection(
             )
             .await?;
             (Leg::Plain(accepted), wan)
+        }
+        (None, None) => {
+            return Err(ConnError::Channel(ChannelError::NotConfigured(
+                shared.channel,
+            )));
         }
     };
     match (client, server) {

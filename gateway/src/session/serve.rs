@@ -28,7 +28,8 @@ use super::channel_args::{ChannelArgs, ChannelOptionError, describe_verification
 use super::{
     ChannelMode, KernelDataPlane, PathChoice, SessionError, SessionOptions, WanLiveness, engine_for,
 };
-use crate::channel::{ChannelConfig, Fingerprint, KernelCaps};
+use crate::admission::{Admission, AdmissionLimits};
+use crate::channel::{ChannelConfig, ChannelFailures, Fingerprint, KernelCaps};
 use crate::metrics::{self, Metrics, MetricsError};
 use crate::relay::DataPath;
 use crate::xdp::{AttachMode, PeerNet, XdpError, XdpGuard};
@@ -61,6 +62,17 @@ pub struct ServeArgs {
     /// legs are ended; 0 leaves the kernel's limit (about 15 minutes).
     #[arg(long, value_name = "SECS", default_value_t = 60.0)]
     pub wan_user_timeout: f64,
+    /// WAN connections that have not yet proved a session secret, held at
+    /// once by the whole gateway; more are reset at once (they never take
+    /// the places of authenticated connections).
+    #[arg(long, value_name = "N", default_value_t = AdmissionLimits::default().max_pending)]
+    pub max_unauthenticated: usize,
+    /// Of those, from one source (an IPv4 address or an IPv6 /64).
+    #[arg(long, value_name = "N", default_value_t = AdmissionLimits::default().per_source)]
+    pub max_unauthenticated_per_source: usize,
+    /// New WAN connections per second accepted from one source.
+    #[arg(long, value_name = "N", default_value_t = AdmissionLimits::default().rate_per_source)]
+    pub wan_connections_per_source_per_sec: u32,
     /// Attach the XDP guard to this (WAN-facing) interface: TCP to the
     /// session port range is dropped before the socket layer unless a live
     /// PROD session allows the source for that port.
@@ -123,6 +135,8 @@ pub struct Gateway {
     channel_cert: Option<(PathBuf, Fingerprint)>,
     metrics: Arc<Metrics>,
     metrics_listener: Option<(tokio::net::TcpListener, SocketAddr)>,
+    /// What the refusal log sums up once a second.
+    refusals: Option<(Arc<ChannelFailures>, Arc<Admission>)>,
     /// Detached when the gateway is dropped (after serving).
     xdp: Option<Arc<XdpGuard>>,
 }
@@ -142,6 +156,7 @@ impl Gateway {
         }
         let wan_liveness = wan_liveness(args.wan_keepalive, args.wan_user_timeout)
             .map_err(|reason| ServeError::Config { reason })?;
+        let admission = admission_limits(&args).map_err(|reason| ServeError::Config { reason })?;
         let mut cfg = args.server.into_config()?;
         // Before anything is generated, bound or loaded: a second gateway on
         // this state directory stops here, naming the first one's pid.
@@ -184,11 +199,13 @@ impl Gateway {
         };
         let mode = args.channel.mode;
         let mut channel_cert = None;
+        let mut channel_failures = None;
         let secure = match channel_config {
             None => None,
             Some((config, cert)) => {
                 channel_cert = Some((cert, config.fingerprint()));
                 metrics.watch_channel(config.failures());
+                channel_failures = Some(Arc::clone(config.failures()));
                 // Plaintext after authentication relays on the same data
                 // path as every plaintext leg (--data-path).
                 let caps = if args.channel.no_ktls {
@@ -199,8 +216,12 @@ impl Gateway {
                 Some(Arc::new(crate::session::SecureWan { config, caps }))
             }
         };
-        let mut data_plane =
-            KernelDataPlane::new(engine, path, mode, options).with_metrics(Arc::clone(&metrics));
+        let mut data_plane = KernelDataPlane::new(engine, path, mode, options)
+            .with_metrics(Arc::clone(&metrics))
+            .with_admission(admission);
+        let refusals = channel_failures
+            .take()
+            .map(|failures| (failures, Arc::clone(data_plane.admission())));
         if let Some(secure) = secure {
             data_plane = data_plane.with_secure_channel(secure);
         }
@@ -242,6 +263,7 @@ impl Gateway {
             channel_cert,
             metrics,
             metrics_listener,
+            refusals,
             xdp,
         })
     }
@@ -302,9 +324,13 @@ impl Gateway {
             listener,
             metrics,
             metrics_listener,
+            refusals,
             xdp,
             ..
         } = self;
+        let refusal_log = refusals.map(|(failures, admission)| {
+            tokio::spawn(crate::refusal_log::run(failures, admission))
+        });
         let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
         let metrics_task = metrics_listener.map(|(listener, _)| {
             tokio::spawn(metrics::serve_http(listener, metrics, async move {
@@ -317,6 +343,9 @@ impl Gateway {
             let _ = stop_tx.send(true);
         };
         let served = server.serve(listener, shutdown).await;
+        if let Some(task) = refusal_log {
+            task.abort();
+        }
         if let Some(task) = metrics_task {
             match task.await {
                 Ok(Ok(())) => {}
@@ -398,6 +427,30 @@ async fn next_signal(
             },
         }
     }
+}
+
+/// The admission limits of unauthenticated WAN connections; the error
+/// names the flag.
+fn admission_limits(args: &ServeArgs) -> Result<AdmissionLimits, String> {
+    let at_least_one = |flag: &str, value: usize| {
+        if value == 0 {
+            Err(format!("{flag} must be at least 1"))
+        } else {
+            Ok(value)
+        }
+    };
+    Ok(AdmissionLimits {
+        max_pending: at_least_one("--max-unauthenticated", args.max_unauthenticated)?,
+        per_source: at_least_one(
+            "--max-unauthenticated-per-source",
+            args.max_unauthenticated_per_source,
+        )?,
+        rate_per_source: u32::try_from(at_least_one(
+            "--wan-connections-per-source-per-sec",
+            args.wan_connections_per_source_per_sec as usize,
+        )?)
+        .unwrap_or(u32::MAX),
+    })
 }
 
 /// `--wan-keepalive` and `--wan-user-timeout` (seconds, 0 = off); the error
