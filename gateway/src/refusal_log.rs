@@ -47,7 +47,7 @@ pub async fn run(failures: Arc<ChannelFailures>, admission: Arc<Admission>) {
             let last = failures.last_refusal().unwrap_or_default();
             tracing::warn!(
                 refused = total,
-                unauthenticated_now = admission.pending(),
+                unauthenticated_now = admission.unauthenticated(),
                 "channel: connection refused {total} time(s) in the last {PERIOD:?}: {by_reason} (last: {last})"
             );
         }

@@ -34,8 +34,8 @@ pub enum FailureReason {
     GatewayBusy,
     /// Not admitted: its source had too many unauthenticated connections.
     SourceBusy,
-    /// Not admitted: its source opened connections too fast.
-    SourceRate,
+    /// Not admitted: it waited too long in its source's queue.
+    QueueTimeout,
 }
 
 impl FailureReason {
@@ -51,7 +51,7 @@ impl FailureReason {
         FailureReason::Io,
         FailureReason::GatewayBusy,
         FailureReason::SourceBusy,
-        FailureReason::SourceRate,
+        FailureReason::QueueTimeout,
     ];
 
     /// A short label (for logs and metrics).
@@ -67,7 +67,7 @@ impl FailureReason {
             FailureReason::Io => "io",
             FailureReason::GatewayBusy => "gateway_busy",
             FailureReason::SourceBusy => "source_busy",
-            FailureReason::SourceRate => "source_rate",
+            FailureReason::QueueTimeout => "queue_timeout",
         }
     }
 
@@ -84,7 +84,7 @@ impl From<crate::admission::Refusal> for FailureReason {
         match refusal {
             crate::admission::Refusal::GatewayBusy => FailureReason::GatewayBusy,
             crate::admission::Refusal::SourceBusy => FailureReason::SourceBusy,
-            crate::admission::Refusal::SourceRate => FailureReason::SourceRate,
+            crate::admission::Refusal::QueueTimeout => FailureReason::QueueTimeout,
         }
     }
 }

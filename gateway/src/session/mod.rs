@@ -61,7 +61,7 @@ use tracing::Instrument as _;
 
 pub use wan::{ChannelError, ChannelMode, Leg, SecureWan, WanSide};
 
-use crate::admission::{Admission, AdmissionLimits, Pending, Refusal};
+use crate::admission::{Admission, AdmissionLimits, Refusal, Ticket};
 use crate::channel::FailureReason;
 use crate::ebpf::{EbpfError, KernelRelay};
 use crate::metrics::{Metrics, SessionSample};
@@ -848,9 +848,9 @@ async fn accept_loop(
             () = reached(&mut phase, Phase::Stopping) => break,
             accepted = listener.accept() => match accepted {
                 Ok((socket, peer)) => {
-                    let pending = if shared.role == Role::Prod {
+                    let ticket = if shared.role == Role::Prod {
                         match shared.admission.admit(peer.ip()) {
-                            Ok(pending) => Some(pending),
+                            Ok(ticket) => Some(ticket),
                             Err(refusal) => {
                                 shared.refuse(socket, refusal);
                                 continue;
@@ -862,7 +862,7 @@ async fn accept_loop(
                     let (shared, drain) = (Arc::clone(&shared), drain.clone());
                     let span = tracing::debug_span!(parent: &shared.span, "conn", %peer);
                     tokio::spawn(async move {
-                        connection(shared, socket, peer, target, permit, pending).await;
+                        connection(shared, socket, peer, target, permit, ticket).await;
                         drop(drain);
                     }.instrument(span));
                 }
@@ -908,18 +908,29 @@ async fn authenticate(shared: &Shared, accepted: TcpStream) -> Result<Authentica
 }
 
 /// Relays one accepted connection until it ends or the session resets it.
-/// A PROD connection authenticates first (holding `pending`, its place in
-/// the admission budget), then waits for a session permit.
+/// A PROD connection waits for its turn in the admission queue (`ticket`),
+/// authenticates, and only then waits for a session permit.
 async fn connection(
     shared: Arc<Shared>,
     accepted: TcpStream,
     peer: SocketAddr,
     target: SocketAddr,
     permit: Option<tokio::sync::OwnedSemaphorePermit>,
-    pending: Option<Pending>,
+    ticket: Option<Ticket>,
 ) {
     let mut phase = shared.phase.subscribe();
     let (accepted, authenticated, _permit) = if shared.role == Role::Prod {
+        let Some(ticket) = ticket else { return };
+        let wait = shared.admission.limits().max_wait;
+        let turn = tokio::select! {
+            turn = tokio::time::timeout(wait, ticket.start()) => turn,
+            () = reached(&mut phase, Phase::Stopping) => return,
+        };
+        let Ok(pending) = turn else {
+            shared.admission.count(Refusal::QueueTimeout);
+            shared.refuse(accepted, Refusal::QueueTimeout);
+            return;
+        };
         let outcome = tokio::select! {
             outcome = authenticate(&shared, accepted) => outcome,
             () = reached(&mut phase, Phase::Stopping) => return,

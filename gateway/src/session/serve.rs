@@ -62,17 +62,22 @@ pub struct ServeArgs {
     /// legs are ended; 0 leaves the kernel's limit (about 15 minutes).
     #[arg(long, value_name = "SECS", default_value_t = 60.0)]
     pub wan_user_timeout: f64,
-    /// WAN connections that have not yet proved a session secret, held at
-    /// once by the whole gateway; more are reset at once (they never take
-    /// the places of authenticated connections).
-    #[arg(long, value_name = "N", default_value_t = AdmissionLimits::default().max_pending)]
+    /// WAN connections that have not yet proved a session secret (waiting
+    /// or in handshake), held by the whole gateway; more are reset at once,
+    /// except from a source with fewer than 16 (they never take the places
+    /// of authenticated connections).
+    #[arg(long, value_name = "N", default_value_t = AdmissionLimits::default().max_unauthenticated)]
     pub max_unauthenticated: usize,
     /// Of those, from one source (an IPv4 address or an IPv6 /64).
-    #[arg(long, value_name = "N", default_value_t = AdmissionLimits::default().per_source)]
+    #[arg(long, value_name = "N", default_value_t = AdmissionLimits::default().per_source_queue)]
     pub max_unauthenticated_per_source: usize,
-    /// New WAN connections per second accepted from one source.
+    /// TLS handshakes in progress from one source; its other connections
+    /// wait their turn.
+    #[arg(long, value_name = "N", default_value_t = AdmissionLimits::default().per_source_handshakes)]
+    pub handshakes_per_source: usize,
+    /// TLS handshakes started per second from one source.
     #[arg(long, value_name = "N", default_value_t = AdmissionLimits::default().rate_per_source)]
-    pub wan_connections_per_source_per_sec: u32,
+    pub handshakes_per_source_per_sec: u32,
     /// Attach the XDP guard to this (WAN-facing) interface: TCP to the
     /// session port range is dropped before the socket layer unless a live
     /// PROD session allows the source for that port.
@@ -439,17 +444,19 @@ fn admission_limits(args: &ServeArgs) -> Result<AdmissionLimits, String> {
             Ok(value)
         }
     };
+    at_least_one(
+        "--handshakes-per-source-per-sec",
+        args.handshakes_per_source_per_sec as usize,
+    )?;
     Ok(AdmissionLimits {
-        max_pending: at_least_one("--max-unauthenticated", args.max_unauthenticated)?,
-        per_source: at_least_one(
+        max_unauthenticated: at_least_one("--max-unauthenticated", args.max_unauthenticated)?,
+        per_source_queue: at_least_one(
             "--max-unauthenticated-per-source",
             args.max_unauthenticated_per_source,
         )?,
-        rate_per_source: u32::try_from(at_least_one(
-            "--wan-connections-per-source-per-sec",
-            args.wan_connections_per_source_per_sec as usize,
-        )?)
-        .unwrap_or(u32::MAX),
+        per_source_handshakes: at_least_one("--handshakes-per-source", args.handshakes_per_source)?,
+        rate_per_source: args.handshakes_per_source_per_sec,
+        ..AdmissionLimits::default()
     })
 }
 
