@@ -6,7 +6,10 @@
 //!   to identities, compared in constant time;
 //! - [`Introspector`]: OAuth2 token introspection (RFC 7662, as Globus Auth
 //!   provides) with client id/secret, a required scope, and a cache that
-//!   never outlives the token's `exp`;
+//!   never outlives the token's `exp`; refusals are cached too (for at most
+//!   a minute) and calls with the same token share one introspection call,
+//!   so a flood of bad tokens cannot turn into a flood of requests to the
+//!   identity provider;
 //! - no authentication, chosen explicitly; it logs a warning and ignores any
 //!   placeholder token the old client sends.
 //!
@@ -15,7 +18,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
@@ -192,12 +195,22 @@ struct IntrospectionAnswer {
     exp: Option<u64>,
 }
 
+/// What the identity provider said of a token: who it is, or why it is
+/// refused.
 struct CacheEntry {
-    identity: Identity,
+    answer: Result<Identity, String>,
     until: Instant,
 }
 
-/// RFC 7662 token introspection with a cache.
+/// How long a refusal (inactive, expired, wrong scope) is remembered, at
+/// most: a flood of bad tokens costs one introspection call per distinct
+/// token per period, not one per call.
+const NEGATIVE_CACHE_MAX: Duration = Duration::from_secs(60);
+/// Entries the cache holds before it drops expired ones, then refusals.
+const CACHE_ENTRIES: usize = 100_000;
+
+/// RFC 7662 token introspection with a cache of answers, positive and
+/// negative, and one call in flight per token however many calls wait on it.
 pub struct Introspector {
     url: String,
     client_id: String,
@@ -205,6 +218,7 @@ pub struct Introspector {
     required_scope: Option<String>,
     cache_max: Duration,
     cache: Mutex<HashMap<[u8; 32], CacheEntry>>,
+    in_flight: Mutex<HashMap<[u8; 32], Arc<tokio::sync::Mutex<()>>>>,
     http: reqwest::Client,
 }
 
@@ -246,6 +260,7 @@ impl Introspector {
             required_scope: cfg.required_scope.clone(),
             cache_max: Duration::from_secs(cfg.cache_max_secs),
             cache: Mutex::new(HashMap::new()),
+            in_flight: Mutex::new(HashMap::new()),
             http,
         })
     }
@@ -254,15 +269,83 @@ impl Introspector {
         self.cache.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Validates a token, from the cache when a live entry exists.
+    fn cached(&self, key: &[u8; 32]) -> Option<Result<Identity, ControlError>> {
+        let cache = self.cache();
+        let entry = cache.get(key).filter(|e| e.until > Instant::now())?;
+        Some(match &entry.answer {
+            Ok(identity) => Ok(identity.clone()),
+            Err(reason) => Err(ControlError::Unauthenticated {
+                reason: reason.clone(),
+            }),
+        })
+    }
+
+    fn remember(&self, key: [u8; 32], answer: Result<Identity, String>, ttl: Duration) {
+        let now = Instant::now();
+        let mut cache = self.cache();
+        if cache.len() >= CACHE_ENTRIES {
+            cache.retain(|_, e| e.until > now);
+        }
+        if cache.len() >= CACHE_ENTRIES {
+            // Flooded with distinct bad tokens: refusals go first.
+            cache.retain(|_, e| e.answer.is_ok());
+        }
+        cache.insert(
+            key,
+            CacheEntry {
+                answer,
+                until: now + ttl,
+            },
+        );
+    }
+
+    /// Validates a token, from the cache when a live entry exists; callers
+    /// with the same token wait for one introspection call.
     pub async fn validate(&self, token: &str) -> Result<Identity, ControlError> {
         let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        let now = Instant::now();
-        if let Some(e) = self.cache().get(&key)
-            && e.until > now
-        {
-            return Ok(e.identity.clone());
+        if let Some(answer) = self.cached(&key) {
+            return answer;
         }
+        let gate = Arc::clone(
+            self.in_flight
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry(key)
+                .or_default(),
+        );
+        let answer = {
+            let _turn = gate.lock().await;
+            match self.cached(&key) {
+                Some(answer) => answer,
+                None => self.introspect(key, token).await,
+            }
+        };
+        self.in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&key);
+        answer
+    }
+
+    /// Asks the identity provider and caches its answer (refusals for at
+    /// most [`NEGATIVE_CACHE_MAX`]; backend failures not at all).
+    async fn introspect(&self, key: [u8; 32], token: &str) -> Result<Identity, ControlError> {
+        match self.ask(token).await {
+            Ok((identity, ttl)) => {
+                self.remember(key, Ok(identity.clone()), ttl);
+                Ok(identity)
+            }
+            Err(ControlError::Unauthenticated { reason }) => {
+                let ttl = self.cache_max.min(NEGATIVE_CACHE_MAX);
+                self.remember(key, Err(reason.clone()), ttl);
+                Err(ControlError::Unauthenticated { reason })
+            }
+            Err(other) => Err(other),
+        }
+    }
+
+    /// One introspection call: the identity and how long it may be cached.
+    async fn ask(&self, token: &str) -> Result<(Identity, Duration), ControlError> {
         let resp = self
             .http
             .post(&self.url)
@@ -322,18 +405,7 @@ impl Introspector {
                 });
             }
         };
-        let mut cache = self.cache();
-        if cache.len() > 10_000 {
-            cache.retain(|_, e| e.until > now);
-        }
-        cache.insert(
-            key,
-            CacheEntry {
-                identity: identity.clone(),
-                until: now + ttl,
-            },
-        );
-        Ok(identity)
+        Ok((identity, ttl))
     }
 }
 

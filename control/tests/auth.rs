@@ -219,3 +219,69 @@ async fn introspection_with_scope_and_cache() {
     good.release("g1").await.unwrap();
     srv.stop().await;
 }
+
+/// A flood of calls with bad tokens asks the identity provider once per
+/// distinct token (answers, refusals included, are cached; concurrent
+/// calls with one token wait for one introspection), and a good token
+/// still works meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_bad_tokens_costs_one_introspection_per_token() {
+    let now = unix_now();
+    let idp = Arc::new(Idp::default());
+    idp.tokens
+        .lock()
+        .unwrap_or_else(|poison| poison.into_inner())
+        .insert(
+            "good".into(),
+            ("alice@example.org".into(), "scistream".into(), now + 3600),
+        );
+    let app = axum::Router::new()
+        .route("/introspect", post(introspect))
+        .with_state(idp.clone());
+    let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let http_addr = http.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(http, app).await });
+    let dir = tempfile::tempdir().unwrap();
+    let secret_file = dir.path().join("client-secret");
+    std::fs::write(&secret_file, "rs-secret\n").unwrap();
+    std::fs::set_permissions(&secret_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let mut cfg = base_config(port_range(BASE + 20, 10), dir.path());
+    cfg.auth = Some(AuthConfig::Introspection(IntrospectionConfig {
+        url: format!("http://{http_addr}/introspect"),
+        client_id: "rs-client".into(),
+        client_secret: None,
+        client_secret_file: Some(secret_file),
+        required_scope: None,
+        cache_max_secs: 300,
+    }));
+    let srv = TestServer::start(cfg).await;
+
+    const DISTINCT: usize = 10;
+    const CALLS: usize = 1000;
+    let clients = futures_clients(&srv, DISTINCT).await;
+    let mut calls = tokio::task::JoinSet::new();
+    for i in 0..CALLS {
+        let client = Arc::clone(&clients[i % DISTINCT]);
+        calls.spawn(async move { rpc_code(client.list().await).0 });
+    }
+    let good = srv.client(Some("good")).await;
+    assert_eq!(good.version().await.unwrap().identity, "alice@example.org");
+    while let Some(code) = calls.join_next().await {
+        assert_eq!(code.expect("call task"), Code::Unauthenticated);
+    }
+    let asked = idp.calls.load(Ordering::SeqCst);
+    assert!(
+        asked <= DISTINCT + 1,
+        "{CALLS} calls with {DISTINCT} bad tokens asked the identity provider {asked} times"
+    );
+    srv.stop().await;
+}
+
+/// One client per bad token `bad-0`, `bad-1`, ...
+async fn futures_clients(srv: &TestServer, n: usize) -> Vec<Arc<control::client::Client>> {
+    let mut clients = Vec::new();
+    for i in 0..n {
+        clients.push(Arc::new(srv.client(Some(&format!("bad-{i}"))).await));
+    }
+    clients
+}
