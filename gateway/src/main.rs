@@ -9,7 +9,7 @@ use gateway::check;
 use gateway::ebpf::KernelRelay;
 use gateway::proxy::{self, ProxyPlan, ProxyStats};
 use gateway::relay::{DataPath, RelayEngine};
-use gateway::session::serve::{Gateway, ServeArgs, shutdown_signals};
+use gateway::session::serve::{Gateway, ServeArgs, raise_descriptor_limit, shutdown_signals};
 
 #[derive(Parser)]
 #[command(
@@ -135,6 +135,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     // Watched from the start, so a signal during start-up also drains.
     let shutdown = shutdown_signals();
+    match raise_descriptor_limit() {
+        Ok((before, after)) if before < after => {
+            tracing::info!(
+                before,
+                after,
+                "open descriptor limit raised to the hard limit"
+            )
+        }
+        Ok((_, limit)) => tracing::info!(limit, "open descriptor limit"),
+        Err(err) => {
+            tracing::warn!(error = %err, "could not read or raise the open descriptor limit")
+        }
+    }
     let gateway = Gateway::prepare(args).await?;
     println!(
         "s2cs: control server on {} (data path {}, gateway channel {})",

@@ -153,6 +153,9 @@ impl WanLiveness {
 /// Unanswered keepalive probes before a WAN connection is declared dead.
 const KEEPALIVE_PROBES: u32 = 3;
 
+/// The pause after a failed accept (out of descriptors, say).
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
 /// How long a stopping session waits for reset connections to be gone.
 const RESET_WAIT: Duration = Duration::from_secs(5);
 
@@ -832,6 +835,8 @@ async fn accept_loop(
     drain: mpsc::Sender<()>,
 ) {
     let mut phase = shared.phase.subscribe();
+    let mut last_warning: Option<std::time::Instant> = None;
+    let mut failures_since_warning = 0u64;
     loop {
         let permit = if shared.role == Role::Cons {
             tokio::select! {
@@ -867,9 +872,15 @@ async fn accept_loop(
                     }.instrument(span));
                 }
                 Err(err) => {
-                    // Out of descriptors or similar: back off instead of spinning.
-                    tracing::warn!(uid = %shared.uid, error = %err, "accept failed; backing off");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    // Out of descriptors or similar: back off instead of
+                    // spinning, and say so at most once a second.
+                    failures_since_warning += 1;
+                    if last_warning.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
+                        tracing::warn!(uid = %shared.uid, error = %err, failures = failures_since_warning, "accept failed; backing off");
+                        last_warning = Some(std::time::Instant::now());
+                        failures_since_warning = 0;
+                    }
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
                 }
             },
         }

@@ -486,6 +486,18 @@ fn wan_liveness(keepalive: f64, user_timeout: f64) -> Result<WanLiveness, String
     })
 }
 
+/// Raises this process's soft limit of open descriptors to its hard limit
+/// (every relayed connection holds two or three); returns the limits before
+/// and after, or the error.
+pub fn raise_descriptor_limit() -> std::io::Result<(u64, u64)> {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).map_err(std::io::Error::from)?;
+    if soft < hard {
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard).map_err(std::io::Error::from)?;
+    }
+    Ok((soft, hard))
+}
+
 /// Exit status after a second SIGINT/SIGTERM cut the drain short.
 pub const FORCED_EXIT_STATUS: i32 = 130;
 
