@@ -65,6 +65,14 @@ pub struct ServerConfig {
     pub state_dir: Option<PathBuf>,
     /// Control-channel TLS.
     pub tls: TlsConfig,
+    /// gRPC calls served at once; more are refused (RESOURCE_EXHAUSTED).
+    pub max_concurrent_calls: usize,
+    /// Open `watch` streams of one identity.
+    pub max_watch_per_identity: usize,
+    /// Open `watch` streams in all.
+    pub max_watch_total: usize,
+    /// Largest request message (bytes, as encoded).
+    pub max_message_bytes: usize,
 }
 
 impl Default for ServerConfig {
@@ -86,6 +94,10 @@ impl Default for ServerConfig {
             allow_legacy_secret: true,
             state_dir: None,
             tls: TlsConfig::default(),
+            max_concurrent_calls: 256,
+            max_watch_per_identity: 8,
+            max_watch_total: 256,
+            max_message_bytes: 64 * 1024,
         }
     }
 }
@@ -146,6 +158,21 @@ impl ServerConfig {
         }
         if self.max_num_conn == 0 || self.max_sessions == 0 {
             return bad("max_num_conn and max_sessions must be at least 1".into());
+        }
+        if self.max_concurrent_calls == 0
+            || self.max_watch_per_identity == 0
+            || self.max_watch_total == 0
+        {
+            return bad(
+                "max_concurrent_calls, max_watch_per_identity and max_watch_total must be at least 1"
+                    .into(),
+            );
+        }
+        if self.max_message_bytes < 1024 {
+            return bad(format!(
+                "max_message_bytes must be at least 1024, got {}",
+                self.max_message_bytes
+            ));
         }
         if self.tls.cert.is_some() != self.tls.key.is_some() {
             return bad("tls.cert and tls.key must be given together".into());
@@ -228,6 +255,19 @@ pub struct ServerArgs {
     /// Require client certificates signed by this CA (PEM).
     #[arg(long)]
     pub client_ca: Option<PathBuf>,
+    /// gRPC calls served at once (default 256); more are refused with
+    /// RESOURCE_EXHAUSTED.
+    #[arg(long, value_name = "N")]
+    pub max_concurrent_calls: Option<usize>,
+    /// Open `watch` streams of one identity (default 8).
+    #[arg(long, value_name = "N")]
+    pub max_watch_per_identity: Option<usize>,
+    /// Open `watch` streams in all (default 256).
+    #[arg(long, value_name = "N")]
+    pub max_watch: Option<usize>,
+    /// Largest request message in bytes (default 65536).
+    #[arg(long, value_name = "BYTES")]
+    pub max_message_bytes: Option<usize>,
 }
 
 impl ServerArgs {
@@ -285,6 +325,18 @@ impl ServerArgs {
         c.tls.names.extend(self.tls_names);
         if let Some(p) = self.client_ca {
             c.tls.client_ca = Some(p);
+        }
+        if let Some(n) = self.max_concurrent_calls {
+            c.max_concurrent_calls = n;
+        }
+        if let Some(n) = self.max_watch_per_identity {
+            c.max_watch_per_identity = n;
+        }
+        if let Some(n) = self.max_watch {
+            c.max_watch_total = n;
+        }
+        if let Some(n) = self.max_message_bytes {
+            c.max_message_bytes = n;
         }
         c.validate()?;
         Ok(c)

@@ -39,6 +39,14 @@ pub enum ControlError {
         range: String,
         free: usize,
     },
+    /// Load: a limit of the control server was reached (names the limit
+    /// and the setting that raises it).
+    #[error("{what}: the limit is {limit} (operator setting {setting})")]
+    LimitReached {
+        what: String,
+        limit: usize,
+        setting: &'static str,
+    },
     /// Operator: too many sessions.
     #[error("too many sessions: the limit is {limit}")]
     TooManySessions { limit: usize },
@@ -137,9 +145,9 @@ impl ControlError {
             ControlError::InvalidAddress { .. } | ControlError::InvalidArgument { .. } => {
                 Code::InvalidArgument
             }
-            ControlError::NoFreePort { .. } | ControlError::TooManySessions { .. } => {
-                Code::ResourceExhausted
-            }
+            ControlError::NoFreePort { .. }
+            | ControlError::TooManySessions { .. }
+            | ControlError::LimitReached { .. } => Code::ResourceExhausted,
             ControlError::Unauthenticated { .. } => Code::Unauthenticated,
             ControlError::PermissionDenied { .. } | ControlError::TargetNotAllowed { .. } => {
                 Code::PermissionDenied

@@ -19,6 +19,7 @@
 //! released. With a state directory the server holds its lock
 //! ([`StateLock`]) for as long as it runs.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -59,6 +60,9 @@ pub const CAPABILITIES: &[&str] = &[
 
 /// How long shutdown waits for in-flight calls before giving up.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// How long a call waits for a slot when `max_concurrent_calls` are being
+/// served, before it is refused.
+const CALL_QUEUE_WAIT: Duration = Duration::from_secs(1);
 /// How often RESTORING sessions are looked at (each has its own backoff).
 const RESTORE_TICK: Duration = Duration::from_millis(250);
 
@@ -73,6 +77,29 @@ struct Core {
     observer: Arc<dyn Observer>,
     /// Held for the server's life: no other gateway uses this state dir.
     _state_lock: Option<StateLock>,
+    /// One permit per call being served (`max_concurrent_calls`).
+    calls: Arc<tokio::sync::Semaphore>,
+    /// Open `watch` streams: in all, and per identity.
+    watches: std::sync::Mutex<(usize, HashMap<Identity, usize>)>,
+}
+
+/// One open `watch` stream, counted until dropped.
+struct WatchSlot {
+    core: Arc<Core>,
+    who: Identity,
+}
+
+impl Drop for WatchSlot {
+    fn drop(&mut self) {
+        let mut watches = self.core.watches();
+        watches.0 = watches.0.saturating_sub(1);
+        if let Some(n) = watches.1.get_mut(&self.who) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                watches.1.remove(&self.who);
+            }
+        }
+    }
 }
 
 /// Removes a REQUESTED session if the req future is dropped (the client
@@ -121,6 +148,61 @@ fn counters_to_proto(c: SessionCounters) -> proto::Counters {
 }
 
 impl Core {
+    /// Takes a call slot (waiting up to [`CALL_QUEUE_WAIT`] for one, so a
+    /// burst is served in turn) and checks the request's size; the slot is
+    /// free again when the permit drops.
+    async fn admit<M: prost::Message>(
+        &self,
+        message: &M,
+    ) -> Result<tokio::sync::OwnedSemaphorePermit, ControlError> {
+        let size = message.encoded_len();
+        if size > self.cfg.max_message_bytes {
+            return Err(ControlError::LimitReached {
+                what: format!("the request message of {size} bytes is too large"),
+                limit: self.cfg.max_message_bytes,
+                setting: "max_message_bytes, --max-message-bytes",
+            });
+        }
+        match tokio::time::timeout(CALL_QUEUE_WAIT, Arc::clone(&self.calls).acquire_owned()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            _ => Err(ControlError::LimitReached {
+                what: "too many control calls at once".into(),
+                limit: self.cfg.max_concurrent_calls,
+                setting: "max_concurrent_calls, --max-concurrent-calls",
+            }),
+        }
+    }
+
+    fn watches(&self) -> std::sync::MutexGuard<'_, (usize, HashMap<Identity, usize>)> {
+        self.watches.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Counts a new `watch` stream of `who`, within the limits.
+    fn open_watch(self: &Arc<Self>, who: &Identity) -> Result<WatchSlot, ControlError> {
+        let mut watches = self.watches();
+        if watches.0 >= self.cfg.max_watch_total {
+            return Err(ControlError::LimitReached {
+                what: "too many watch streams open".into(),
+                limit: self.cfg.max_watch_total,
+                setting: "max_watch_total, --max-watch",
+            });
+        }
+        let mine = watches.1.get(who).copied().unwrap_or(0);
+        if mine >= self.cfg.max_watch_per_identity {
+            return Err(ControlError::LimitReached {
+                what: format!("too many watch streams open for {who}"),
+                limit: self.cfg.max_watch_per_identity,
+                setting: "max_watch_per_identity, --max-watch-per-identity",
+            });
+        }
+        watches.0 += 1;
+        *watches.1.entry(who.clone()).or_insert(0) += 1;
+        Ok(WatchSlot {
+            core: Arc::clone(self),
+            who: who.clone(),
+        })
+    }
+
     async fn who(&self, md: &MetadataMap) -> Result<Identity, ControlError> {
         self.auth.authenticate(md).await
     }
@@ -145,10 +227,13 @@ impl Core {
         self.observer.call_finished(method, code, started.elapsed());
     }
 
+    /// `call` is this call's slot: it is given back while the req waits
+    /// for its hello (which needs a slot of its own).
     async fn req(
         &self,
         md: &MetadataMap,
         r: proto::Request,
+        call: tokio::sync::OwnedSemaphorePermit,
     ) -> Result<proto::Response, ControlError> {
         let who = self.who(md).await?;
         let uid = SessionId::parse(&r.uid)?;
@@ -194,6 +279,7 @@ impl Core {
         };
         let timeout = self.cfg.hello_timeout();
         let mut shutdown = self.shutdown.subscribe();
+        drop(call);
         tokio::select! {
             r = tokio::time::timeout(timeout, rx) => match r {
                 Ok(Ok(Ok(()))) => {}
@@ -483,7 +569,10 @@ impl proto::control_server::Control for Service {
     async fn req(&self, request: Request<proto::Request>) -> TonicResult<proto::Response> {
         let (md, _, r) = request.into_parts();
         let started = Instant::now();
-        let r = self.core.req(&md, r).await;
+        let r = match self.core.admit(&r).await {
+            Ok(call) => self.core.req(&md, r, call).await,
+            Err(e) => Err(e),
+        };
         self.core.observe("req", started, &r);
         Ok(Response::new(r?))
     }
@@ -491,7 +580,10 @@ impl proto::control_server::Control for Service {
     async fn hello(&self, request: Request<proto::Hello>) -> TonicResult<proto::AppResponse> {
         let (md, _, r) = request.into_parts();
         let started = Instant::now();
-        let r = self.core.hello(&md, r).await;
+        let r = match self.core.admit(&r).await {
+            Ok(_call) => self.core.hello(&md, r).await,
+            Err(e) => Err(e),
+        };
         self.core.observe("hello", started, &r);
         Ok(Response::new(r?))
     }
@@ -499,7 +591,10 @@ impl proto::control_server::Control for Service {
     async fn update(&self, request: Request<proto::UpdateTargets>) -> TonicResult<proto::Response> {
         let (md, _, r) = request.into_parts();
         let started = Instant::now();
-        let r = self.core.update(&md, r).await;
+        let r = match self.core.admit(&r).await {
+            Ok(_call) => self.core.update(&md, r).await,
+            Err(e) => Err(e),
+        };
         self.core.observe("update", started, &r);
         Ok(Response::new(r?))
     }
@@ -507,7 +602,10 @@ impl proto::control_server::Control for Service {
     async fn release(&self, request: Request<proto::Release>) -> TonicResult<proto::Response> {
         let (md, _, r) = request.into_parts();
         let started = Instant::now();
-        let r = self.core.release(&md, r).await;
+        let r = match self.core.admit(&r).await {
+            Ok(_call) => self.core.release(&md, r).await,
+            Err(e) => Err(e),
+        };
         self.core.observe("release", started, &r);
         Ok(Response::new(r?))
     }
@@ -524,15 +622,21 @@ impl proto::control_ext_server::ControlExt for Service {
     ) -> TonicResult<proto::SessionStatus> {
         let (md, _, r) = request.into_parts();
         let started = Instant::now();
-        let r = self.core.status(&md, r).await;
+        let r = match self.core.admit(&r).await {
+            Ok(_call) => self.core.status(&md, r).await,
+            Err(e) => Err(e),
+        };
         self.core.observe("status", started, &r);
         Ok(Response::new(r?))
     }
 
     async fn list(&self, request: Request<proto::ListRequest>) -> TonicResult<proto::SessionList> {
-        let (md, _, _) = request.into_parts();
+        let (md, _, r) = request.into_parts();
         let started = Instant::now();
-        let r = self.core.list(&md).await;
+        let r = match self.core.admit(&r).await {
+            Ok(_call) => self.core.list(&md).await,
+            Err(e) => Err(e),
+        };
         self.core.observe("list", started, &r);
         Ok(Response::new(r?))
     }
@@ -543,15 +647,17 @@ impl proto::control_ext_server::ControlExt for Service {
         let (md, _, r) = request.into_parts();
         let started = Instant::now();
         let checked = async {
+            let _call = self.core.admit(&r).await?;
             let who = self.core.who(&md).await?;
             let uid = SessionId::parse(&r.uid)?;
             // Fails now (NOT_FOUND / PERMISSION_DENIED) rather than in the stream.
             self.core.registry.status(&uid, &who)?;
-            Ok((who, uid))
+            let slot = self.core.open_watch(&who)?;
+            Ok((who, uid, slot))
         }
         .await;
         self.core.observe("watch", started, &checked);
-        let (who, uid) = checked?;
+        let (who, uid, slot) = checked?;
         let interval = Duration::from_millis(match r.interval_ms {
             0 => 1000,
             n => u64::from(n.max(50)),
@@ -560,6 +666,8 @@ impl proto::control_ext_server::ControlExt for Service {
         let core = self.core.clone();
         let mut shutdown = core.shutdown.subscribe();
         tokio::spawn(async move {
+            // Counted as open until the stream ends.
+            let _slot = slot;
             let mut tick = tokio::time::interval(interval);
             // After a stall, carry on one interval later instead of sending
             // a burst of events with (almost) the same counters.
@@ -595,9 +703,12 @@ impl proto::control_ext_server::ControlExt for Service {
         &self,
         request: Request<proto::VersionRequest>,
     ) -> TonicResult<proto::VersionInfo> {
-        let (md, _, _) = request.into_parts();
+        let (md, _, r) = request.into_parts();
         let started = Instant::now();
-        let who = self.core.who(&md).await;
+        let who = match self.core.admit(&r).await {
+            Ok(_call) => self.core.who(&md).await,
+            Err(e) => Err(e),
+        };
         self.core.observe("version", started, &who);
         let who = who?;
         Ok(Response::new(proto::VersionInfo {
@@ -704,6 +815,7 @@ impl ControlServer {
             store,
         ));
         let (shutdown, _) = watch::channel(false);
+        let max_calls = cfg.max_concurrent_calls;
         let core = Arc::new(Core {
             allow: cfg.allow.clone(),
             cfg,
@@ -713,6 +825,8 @@ impl ControlServer {
             shutdown,
             observer,
             _state_lock: state_lock,
+            calls: Arc::new(tokio::sync::Semaphore::new(max_calls)),
+            watches: std::sync::Mutex::new((0, HashMap::new())),
         });
         core.restore().await?;
         Ok(ControlServer { core, tls })
@@ -779,9 +893,18 @@ impl ControlServer {
             })
         };
         let mut stop_rx = core.shutdown.subscribe();
+        // tonic's own cap stays well above ours, so an oversize message
+        // gets our error naming the setting.
+        let decode_cap = (4 * core.cfg.max_message_bytes).max(4 << 20);
         let serve_fut = builder
-            .add_service(proto::control_server::ControlServer::new(svc.clone()))
-            .add_service(proto::control_ext_server::ControlExtServer::new(svc))
+            .add_service(
+                proto::control_server::ControlServer::new(svc.clone())
+                    .max_decoding_message_size(decode_cap),
+            )
+            .add_service(
+                proto::control_ext_server::ControlExtServer::new(svc)
+                    .max_decoding_message_size(decode_cap),
+            )
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
                 let _ = stop_rx.wait_for(|v| *v).await;
             });

@@ -1,0 +1,206 @@
+//! The control server's limits under load from clients: concurrent calls,
+//! `watch` streams per identity and in total, and the size of a request.
+//! Each refusal is RESOURCE_EXHAUSTED with a message naming the limit and
+//! the setting that raises it, and the server serves again once the load
+//! is gone. A real server with TLS on loopback.
+mod common;
+
+use std::time::Duration;
+
+use common::{TestServer, base_config, port_range};
+use control::client::ClientError;
+use tonic::Code;
+
+const BASE: u16 = 31000;
+
+fn code_and_message<T>(r: Result<T, ClientError>) -> (Code, String) {
+    match r {
+        Ok(_) => panic!("the call must be refused"),
+        Err(ClientError::Rpc { code, message, .. }) => (code, message),
+        Err(other) => panic!("not a gRPC status: {other}"),
+    }
+}
+
+/// An identity provider that takes `delay` to answer (every token is
+/// alice's).
+async fn slow_idp(delay: Duration) -> std::net::SocketAddr {
+    let app = axum::Router::new().route(
+        "/introspect",
+        axum::routing::post(move || async move {
+            tokio::time::sleep(delay).await;
+            axum::Json(serde_json::json!({"active": true, "username": "alice"}))
+        }),
+    );
+    let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = http.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(http, app).await });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_calls_past_the_limit_are_refused_naming_it() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let idp = slow_idp(Duration::from_secs(6)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("client-secret");
+    std::fs::write(&secret, "rs-secret\n").unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let mut cfg = base_config(port_range(BASE, 10), dir.path());
+    cfg.max_concurrent_calls = 2;
+    cfg.auth = Some(control::auth::AuthConfig::Introspection(
+        control::auth::IntrospectionConfig {
+            url: format!("http://{idp}/introspect"),
+            client_id: "rs-client".into(),
+            client_secret: None,
+            client_secret_file: Some(secret),
+            required_scope: None,
+            cache_max_secs: 300,
+        },
+    ));
+    let srv = TestServer::start(cfg).await;
+    // Two calls wait on the slow identity provider: two calls at once; a
+    // third waits a second for a slot, then is refused.
+    let waiting: Vec<_> = ["token-1", "token-2"]
+        .into_iter()
+        .map(|token| {
+            let srv_client = srv.options(Some(token));
+            tokio::spawn(async move {
+                let c = control::client::Client::connect(&srv_client).await.unwrap();
+                c.list().await
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let third = srv.client(Some("token-3")).await;
+    let (code, message) = code_and_message(third.list().await);
+    assert_eq!(code, Code::ResourceExhausted, "{message}");
+    assert!(
+        message.contains("too many control calls at once")
+            && message.contains("limit is 2")
+            && message.contains("--max-concurrent-calls"),
+        "{message}"
+    );
+    // The load goes: calls are served again.
+    for w in waiting {
+        w.await.unwrap().expect("the slow calls are answered");
+    }
+    third.list().await.expect("served again");
+    srv.stop().await;
+}
+
+/// A req waiting for its hello does not hold a call slot: with a limit of
+/// two calls, two pending reqs still let their hellos through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_waiting_for_hello_do_not_hold_call_slots() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = base_config(port_range(BASE + 80, 10), dir.path());
+    cfg.max_concurrent_calls = 2;
+    let srv = TestServer::start(cfg).await;
+    let client = srv.client(None).await;
+    let waiting: Vec<_> = ["held-1", "held-2"]
+        .into_iter()
+        .map(|uid| {
+            let c = client.clone();
+            tokio::spawn(async move { c.req(uid, "PROD", 1, 0).await })
+        })
+        .collect();
+    common::eventually("both req calls are waiting", || srv.handle.sessions() == 2).await;
+    for uid in ["held-1", "held-2"] {
+        client
+            .hello(uid, "PROD", &["127.0.0.1:7000".into()])
+            .await
+            .expect("hello is served while reqs wait");
+    }
+    for w in waiting {
+        w.await.unwrap().expect("req answered");
+    }
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_streams_are_limited_per_identity_and_in_total() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = base_config(port_range(BASE + 20, 10), dir.path());
+    cfg.max_watch_per_identity = 1;
+    cfg.max_watch_total = 2;
+    let srv = TestServer::start(cfg).await;
+    let client = srv.client(None).await;
+    let c2 = client.clone();
+    let req = tokio::spawn(async move { c2.req("watched", "PROD", 1, 0).await });
+    client
+        .hello_after_req("watched", "PROD", &["127.0.0.1:7000".into()])
+        .await
+        .expect("hello");
+    req.await.unwrap().expect("req");
+
+    let first = client.watch("watched", 100).await.expect("first watch");
+    let (code, message) = code_and_message(client.watch("watched", 100).await);
+    assert_eq!(code, Code::ResourceExhausted, "{message}");
+    assert!(
+        message.contains("watch streams open for anonymous")
+            && message.contains("limit is 1")
+            && message.contains("--max-watch-per-identity"),
+        "{message}"
+    );
+    // A closed stream frees its place.
+    drop(first);
+    let mut again = None;
+    for _ in 0..100 {
+        match client.watch("watched", 100).await {
+            Ok(stream) => {
+                again = Some(stream);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+    assert!(again.is_some(), "a watch after the first one closed");
+    drop(again);
+    srv.stop().await;
+
+    // In total: two identities' worth with a total of 1.
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = base_config(port_range(BASE + 40, 10), dir.path());
+    cfg.max_watch_per_identity = 5;
+    cfg.max_watch_total = 1;
+    let srv = TestServer::start(cfg).await;
+    let client = srv.client(None).await;
+    let c2 = client.clone();
+    let req = tokio::spawn(async move { c2.req("watched", "PROD", 1, 0).await });
+    client
+        .hello_after_req("watched", "PROD", &["127.0.0.1:7000".into()])
+        .await
+        .expect("hello");
+    req.await.unwrap().expect("req");
+    let _first = client.watch("watched", 100).await.expect("first watch");
+    let (code, message) = code_and_message(client.watch("watched", 100).await);
+    assert_eq!(code, Code::ResourceExhausted, "{message}");
+    assert!(
+        message.contains("too many watch streams open:") && message.contains("--max-watch"),
+        "{message}"
+    );
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversize_request_is_refused_naming_the_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = base_config(port_range(BASE + 60, 10), dir.path());
+    cfg.max_message_bytes = 2048;
+    let srv = TestServer::start(cfg).await;
+    let client = srv.client(None).await;
+    let listeners: Vec<String> = (0..400)
+        .map(|i| format!("127.0.0.1:{}", 7000 + i))
+        .collect();
+    let (code, message) = code_and_message(client.hello("big", "PROD", &listeners).await);
+    assert_eq!(code, Code::ResourceExhausted, "{message}");
+    assert!(
+        message.contains("is too large")
+            && message.contains("limit is 2048")
+            && message.contains("--max-message-bytes"),
+        "{message}"
+    );
+    // A normal call still works.
+    client.list().await.expect("served");
+    srv.stop().await;
+}
