@@ -117,6 +117,17 @@ async fn requests_waiting_for_hello_do_not_hold_call_slots() {
     srv.stop().await;
 }
 
+/// A READY PROD session `uid` (req, then hello).
+async fn ready_session(client: &control::client::Client, uid: &str) {
+    let (c, u) = (client.clone(), uid.to_owned());
+    let req = tokio::spawn(async move { c.req(&u, "PROD", 1, 0).await });
+    client
+        .hello_after_req(uid, "PROD", &["127.0.0.1:7000".into()])
+        .await
+        .expect("hello");
+    req.await.unwrap().expect("req");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_streams_are_limited_per_identity_and_in_total() {
     let dir = tempfile::tempdir().unwrap();
@@ -125,13 +136,7 @@ async fn watch_streams_are_limited_per_identity_and_in_total() {
     cfg.max_watch_total = 2;
     let srv = TestServer::start(cfg).await;
     let client = srv.client(None).await;
-    let c2 = client.clone();
-    let req = tokio::spawn(async move { c2.req("watched", "PROD", 1, 0).await });
-    client
-        .hello_after_req("watched", "PROD", &["127.0.0.1:7000".into()])
-        .await
-        .expect("hello");
-    req.await.unwrap().expect("req");
+    ready_session(&client, "watched").await;
 
     let first = client.watch("watched", 100).await.expect("first watch");
     let (code, message) = code_and_message(client.watch("watched", 100).await);
@@ -165,13 +170,7 @@ async fn watch_streams_are_limited_per_identity_and_in_total() {
     cfg.max_watch_total = 1;
     let srv = TestServer::start(cfg).await;
     let client = srv.client(None).await;
-    let c2 = client.clone();
-    let req = tokio::spawn(async move { c2.req("watched", "PROD", 1, 0).await });
-    client
-        .hello_after_req("watched", "PROD", &["127.0.0.1:7000".into()])
-        .await
-        .expect("hello");
-    req.await.unwrap().expect("req");
+    ready_session(&client, "watched").await;
     let _first = client.watch("watched", 100).await.expect("first watch");
     let (code, message) = code_and_message(client.watch("watched", 100).await);
     assert_eq!(code, Code::ResourceExhausted, "{message}");

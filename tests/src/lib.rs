@@ -13,6 +13,7 @@
 //!   every byte in order, with SHA-256 digests, bounded in bytes and time.
 //! - [`wait`]: [`Deadline`], [`eventually`] and [`wait_for_port`] (poll, never
 //!   sleep blindly).
+//! - [`procfs`]: a process's open descriptors, memory and CPU time.
 //! - [`daemon`]: the workspace's binaries ([`Bin`]: `s2cs`, `s2uc`), a
 //!   [`Daemon`] in a namespace whose output is printed when a test fails, and
 //!   [`S2uc`] to run the client.
@@ -30,6 +31,7 @@ pub mod daemon;
 pub mod exec;
 pub mod gateway;
 pub mod netns;
+pub mod procfs;
 pub mod stream;
 mod sys;
 pub mod wait;

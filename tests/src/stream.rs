@@ -438,6 +438,60 @@ pub fn send_tcp(
     Ok(report)
 }
 
+/// A writer that keeps to `rate` bytes per second on a TCP connection.
+pub struct Paced<'a> {
+    conn: &'a TcpStream,
+    rate: u64,
+    started: Instant,
+    sent: u64,
+}
+
+impl<'a> Paced<'a> {
+    /// Paces writes to `conn` at `rate` bytes per second from now.
+    pub fn new(conn: &'a TcpStream, rate: u64) -> Self {
+        Paced {
+            conn,
+            rate: rate.max(1),
+            started: Instant::now(),
+            sent: 0,
+        }
+    }
+}
+
+impl Write for Paced<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let due = Duration::from_secs_f64(self.sent as f64 / self.rate as f64);
+        if let Some(wait) = due.checked_sub(self.started.elapsed()) {
+            std::thread::sleep(wait);
+        }
+        let n = (&mut &*self.conn).write(&buf[..buf.len().min(BLOCK)])?;
+        self.sent += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        (&mut &*self.conn).flush()
+    }
+}
+
+/// Like [`send_tcp`], at `rate` bytes per second.
+pub fn send_paced_tcp(
+    s: &TcpStream,
+    spec: StreamSpec,
+    rate: u64,
+    deadline: impl Into<Deadline>,
+) -> Result<Report, StreamError> {
+    s.set_write_timeout(Some(IO_SLICE))
+        .map_err(|source| StreamError::Io { done: 0, source })?;
+    let report = send(&mut Paced::new(s, rate), spec, deadline)?;
+    s.shutdown(Shutdown::Write)
+        .map_err(|source| StreamError::Io {
+            done: report.bytes,
+            source,
+        })?;
+    Ok(report)
+}
+
 /// Verifies the stream from a TCP connection, including its close (see
 /// [`verify`]). Sets a short read timeout so a silent peer cannot block past
 /// the deadline.

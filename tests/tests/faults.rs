@@ -33,6 +33,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use e2e::procfs::open_fds;
 use e2e::stream::{self, Report, StreamError, StreamSpec};
 use e2e::{Bin, Deadline, Link, Node, Topology, eventually};
 use nix::sys::signal::Signal;
@@ -135,46 +136,13 @@ impl Sent {
     }
 }
 
-/// A writer that keeps to `rate` bytes per second.
-struct Paced<'a> {
-    conn: &'a TcpStream,
-    rate: u64,
-    started: Instant,
-    sent: u64,
-}
-
-impl Write for Paced<'_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let due = Duration::from_secs_f64(self.sent as f64 / self.rate as f64);
-        if let Some(wait) = due.checked_sub(self.started.elapsed()) {
-            std::thread::sleep(wait);
-        }
-        let n = (&mut &*self.conn).write(&buf[..buf.len().min(64 * 1024)])?;
-        self.sent += n as u64;
-        Ok(n)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        (&mut &*self.conn).flush()
-    }
-}
-
 fn send_paced(conn: &TcpStream, send: Send) -> Result<Report, String> {
     let deadline = Deadline::after(Duration::from_secs(180));
-    let Some(rate) = send.pace else {
-        return stream::send_tcp(conn, send.spec, deadline).map_err(|e| e.to_string());
-    };
-    conn.set_write_timeout(Some(Duration::from_millis(50)))
-        .map_err(|e| e.to_string())?;
-    let mut paced = Paced {
-        conn,
-        rate,
-        started: Instant::now(),
-        sent: 0,
-    };
-    let report = stream::send(&mut paced, send.spec, deadline).map_err(|e| e.to_string())?;
-    conn.shutdown(std::net::Shutdown::Write)
-        .map_err(|e| e.to_string())?;
-    Ok(report)
+    match send.pace {
+        None => stream::send_tcp(conn, send.spec, deadline),
+        Some(rate) => stream::send_paced_tcp(conn, send.spec, rate, deadline),
+    }
+    .map_err(|e| e.to_string())
 }
 
 /// ConsApp reading one stream: bytes verified so far, and the thread that
@@ -275,11 +243,6 @@ fn session_files(state: &Path) -> Vec<String> {
         .unwrap_or_default();
     names.sort();
     names
-}
-
-/// Open descriptors of a process.
-fn open_fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, Iterator::count)
 }
 
 /// Waits until `s2uc status UID` against the gateway in `node` contains

@@ -31,6 +31,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use e2e::procfs::{open_fds as fds, rss_kib};
 use e2e::stream::{self, StreamSpec};
 use e2e::{Deadline, Link, Node, Topology, eventually};
 use gateway::channel::{self, ChannelConfig, ChannelSettings};
@@ -244,23 +245,6 @@ async fn capture_client_hello(tls: &ChannelConfig) -> Vec<u8> {
     )
     .await;
     capture.await.expect("capture task")
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines().find_map(|l| {
-                l.strip_prefix("VmRSS:")
-                    .and_then(|v| v.split_whitespace().next())
-                    .and_then(|v| v.parse().ok())
-            })
-        })
-        .unwrap_or(0)
-}
-
-fn fds(pid: u32) -> u64 {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count() as u64)
 }
 
 /// Raises this process's descriptor limit to its hard limit (the attacker

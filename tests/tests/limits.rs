@@ -14,6 +14,7 @@ use std::net::SocketAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use e2e::procfs::{cpu_time as cpu, open_fds as fds};
 use e2e::stream::{self, StreamSpec};
 use e2e::{Deadline, Link, Node, Topology, eventually};
 use nix::sys::resource::{Resource, getrlimit, setrlimit};
@@ -31,21 +32,6 @@ fn nofile(pid: u32) -> (String, String) {
         fields.next().unwrap_or_default().to_owned(),
         fields.next().unwrap_or_default().to_owned(),
     )
-}
-
-fn fds(pid: u32) -> u64 {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count() as u64)
-}
-
-/// CPU time (user + system) a process has used.
-fn cpu(pid: u32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
-    // Fields after the command name (which may hold spaces) start at ") ".
-    let rest = stat.rsplit_once(") ").map_or("", |(_, r)| r);
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 =
-        fields[11].parse::<u64>().unwrap_or(0) + fields[12].parse::<u64>().unwrap_or(0);
-    Duration::from_millis(ticks * 10) // USER_HZ is 100 on Linux
 }
 
 /// Sets a process's soft limit of descriptors (the hard one stays: raising

@@ -33,6 +33,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use e2e::procfs::{open_fds as fds, rss_kib};
 use e2e::stream::{self, StreamError, StreamSpec};
 use e2e::{Deadline, Link, Node, Topology};
 use support::{PRODUCER_PORT, Setup};
@@ -180,29 +181,6 @@ fn serve_streams(listener: &TcpListener, seed: u64, stop: &AtomicBool) {
     }
 }
 
-/// A writer that keeps to `rate` bytes per second.
-struct Paced<'a> {
-    conn: &'a TcpStream,
-    rate: u64,
-    started: Instant,
-    sent: u64,
-}
-
-impl Write for Paced<'_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let due = Duration::from_secs_f64(self.sent as f64 / self.rate as f64);
-        if let Some(wait) = due.checked_sub(self.started.elapsed()) {
-            std::thread::sleep(wait);
-        }
-        let n = (&mut &*self.conn).write(&buf[..buf.len().min(64 * 1024)])?;
-        self.sent += n as u64;
-        Ok(n)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        (&mut &*self.conn).flush()
-    }
-}
-
 fn send_with_header(conn: &TcpStream, spec: StreamSpec, pace: Option<u64>) -> Result<(), String> {
     conn.set_nonblocking(false).map_err(|e| e.to_string())?;
     conn.set_write_timeout(Some(Duration::from_millis(50)))
@@ -214,21 +192,7 @@ fn send_with_header(conn: &TcpStream, spec: StreamSpec, pace: Option<u64>) -> Re
     write_all_until(conn, &header, deadline)?;
     match pace {
         None => stream::send_tcp(conn, spec, deadline).map(drop),
-        Some(rate) => {
-            let mut paced = Paced {
-                conn,
-                rate,
-                started: Instant::now(),
-                sent: 0,
-            };
-            stream::send(&mut paced, spec, deadline).and_then(|_| {
-                conn.shutdown(std::net::Shutdown::Write)
-                    .map_err(|source| StreamError::Io {
-                        done: spec.len,
-                        source,
-                    })
-            })
-        }
+        Some(rate) => stream::send_paced_tcp(conn, spec, rate, deadline).map(drop),
     }
     .map_err(|e| e.to_string())
 }
@@ -336,23 +300,6 @@ struct Sample {
     streams_verified: u64,
     streams_cut: u64,
     bytes_verified: u64,
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|status| {
-            status.lines().find_map(|l| {
-                l.strip_prefix("VmRSS:")
-                    .and_then(|v| v.split_whitespace().next())
-                    .and_then(|v| v.parse().ok())
-            })
-        })
-        .unwrap_or(0)
-}
-
-fn fds(pid: u32) -> u64 {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count() as u64)
 }
 
 /// The gateways' current pids, for the sampler.
