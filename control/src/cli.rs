@@ -16,7 +16,7 @@ use tokio_stream::StreamExt;
 use zeroize::Zeroizing;
 
 use crate::client::{
-    Client, ClientError, ClientIdentity, ClientOptions, TokenSource, connect_both,
+    Client, ClientError, ClientIdentity, ClientOptions, TokenSource, connect_both_as,
     default_token_file, listeners_from, new_uid, resolve_token, validate_token, write_token_file,
 };
 use crate::secret::SessionSecret;
@@ -196,6 +196,11 @@ pub enum S2ucCmd {
         /// ProdApp listeners, comma-separated ip:port.
         #[arg(long)]
         producer: String,
+        /// Ask for no data-channel secret, as SciStream's own client does
+        /// (the gateways derive a weak one from the uid): for tests of such
+        /// sessions only.
+        #[arg(long, hide = true)]
+        as_old_client: bool,
     },
     /// Show one session.
     Status {
@@ -316,7 +321,7 @@ pub async fn run_s2uc(cli: S2uc) -> Result<(), ClientError> {
             let prod_app = listeners_from(&remote_ip, &receiver_ports)?;
             let uid = new_uid();
             let r = c
-                .inbound(&uid, stream.num_conn, stream.rate, &prod_app)
+                .inbound(&uid, stream.num_conn, stream.rate, &prod_app, true)
                 .await?;
             println!("uid: {}", r.uid);
             println!("prod_listeners: {}", r.prod_listeners.join(","));
@@ -439,6 +444,7 @@ pub async fn run_s2uc(cli: S2uc) -> Result<(), ClientError> {
             cons_cert,
             stream,
             producer,
+            as_old_client,
         } => {
             let token = token_of(t)?;
             let identity = cert.load()?;
@@ -452,8 +458,15 @@ pub async fn run_s2uc(cli: S2uc) -> Result<(), ClientError> {
             let p = Client::connect(&opts(prod_s2cs, prod_cert)).await?;
             let c = Client::connect(&opts(cons_s2cs, cons_cert)).await?;
             let started = std::time::Instant::now();
-            let r =
-                connect_both(&p, &c, &split_list(&producer), stream.num_conn, stream.rate).await?;
+            let r = connect_both_as(
+                &p,
+                &c,
+                &split_list(&producer),
+                stream.num_conn,
+                stream.rate,
+                !as_old_client,
+            )
+            .await?;
             println!("uid: {}", r.uid);
             println!("prod gateway listeners: {}", r.prod_listeners.join(","));
             println!("consumer connects to: {}", r.cons_listeners.join(","));
@@ -514,6 +527,12 @@ fn print_status(s: &crate::proto::SessionStatus) {
     );
     if !s.restore_error.is_empty() {
         println!("  restore: {}", s.restore_error);
+    }
+    if !s.pinned_peer.is_empty() {
+        println!(
+            "  pinned peer: {} (legacy secret: other sources are refused)",
+            s.pinned_peer
+        );
     }
 }
 

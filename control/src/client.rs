@@ -447,6 +447,19 @@ impl Client {
         num_conn: i32,
         rate: i32,
     ) -> Result<proto::Response, ClientError> {
+        self.req_with(uid, role, num_conn, rate, true).await
+    }
+
+    /// `req`; without `want_channel_secret` it is what SciStream's own
+    /// client sends (the gateways then derive the secret from the uid).
+    pub async fn req_with(
+        &self,
+        uid: &str,
+        role: &str,
+        num_conn: i32,
+        rate: i32,
+        want_channel_secret: bool,
+    ) -> Result<proto::Response, ClientError> {
         let mut c = self.control.clone();
         let r = c
             .req(proto::Request {
@@ -454,7 +467,7 @@ impl Client {
                 role: role.into(),
                 num_conn,
                 rate,
-                want_channel_secret: true,
+                want_channel_secret,
             })
             .await;
         self.finish("req", r).await
@@ -531,15 +544,17 @@ impl Client {
     }
 
     /// The PROD side: req + hello (ProdApp's listeners) + update.
+    /// `want_secret` false asks as SciStream's own client does.
     pub async fn inbound(
         &self,
         uid: &str,
         num_conn: i32,
         rate: i32,
         prod_app: &[String],
+        want_secret: bool,
     ) -> Result<Inbound, ClientError> {
         let (resp, hello) = tokio::join!(
-            self.req(uid, "PROD", num_conn, rate),
+            self.req_with(uid, "PROD", num_conn, rate, want_secret),
             self.hello_after_req(uid, "PROD", prod_app)
         );
         let resp = resp?;
@@ -633,8 +648,24 @@ pub async fn connect_both(
     num_conn: i32,
     rate: i32,
 ) -> Result<Connected, ClientError> {
+    connect_both_as(prod, cons, prod_app, num_conn, rate, true).await
+}
+
+/// [`connect_both`]; with `want_secret` false, as SciStream's own client
+/// does it: no data-channel secret is asked for or sent, and the gateways
+/// derive a weak one from the uid (for tests of such sessions).
+pub async fn connect_both_as(
+    prod: &Client,
+    cons: &Client,
+    prod_app: &[String],
+    num_conn: i32,
+    rate: i32,
+    want_secret: bool,
+) -> Result<Connected, ClientError> {
     let uid = new_uid();
-    let inbound = prod.inbound(&uid, num_conn, rate, prod_app).await?;
+    let inbound = prod
+        .inbound(&uid, num_conn, rate, prod_app, want_secret)
+        .await?;
     match cons
         .outbound(
             &uid,

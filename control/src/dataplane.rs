@@ -64,6 +64,9 @@ pub struct SessionCounters {
     pub connections_total: u64,
     /// Connections open now.
     pub connections_active: u64,
+    /// A legacy-secret PROD session: the peer gateway address it is pinned
+    /// to (the first that proved the secret).
+    pub pinned_peer: Option<std::net::IpAddr>,
 }
 
 /// Data-plane failures.
@@ -190,6 +193,7 @@ impl DataPlane for PlainCopyDataPlane {
             bytes_from_target: r.counters.from_target.load(Ordering::Relaxed),
             connections_total: r.counters.total.load(Ordering::Relaxed),
             connections_active: r.counters.active.load(Ordering::Relaxed),
+            pinned_peer: None,
         })
     }
 }

@@ -135,6 +135,10 @@ fn view_to_status(v: SessionView, c: Option<SessionCounters>) -> proto::SessionS
         counters: c.map(counters_to_proto),
         legacy_secret: v.legacy_secret,
         restore_error: v.restore_error.unwrap_or_default(),
+        pinned_peer: c
+            .and_then(|c| c.pinned_peer)
+            .map(|ip| ip.to_string())
+            .unwrap_or_default(),
     }
 }
 

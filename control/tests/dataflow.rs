@@ -101,7 +101,7 @@ async fn restart_restores_live_session() {
     let srv = TestServer::start(cfg.clone()).await;
     let c = srv.client(None).await;
     let inbound = c
-        .inbound("live-1", 2, 0, &[echo.addrs[0].to_string()])
+        .inbound("live-1", 2, 0, &[echo.addrs[0].to_string()], true)
         .await
         .expect("inbound");
     // A second session left READY (hello, no update).

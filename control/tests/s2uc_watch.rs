@@ -76,7 +76,7 @@ async fn watch_on_a_pipe_prints_one_plain_line_per_interval() {
     let client = srv.client(None).await;
     let uid = control::client::new_uid();
     let session = client
-        .inbound(&uid, 1, 0, &[echo.addrs[0].to_string()])
+        .inbound(&uid, 1, 0, &[echo.addrs[0].to_string()], true)
         .await
         .expect("a live session");
 

@@ -626,6 +626,7 @@ mod tests {
             bytes_from_target: 7,
             connections_total: 1,
             connections_active: 0,
+            pinned_peer: None,
         });
         let observer = metrics.control_observer();
         observer.call_finished("req", control::CallCode::Ok, Duration::from_millis(3));

@@ -262,9 +262,22 @@ impl S2uc {
         &self,
         topo: &Topology,
         from: Node,
+        gateways: (&Gateway, &Gateway),
+        producer: &[SocketAddr],
+        rate_mbps: u32,
+    ) -> anyhow::Result<Connected> {
+        self.connect_with(topo, from, gateways, producer, rate_mbps, &[])
+    }
+
+    /// [`S2uc::connect`] with `extra` flags (e.g. `--as-old-client`).
+    pub fn connect_with(
+        &self,
+        topo: &Topology,
+        from: Node,
         (prod, cons): (&Gateway, &Gateway),
         producer: &[SocketAddr],
         rate_mbps: u32,
+        extra: &[&str],
     ) -> anyhow::Result<Connected> {
         let producer: Vec<String> = producer.iter().map(ToString::to_string).collect();
         let (prod_s2cs, cons_s2cs) = (prod.control.to_string(), cons.control.to_string());
@@ -274,7 +287,7 @@ impl S2uc {
         );
         let (num_conn, rate) = (producer.len().to_string(), rate_mbps.to_string());
         let producer = producer.join(",");
-        let args = [
+        let mut args = vec![
             "connect",
             "--prod-s2cs",
             &prod_s2cs,
@@ -291,6 +304,7 @@ impl S2uc {
             "--rate",
             &rate,
         ];
+        args.extend_from_slice(extra);
         let started = Instant::now();
         let out = self.ok(topo, from, &args, GATEWAY_DEADLINE)?;
         Connected::parse(&out, started.elapsed())

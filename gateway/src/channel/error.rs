@@ -36,11 +36,14 @@ pub enum FailureReason {
     SourceBusy,
     /// Not admitted: it waited too long in its source's queue.
     QueueTimeout,
+    /// It proved a legacy (uid-derived) secret, but its session is pinned
+    /// to another peer gateway.
+    NotPinnedPeer,
 }
 
 impl FailureReason {
     /// Every reason, in the order of [`ChannelFailures`]' counters.
-    pub const ALL: [FailureReason; 11] = [
+    pub const ALL: [FailureReason; 12] = [
         FailureReason::Timeout,
         FailureReason::NotTls,
         FailureReason::Handshake,
@@ -52,6 +55,7 @@ impl FailureReason {
         FailureReason::GatewayBusy,
         FailureReason::SourceBusy,
         FailureReason::QueueTimeout,
+        FailureReason::NotPinnedPeer,
     ];
 
     /// A short label (for logs and metrics).
@@ -68,6 +72,7 @@ impl FailureReason {
             FailureReason::GatewayBusy => "gateway_busy",
             FailureReason::SourceBusy => "source_busy",
             FailureReason::QueueTimeout => "queue_timeout",
+            FailureReason::NotPinnedPeer => "not_pinned_peer",
         }
     }
 
@@ -99,7 +104,7 @@ impl fmt::Display for FailureReason {
 /// by reason, plus the channels established.
 #[derive(Debug, Default)]
 pub struct ChannelFailures {
-    counts: [AtomicU64; 11],
+    counts: [AtomicU64; 12],
     established: AtomicU64,
     /// The last refusal with its peer, for the log's summary.
     last: std::sync::Mutex<Option<String>>,

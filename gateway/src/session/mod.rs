@@ -42,7 +42,7 @@ pub mod wan;
 use std::collections::HashMap;
 use std::fmt;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsFd, OwnedFd};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -351,6 +351,10 @@ struct Shared {
     wan_liveness: WanLiveness,
     /// The gateway's budget of unauthenticated WAN connections.
     admission: Arc<Admission>,
+    /// The secret is the weak one derived from the uid (old client).
+    legacy_secret: bool,
+    /// With a legacy secret: the peer gateway the session is pinned to.
+    pinned_peer: Mutex<Option<IpAddr>>,
     metrics: Option<Arc<Metrics>>,
     /// The `session` label of its metrics (see [`metrics_label`]).
     label: String,
@@ -413,6 +417,34 @@ impl Shared {
             bytes_from_target: from_target,
             connections_total: self.connections_total.load(Ordering::Relaxed),
             connections_active: table.open.len() as u64,
+            pinned_peer: *self.pinned_peer(),
+        }
+    }
+
+    fn pinned_peer(&self) -> MutexGuard<'_, Option<IpAddr>> {
+        self.pinned_peer
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// A legacy-secret session's secret can be derived by anyone who knows
+    /// its uid, so the session is pinned to the first peer gateway that
+    /// proves it: `Ok` for that address, `Err(pinned)` for every other.
+    /// Other sessions accept every peer that proves their secret.
+    fn check_pin(&self, peer: IpAddr) -> Result<(), IpAddr> {
+        if !self.legacy_secret {
+            return Ok(());
+        }
+        let peer = peer.to_canonical();
+        let mut pinned = self.pinned_peer();
+        match *pinned {
+            None => {
+                *pinned = Some(peer);
+                tracing::info!(uid = %self.label, %peer, "legacy-secret session pinned to the first peer gateway that proved its secret; other sources are refused");
+                Ok(())
+            }
+            Some(ip) if ip == peer => Ok(()),
+            Some(ip) => Err(ip),
         }
     }
 
@@ -707,6 +739,8 @@ impl KernelDataPlane {
             dial_timeout: self.options.dial_timeout,
             wan_liveness: self.options.wan_liveness,
             admission: Arc::clone(&self.admission),
+            legacy_secret: plan.legacy_secret,
+            pinned_peer: Mutex::new(None),
             phase,
             limit: Arc::new(Semaphore::new(self.options.max_connections.max(1))),
             next_conn: AtomicU64::new(0),
@@ -956,6 +990,17 @@ async fn connection(
                 return;
             }
         };
+        if let Err(pinned) = shared.check_pin(peer.ip()) {
+            let _ = SockRef::from(&authenticated.socket).set_linger(Some(Duration::ZERO));
+            if let Some(secure) = &shared.secure {
+                secure.config.failures().record_detail(
+                    FailureReason::NotPinnedPeer,
+                    format!("{peer} proved the legacy secret of a session pinned to {pinned}"),
+                );
+            }
+            tracing::debug!(uid = %shared.label, %peer, %pinned, "WAN connection refused: legacy-secret session pinned to another peer");
+            return;
+        }
         let permit = tokio::select! {
             permit = Arc::clone(&shared.limit).acquire_owned() => match permit {
                 Ok(permit) => permit,

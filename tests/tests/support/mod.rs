@@ -117,6 +117,21 @@ impl Setup {
             .unwrap_or_else(|e| panic!("{e:#}"))
     }
 
+    /// `s2uc connect` from gwb as SciStream's own client does it: no
+    /// data-channel secret (the gateways derive one from the uid).
+    pub fn connect_as_old_client(&self, producer: &[SocketAddr]) -> Connected {
+        self.s2uc
+            .connect_with(
+                &self.topo,
+                Node::Gwb,
+                (&self.gwa, &self.gwb),
+                producer,
+                0,
+                &["--as-old-client"],
+            )
+            .unwrap_or_else(|e| panic!("{e:#}"))
+    }
+
     /// `s2uc connect` from gwb, returning its failure instead of panicking.
     pub fn try_connect(
         &self,
