@@ -83,15 +83,14 @@ fn a_legacy_secret_session_is_pinned_to_the_first_peer_gateway_that_proves_it() 
             let tcp = tokio::net::TcpStream::connect(target)
                 .await
                 .expect("connect");
-            let proved = channel::connect(tcp, &tls, &target.ip().to_string(), &secret)
+            channel::connect(tcp, &tls, &target.ip().to_string(), &secret)
                 .await
                 .map(|channel| {
                     // Hold it a moment: the gateway must not dial ProdApp.
                     std::thread::sleep(Duration::from_secs(2));
                     drop(channel);
                 })
-                .is_ok();
-            proved
+                .is_ok()
         })
         .unwrap_or_else(|e| panic!("{e:#}"));
     eprintln!("attacker: the TLS handshake and the proof exchange completed: {proved}");
