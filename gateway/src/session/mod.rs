@@ -385,6 +385,21 @@ struct OpenConn {
 }
 
 impl Shared {
+    /// Turns a WAN connection of this session into a [`Leg`]: dead-peer
+    /// detection on the socket, then the channel set-up ([`wan::wan_leg`]).
+    async fn wan_leg(&self, side: WanSide, stream: TcpStream) -> Result<Leg, ConnError> {
+        self.wan_liveness.apply(&stream)?;
+        Ok(wan::wan_leg(
+            self.channel,
+            self.secure.as_deref(),
+            side,
+            stream,
+            &self.secret,
+            &self.uid,
+        )
+        .await?)
+    }
+
     /// Resets a WAN connection that was not admitted and counts why.
     fn refuse(&self, socket: TcpStream, refusal: Refusal) {
         // RST rather than FIN: nothing of ours stays in TIME_WAIT.
@@ -932,7 +947,6 @@ struct Authenticated {
 /// gateway: the peer gateway must prove the session secret before the
 /// connection counts as one of the session's.
 async fn authenticate(shared: &Shared, accepted: TcpStream) -> Result<Authenticated, ConnError> {
-    shared.wan_liveness.apply(&accepted)?;
     let socket = accepted
         .as_fd()
         .try_clone_to_owned()
@@ -940,15 +954,7 @@ async fn authenticate(shared: &Shared, accepted: TcpStream) -> Result<Authentica
             option: "F_DUPFD (socket handle)",
             source,
         })?;
-    let leg = wan::wan_leg(
-        shared.channel,
-        shared.secure.as_deref(),
-        WanSide::Accepted,
-        accepted,
-        &shared.secret,
-        &shared.uid,
-    )
-    .await?;
+    let leg = shared.wan_leg(WanSide::Accepted, accepted).await?;
     Ok(Authenticated { leg, socket })
 }
 
@@ -1068,16 +1074,7 @@ async fn relay_connection(
             guard.add_socket(&accepted)?;
             let dialled = dial(shared, target).await?;
             guard.add_socket(&dialled)?;
-            shared.wan_liveness.apply(&dialled)?;
-            let wan = wan::wan_leg(
-                shared.channel,
-                shared.secure.as_deref(),
-                WanSide::Dialled,
-                dialled,
-                &shared.secret,
-                &shared.uid,
-            )
-            .await?;
+            let wan = shared.wan_leg(WanSide::Dialled, dialled).await?;
             (Leg::Plain(accepted), wan)
         }
         (None, None) => {
