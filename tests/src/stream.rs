@@ -427,9 +427,20 @@ pub fn send_tcp(
     spec: StreamSpec,
     deadline: impl Into<Deadline>,
 ) -> Result<Report, StreamError> {
+    send_then_close(s, &mut &*s, spec, deadline)
+}
+
+/// Sends the stream through `w` (which writes to `s`) with a short write
+/// timeout on `s`, then shuts down `s`'s write side.
+fn send_then_close<W: Write>(
+    s: &TcpStream,
+    w: &mut W,
+    spec: StreamSpec,
+    deadline: impl Into<Deadline>,
+) -> Result<Report, StreamError> {
     s.set_write_timeout(Some(IO_SLICE))
         .map_err(|source| StreamError::Io { done: 0, source })?;
-    let report = send(&mut &*s, spec, deadline)?;
+    let report = send(w, spec, deadline)?;
     s.shutdown(Shutdown::Write)
         .map_err(|source| StreamError::Io {
             done: report.bytes,
@@ -481,15 +492,7 @@ pub fn send_paced_tcp(
     rate: u64,
     deadline: impl Into<Deadline>,
 ) -> Result<Report, StreamError> {
-    s.set_write_timeout(Some(IO_SLICE))
-        .map_err(|source| StreamError::Io { done: 0, source })?;
-    let report = send(&mut Paced::new(s, rate), spec, deadline)?;
-    s.shutdown(Shutdown::Write)
-        .map_err(|source| StreamError::Io {
-            done: report.bytes,
-            source,
-        })?;
-    Ok(report)
+    send_then_close(s, &mut Paced::new(s, rate), spec, deadline)
 }
 
 /// Verifies the stream from a TCP connection, including its close (see

@@ -25,7 +25,7 @@
 mod support;
 
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
@@ -37,7 +37,7 @@ use e2e::procfs::open_fds;
 use e2e::stream::{self, Report, StreamError, StreamSpec};
 use e2e::{Bin, Deadline, Link, Node, Topology, eventually};
 use nix::sys::signal::Signal;
-use support::{METRICS_ADDR, PRODUCER_PORT, SECS_30, Setup, join};
+use support::{METRICS_ADDR, PRODUCER_PORT, SECS_30, Setup, accept, join};
 
 const MIB: u64 = 1024 * 1024;
 /// How long the applications may take to see the end of a connection whose
@@ -53,6 +53,21 @@ struct Send {
     spec: StreamSpec,
     /// Bytes per second; `None`: as fast as it goes.
     pace: Option<u64>,
+}
+
+/// A plan for ProdApp: the first connection gets `slow` at the pace of a
+/// stream that must still run when a fault hits, the second `fast`.
+fn slow_then_fast(slow: StreamSpec, fast: StreamSpec) -> Vec<Send> {
+    vec![
+        Send {
+            spec: slow,
+            pace: Some(SLOW),
+        },
+        Send {
+            spec: fast,
+            pace: None,
+        },
+    ]
 }
 
 /// ProdApp: one listener in prod; the i-th connection it accepts is sent
@@ -93,16 +108,6 @@ fn producer_counted(
         senders.into_iter().map(join).collect()
     });
     (addr, thread, ended)
-}
-
-fn accept(listener: &TcpListener, deadline: Deadline) -> TcpStream {
-    listener
-        .set_nonblocking(true)
-        .expect("non-blocking listener");
-    let conn = eventually(deadline, || listener.accept().map(|(c, _)| c))
-        .unwrap_or_else(|e| panic!("nobody connected to the producer: {e:#}"));
-    conn.set_nonblocking(false).expect("blocking connection");
-    conn
 }
 
 /// How one of ProdApp's sends ended.
@@ -267,19 +272,7 @@ fn killed_mid_stream_then_restarted(node: Node) {
     let mut s = Setup::new(false, &[], &[]);
     let cut = StreamSpec::new(11, 1024 * MIB);
     let after = StreamSpec::new(12, 16 * MIB);
-    let (producer_addr, producer) = producer(
-        &s.topo,
-        vec![
-            Send {
-                spec: cut,
-                pace: Some(SLOW),
-            },
-            Send {
-                spec: after,
-                pace: None,
-            },
-        ],
-    );
+    let (producer_addr, producer) = producer(&s.topo, slow_then_fast(cut, after));
     let c = s.connect(&[producer_addr], 0);
     let file = session_file(&s.gateway(node).state, &c.uid);
     let first = consumer(&s.topo, c.cons_listeners[0], cut);
@@ -446,19 +439,8 @@ fn a_partition_ends_both_ends_within_the_bound_and_a_new_connection_works_after(
     let s = Setup::new(false, &liveness, &liveness);
     let cut = StreamSpec::new(41, 1024 * MIB);
     let after = StreamSpec::new(42, 16 * MIB);
-    let (producer_addr, producer, sends_ended) = producer_counted(
-        &s.topo,
-        vec![
-            Send {
-                spec: cut,
-                pace: Some(SLOW),
-            },
-            Send {
-                spec: after,
-                pace: None,
-            },
-        ],
-    );
+    let (producer_addr, producer, sends_ended) =
+        producer_counted(&s.topo, slow_then_fast(cut, after));
     let c = s.connect(&[producer_addr], 0);
     let baseline = (open_fds(s.gwa.pid()), open_fds(s.gwb.pid()));
     let first = consumer(&s.topo, c.cons_listeners[0], cut);
@@ -589,16 +571,7 @@ fn a_full_or_read_only_state_dir_refuses_new_sessions_and_running_ones_go_on() {
     let running = StreamSpec::new(51, 48 * MIB);
     let (producer_addr, producer) = producer(
         &s.topo,
-        vec![
-            Send {
-                spec: running,
-                pace: Some(SLOW),
-            },
-            Send {
-                spec: StreamSpec::new(52, 4 * MIB),
-                pace: None,
-            },
-        ],
+        slow_then_fast(running, StreamSpec::new(52, 4 * MIB)),
     );
     let c = s.connect(&[producer_addr], 0);
     let first = consumer(&s.topo, c.cons_listeners[0], running);
@@ -766,19 +739,7 @@ fn a_second_signal_exits_at_once_and_the_session_comes_back() {
     let mut s = Setup::new(false, &["--release-grace", "120"], &[]);
     let endless = StreamSpec::new(71, 1024 * MIB);
     let check = StreamSpec::new(72, 8 * MIB);
-    let (producer_addr, producer) = producer(
-        &s.topo,
-        vec![
-            Send {
-                spec: endless,
-                pace: Some(SLOW),
-            },
-            Send {
-                spec: check,
-                pace: None,
-            },
-        ],
-    );
+    let (producer_addr, producer) = producer(&s.topo, slow_then_fast(endless, check));
     let c = s.connect(&[producer_addr], 0);
     let first = consumer(&s.topo, c.cons_listeners[0], endless);
     first.wait_for(MIB);

@@ -235,7 +235,9 @@ pub fn start_producer(topo: &Topology, spec: StreamSpec) -> (SocketAddr, JoinHan
     (addr, thread)
 }
 
-fn accept(listener: &TcpListener, deadline: Deadline) -> TcpStream {
+/// Accepts one connection on `listener` (made non-blocking), polling so the
+/// deadline holds; returns it blocking.
+pub fn accept(listener: &TcpListener, deadline: Deadline) -> TcpStream {
     listener
         .set_nonblocking(true)
         .expect("non-blocking listener");
