@@ -12,8 +12,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use axum::extract::{Form, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
-use common::{TestServer, base_config, port_range};
-use control::auth::{AuthConfig, IntrospectionConfig};
+use common::{TestServer, base_config, introspection, port_range};
+use control::auth::AuthConfig;
 use control::client::ClientError;
 use tonic::Code;
 
@@ -133,6 +133,17 @@ async fn introspect(
     }))
 }
 
+/// Serves `idp`'s introspection endpoint on loopback; returns its address.
+async fn serve_idp(idp: &Arc<Idp>) -> std::net::SocketAddr {
+    let app = axum::Router::new()
+        .route("/introspect", post(introspect))
+        .with_state(Arc::clone(idp));
+    let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = http.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(http, app).await });
+    addr
+}
+
 fn unix_now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -152,26 +163,13 @@ async fn introspection_with_scope_and_cache() {
     };
     issue("good", "alice@example.org", "other scistream", now + 3600);
     issue("noscope", "bob@example.org", "other", now + 3600);
-    let app = axum::Router::new()
-        .route("/introspect", post(introspect))
-        .with_state(idp.clone());
-    let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let http_addr = http.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(http, app).await });
-
     let dir = tempfile::tempdir().unwrap();
-    let secret_file = dir.path().join("client-secret");
-    std::fs::write(&secret_file, "rs-secret\n").unwrap();
-    std::fs::set_permissions(&secret_file, std::fs::Permissions::from_mode(0o600)).unwrap();
     let mut cfg = base_config(port_range(BASE, 10), dir.path());
-    cfg.auth = Some(AuthConfig::Introspection(IntrospectionConfig {
-        url: format!("http://{http_addr}/introspect"),
-        client_id: "rs-client".into(),
-        client_secret: None,
-        client_secret_file: Some(secret_file),
-        required_scope: Some("scistream".into()),
-        cache_max_secs: 300,
-    }));
+    cfg.auth = Some(introspection(
+        serve_idp(&idp).await,
+        dir.path(),
+        Some("scistream"),
+    ));
     let srv = TestServer::start(cfg).await;
 
     let good = srv.client(Some("good")).await;
@@ -235,25 +233,9 @@ async fn a_flood_of_bad_tokens_costs_one_introspection_per_token() {
             "good".into(),
             ("alice@example.org".into(), "scistream".into(), now + 3600),
         );
-    let app = axum::Router::new()
-        .route("/introspect", post(introspect))
-        .with_state(idp.clone());
-    let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let http_addr = http.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(http, app).await });
     let dir = tempfile::tempdir().unwrap();
-    let secret_file = dir.path().join("client-secret");
-    std::fs::write(&secret_file, "rs-secret\n").unwrap();
-    std::fs::set_permissions(&secret_file, std::fs::Permissions::from_mode(0o600)).unwrap();
     let mut cfg = base_config(port_range(BASE + 20, 10), dir.path());
-    cfg.auth = Some(AuthConfig::Introspection(IntrospectionConfig {
-        url: format!("http://{http_addr}/introspect"),
-        client_id: "rs-client".into(),
-        client_secret: None,
-        client_secret_file: Some(secret_file),
-        required_scope: None,
-        cache_max_secs: 300,
-    }));
+    cfg.auth = Some(introspection(serve_idp(&idp).await, dir.path(), None));
     let srv = TestServer::start(cfg).await;
 
     const DISTINCT: usize = 10;

@@ -39,24 +39,11 @@ async fn slow_idp(delay: Duration) -> std::net::SocketAddr {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_calls_past_the_limit_are_refused_naming_it() {
-    use std::os::unix::fs::PermissionsExt as _;
     let idp = slow_idp(Duration::from_secs(6)).await;
     let dir = tempfile::tempdir().unwrap();
-    let secret = dir.path().join("client-secret");
-    std::fs::write(&secret, "rs-secret\n").unwrap();
-    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
     let mut cfg = base_config(port_range(BASE, 10), dir.path());
     cfg.max_concurrent_calls = 2;
-    cfg.auth = Some(control::auth::AuthConfig::Introspection(
-        control::auth::IntrospectionConfig {
-            url: format!("http://{idp}/introspect"),
-            client_id: "rs-client".into(),
-            client_secret: None,
-            client_secret_file: Some(secret),
-            required_scope: None,
-            cache_max_secs: 300,
-        },
-    ));
+    cfg.auth = Some(common::introspection(idp, dir.path(), None));
     let srv = TestServer::start(cfg).await;
     // Two calls wait on the slow identity provider: two calls at once; a
     // third waits a second for a slot, then is refused.

@@ -42,6 +42,28 @@ pub fn base_config(range: PortRange, dir: &std::path::Path) -> ServerConfig {
     }
 }
 
+/// Token introspection at `http://{idp}/introspect` with the client
+/// "rs-client" / "rs-secret" (the secret in a 0600 file in `dir`).
+pub fn introspection(
+    idp: SocketAddr,
+    dir: &std::path::Path,
+    required_scope: Option<&str>,
+) -> AuthConfig {
+    use std::os::unix::fs::PermissionsExt as _;
+    let secret_file = dir.join("client-secret");
+    std::fs::write(&secret_file, "rs-secret\n").expect("client secret file");
+    std::fs::set_permissions(&secret_file, std::fs::Permissions::from_mode(0o600))
+        .expect("chmod 0600");
+    AuthConfig::Introspection(control::auth::IntrospectionConfig {
+        url: format!("http://{idp}/introspect"),
+        client_id: "rs-client".into(),
+        client_secret: None,
+        client_secret_file: Some(secret_file),
+        required_scope: required_scope.map(str::to_owned),
+        cache_max_secs: 300,
+    })
+}
+
 pub struct TestServer {
     pub addr: SocketAddr,
     pub cert_pem: Vec<u8>,
