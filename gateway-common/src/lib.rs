@@ -5,6 +5,10 @@
 //! byte order unless a field's doc says otherwise. Map names are constants so the
 //! kernel side and the user side cannot disagree on them.
 #![no_std]
+// `unsafe` only to declare the map types plain data for aya (`user`).
+#![deny(unsafe_code)]
+
+pub mod packet;
 
 /// Name of the SockHash holding every socket relayed in the kernel, keyed by
 /// socket cookie (`SO_COOKIE`).
@@ -57,6 +61,7 @@ pub const PASS_TO_USER: u64 = 1;
 #[cfg(feature = "user")]
 // SAFETY: RelayEntry is repr(C), Copy, has no padding (five u64) and every bit
 // pattern is a valid value.
+#[allow(unsafe_code)]
 unsafe impl aya::Pod for RelayEntry {}
 
 // ---------------------------------------------------------------------------
@@ -139,9 +144,11 @@ pub const ALLOW_PREFIX_ADDR: u32 = 24;
 #[cfg(feature = "user")]
 // SAFETY: XdpConfig is repr(C), Copy, two u16 and a u32 (no padding), and
 // every bit pattern is a valid value.
+#[allow(unsafe_code)]
 unsafe impl aya::Pod for XdpConfig {}
 
 #[cfg(feature = "user")]
 // SAFETY: AllowKey is repr(C), Copy, made of u8 arrays only (alignment 1,
 // no padding), and every bit pattern is a valid value.
+#[allow(unsafe_code)]
 unsafe impl aya::Pod for AllowKey {}

@@ -25,9 +25,10 @@ use aya_ebpf::{
 };
 use core::ptr::{read_volatile, write_volatile};
 use gateway_common::{
-    ALLOW_PREFIX_ADDR, AllowKey, FAMILY_V4, FAMILY_V6, MAX_RELAYED_SOCKETS, MAX_XDP_ALLOW,
-    NOTIFY_EVERY, PASS_TO_USER, RelayEntry, XDP_STAT_ALLOWED, XDP_STAT_COUNT, XDP_STAT_MALFORMED,
+    ALLOW_PREFIX_ADDR, AllowKey, FAMILY_V4, MAX_RELAYED_SOCKETS, MAX_XDP_ALLOW, NOTIFY_EVERY,
+    PASS_TO_USER, RelayEntry, XDP_STAT_ALLOWED, XDP_STAT_COUNT, XDP_STAT_MALFORMED,
     XDP_STAT_NOT_ALLOWED, XdpConfig,
+    packet::{MAX_OFFSET, Packet, Verdict, classify},
 };
 
 #[map(name = "SOCKS")]
@@ -119,25 +120,6 @@ static XDP_ALLOW: LpmTrie<AllowKey, u32> = LpmTrie::with_max_entries(MAX_XDP_ALL
 #[map(name = "XDP_STATS")]
 static XDP_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(XDP_STAT_COUNT, 0);
 
-const ETH_HLEN: usize = 14;
-const ETH_P_IP: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86dd;
-const ETH_P_8021Q: u16 = 0x8100;
-const ETH_P_8021AD: u16 = 0x88a8;
-const IPPROTO_TCP: u8 = 6;
-/// IPv6 extension headers the guard walks to find the TCP header.
-const IPV6_HOP_BY_HOP: u8 = 0;
-const IPV6_ROUTING: u8 = 43;
-const IPV6_FRAGMENT: u8 = 44;
-const IPV6_AUTH: u8 = 51;
-const IPV6_DEST_OPTS: u8 = 60;
-/// At most this many IPv6 extension headers are walked; a longer chain in
-/// front of TCP is dropped as malformed.
-const MAX_IPV6_EXT: usize = 6;
-/// No header the guard reads starts beyond this offset (a bound for the
-/// verifier; real headers end far earlier).
-const MAX_OFFSET: usize = 4096;
-
 /// Guard of the gateway's data ports, attached to its WAN interface.
 ///
 /// A TCP segment (over IPv4, or IPv6 with up to six extension headers,
@@ -162,147 +144,53 @@ pub fn xdp_guard(ctx: XdpContext) -> u32 {
 }
 
 /// The verdict for one packet: `Ok(action)`, or `Err(counter)` to drop it
-/// and count it under `counter`.
+/// and count it under `counter`. The parsing is `gateway_common::packet`,
+/// shared with the fuzz target.
 #[inline(always)]
 fn try_xdp_guard(ctx: &XdpContext) -> Result<u32, u32> {
-    const PASS: Result<u32, u32> = Ok(xdp_action::XDP_PASS);
     let Some(config) = XDP_CONFIG.get(0) else {
-        return PASS;
+        return Ok(xdp_action::XDP_PASS);
     };
     if config.enabled == 0 {
-        return PASS;
+        return Ok(xdp_action::XDP_PASS);
     }
-    let (first_port, last_port) = (config.first_port, config.last_port);
-
-    // Ethernet, up to two VLAN tags. A truncated frame is not ours to judge.
-    let Some(mut ethertype) = load::<[u8; 2]>(ctx, ETH_HLEN - 2).map(u16::from_be_bytes) else {
-        return PASS;
-    };
-    let mut l3 = ETH_HLEN;
-    for _ in 0..2 {
-        if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
-            let Some(inner) = load::<[u8; 2]>(ctx, l3 + 2).map(u16::from_be_bytes) else {
-                return PASS;
-            };
-            ethertype = inner;
-            l3 += 4;
+    match classify(&XdpPacket(ctx), config.first_port, config.last_port) {
+        Verdict::Pass => Ok(xdp_action::XDP_PASS),
+        Verdict::Malformed => Err(XDP_STAT_MALFORMED),
+        Verdict::Check(key) => {
+            let bits = if key.family == FAMILY_V4 { 32 } else { 128 };
+            if XDP_ALLOW
+                .get(Key::new(ALLOW_PREFIX_ADDR + bits, key))
+                .is_some()
+            {
+                count(XDP_STAT_ALLOWED);
+                return Ok(xdp_action::XDP_PASS);
+            }
+            Err(XDP_STAT_NOT_ALLOWED)
         }
     }
-
-    let mut key = AllowKey::default();
-    let l4 = match ethertype {
-        ETH_P_IP => {
-            let Some(head) = load::<[u8; 20]>(ctx, l3) else {
-                return Err(XDP_STAT_MALFORMED);
-            };
-            let ihl = usize::from(head[0] & 0x0f) * 4;
-            if head[0] >> 4 != 4 || ihl < 20 {
-                return Err(XDP_STAT_MALFORMED);
-            }
-            if head[9] != IPPROTO_TCP {
-                return PASS;
-            }
-            // Fragment offset (13 bits) != 0: no TCP header in this packet.
-            if u16::from_be_bytes([head[6], head[7]]) & 0x1fff != 0 {
-                return PASS;
-            }
-            key.family = FAMILY_V4;
-            key.addr[..4].copy_from_slice(&head[12..16]);
-            l3 + ihl
-        }
-        ETH_P_IPV6 => {
-            let Some(head) = load::<[u8; 8]>(ctx, l3) else {
-                return Err(XDP_STAT_MALFORMED);
-            };
-            let Some(src) = load::<[u8; 16]>(ctx, l3 + 8) else {
-                return Err(XDP_STAT_MALFORMED);
-            };
-            if load::<[u8; 16]>(ctx, l3 + 24).is_none() {
-                return Err(XDP_STAT_MALFORMED);
-            }
-            key.family = FAMILY_V6;
-            key.addr = src;
-            let mut next = head[6];
-            let mut off = l3 + 40;
-            for _ in 0..MAX_IPV6_EXT {
-                match next {
-                    IPPROTO_TCP => break,
-                    IPV6_HOP_BY_HOP | IPV6_ROUTING | IPV6_DEST_OPTS => {
-                        let Some(ext) = load::<[u8; 2]>(ctx, off) else {
-                            return Err(XDP_STAT_MALFORMED);
-                        };
-                        next = ext[0];
-                        off += (usize::from(ext[1]) + 1) * 8;
-                    }
-                    IPV6_AUTH => {
-                        let Some(ext) = load::<[u8; 2]>(ctx, off) else {
-                            return Err(XDP_STAT_MALFORMED);
-                        };
-                        next = ext[0];
-                        off += (usize::from(ext[1]) + 2) * 4;
-                    }
-                    IPV6_FRAGMENT => {
-                        let Some(ext) = load::<[u8; 4]>(ctx, off) else {
-                            return Err(XDP_STAT_MALFORMED);
-                        };
-                        // Offset != 0: a later fragment, no TCP header here.
-                        if u16::from_be_bytes([ext[2], ext[3]]) & 0xfff8 != 0 {
-                            return PASS;
-                        }
-                        next = ext[0];
-                        off += 8;
-                    }
-                    // Not TCP (ICMPv6, UDP, no next header, ESP, ...).
-                    _ => return PASS,
-                }
-                if off > MAX_OFFSET {
-                    return Err(XDP_STAT_MALFORMED);
-                }
-            }
-            if next != IPPROTO_TCP {
-                return Err(XDP_STAT_MALFORMED);
-            }
-            off
-        }
-        // ARP and everything else.
-        _ => return PASS,
-    };
-
-    let Some(ports) = load::<[u8; 4]>(ctx, l4) else {
-        return Err(XDP_STAT_MALFORMED);
-    };
-    let dport = u16::from_be_bytes([ports[2], ports[3]]);
-    if dport < first_port || dport > last_port {
-        return PASS;
-    }
-    key.port = [ports[2], ports[3]];
-    let bits = if key.family == FAMILY_V4 { 32 } else { 128 };
-    if XDP_ALLOW
-        .get(Key::new(ALLOW_PREFIX_ADDR + bits, key))
-        .is_some()
-    {
-        count(XDP_STAT_ALLOWED);
-        return PASS;
-    }
-    Err(XDP_STAT_NOT_ALLOWED)
 }
 
-/// Reads a `T` (a byte array) at `offset` from the start of the packet, or
-/// `None` if the packet is shorter: the one bounds-checked packet read.
-#[inline(always)]
-fn load<T: Copy>(ctx: &XdpContext, offset: usize) -> Option<T> {
-    if offset > MAX_OFFSET {
-        return None;
+/// The packet behind an XDP context, read through the one bounds-checked
+/// packet read the verifier accepts.
+struct XdpPacket<'a>(&'a XdpContext);
+
+impl Packet for XdpPacket<'_> {
+    #[inline(always)]
+    fn load<const N: usize>(&self, offset: usize) -> Option<[u8; N]> {
+        if offset > MAX_OFFSET {
+            return None;
+        }
+        let start = self.0.data();
+        let end = self.0.data_end();
+        if start + offset + N > end {
+            return None;
+        }
+        // SAFETY: [start + offset, start + offset + N) lies inside the
+        // packet (checked just above); any bytes are a valid [u8; N] and
+        // the unaligned read is fine.
+        Some(unsafe { core::ptr::read_unaligned((start + offset) as *const [u8; N]) })
     }
-    let start = ctx.data();
-    let end = ctx.data_end();
-    if start + offset + size_of::<T>() > end {
-        return None;
-    }
-    // SAFETY: [start + offset, start + offset + size_of::<T>()) lies inside
-    // the packet (checked just above); T is a byte array, so any bytes are a
-    // valid value and the unaligned read is fine.
-    Some(unsafe { core::ptr::read_unaligned((start + offset) as *const T) })
 }
 
 /// Adds one to a per-CPU counter. XDP runs with preemption disabled, so a

@@ -306,12 +306,12 @@ pub(crate) fn attach_native_or_generic(
         Ok(link) => Ok((link, AttachMode::Native)),
         Err(native) => match program.attach_to_if_index(if_index, XdpMode::Skb) {
             Ok(link) => {
-                tracing::debug!(iface, error = %crate::session::error_chain(&native), "native XDP refused; generic mode attached");
+                tracing::debug!(iface, error = %crate::error_chain::error_chain(&native), "native XDP refused; generic mode attached");
                 Ok((link, AttachMode::Generic))
             }
             Err(source) => Err(XdpError::Attach {
                 iface: iface.to_owned(),
-                native: crate::session::error_chain(&native),
+                native: crate::error_chain::error_chain(&native),
                 source: Box::new(source),
             }),
         },
@@ -327,6 +327,17 @@ pub(crate) fn if_index(iface: &str) -> Result<u32, XdpError> {
 }
 
 impl XdpGuard {
+    /// Checks, without loading or attaching anything, that the guard could
+    /// be attached to `iface` for `ports`: the interface exists and the
+    /// range is valid.
+    pub fn preflight(iface: &str, ports: RangeInclusive<u16>) -> Result<(), XdpError> {
+        let (first, last) = (*ports.start(), *ports.end());
+        if first == 0 || first > last {
+            return Err(XdpError::InvalidRange { first, last });
+        }
+        if_index(iface).map(drop)
+    }
+
     /// Loads `xdp_guard`, configures it to guard `ports` and attaches it to
     /// `iface` (native mode, else generic). No port is allowed yet: from now
     /// on every TCP packet to `ports` arriving on `iface` is dropped until
@@ -504,7 +515,7 @@ impl Drop for XdpGuard {
             Ok(program) => match program.detach(link) {
                 Ok(()) => tracing::info!(iface = %self.iface, "XDP guard detached"),
                 Err(err) => {
-                    tracing::warn!(iface = %self.iface, error = %crate::session::error_chain(&err), "detaching the XDP guard failed (it goes with the process)")
+                    tracing::warn!(iface = %self.iface, error = %crate::error_chain::error_chain(&err), "detaching the XDP guard failed (it goes with the process)")
                 }
             },
             Err(err) => {
