@@ -26,29 +26,23 @@
 //! process left in its namespaces and deletes them (which deletes the veths),
 //! also while a panicking test unwinds; [`sweep_stale`] removes namespaces
 //! whose owning process is dead (a crashed or killed run).
+//!
+//! This module holds the layout and the address plan; the `netlab` crate
+//! (shared with the bench and the demo) creates, enters and removes the
+//! namespaces.
 
-use std::collections::hash_map::RandomState;
 use std::fmt;
-use std::fs;
-use std::hash::{BuildHasher, Hasher};
-use std::io::{self, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::path::PathBuf;
 
-use anyhow::{Context, bail};
-use nix::errno::Errno;
-use nix::mount::{MntFlags, umount2};
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
+use anyhow::Context;
+use netlab::{Cidr, End, Lab, LabBuilder, Veth};
 
 /// Prefix of every namespace this harness creates.
 pub const NS_PREFIX: &str = "e2ens-";
 
 /// Where iproute2 keeps named network namespaces.
-pub const NETNS_DIR: &str = "/run/netns";
+pub const NETNS_DIR: &str = netlab::NETNS_DIR;
 
 /// A host of the topology, each in its own network namespace.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -206,7 +200,7 @@ fn v6(link: Link, host: u8) -> Ipv6Addr {
 
 /// Name of the bridge on the WAN when there is an attacker.
 const WAN_BRIDGE: &str = "br0";
-/// Suffix of the helper namespace holding the WAN bridge.
+/// Node name of the helper namespace holding the WAN bridge.
 const WAN_SWITCH: &str = "wansw";
 
 /// Options for a [`Topology`]; [`TopologyBuilder::build`] creates it.
@@ -225,37 +219,78 @@ impl TopologyBuilder {
         self
     }
 
-    /// Creates the namespaces, links, addresses and sysctls. On error,
-    /// whatever was created is removed again.
+    /// Creates the namespaces, links, addresses and sysctls (after sweeping
+    /// leftovers of dead runs). On error, whatever was created is removed
+    /// again.
     pub fn build(self) -> anyhow::Result<Topology> {
         crate::require_root()?;
-        if let Err(e) = sweep_stale() {
-            eprintln!("e2e: could not sweep stale namespaces: {e:#}");
-        }
         let mut nodes = Node::BASIC.to_vec();
         if self.attacker {
             nodes.push(Node::Attacker);
         }
-        let mut topo = Topology {
-            id: new_id(),
-            nodes,
-            created: Vec::new(),
-        };
-        // On error `topo` is dropped here, which deletes what was created.
-        topo.create()
-            .with_context(|| format!("building topology {}", topo.id))?;
-        Ok(topo)
+        let lab = plan(&nodes)?.build().context("building the e2e topology")?;
+        Ok(Topology { lab, nodes })
     }
+}
+
+/// The lab for `nodes`: see the [module docs](self).
+fn plan(nodes: &[Node]) -> anyhow::Result<LabBuilder> {
+    let mut plan = Lab::builder(NS_PREFIX);
+    for node in nodes {
+        plan = plan.namespace(node.name());
+    }
+    let attacker = nodes.contains(&Node::Attacker);
+    if attacker {
+        plan = plan.namespace(WAN_SWITCH).bridge(WAN_SWITCH, WAN_BRIDGE);
+    }
+    plan = plan
+        .veth(pair(Node::Prod, Node::Gwa, Link::LanA)?)
+        .veth(pair(Node::Gwb, Node::Cons, Link::LanB)?);
+    if attacker {
+        // One port per host on the bridge, named after the host.
+        for node in [Node::Gwa, Node::Gwb, Node::Attacker] {
+            let ifname = interface(node, Link::Wan)?;
+            plan = plan.veth(Veth::new(
+                End::new(WAN_SWITCH, node.name()).master(WAN_BRIDGE),
+                (node.name(), ifname),
+            ));
+        }
+    } else {
+        plan = plan.veth(pair(Node::Gwa, Node::Gwb, Link::Wan)?);
+    }
+    for node in nodes {
+        for a in ATTACHMENTS.iter().filter(|a| a.node == *node) {
+            plan = plan
+                .address(node.name(), a.ifname, Cidr::new(v4(a.link, a.host), 24))
+                .address(node.name(), a.ifname, Cidr::new(v6(a.link, a.host), 64));
+        }
+        // No forwarding anywhere: the gateways relay only through programs.
+        plan = plan.forwarding(node.name(), false);
+    }
+    Ok(plan)
+}
+
+/// A veth pair from `a` to `b` on `link`.
+fn pair(a: Node, b: Node, link: Link) -> anyhow::Result<Veth> {
+    Ok(Veth::new(
+        (a.name(), interface(a, link)?),
+        (b.name(), interface(b, link)?),
+    ))
+}
+
+fn interface(node: Node, link: Link) -> anyhow::Result<&'static str> {
+    attachment(node, link)
+        .map(|a| a.ifname)
+        .with_context(|| format!("{node} has no interface on {link}"))
 }
 
 /// A live topology; dropping it kills the processes left inside and deletes its
 /// namespaces and links. See the [module docs](self) for the layout.
 #[derive(Debug)]
 pub struct Topology {
-    id: String,
+    /// The namespaces; its `Drop` removes them.
+    lab: Lab,
     nodes: Vec<Node>,
-    /// Namespaces created so far, in creation order (all deleted on drop).
-    created: Vec<String>,
 }
 
 impl Topology {
@@ -271,7 +306,7 @@ impl Topology {
 
     /// Unique id of this topology: the common prefix of its namespace names.
     pub fn id(&self) -> &str {
-        &self.id
+        self.lab.id()
     }
 
     /// The nodes this topology has.
@@ -286,17 +321,17 @@ impl Topology {
 
     /// Names of all namespaces this topology created (nodes and helpers).
     pub fn namespaces(&self) -> &[String] {
-        &self.created
+        self.lab.namespaces()
     }
 
     /// Name of `node`'s namespace (as `ip netns list` shows it).
     pub fn ns_name(&self, node: Node) -> String {
-        format!("{}-{}", self.id, node.name())
+        self.lab.ns(node.name())
     }
 
     /// Path of `node`'s namespace file, for setns(2) or `nsenter --net=`.
     pub fn netns_path(&self, node: Node) -> PathBuf {
-        Path::new(NETNS_DIR).join(self.ns_name(node))
+        self.lab.path(node.name())
     }
 
     /// `node`'s IPv4 address on `link`.
@@ -356,108 +391,7 @@ impl Topology {
     /// Runs `ip -n <node's namespace> ARGS...` and returns its standard output,
     /// e.g. `topo.ip(Node::Gwb, &["-o", "link"])`.
     pub fn ip(&self, node: Node, args: &[&str]) -> anyhow::Result<String> {
-        let ns = self.ns_name(node);
-        let mut full = vec!["-n", ns.as_str()];
-        full.extend_from_slice(args);
-        ip(&full)
-    }
-
-    fn switch_ns(&self) -> String {
-        format!("{}-{WAN_SWITCH}", self.id)
-    }
-
-    fn create(&mut self) -> anyhow::Result<()> {
-        let mut names: Vec<String> = self.nodes.iter().map(|n| self.ns_name(*n)).collect();
-        let attacker = self.has(Node::Attacker);
-        if attacker {
-            names.push(self.switch_ns());
-        }
-        for name in names {
-            add_netns(&name)?;
-            self.created.push(name);
-        }
-
-        self.veth(Node::Prod, Node::Gwa, Link::LanA)?;
-        self.veth(Node::Gwb, Node::Cons, Link::LanB)?;
-        if attacker {
-            let sw = self.switch_ns();
-            ip(&[
-                "-n",
-                &sw,
-                "link",
-                "add",
-                WAN_BRIDGE,
-                "type",
-                "bridge",
-                "forward_delay",
-                "0",
-            ])?;
-            let mut lines = vec![format!("link set {WAN_BRIDGE} up")];
-            for node in [Node::Gwa, Node::Gwb, Node::Attacker] {
-                let port = node.name();
-                let peer_ns = self.ns_name(node);
-                let ifname = self.ifname(node, Link::Wan).context("WAN interface name")?;
-                ip(&[
-                    "-n", &sw, "link", "add", port, "type", "veth", "peer", "name", ifname,
-                    "netns", &peer_ns,
-                ])?;
-                lines.push(format!("link set {port} master {WAN_BRIDGE}"));
-                lines.push(format!("link set {port} up"));
-            }
-            ip_batch(&sw, &lines)?;
-        } else {
-            self.veth(Node::Gwa, Node::Gwb, Link::Wan)?;
-        }
-
-        for node in self.nodes.clone() {
-            let mut lines = vec!["link set lo up".to_owned()];
-            for a in ATTACHMENTS.iter().filter(|a| a.node == node) {
-                let dev = a.ifname;
-                lines.push(format!("addr add {}/24 dev {dev}", v4(a.link, a.host)));
-                lines.push(format!(
-                    "addr add {}/64 dev {dev} nodad",
-                    v6(a.link, a.host)
-                ));
-                lines.push(format!("link set dev {dev} alias {}", self.id));
-                lines.push(format!("link set dev {dev} up"));
-            }
-            ip_batch(&self.ns_name(node), &lines)?;
-            // No forwarding anywhere: the gateways relay only through programs.
-            self.run_in(node, || -> anyhow::Result<()> {
-                for (path, value) in [
-                    ("/proc/sys/net/ipv4/ip_forward", "0"),
-                    ("/proc/sys/net/ipv6/conf/all/forwarding", "0"),
-                ] {
-                    fs::write(path, value).with_context(|| format!("writing {path}"))?;
-                }
-                Ok(())
-            })
-            .and_then(|r| r)
-            .with_context(|| format!("setting sysctls in {node}"))?;
-        }
-        Ok(())
-    }
-
-    /// A veth pair from `a` to `b` on `link`, created inside the namespaces.
-    fn veth(&self, a: Node, b: Node, link: Link) -> anyhow::Result<()> {
-        let (ns_a, ns_b) = (self.ns_name(a), self.ns_name(b));
-        let if_a = self.ifname(a, link).context("interface name")?;
-        let if_b = self.ifname(b, link).context("interface name")?;
-        ip(&[
-            "-n", &ns_a, "link", "add", if_a, "type", "veth", "peer", "name", if_b, "netns", &ns_b,
-        ])
-        .map(drop)
-    }
-}
-
-impl Drop for Topology {
-    fn drop(&mut self) {
-        // Never panic here: this also runs while a failed test unwinds.
-        for name in self.created.iter().rev() {
-            if let Err(e) = destroy_netns(name) {
-                eprintln!("e2e: cleaning up namespace {name}: {e:#}");
-            }
-        }
+        self.lab.ip(node.name(), args)
     }
 }
 
@@ -465,158 +399,14 @@ impl Drop for Topology {
 /// process is gone (crashed, killed, aborted), after killing the processes
 /// still inside them. Namespaces of live processes (other test binaries running
 /// now) are left alone. Returns the names removed. [`TopologyBuilder::build`]
-/// calls this first.
+/// does this first.
 pub fn sweep_stale() -> anyhow::Result<Vec<String>> {
-    let entries = match fs::read_dir(NETNS_DIR) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e).with_context(|| format!("listing {NETNS_DIR}")),
-    };
-    let mut removed = Vec::new();
-    for entry in entries {
-        let entry = entry.with_context(|| format!("listing {NETNS_DIR}"))?;
-        let Ok(name) = entry.file_name().into_string() else {
-            continue;
-        };
-        let Some(pid) = owner_pid(&name) else {
-            continue;
-        };
-        if Path::new("/proc").join(pid.to_string()).exists() {
-            continue;
-        }
-        match destroy_netns(&name) {
-            Ok(()) => removed.push(name),
-            // Another process may be sweeping the same leftovers right now.
-            Err(e) if !Path::new(NETNS_DIR).join(&name).exists() => drop(e),
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(removed)
-}
-
-/// The pid in a name `e2ens-PID-...`, or `None` if the name is not ours.
-fn owner_pid(name: &str) -> Option<u32> {
-    let rest = name.strip_prefix(NS_PREFIX)?;
-    let (pid, _) = rest.split_once('-')?;
-    pid.parse().ok()
-}
-
-/// `e2ens-PID-SEQRAND`: the pid for [`sweep_stale`], a per-process counter and
-/// a random part so ids are unique even across pid reuse.
-fn new_id() -> String {
-    static SEQ: AtomicU32 = AtomicU32::new(0);
-    let seq = SEQ.fetch_add(1, Ordering::Relaxed);
-    let mut hasher = RandomState::new().build_hasher();
-    hasher.write_u32(seq);
-    let random = hasher.finish() & 0xffff;
-    format!("{NS_PREFIX}{}-{seq}{random:04x}", std::process::id())
-}
-
-fn add_netns(name: &str) -> anyhow::Result<()> {
-    // The first `ip netns add` on a machine sets up the /run/netns mount; two
-    // racing ones can stack it twice. Serialize them within this process.
-    static ADD: Mutex<()> = Mutex::new(());
-    let _guard = ADD.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    ip(&["netns", "add", name]).map(drop)
-}
-
-/// Kills what still runs in namespace `name` and deletes it. Deleting the last
-/// reference to a namespace deletes its veths (and their peers).
-fn destroy_netns(name: &str) -> anyhow::Result<()> {
-    let path = Path::new(NETNS_DIR).join(name);
-    if !path.exists() {
-        return Ok(());
-    }
-    // Processes keep a namespace (and its veths) alive: kill what is left.
-    // They were all started by this harness's tests.
-    let me = std::process::id();
-    match ip(&["netns", "pids", name]) {
-        Ok(pids) => {
-            for pid in pids
-                .split_whitespace()
-                .filter_map(|p| p.parse::<u32>().ok())
-            {
-                if pid == me {
-                    continue;
-                }
-                let Ok(raw) = i32::try_from(pid) else {
-                    continue;
-                };
-                // ESRCH: it exited meanwhile.
-                let _ = kill(Pid::from_raw(raw), Signal::SIGKILL);
-            }
-        }
-        Err(e) => eprintln!("e2e: listing processes in {name}: {e:#}"),
-    }
-    // What `ip netns del` does: detach the bind mount, remove the file.
-    match umount2(&path, MntFlags::MNT_DETACH) {
-        Ok(()) | Err(Errno::EINVAL) | Err(Errno::ENOENT) => {}
-        Err(e) => return Err(e).with_context(|| format!("unmounting {}", path.display())),
-    }
-    match fs::remove_file(&path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e).with_context(|| format!("removing {}", path.display())),
-    }
-}
-
-/// Runs `ip ARGS...`; fails with its standard error if it fails.
-pub(crate) fn ip(args: &[&str]) -> anyhow::Result<String> {
-    let out = Command::new("ip")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("running `ip {}` (is iproute2 installed?)", args.join(" ")))?;
-    if !out.status.success() {
-        bail!(
-            "`ip {}` failed ({}): {}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-/// Runs `ip -n NS -batch -` with `lines` (one process for many commands).
-fn ip_batch(ns: &str, lines: &[String]) -> anyhow::Result<()> {
-    let what = || format!("`ip -n {ns} -batch -` with:\n{}", lines.join("\n"));
-    let mut child = Command::new("ip")
-        .args(["-n", ns, "-batch", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("running {} (is iproute2 installed?)", what()))?;
-    let mut input = lines.join("\n");
-    input.push('\n');
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin.write_all(input.as_bytes()).with_context(what)?;
-    }
-    let out = child.wait_with_output().with_context(what)?;
-    if !out.status.success() {
-        bail!(
-            "{} failed ({}): {}",
-            what(),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
+    netlab::sweep_stale(NS_PREFIX)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ids_parse_back_to_pid() {
-        let id = new_id();
-        assert_eq!(owner_pid(&format!("{id}-prod")), Some(std::process::id()));
-        assert_eq!(owner_pid("other-123-prod"), None);
-        assert_eq!(owner_pid("e2ens-x-prod"), None);
-        assert_ne!(new_id(), new_id());
-    }
 
     #[test]
     fn address_plan() {
@@ -625,5 +415,19 @@ mod tests {
         for a in &ATTACHMENTS {
             assert!(a.ifname.len() <= 15);
         }
+    }
+
+    #[test]
+    fn plans_check() {
+        plan(&Node::BASIC)
+            .expect("basic")
+            .check()
+            .expect("basic plan");
+        let mut nodes = Node::BASIC.to_vec();
+        nodes.push(Node::Attacker);
+        plan(&nodes)
+            .expect("attacker")
+            .check()
+            .expect("attacker plan");
     }
 }
