@@ -39,7 +39,7 @@ use prometheus::{
 };
 
 use crate::channel::ChannelFailures;
-use crate::session::KernelDataPlane;
+use crate::ebpf::KernelRelay;
 use crate::xdp::XdpGuard;
 
 /// Why metrics could not be set up or served.
@@ -68,6 +68,16 @@ pub enum MetricsError {
     Serve(#[source] std::io::Error),
 }
 
+/// What the metrics read from the data plane at scrape time: the narrow
+/// view through which they observe sessions (the data plane implements it;
+/// this module does not know the session code).
+pub trait DataPlaneView: Send + Sync {
+    /// One sample per running session.
+    fn metrics_samples(&self) -> Vec<SessionSample>;
+    /// Connections refused at the gateway-wide relay limit, and the limit.
+    fn relay_limit_counts(&self) -> (u64, u64);
+}
+
 /// A session as the data plane reports it for metrics.
 #[derive(Clone, Debug)]
 pub struct SessionSample {
@@ -82,9 +92,10 @@ pub struct SessionSample {
 /// Live sources read at scrape time.
 #[derive(Default)]
 struct Sources {
-    data_plane: OnceLock<Weak<KernelDataPlane>>,
+    data_plane: OnceLock<Weak<dyn DataPlaneView>>,
     sessions_by_state: OnceLock<SessionsFn>,
     xdp: OnceLock<Weak<XdpGuard>>,
+    kernel_relay: OnceLock<Weak<KernelRelay>>,
     channel: OnceLock<Arc<ChannelFailures>>,
 }
 
@@ -214,8 +225,9 @@ impl Metrics {
 
     /// Reads sessions, bytes and connections from `data_plane` at scrape
     /// time (held weakly). Only the first call counts.
-    pub fn watch_data_plane(&self, data_plane: &Arc<KernelDataPlane>) {
-        let _ = self.sources.data_plane.set(Arc::downgrade(data_plane));
+    pub fn watch_data_plane<D: DataPlaneView + 'static>(&self, data_plane: &Arc<D>) {
+        let weak: Weak<dyn DataPlaneView> = Arc::downgrade(data_plane) as Weak<dyn DataPlaneView>;
+        let _ = self.sources.data_plane.set(weak);
     }
 
     /// Reads the sessions by state from the control server at scrape time.
@@ -232,6 +244,11 @@ impl Metrics {
     /// Reads the XDP guard's counters at scrape time (held weakly).
     pub fn watch_xdp(&self, guard: &Arc<XdpGuard>) {
         let _ = self.sources.xdp.set(Arc::downgrade(guard));
+    }
+
+    /// Reads the kernel relay's counters at scrape time (held weakly).
+    pub fn watch_kernel_relay(&self, relay: &Arc<KernelRelay>) {
+        let _ = self.sources.kernel_relay.set(Arc::downgrade(relay));
     }
 
     /// Reads the data channel's established and refused connections at
@@ -330,7 +347,7 @@ struct Live {
 }
 
 /// (name, help, labels) of every live family.
-const LIVE: [(&str, &str, &[&str]); 11] = [
+const LIVE: [(&str, &str, &[&str]); 14] = [
     (
         "s2cs_sessions",
         "Sessions in the control server, by state",
@@ -388,6 +405,23 @@ const LIVE: [(&str, &str, &[&str]); 11] = [
         "Data-channel connections refused before any byte was relayed, by reason (timeout, \
          not_tls, handshake, certificate, bad_proof, mode_mismatch, peer_closed, io)",
         &["reason"],
+    ),
+    (
+        "s2cs_connections_refused_total",
+        "Connections reset at once because the gateway relays its maximum number of connections \
+         (reason relay_limit; --max-relayed-connections)",
+        &["reason"],
+    ),
+    (
+        "s2cs_connections_limit",
+        "The most connections the gateway relays at once (--max-relayed-connections)",
+        &[],
+    ),
+    (
+        "s2cs_kernel_relay_duplications_total",
+        "Connections the sockmap relay reset because the kernel handed on more bytes than TCP \
+         received (a kernel defect; see docs/ARCHITECTURE.md); only with --data-path sockmap",
+        &[],
     ),
 ];
 
@@ -489,6 +523,13 @@ impl Collector for Live {
             families.push((1, MetricType::COUNTER, bytes));
             families.push((2, MetricType::GAUGE, active));
             families.push((3, MetricType::GAUGE, vec![gauge(&[], total_active)]));
+            let (refused, max) = dp.relay_limit_counts();
+            families.push((
+                11,
+                MetricType::COUNTER,
+                vec![counter(&[("reason", "relay_limit")], refused)],
+            ));
+            families.push((12, MetricType::GAUGE, vec![gauge(&[], max)]));
         }
         let to = self.finished.to_target.load(Ordering::Relaxed) + live_to;
         let from = self.finished.from_target.load(Ordering::Relaxed) + live_from;
@@ -517,7 +558,7 @@ impl Collector for Live {
                     ));
                 }
                 Err(err) => {
-                    tracing::warn!(error = %crate::session::error_chain(&err), "reading the XDP counters failed")
+                    tracing::warn!(error = %crate::error_chain::error_chain(&err), "reading the XDP counters failed")
                 }
             }
             families.push((
@@ -532,6 +573,13 @@ impl Collector for Live {
                     &[("iface", iface), ("mode", guard.mode().as_str())],
                     1,
                 )],
+            ));
+        }
+        if let Some(relay) = self.sources.kernel_relay.get().and_then(Weak::upgrade) {
+            families.push((
+                13,
+                MetricType::COUNTER,
+                vec![counter(&[], relay.duplications())],
             ));
         }
         if let Some(channel) = self.sources.channel.get() {
@@ -589,7 +637,7 @@ where
             )
                 .into_response(),
             Err(err) => {
-                tracing::warn!(error = %crate::session::error_chain(&err), "rendering metrics failed");
+                tracing::warn!(error = %crate::error_chain::error_chain(&err), "rendering metrics failed");
                 (StatusCode::INTERNAL_SERVER_ERROR, "metrics unavailable\n").into_response()
             }
         }

@@ -1,14 +1,15 @@
 //! The crate's only `unsafe` code: making a child process enter a network
-//! namespace between fork and exec.
+//! namespace between fork and exec, and reading a socket's TCP state.
 //!
 //! Threads enter namespaces with the safe [`nix::sched::setns`] (see
-//! [`crate::exec`]); only the pre-exec hook of [`std::process::Command`] is
+//! `netlab::exec`); only the pre-exec hook of [`std::process::Command`] is
 //! `unsafe` by signature.
 
 #![allow(unsafe_code)]
 
 use std::fs::File;
 use std::io;
+use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 use std::sync::Arc;
@@ -31,4 +32,32 @@ pub(crate) fn enter_netns_before_exec(cmd: &mut Command, ns: File) {
     unsafe {
         cmd.pre_exec(move || setns(&*ns, CloneFlags::CLONE_NEWNET).map_err(io::Error::from));
     }
+}
+
+/// Linux's TCP_CLOSE state: where a socket goes when it is reset (or once
+/// both ends have closed).
+pub const TCP_CLOSE: u8 = 7;
+
+/// The socket's TCP state (`tcpi_state`, the first byte of TCP_INFO). Tells
+/// a reset (TCP_CLOSE) from a FIN (CLOSE_WAIT, TIME_WAIT, ...) after a read
+/// returned 0: a reset's error is reported to one call only, which may be
+/// another thread's.
+pub fn tcp_state(socket: &std::net::TcpStream) -> io::Result<u8> {
+    let mut info = [0u8; 8];
+    let mut len = info.len() as nix::libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `info`, which lives
+    // across the call; the descriptor is borrowed from a live socket.
+    let rc = unsafe {
+        nix::libc::getsockopt(
+            socket.as_raw_fd(),
+            nix::libc::IPPROTO_TCP,
+            nix::libc::TCP_INFO,
+            info.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(info[0])
 }

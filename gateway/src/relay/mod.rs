@@ -69,6 +69,17 @@ impl FromStr for DataPath {
     }
 }
 
+/// The path `--data-path auto` picks for plaintext legs: splice, without
+/// loading the kernel relay.
+pub const AUTO_PATH: DataPath = DataPath::Splice;
+
+/// Why `auto` is splice, as `s2cs serve` logs it and `s2cs check` shows it.
+pub const AUTO_REASON: &str = "splice moved bytes faster than the in-kernel sockmap relay on every \
+     kernel measured (the sockmap redirect runs in a kernel worker), and the sockmap redirect \
+     queue has no backpressure of its own for a reader that stops, and on some kernels (6.18 \
+     seen) its verdict path can pass retransmitted bytes twice, which the sockmap relay detects \
+     and answers with a reset; sockmap is opt-in (--data-path sockmap, see docs/ARCHITECTURE.md)";
+
 /// Live byte counters of one connection (and, summed, of a session).
 #[derive(Debug, Default)]
 pub struct ConnCounters {
@@ -107,6 +118,14 @@ pub enum RelayError {
     },
     #[error("the kernel relay could not take the connection")]
     Kernel(#[from] EbpfError),
+    /// The kernel's sk_skb verdict path handed on more bytes from one side
+    /// than that side's TCP received: it re-read data (see `sockmap.rs`).
+    #[error(
+        "the kernel relay passed on {excess} bytes more from the {side} side than TCP received \
+         from it (kernel sockmap defect: bytes were duplicated); the connection was reset so the \
+         damage is not delivered as a clean stream; use --data-path splice"
+    )]
+    KernelDuplicated { side: Side, excess: u64 },
     #[error("data path {0} is not available in this gateway (see `s2cs check`)")]
     Unavailable(DataPath),
 }
@@ -151,16 +170,6 @@ impl RelayEngine {
     /// The loaded kernel relay, if any (for occupancy checks and metrics).
     pub fn kernel(&self) -> Option<&Arc<KernelRelay>> {
         self.kernel.as_ref()
-    }
-
-    /// The path `auto` picks: splice. The sockmap path is opt-in
-    /// (`--data-path sockmap`): on the kernels measured so far it moved bytes
-    /// more slowly than splice on this class of machine (its redirect work
-    /// runs in a kernel worker), and its redirect queue has no backpressure
-    /// of its own: the window-clamp flow gate bounds buffering for a slow
-    /// reader but not for one that stops reading (docs/ARCHITECTURE.md).
-    pub fn best_path(&self) -> DataPath {
-        DataPath::Splice
     }
 
     /// Relays until both directions are closed. On error both sockets are

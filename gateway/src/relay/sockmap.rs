@@ -10,6 +10,17 @@
 //! - If the program had to hand bytes to userspace (the peer was not yet in
 //!   the SockHash), that direction continues as a userspace copy, in order.
 //! - A reset on either side resets the other.
+//! - The kernel must never hand on more bytes than TCP received. It can: on
+//!   kernels whose `tcp_read_skb` passes a whole queued buffer to the verdict
+//!   even when its head overlaps bytes already consumed (a retransmission
+//!   coalesced over data already taken), the overlap is redirected twice.
+//!   Seen on 6.18 here with both directions busy, about one run in three of
+//!   256 MiB each way. Userspace cannot stop the kernel sending those bytes,
+//!   but it checks every tick and at end of stream that what the program
+//!   redirected is within what the source's TCP received (tcpi_bytes_received
+//!   since the socket entered the kernel), and resets both sides at once when
+//!   it is not ([`RelayError::KernelDuplicated`]): damaged data never ends in
+//!   a clean close.
 use std::io;
 use std::os::fd::AsFd;
 use std::sync::Arc;
@@ -43,6 +54,14 @@ pub(super) async fn relay(
         side: Side::Server,
         source,
     })?;
+    let client_taken = bytes_taken(client).map_err(|source| RelayError::Io {
+        side: Side::Client,
+        source,
+    })?;
+    let server_taken = bytes_taken(server).map_err(|source| RelayError::Io {
+        side: Side::Server,
+        source,
+    })?;
     let pair = match kernel.arm(client.as_fd(), server.as_fd()) {
         Ok(pair) => pair,
         Err(err) => {
@@ -59,36 +78,28 @@ pub(super) async fn relay(
             .await
             .map(|()| DataPath::Copy);
     }
-    let up = async {
-        direction(
-            &pair,
-            Side::Client,
-            client,
-            server,
-            server_base,
-            &counters.to_server,
-        )
-        .await
-        .map_err(|source| RelayError::Io {
-            side: Side::Server,
-            source,
-        })
-    };
-    let down = async {
-        direction(
-            &pair,
-            Side::Server,
-            server,
-            client,
-            client_base,
-            &counters.to_client,
-        )
-        .await
-        .map_err(|source| RelayError::Io {
-            side: Side::Client,
-            source,
-        })
-    };
+    let up = direction(
+        &pair,
+        Ends {
+            source: Side::Client,
+            from: client,
+            from_taken: client_taken,
+            to: server,
+            to_base: server_base,
+        },
+        &counters.to_server,
+    );
+    let down = direction(
+        &pair,
+        Ends {
+            source: Side::Server,
+            from: server,
+            from_taken: server_taken,
+            to: client,
+            to_base: client_base,
+        },
+        &counters.to_client,
+    );
     let outcome = tokio::select! {
         both = async { tokio::try_join!(up, down) } => both.map(drop),
         err = first_error(client, server) => Err(err),
@@ -116,15 +127,41 @@ fn refresh(pair: &KernelPair, counters: &ConnCounters) {
         .fetch_max(server.redirected_bytes, Ordering::Relaxed);
 }
 
+/// One direction of a kernel-relayed connection.
+struct Ends<'a> {
+    /// Which side the bytes come from.
+    source: Side,
+    from: &'a TcpStream,
+    /// Bytes `from` had received and userspace had taken before the socket
+    /// entered the kernel (see [`bytes_taken`]).
+    from_taken: u64,
+    to: &'a TcpStream,
+    /// [`bytes_written`] of `to` before the socket entered the kernel.
+    to_base: u64,
+}
+
 /// Watches one direction (`from`'s incoming bytes, sent out of `to`).
 async fn direction(
     pair: &KernelPair,
-    source: Side,
-    from: &TcpStream,
-    to: &TcpStream,
-    to_base: u64,
+    ends: Ends<'_>,
     counter: &AtomicU64,
-) -> io::Result<()> {
+) -> Result<(), RelayError> {
+    let source = ends.source;
+    let to_side = match source {
+        Side::Client => Side::Server,
+        Side::Server => Side::Client,
+    };
+    let io = |source| RelayError::Io {
+        side: to_side,
+        source,
+    };
+    let Ends {
+        from,
+        from_taken,
+        to,
+        to_base,
+        ..
+    } = ends;
     let mut gate = FlowGate::default();
     let mut backlog = 0;
     loop {
@@ -134,16 +171,20 @@ async fn direction(
             COUNTER_REFRESH
         };
         let ready = tokio::select! {
-            ready = from.readable() => Some(ready?),
+            ready = from.readable() => Some(ready.map_err(io)?),
             () = pair.wakeup(source == Side::Server).notified() => None,
             () = tokio::time::sleep(tick) => None,
         };
         let redirected = entry_of(pair, source).redirected_bytes;
-        let delivered = bytes_written(to)?.saturating_sub(to_base).min(redirected);
+        check_not_duplicated(pair, source, from, from_taken, redirected)?;
+        let delivered = bytes_written(to)
+            .map_err(io)?
+            .saturating_sub(to_base)
+            .min(redirected);
         counter.fetch_max(delivered, Ordering::Relaxed);
         backlog = redirected - delivered;
         tracing::trace!(%source, redirected, delivered, backlog, "tick");
-        gate.update(from, backlog)?;
+        gate.update(from, backlog).map_err(io)?;
         if ready.is_none() {
             continue;
         }
@@ -152,7 +193,7 @@ async fn direction(
             // be before the verdict program has consumed (and counted) the
             // last buffers: wait until the receive queue is empty first.
             Ok(0) => {
-                wait_consumed(from).await?;
+                wait_consumed(from).await.map_err(io)?;
                 break;
             }
             // Bytes for userspace: either the program passed them to us
@@ -163,23 +204,69 @@ async fn direction(
             // The program passed bytes to userspace: continue this direction
             // in userspace, after what was already redirected has left.
             Ok(_) => {
-                gate.open(from)?;
+                gate.open(from).map_err(io)?;
                 let redirected = entry_of(pair, source).redirected_bytes;
-                wait_drained(to, to_base, redirected).await?;
+                check_not_duplicated(pair, source, from, from_taken, redirected)?;
+                wait_drained(to, to_base, redirected).await.map_err(io)?;
                 counter.store(redirected, Ordering::Relaxed);
                 tracing::debug!(%source, redirected, "peer missing from the SockHash; continuing in userspace");
                 pair.relay().note_handed_to_userspace();
-                return copy::direction(from, to, counter).await;
+                return copy::direction(from, to, counter).await.map_err(io);
             }
             Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
-            Err(err) => return Err(err),
+            Err(err) => return Err(io(err)),
         }
     }
-    gate.open(from)?;
+    gate.open(from).map_err(io)?;
     let redirected = entry_of(pair, source).redirected_bytes;
-    wait_drained(to, to_base, redirected).await?;
+    check_not_duplicated(pair, source, from, from_taken, redirected)?;
+    wait_drained(to, to_base, redirected).await.map_err(io)?;
     counter.fetch_max(redirected, Ordering::Relaxed);
-    shutdown_write(to)
+    shutdown_write(to).map_err(io)
+}
+
+/// Bytes `socket` received that are no longer in its receive queue: taken
+/// by userspace. tcpi_bytes_received is read first, so bytes arriving in
+/// between can only make the result low (a looser bound, never a false alarm).
+fn bytes_taken(socket: &TcpStream) -> io::Result<u64> {
+    let received = sys::tcp_bytes_received(socket.as_fd())?;
+    let queued = sys::recv_queue_len(socket.as_fd())?;
+    Ok(received.saturating_sub(queued))
+}
+
+/// Fails if the verdict program redirected more of `from`'s bytes than its
+/// TCP received since it entered the kernel. `redirected` must be read before
+/// this call: TCP counted every redirected byte before the program saw it,
+/// and its count only grows, so a correct kernel never trips this.
+fn check_not_duplicated(
+    pair: &KernelPair,
+    source: Side,
+    from: &TcpStream,
+    from_taken: u64,
+    redirected: u64,
+) -> Result<(), RelayError> {
+    let received = sys::tcp_bytes_received(from.as_fd())
+        .map_err(|err| RelayError::Io {
+            side: source,
+            source: err,
+        })?
+        .saturating_sub(from_taken);
+    if redirected > received {
+        let excess = redirected - received;
+        tracing::error!(
+            %source,
+            redirected,
+            received,
+            excess,
+            "the kernel relay duplicated bytes (kernel sockmap defect); resetting the connection"
+        );
+        pair.relay().note_duplication();
+        return Err(RelayError::KernelDuplicated {
+            side: source,
+            excess,
+        });
+    }
+    Ok(())
 }
 
 /// Flow control for the kernel path. A redirect releases the buffer from the
