@@ -3,6 +3,10 @@
 //! or [`run_appctrl`]. SciStream's underscore spellings (`--server_cert`,
 //! `--num_conn`, `--remote_ip`, `--receiver_ports`) are accepted as aliases.
 //!
+//! Session uids and roles given on the command line are checked here
+//! ([`SessionId::parse`], [`Role::parse`]) before any connection is made; a
+//! bad one is refused with a message naming the field and the value.
+//!
 //! Credentials are global options of both binaries: the bearer token
 //! ([`TokenOpts`]) and, for servers that require client certificates, a
 //! client certificate and key ([`ClientCertOpts`], also from
@@ -20,6 +24,7 @@ use crate::client::{
     default_token_file, listeners_from, new_uid, resolve_token, validate_token, write_token_file,
 };
 use crate::secret::SessionSecret;
+use crate::types::{Role, SessionId};
 use crate::watch_view::WatchView;
 
 /// How to reach one control server.
@@ -298,6 +303,17 @@ fn describe_source(src: TokenSource, file: &Path) -> String {
     }
 }
 
+/// The `UID` argument, checked before anything is sent: the error names
+/// the value and what is wrong with it (`invalid uid: "a/b": only ...`).
+fn uid_arg(s: &str) -> Result<SessionId, ClientError> {
+    SessionId::parse(s).map_err(|e| ClientError::Invalid(e.to_string()))
+}
+
+/// The `ROLE` argument ("PROD" or "CONS", any case), checked the same way.
+fn role_arg(s: &str) -> Result<Role, ClientError> {
+    Role::parse(s).map_err(|e| ClientError::Invalid(e.to_string()))
+}
+
 fn split_list(s: &str) -> Vec<String> {
     s.split(',')
         .map(str::trim)
@@ -340,6 +356,7 @@ pub async fn run_s2uc(cli: S2uc) -> Result<(), ClientError> {
             uid,
             prod_lstn,
         } => {
+            let uid = uid_arg(&uid)?;
             let secret = match channel_secret {
                 Some(h) => {
                     let b =
@@ -367,6 +384,7 @@ pub async fn run_s2uc(cli: S2uc) -> Result<(), ClientError> {
             println!("listeners: {}", ls.join(","));
         }
         S2ucCmd::Release { server, uid } => {
+            let uid = uid_arg(&uid)?;
             connect(&server, t, cert).await?.release(&uid).await?;
             println!("Release completed");
         }
@@ -473,6 +491,7 @@ pub async fn run_s2uc(cli: S2uc) -> Result<(), ClientError> {
             println!("setup time: {:.3} s", started.elapsed().as_secs_f64());
         }
         S2ucCmd::Status { server, uid } => {
+            let uid = uid_arg(&uid)?;
             let s = connect(&server, t, cert).await?.status(&uid).await?;
             print_status(&s);
         }
@@ -486,6 +505,7 @@ pub async fn run_s2uc(cli: S2uc) -> Result<(), ClientError> {
             interval_ms,
             uid,
         } => {
+            let uid = uid_arg(&uid)?;
             let c = connect(&server, t, cert).await?;
             let mut stream = c.watch(&uid, interval_ms).await?;
             let mut view = WatchView::new(std::io::stdout().is_terminal());
@@ -547,9 +567,10 @@ pub async fn run_appctrl(cli: AppCtrl) -> Result<(), ClientError> {
             role,
             listeners,
         } => {
+            let (uid, role) = (uid_arg(&uid)?, role_arg(&role)?);
             let r = connect(&server, t, cert)
                 .await?
-                .hello(&uid, &role, &split_list(&listeners))
+                .hello(&uid, role, &split_list(&listeners))
                 .await?;
             println!("{}", r.message);
             println!("listeners: {}", r.listeners.join(","));
@@ -560,6 +581,7 @@ pub async fn run_appctrl(cli: AppCtrl) -> Result<(), ClientError> {
             role,
             num_listeners,
         } => {
+            let (uid, role) = (uid_arg(&uid)?, role_arg(&role)?);
             let echo = crate::mock::start_echo_servers(
                 num_listeners,
                 std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
@@ -573,7 +595,7 @@ pub async fn run_appctrl(cli: AppCtrl) -> Result<(), ClientError> {
             println!("mock listeners: {}", ls.join(","));
             let r = connect(&server, t, cert)
                 .await?
-                .hello_after_req(&uid, &role, &ls)
+                .hello_after_req(&uid, role, &ls)
                 .await?;
             println!("{}", r.message);
             println!("gateway listeners: {}", r.listeners.join(","));
@@ -637,5 +659,16 @@ mod tests {
         S2uc::try_parse_from(["s2uc", "check-auth"]).unwrap();
         AppCtrl::try_parse_from(["appctrl", "hello", "UID", "PROD", "1.2.3.4:5"]).unwrap();
         AppCtrl::try_parse_from(["appctrl", "mock", "UID"]).unwrap();
+    }
+
+    #[test]
+    fn uid_and_role_arguments_are_checked_naming_the_value() {
+        assert_eq!(uid_arg("UID").unwrap().as_str(), "UID");
+        let e = uid_arg("a/b").unwrap_err().to_string();
+        assert!(e.contains("uid") && e.contains("\"a/b\""), "{e}");
+        assert_eq!(role_arg("prod").unwrap(), Role::Prod);
+        assert_eq!(role_arg("CONS").unwrap(), Role::Cons);
+        let e = role_arg("BOTH").unwrap_err().to_string();
+        assert!(e.contains("role") && e.contains("\"BOTH\""), "{e}");
     }
 }

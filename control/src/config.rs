@@ -73,6 +73,11 @@ pub struct ServerConfig {
     pub max_watch_total: usize,
     /// Largest request message (bytes, as encoded).
     pub max_message_bytes: usize,
+    /// How long a caller waits for a call to be served (seconds): the
+    /// caller then gets RESOURCE_EXHAUSTED, while a `hello`, `update` or
+    /// `release` still runs to its end, so nothing is left half done. A
+    /// `req` waiting for its hello is bounded by `hello_timeout_secs`.
+    pub request_timeout_secs: f64,
 }
 
 impl Default for ServerConfig {
@@ -98,6 +103,7 @@ impl Default for ServerConfig {
             max_watch_per_identity: 8,
             max_watch_total: 256,
             max_message_bytes: 64 * 1024,
+            request_timeout_secs: 60.0,
         }
     }
 }
@@ -133,6 +139,11 @@ impl ServerConfig {
         Duration::from_secs_f64(self.hello_timeout_secs.max(0.0))
     }
 
+    /// The request timeout as a Duration.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.request_timeout_secs.max(0.0))
+    }
+
     /// The ready timeout as a Duration.
     pub fn ready_timeout(&self) -> Duration {
         Duration::from_secs_f64(self.ready_timeout_secs.max(0.0))
@@ -154,6 +165,15 @@ impl ServerConfig {
             return bad(format!(
                 "ready_timeout_secs must be > 0, got {}",
                 self.ready_timeout_secs
+            ));
+        }
+        if !(self.request_timeout_secs.is_finite()
+            && self.request_timeout_secs > 0.0
+            && self.request_timeout_secs <= 86_400.0)
+        {
+            return bad(format!(
+                "request_timeout_secs must be > 0 and at most 86400, got {}",
+                self.request_timeout_secs
             ));
         }
         if self.max_num_conn == 0 || self.max_sessions == 0 {
@@ -268,6 +288,10 @@ pub struct ServerArgs {
     /// Largest request message in bytes (default 65536).
     #[arg(long, value_name = "BYTES")]
     pub max_message_bytes: Option<usize>,
+    /// Seconds a caller waits for a call before RESOURCE_EXHAUSTED (default
+    /// 60); a started hello, update or release still completes.
+    #[arg(long, value_name = "SECS")]
+    pub request_timeout: Option<f64>,
 }
 
 impl ServerArgs {
@@ -337,6 +361,9 @@ impl ServerArgs {
         }
         if let Some(n) = self.max_message_bytes {
             c.max_message_bytes = n;
+        }
+        if let Some(secs) = self.request_timeout {
+            c.request_timeout_secs = secs;
         }
         c.validate()?;
         Ok(c)

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::task::{JoinHandle, JoinSet};
 
+pub use crate::errors::DataPlaneError;
 use crate::secret::SessionSecret;
 use crate::types::{Role, SessionId};
 
@@ -69,25 +70,6 @@ pub struct SessionCounters {
     pub pinned_peer: Option<std::net::IpAddr>,
 }
 
-/// Data-plane failures.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum DataPlaneError {
-    /// System: a socket operation failed.
-    #[error("{context}: {source}")]
-    Io {
-        context: String,
-        #[source]
-        source: std::io::Error,
-    },
-    /// Control plane bug: the session already runs.
-    #[error("session {uid} is already running in the data plane")]
-    AlreadyRunning { uid: String },
-    /// Other data-plane specific failure.
-    #[error("{0}")]
-    Other(String),
-}
-
 /// The data plane as seen by the control plane. Object-safe.
 pub trait DataPlane: Send + Sync + 'static {
     /// Starts relaying for a session. On error the plan (and its listeners)
@@ -109,7 +91,7 @@ struct Counters {
     active: AtomicU64,
 }
 
-struct Running {
+struct CopySession {
     tasks: Vec<JoinHandle<()>>,
     counters: Arc<Counters>,
 }
@@ -118,7 +100,7 @@ struct Running {
 /// and bytes are copied both ways. Plaintext; see the module docs.
 #[derive(Default)]
 pub struct PlainCopyDataPlane {
-    sessions: Mutex<HashMap<SessionId, Running>>,
+    sessions: Mutex<HashMap<SessionId, CopySession>>,
 }
 
 impl PlainCopyDataPlane {
@@ -127,7 +109,7 @@ impl PlainCopyDataPlane {
         Self::default()
     }
 
-    fn table(&self) -> std::sync::MutexGuard<'_, HashMap<SessionId, Running>> {
+    fn table(&self) -> std::sync::MutexGuard<'_, HashMap<SessionId, CopySession>> {
         self.sessions.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -167,7 +149,7 @@ impl DataPlane for PlainCopyDataPlane {
                     uid: plan.uid.to_string(),
                 });
             }
-            table.insert(plan.uid, Running { tasks, counters });
+            table.insert(plan.uid, CopySession { tasks, counters });
             Ok(())
         })
     }

@@ -1,12 +1,12 @@
-//! The control plane's one error type, [`ControlError`], and its conversion to a
-//! gRPC [`tonic::Status`] (the only place where that mapping is decided).
+//! The control plane's error type, [`ControlError`], and its conversion to a
+//! gRPC [`tonic::Status`] (the only place where that mapping is decided), and
+//! [`DataPlaneError`], what a data plane reports back. This module imports
+//! nothing from the crate, so every other module may use it.
 //!
 //! Every variant's message says what was wrong and, where useful, what to do.
 //! Each variant's doc says who is probably at fault.
 
 use std::time::Duration;
-
-use crate::dataplane::DataPlaneError;
 
 /// Errors of the control plane.
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +47,19 @@ pub enum ControlError {
         limit: usize,
         setting: &'static str,
     },
+    /// Load: a call was not served within the request timeout (its work,
+    /// once started, still completes).
+    #[error(
+        "the {method} call was not served within {timeout_secs} s: the limit is the request \
+         timeout (operator setting request_timeout_secs, --request-timeout)"
+    )]
+    CallTimedOut {
+        method: &'static str,
+        timeout_secs: f64,
+    },
+    /// A bug: a call's task failed (panicked) instead of answering.
+    #[error("internal error: {reason}")]
+    Internal { reason: String },
     /// Operator: too many sessions.
     #[error("too many sessions: the limit is {limit}")]
     TooManySessions { limit: usize },
@@ -147,7 +160,8 @@ impl ControlError {
             }
             ControlError::NoFreePort { .. }
             | ControlError::TooManySessions { .. }
-            | ControlError::LimitReached { .. } => Code::ResourceExhausted,
+            | ControlError::LimitReached { .. }
+            | ControlError::CallTimedOut { .. } => Code::ResourceExhausted,
             ControlError::Unauthenticated { .. } => Code::Unauthenticated,
             ControlError::PermissionDenied { .. } | ControlError::TargetNotAllowed { .. } => {
                 Code::PermissionDenied
@@ -161,6 +175,7 @@ impl ControlError {
             | ControlError::StateDirLocked { .. }
             | ControlError::Io { .. }
             | ControlError::Tls { .. }
+            | ControlError::Internal { .. }
             | ControlError::Transport(_) => Code::Internal,
         }
     }
@@ -175,3 +190,22 @@ impl From<ControlError> for tonic::Status {
 
 /// Result alias for the control plane.
 pub type Result<T, E = ControlError> = std::result::Result<T, E>;
+
+/// Data-plane failures.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DataPlaneError {
+    /// System: a socket operation failed.
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Control plane bug: the session already runs.
+    #[error("session {uid} is already running in the data plane")]
+    AlreadyRunning { uid: String },
+    /// Other data-plane specific failure.
+    #[error("{0}")]
+    Other(String),
+}

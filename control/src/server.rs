@@ -207,8 +207,61 @@ impl Core {
         })
     }
 
+    /// The caller, within the request timeout (the identity provider may
+    /// be slow or down).
     async fn who(&self, md: &MetadataMap) -> Result<Identity, ControlError> {
-        self.auth.authenticate(md).await
+        let timeout = self.cfg.request_timeout();
+        tokio::time::timeout(timeout, self.auth.authenticate(md))
+            .await
+            .map_err(|_| ControlError::CallTimedOut {
+                method: "authentication",
+                timeout_secs: timeout.as_secs_f64(),
+            })?
+    }
+
+    /// Runs a state-changing call (`hello`, `update`, `release`) as a task
+    /// of its own, so it completes even when the caller stops waiting (or
+    /// goes away): nothing is left half done. The caller waits at most the
+    /// request timeout.
+    async fn bounded<T, F>(&self, method: &'static str, work: F) -> Result<T, ControlError>
+    where
+        T: Send + 'static,
+        F: Future<Output = Result<T, ControlError>> + Send + 'static,
+    {
+        let timeout = self.cfg.request_timeout();
+        match tokio::time::timeout(timeout, tokio::spawn(work)).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(join)) => Err(ControlError::Internal {
+                reason: format!("the {method} call failed: {join}"),
+            }),
+            Err(_) => {
+                tracing::warn!(
+                    method,
+                    ?timeout,
+                    "a call outlived the request timeout; it completes in the background"
+                );
+                Err(ControlError::CallTimedOut {
+                    method,
+                    timeout_secs: timeout.as_secs_f64(),
+                })
+            }
+        }
+    }
+
+    /// Bounds a read-only call by the request timeout (dropping it then
+    /// changes nothing).
+    async fn bounded_read<T>(
+        &self,
+        method: &'static str,
+        work: impl Future<Output = Result<T, ControlError>>,
+    ) -> Result<T, ControlError> {
+        let timeout = self.cfg.request_timeout();
+        tokio::time::timeout(timeout, work)
+            .await
+            .map_err(|_| ControlError::CallTimedOut {
+                method,
+                timeout_secs: timeout.as_secs_f64(),
+            })?
     }
 
     /// Reports a finished call (and an auth failure) to the observer.
@@ -584,10 +637,14 @@ impl proto::control_server::Control for Service {
     async fn hello(&self, request: Request<proto::Hello>) -> TonicResult<proto::AppResponse> {
         let (md, _, r) = request.into_parts();
         let started = Instant::now();
-        let r = match self.core.admit(&r).await {
-            Ok(_call) => self.core.hello(&md, r).await,
-            Err(e) => Err(e),
-        };
+        let core = Arc::clone(&self.core);
+        let r = self
+            .core
+            .bounded("hello", async move {
+                let _call = core.admit(&r).await?;
+                core.hello(&md, r).await
+            })
+            .await;
         self.core.observe("hello", started, &r);
         Ok(Response::new(r?))
     }
@@ -595,10 +652,14 @@ impl proto::control_server::Control for Service {
     async fn update(&self, request: Request<proto::UpdateTargets>) -> TonicResult<proto::Response> {
         let (md, _, r) = request.into_parts();
         let started = Instant::now();
-        let r = match self.core.admit(&r).await {
-            Ok(_call) => self.core.update(&md, r).await,
-            Err(e) => Err(e),
-        };
+        let core = Arc::clone(&self.core);
+        let r = self
+            .core
+            .bounded("update", async move {
+                let _call = core.admit(&r).await?;
+                core.update(&md, r).await
+            })
+            .await;
         self.core.observe("update", started, &r);
         Ok(Response::new(r?))
     }
@@ -606,10 +667,14 @@ impl proto::control_server::Control for Service {
     async fn release(&self, request: Request<proto::Release>) -> TonicResult<proto::Response> {
         let (md, _, r) = request.into_parts();
         let started = Instant::now();
-        let r = match self.core.admit(&r).await {
-            Ok(_call) => self.core.release(&md, r).await,
-            Err(e) => Err(e),
-        };
+        let core = Arc::clone(&self.core);
+        let r = self
+            .core
+            .bounded("release", async move {
+                let _call = core.admit(&r).await?;
+                core.release(&md, r).await
+            })
+            .await;
         self.core.observe("release", started, &r);
         Ok(Response::new(r?))
     }
@@ -627,7 +692,11 @@ impl proto::control_ext_server::ControlExt for Service {
         let (md, _, r) = request.into_parts();
         let started = Instant::now();
         let r = match self.core.admit(&r).await {
-            Ok(_call) => self.core.status(&md, r).await,
+            Ok(_call) => {
+                self.core
+                    .bounded_read("status", self.core.status(&md, r))
+                    .await
+            }
             Err(e) => Err(e),
         };
         self.core.observe("status", started, &r);
@@ -638,7 +707,7 @@ impl proto::control_ext_server::ControlExt for Service {
         let (md, _, r) = request.into_parts();
         let started = Instant::now();
         let r = match self.core.admit(&r).await {
-            Ok(_call) => self.core.list(&md).await,
+            Ok(_call) => self.core.bounded_read("list", self.core.list(&md)).await,
             Err(e) => Err(e),
         };
         self.core.observe("list", started, &r);
@@ -774,6 +843,23 @@ impl ControlServer {
         Self::with_state_lock(cfg, data_plane, observer, lock).await
     }
 
+    /// Checks everything the server will load, without binding, restoring
+    /// or starting anything: the configuration as a whole, the
+    /// authentication files, and the control-channel certificate (the
+    /// operator's files, or the self-signed pair, generated if missing). A
+    /// gateway calls it before it binds, loads or attaches anything, so a bad
+    /// option leaves nothing behind.
+    pub fn preflight(cfg: &ServerConfig) -> Result<(), ControlError> {
+        cfg.validate()?;
+        Authenticator::from_config(cfg.auth.as_ref().ok_or_else(|| ControlError::Config {
+            reason: "no authentication mode chosen".into(),
+        })?)?;
+        if !cfg.tls.dangerous_disable {
+            crate::tls::load_or_generate(&cfg.tls, cfg.state_dir.as_deref())?;
+        }
+        Ok(())
+    }
+
     /// Like [`ControlServer::with_observer`], with the state directory's
     /// lock already taken by the caller (the gateway takes it before it
     /// binds or loads anything).
@@ -844,6 +930,15 @@ impl ControlServer {
     /// The control-channel certificate (PEM), for clients to pin.
     pub fn cert_pem(&self) -> Option<&[u8]> {
         self.tls.as_ref().map(|t| t.cert_pem.as_slice())
+    }
+
+    /// The gRPC service itself, for driving the server in-process without a
+    /// transport (the control fuzz target). Calls are served as over the
+    /// network, minus TLS and HTTP/2.
+    pub fn service(&self) -> Service {
+        Service {
+            core: self.core.clone(),
+        }
     }
 
     /// A handle for inspecting the running server.

@@ -97,6 +97,14 @@ impl Role {
         }
     }
 
+    /// The gateway at the other end of the session's data channel.
+    pub fn peer(self) -> Role {
+        match self {
+            Role::Prod => Role::Cons,
+            Role::Cons => Role::Prod,
+        }
+    }
+
     /// "PROD" or "CONS".
     pub fn as_str(self) -> &'static str {
         match self {

@@ -98,7 +98,9 @@ async fn s2uc_connect_status_list_release_and_appctrl_hello() {
     // appctrl hello answers a pending req.
     let c = prod.client(None).await;
     let c2 = c.clone();
-    let req = tokio::spawn(async move { c2.req("app-1", "PROD", 1, 0).await });
+    let app_1 = common::uid("app-1");
+    let app_1_req = app_1.clone();
+    let req = tokio::spawn(async move { c2.req(&app_1_req, control::Role::Prod, 1, 0).await });
     common::eventually("req registered", || prod.handle.sessions() == 1).await;
     let h = ok(&run(
         appctrl,
@@ -117,7 +119,7 @@ async fn s2uc_connect_status_list_release_and_appctrl_hello() {
     assert!(h.contains("hello received"), "{h}");
     let resp = req.await.unwrap().expect("req answered");
     assert_eq!(resp.prod_listeners, vec![producer.clone()]);
-    c.release("app-1").await.unwrap();
+    c.release(&app_1).await.unwrap();
     prod.stop().await;
     cons.stop().await;
 }

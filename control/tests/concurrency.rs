@@ -8,6 +8,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use common::{TestServer, base_config, port_range};
+use control::Role;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thousand_sessions_no_mixups() {
@@ -28,15 +29,15 @@ async fn thousand_sessions_no_mixups() {
     for i in 0..N {
         let c = clients[i % clients.len()].clone();
         tasks.spawn(async move {
-            let uid = format!("sess-{i}");
+            let uid = common::uid(&format!("sess-{i}"));
             // Each session announces a distinct producer port, so a mix-up
             // shows as a wrong prod_listeners in the req answer.
             let prod = vec![format!("127.0.0.1:{}", 10000 + i)];
             let c2 = c.clone();
             let uid2 = uid.clone();
-            let req = tokio::spawn(async move { c2.req(&uid2, "PROD", 2, 0).await });
+            let req = tokio::spawn(async move { c2.req(&uid2, Role::Prod, 2, 0).await });
             let hello = c
-                .hello_after_req(&uid, "PROD", &prod)
+                .hello_after_req(&uid, Role::Prod, &prod)
                 .await
                 .unwrap_or_else(|e| panic!("hello {uid}: {e}"));
             let resp = req
@@ -53,7 +54,7 @@ async fn thousand_sessions_no_mixups() {
             );
             assert_eq!(resp.listeners.len(), 2);
             let up = c
-                .update(&uid, "PROD", &prod, None)
+                .update(&uid, Role::Prod, &prod, None)
                 .await
                 .unwrap_or_else(|e| panic!("update {uid}: {e}"));
             assert_eq!(up.listeners, resp.listeners);

@@ -6,7 +6,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::{TestServer, base_config, port_range};
+use common::{TestServer, base_config, port_range, uid};
+use control::Role;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_stream::StreamExt;
 
@@ -100,14 +101,15 @@ async fn restart_restores_live_session() {
     let cfg = base_config(port_range(BASE, 10), dir.path());
     let srv = TestServer::start(cfg.clone()).await;
     let c = srv.client(None).await;
+    let (live, ready) = (uid("live-1"), uid("ready-1"));
     let inbound = c
-        .inbound("live-1", 2, 0, &[echo.addrs[0].to_string()], true)
+        .inbound(&live, 2, 0, &[echo.addrs[0].to_string()], true)
         .await
         .expect("inbound");
     // A second session left READY (hello, no update).
-    let c2 = c.clone();
-    let req = tokio::spawn(async move { c2.req("ready-1", "CONS", 1, 0).await });
-    c.hello_after_req("ready-1", "CONS", &[]).await.unwrap();
+    let (c2, ready2) = (c.clone(), ready.clone());
+    let req = tokio::spawn(async move { c2.req(&ready2, Role::Cons, 1, 0).await });
+    c.hello_after_req(&ready, Role::Cons, &[]).await.unwrap();
     req.await.unwrap().unwrap();
     echo_roundtrip(&inbound.listeners[0], b"before restart").await;
     let session_file = dir.path().join("sessions").join("live-1.json");
@@ -127,23 +129,23 @@ async fn restart_restores_live_session() {
     assert_eq!(srv.fingerprint, fp, "the self-signed certificate is reused");
     assert_eq!(srv.handle.sessions(), 2);
     let c = srv.client(None).await;
-    let st = c.status("live-1").await.expect("restored");
+    let st = c.status(&live).await.expect("restored");
     assert_eq!(st.state, "ACTIVE");
     assert_eq!(st.listeners, inbound.listeners);
     for l in &inbound.listeners {
         echo_roundtrip(l, b"after restart").await;
     }
-    assert_eq!(c.status("ready-1").await.unwrap().state, "READY");
+    assert_eq!(c.status(&ready).await.unwrap().state, "READY");
     c.update(
-        "ready-1",
-        "CONS",
+        &ready,
+        Role::Cons,
         &[echo.addrs[0].to_string()],
         inbound.secret.as_ref(),
     )
     .await
     .expect("update of the restored READY session");
-    c.release("live-1").await.unwrap();
-    c.release("ready-1").await.unwrap();
+    c.release(&live).await.unwrap();
+    c.release(&ready).await.unwrap();
     assert!(
         !session_file.exists(),
         "released sessions leave nothing behind"

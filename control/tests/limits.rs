@@ -1,5 +1,6 @@
 //! The control server's limits under load from clients: concurrent calls,
-//! `watch` streams per identity and in total, and the size of a request.
+//! `watch` streams per identity and in total, the size of a request, and
+//! the request timeout (a call that outlives it still completes).
 //! Each refusal is RESOURCE_EXHAUSTED with a message naming the limit and
 //! the setting that raises it, and the server serves again once the load
 //! is gone. A real server with TLS on loopback.
@@ -7,8 +8,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{TestServer, base_config, port_range};
+use common::{TestServer, base_config, port_range, uid};
 use control::client::ClientError;
+use control::{DataPlane as _, Role, SessionId};
 use tonic::Code;
 
 const BASE: u16 = 31000;
@@ -84,17 +86,18 @@ async fn requests_waiting_for_hello_do_not_hold_call_slots() {
     cfg.max_concurrent_calls = 2;
     let srv = TestServer::start(cfg).await;
     let client = srv.client(None).await;
-    let waiting: Vec<_> = ["held-1", "held-2"]
-        .into_iter()
-        .map(|uid| {
-            let c = client.clone();
-            tokio::spawn(async move { c.req(uid, "PROD", 1, 0).await })
+    let held = [uid("held-1"), uid("held-2")];
+    let waiting: Vec<_> = held
+        .iter()
+        .map(|u| {
+            let (c, u) = (client.clone(), u.clone());
+            tokio::spawn(async move { c.req(&u, Role::Prod, 1, 0).await })
         })
         .collect();
     common::eventually("both req calls are waiting", || srv.handle.sessions() == 2).await;
-    for uid in ["held-1", "held-2"] {
+    for u in &held {
         client
-            .hello(uid, "PROD", &["127.0.0.1:7000".into()])
+            .hello(u, Role::Prod, &["127.0.0.1:7000".into()])
             .await
             .expect("hello is served while reqs wait");
     }
@@ -105,11 +108,11 @@ async fn requests_waiting_for_hello_do_not_hold_call_slots() {
 }
 
 /// A READY PROD session `uid` (req, then hello).
-async fn ready_session(client: &control::client::Client, uid: &str) {
-    let (c, u) = (client.clone(), uid.to_owned());
-    let req = tokio::spawn(async move { c.req(&u, "PROD", 1, 0).await });
+async fn ready_session(client: &control::client::Client, uid: &SessionId) {
+    let (c, u) = (client.clone(), uid.clone());
+    let req = tokio::spawn(async move { c.req(&u, Role::Prod, 1, 0).await });
     client
-        .hello_after_req(uid, "PROD", &["127.0.0.1:7000".into()])
+        .hello_after_req(uid, Role::Prod, &["127.0.0.1:7000".into()])
         .await
         .expect("hello");
     req.await.unwrap().expect("req");
@@ -123,10 +126,11 @@ async fn watch_streams_are_limited_per_identity_and_in_total() {
     cfg.max_watch_total = 2;
     let srv = TestServer::start(cfg).await;
     let client = srv.client(None).await;
-    ready_session(&client, "watched").await;
+    let watched = uid("watched");
+    ready_session(&client, &watched).await;
 
-    let first = client.watch("watched", 100).await.expect("first watch");
-    let (code, message) = code_and_message(client.watch("watched", 100).await);
+    let first = client.watch(&watched, 100).await.expect("first watch");
+    let (code, message) = code_and_message(client.watch(&watched, 100).await);
     assert_eq!(code, Code::ResourceExhausted, "{message}");
     assert!(
         message.contains("watch streams open for anonymous")
@@ -138,7 +142,7 @@ async fn watch_streams_are_limited_per_identity_and_in_total() {
     drop(first);
     let mut again = None;
     for _ in 0..100 {
-        match client.watch("watched", 100).await {
+        match client.watch(&watched, 100).await {
             Ok(stream) => {
                 again = Some(stream);
                 break;
@@ -157,9 +161,9 @@ async fn watch_streams_are_limited_per_identity_and_in_total() {
     cfg.max_watch_total = 1;
     let srv = TestServer::start(cfg).await;
     let client = srv.client(None).await;
-    ready_session(&client, "watched").await;
-    let _first = client.watch("watched", 100).await.expect("first watch");
-    let (code, message) = code_and_message(client.watch("watched", 100).await);
+    ready_session(&client, &watched).await;
+    let _first = client.watch(&watched, 100).await.expect("first watch");
+    let (code, message) = code_and_message(client.watch(&watched, 100).await);
     assert_eq!(code, Code::ResourceExhausted, "{message}");
     assert!(
         message.contains("too many watch streams open:") && message.contains("--max-watch"),
@@ -178,7 +182,7 @@ async fn an_oversize_request_is_refused_naming_the_limit() {
     let listeners: Vec<String> = (0..400)
         .map(|i| format!("127.0.0.1:{}", 7000 + i))
         .collect();
-    let (code, message) = code_and_message(client.hello("big", "PROD", &listeners).await);
+    let (code, message) = code_and_message(client.hello(&uid("big"), Role::Prod, &listeners).await);
     assert_eq!(code, Code::ResourceExhausted, "{message}");
     assert!(
         message.contains("is too large")
@@ -188,5 +192,100 @@ async fn an_oversize_request_is_refused_naming_the_limit() {
     );
     // A normal call still works.
     client.list().await.expect("served");
+    srv.stop().await;
+}
+
+/// The request timeout: a call stuck on a slow identity provider is
+/// answered RESOURCE_EXHAUSTED naming the setting, long before the provider
+/// answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_stuck_on_the_identity_provider_times_out_naming_the_limit() {
+    let idp = slow_idp(Duration::from_secs(30)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = base_config(port_range(BASE + 120, 10), dir.path());
+    cfg.request_timeout_secs = 1.0;
+    cfg.auth = Some(common::introspection(idp, dir.path(), None));
+    let srv = TestServer::start(cfg).await;
+    let client = srv.client(Some("token-slow")).await;
+    let started = std::time::Instant::now();
+    let (code, message) = code_and_message(client.list().await);
+    let waited = started.elapsed();
+    assert_eq!(code, Code::ResourceExhausted, "{message}");
+    assert!(
+        message.contains("not served within 1 s") && message.contains("--request-timeout"),
+        "{message}"
+    );
+    assert!(
+        waited < Duration::from_secs(20),
+        "the caller waited {waited:?} for a 1 s request timeout"
+    );
+    srv.stop().await;
+}
+
+/// Starts sessions only after a delay: the one way to make the data plane
+/// slow on purpose (a real one is fast here). Stops are immediate.
+struct SlowStart {
+    inner: std::sync::Arc<control::PlainCopyDataPlane>,
+    delay: Duration,
+}
+
+impl control::DataPlane for SlowStart {
+    fn start_session(
+        &self,
+        plan: control::SessionPlan,
+    ) -> control::BoxFuture<'_, Result<(), control::DataPlaneError>> {
+        Box::pin(async move {
+            tokio::time::sleep(self.delay).await;
+            self.inner.start_session(plan).await
+        })
+    }
+    fn stop_session<'a>(&'a self, uid: &'a control::SessionId) -> control::BoxFuture<'a, ()> {
+        self.inner.stop_session(uid)
+    }
+    fn counters(&self, uid: &control::SessionId) -> Option<control::SessionCounters> {
+        self.inner.counters(uid)
+    }
+}
+
+/// An update that outlives the request timeout: its caller is told so, and
+/// the update still completes (the session becomes ACTIVE, not half set
+/// up); release then leaves nothing behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_update_past_the_request_timeout_still_completes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = base_config(port_range(BASE + 140, 10), dir.path());
+    cfg.request_timeout_secs = 1.0;
+    let srv = TestServer::start_with(cfg, |inner| {
+        std::sync::Arc::new(SlowStart {
+            inner,
+            delay: Duration::from_secs(3),
+        })
+    })
+    .await;
+    let client = srv.client(None).await;
+    let uid = uid("slow-update");
+    ready_session(&client, &uid).await;
+    let (code, message) = code_and_message(
+        client
+            .update(&uid, Role::Prod, &["127.0.0.1:7001".into()], None)
+            .await,
+    );
+    assert_eq!(code, Code::ResourceExhausted, "{message}");
+    assert!(
+        message.contains("update call was not served within 1 s"),
+        "{message}"
+    );
+    common::eventually("the update's data plane start completes", || {
+        srv.dp.counters(&uid).is_some()
+    })
+    .await;
+    let state = client.status(&uid).await.expect("status").state;
+    assert_eq!(
+        state, "ACTIVE",
+        "the update completed after its caller left"
+    );
+    client.release(&uid).await.expect("release");
+    assert_eq!(srv.handle.sessions(), 0);
+    assert_eq!(srv.handle.ports_in_use(), 0);
     srv.stop().await;
 }

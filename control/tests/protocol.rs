@@ -5,8 +5,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{TestServer, base_config, port_range};
-use control::client::ClientError;
+use common::{TestServer, base_config, port_range, uid};
+use control::Role;
+use control::client::{Client, ClientError};
 use control::proto;
 use tonic::Code;
 
@@ -20,6 +21,29 @@ fn code(r: Result<impl Sized, ClientError>) -> (Code, String) {
     }
 }
 
+/// `req` (asking for a channel secret, as [`Client::req`]) with any uid and
+/// role strings, through the raw gRPC client: the typed client cannot send
+/// an invalid one, and the server's own validation is under test here.
+async fn raw_req(
+    c: &Client,
+    uid: &str,
+    role: &str,
+    num_conn: i32,
+) -> Result<proto::Response, ClientError> {
+    c.raw()
+        .control
+        .req(proto::Request {
+            uid: uid.into(),
+            role: role.into(),
+            num_conn,
+            rate: 0,
+            want_channel_secret: true,
+        })
+        .await
+        .map(tonic::Response::into_inner)
+        .map_err(|s| ClientError::rpc("req", s))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn old_client_inbound_then_outbound_then_release() {
     let dir = tempfile::tempdir().unwrap();
@@ -28,9 +52,9 @@ async fn old_client_inbound_then_outbound_then_release() {
     let uid = control::client::new_uid();
 
     // Inbound: req (no secret asked, as the old client), hello 0.5 s later.
-    let mut ctl = c.control.clone();
+    let mut ctl = c.raw().control;
     let req = proto::Request {
-        uid: uid.clone(),
+        uid: uid.to_string(),
         role: "PROD".into(),
         num_conn: 3,
         rate: 10000,
@@ -47,7 +71,7 @@ async fn old_client_inbound_then_outbound_then_release() {
     let app = c
         .hello(
             &uid,
-            "PROD",
+            Role::Prod,
             &["127.0.0.1:7001".into(), "127.0.0.1:7002".into()],
         )
         .await
@@ -83,7 +107,7 @@ async fn old_client_inbound_then_outbound_then_release() {
     }
     // update(uid, prod_listeners, "PROD").
     let up = c
-        .update(&uid, "PROD", &resp.prod_listeners, None)
+        .update(&uid, Role::Prod, &resp.prod_listeners, None)
         .await
         .expect("update");
     assert_eq!(up.listeners, resp.listeners);
@@ -100,9 +124,9 @@ async fn old_client_inbound_then_outbound_then_release() {
     let dir2 = tempfile::tempdir().unwrap();
     let cons = TestServer::start(base_config(port_range(BASE, 20), dir2.path())).await;
     let cc = cons.client(Some("placeholder")).await;
-    let mut ctl = cc.control.clone();
+    let mut ctl = cc.raw().control;
     let req = proto::Request {
-        uid: uid.clone(),
+        uid: uid.to_string(),
         role: "CONS".into(),
         num_conn: 3,
         rate: 10000,
@@ -111,15 +135,25 @@ async fn old_client_inbound_then_outbound_then_release() {
     let pending = tokio::spawn(async move { ctl.req(req).await });
     common::eventually("cons req registered", || cons.handle.sessions() == 1).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    cc.hello(&uid, "PROD", &resp.listeners)
+    cc.hello(&uid, Role::Prod, &resp.listeners)
         .await
         .expect("cons hello");
     let cresp = pending.await.unwrap().expect("cons req").into_inner();
     assert_eq!(cresp.listeners.len(), 3);
+    // The empty role goes through the raw client: the typed one always
+    // names a role.
     let cup = cc
-        .update(&uid, "", &resp.listeners, None)
+        .raw()
+        .control
+        .update(proto::UpdateTargets {
+            uid: uid.to_string(),
+            remote_listeners: resp.listeners.clone(),
+            role: String::new(),
+            channel_secret: Vec::new(),
+        })
         .await
-        .expect("cons update");
+        .expect("cons update")
+        .into_inner();
     assert_eq!(cup.listeners, cresp.listeners);
 
     assert_eq!(c.release(&uid).await.expect("release").state, "RELEASED");
@@ -139,84 +173,95 @@ async fn every_error_class() {
     let c = srv.client(None).await;
 
     // NOT_FOUND: unknown uid.
-    let (k, m) = code(c.hello("nope", "PROD", &[]).await);
+    let nope = uid("nope");
+    let (k, m) = code(c.hello(&nope, Role::Prod, &[]).await);
     assert_eq!(k, Code::NotFound);
     assert!(m.contains("nope"), "{m}");
-    let (k, _) = code(c.release("nope").await);
+    let (k, _) = code(c.release(&nope).await);
     assert_eq!(k, Code::NotFound);
 
-    // INVALID_ARGUMENT: bad uid, role, num_conn, address.
-    let (k, m) = code(c.req("a/b", "PROD", 1, 0).await);
+    // INVALID_ARGUMENT: bad uid, role (sent raw), num_conn, address.
+    let (k, m) = code(raw_req(&c, "a/b", "PROD", 1).await);
     assert_eq!(k, Code::InvalidArgument);
     assert!(m.contains("uid"), "{m}");
-    let (k, m) = code(c.req("x1", "BOTH", 1, 0).await);
+    let (k, m) = code(raw_req(&c, "x1", "BOTH", 1).await);
     assert_eq!(k, Code::InvalidArgument);
     assert!(m.contains("role"), "{m}");
-    let (k, m) = code(c.req("x1", "PROD", 0, 0).await);
+    let (k, m) = code(c.req(&uid("x1"), Role::Prod, 0, 0).await);
     assert_eq!(k, Code::InvalidArgument);
     assert!(m.contains("num_conn"), "{m}");
 
     // DEADLINE_EXCEEDED: no hello; the session is released afterwards.
-    let (k, m) = code(c.req("late", "PROD", 1, 0).await);
+    let (k, m) = code(c.req(&uid("late"), Role::Prod, 1, 0).await);
     assert_eq!(k, Code::DeadlineExceeded);
     assert!(m.contains("no hello"), "{m}");
     assert_eq!(srv.handle.ports_in_use(), 0);
     assert_eq!(srv.handle.sessions(), 0);
 
     // A session in REQUESTED state for the rest.
-    let c2 = c.clone();
-    let pending = tokio::spawn(async move { c2.req("s1", "PROD", 2, 0).await });
+    let s1 = uid("s1");
+    let (c2, s1_req) = (c.clone(), s1.clone());
+    let pending = tokio::spawn(async move { c2.req(&s1_req, Role::Prod, 2, 0).await });
     common::eventually("session s1 exists", || srv.handle.sessions() == 1).await;
     // ALREADY_EXISTS.
-    let (k, m) = code(c.req("s1", "PROD", 1, 0).await);
+    let (k, m) = code(c.req(&s1, Role::Prod, 1, 0).await);
     assert_eq!(k, Code::AlreadyExists);
     assert!(m.contains("s1"), "{m}");
     // RESOURCE_EXHAUSTED: 2 of 4 ports used, 3 wanted.
-    let (k, m) = code(c.req("s2", "PROD", 3, 0).await);
+    let (k, m) = code(c.req(&uid("s2"), Role::Prod, 3, 0).await);
     assert_eq!(k, Code::ResourceExhausted);
     assert!(m.contains("no free port"), "{m}");
     // FAILED_PRECONDITION: update before hello.
-    let (k, m) = code(c.update("s1", "PROD", &["127.0.0.1:9".into()], None).await);
+    let (k, m) = code(
+        c.update(&s1, Role::Prod, &["127.0.0.1:9".into()], None)
+            .await,
+    );
     assert_eq!(k, Code::FailedPrecondition);
     assert!(m.contains("hello"), "{m}");
     // INVALID_ARGUMENT: bad hello address.
-    let (k, m) = code(c.hello("s1", "PROD", &["localhost:80".into()]).await);
+    let (k, m) = code(c.hello(&s1, Role::Prod, &["localhost:80".into()]).await);
     assert_eq!(k, Code::InvalidArgument);
     assert!(m.contains("localhost:80"), "{m}");
-    c.hello("s1", "PROD", &["[::1]:7000".into()])
+    c.hello(&s1, Role::Prod, &["[::1]:7000".into()])
         .await
         .expect("hello");
     pending.await.unwrap().expect("req after hello");
     // FAILED_PRECONDITION: second hello.
-    let (k, _) = code(c.hello("s1", "PROD", &[]).await);
+    let (k, _) = code(c.hello(&s1, Role::Prod, &[]).await);
     assert_eq!(k, Code::FailedPrecondition);
     // PERMISSION_DENIED: target outside the allow-list (IPv6 and IPv4).
     let (k, m) = code(
-        c.update("s1", "PROD", &["[2001:db8::1]:5000".into()], None)
+        c.update(&s1, Role::Prod, &["[2001:db8::1]:5000".into()], None)
             .await,
     );
     assert_eq!(k, Code::PermissionDenied);
     assert!(m.contains("allow-list"), "{m}");
     let (k, _) = code(
-        c.update("s1", "PROD", &["10.1.2.3:5000".into()], None)
+        c.update(&s1, Role::Prod, &["10.1.2.3:5000".into()], None)
             .await,
     );
     assert_eq!(k, Code::PermissionDenied);
     // INVALID_ARGUMENT: bad update address, bad secret length.
-    let (k, _) = code(c.update("s1", "PROD", &["[::1]:5000:1".into()], None).await);
+    let (k, _) = code(
+        c.update(&s1, Role::Prod, &["[::1]:5000:1".into()], None)
+            .await,
+    );
     assert_eq!(k, Code::InvalidArgument);
     // Allowed IPv6 target works.
     let up = c
-        .update("s1", "PROD", &["[::1]:7000".into()], None)
+        .update(&s1, Role::Prod, &["[::1]:7000".into()], None)
         .await
         .expect("update");
     assert_eq!(up.prod_listeners, vec!["[::1]:7000", "[::1]:7000"]);
     // FAILED_PRECONDITION: second update.
-    let (k, m) = code(c.update("s1", "PROD", &["[::1]:7000".into()], None).await);
+    let (k, m) = code(
+        c.update(&s1, Role::Prod, &["[::1]:7000".into()], None)
+            .await,
+    );
     assert_eq!(k, Code::FailedPrecondition);
     assert!(m.contains("already active"), "{m}");
-    c.release("s1").await.expect("release");
-    let (k, _) = code(c.release("s1").await);
+    c.release(&s1).await.expect("release");
+    let (k, _) = code(c.release(&s1).await);
     assert_eq!(k, Code::NotFound);
     assert_eq!(srv.handle.ports_in_use(), 0);
     srv.stop().await;
@@ -229,16 +274,17 @@ async fn release_while_req_waits_and_legacy_forbidden() {
     cfg.allow_legacy_secret = false;
     let srv = TestServer::start(cfg).await;
     let c = srv.client(None).await;
-    let c2 = c.clone();
-    let pending = tokio::spawn(async move { c2.req("w1", "PROD", 1, 0).await });
+    let w1 = uid("w1");
+    let (c2, w1_req) = (c.clone(), w1.clone());
+    let pending = tokio::spawn(async move { c2.req(&w1_req, Role::Prod, 1, 0).await });
     common::eventually("session w1 exists", || srv.handle.sessions() == 1).await;
-    c.release("w1").await.expect("release");
+    c.release(&w1).await.expect("release");
     let (k, m) = code(pending.await.unwrap());
     assert_eq!(k, Code::FailedPrecondition);
     assert!(m.contains("released while"), "{m}");
 
     // Old PROD client (no secret asked) is refused by policy.
-    let mut ctl = c.control.clone();
+    let mut ctl = c.raw().control;
     let st = ctl
         .req(proto::Request {
             uid: "old".into(),
@@ -252,22 +298,23 @@ async fn release_while_req_waits_and_legacy_forbidden() {
     assert_eq!(st.code(), Code::FailedPrecondition);
     assert!(st.message().contains("legacy"), "{}", st.message());
     // CONS update without a secret is refused too; with one it works.
-    let c3 = c.clone();
-    let pending = tokio::spawn(async move { c3.req("cons1", "CONS", 1, 0).await });
-    c.hello_after_req("cons1", "PROD", &[])
+    let cons1 = uid("cons1");
+    let (c3, cons1_req) = (c.clone(), cons1.clone());
+    let pending = tokio::spawn(async move { c3.req(&cons1_req, Role::Cons, 1, 0).await });
+    c.hello_after_req(&cons1, Role::Prod, &[])
         .await
         .expect("hello");
     pending.await.unwrap().expect("req");
     let (k, _) = code(
-        c.update("cons1", "CONS", &["127.0.0.1:9".into()], None)
+        c.update(&cons1, Role::Cons, &["127.0.0.1:9".into()], None)
             .await,
     );
     assert_eq!(k, Code::FailedPrecondition);
     let s = control::SessionSecret::generate().unwrap();
-    c.update("cons1", "CONS", &["127.0.0.1:9".into()], Some(&s))
+    c.update(&cons1, Role::Cons, &["127.0.0.1:9".into()], Some(&s))
         .await
         .expect("update with secret");
-    let mut ctl = c.control.clone();
+    let mut ctl = c.raw().control;
     let bad = ctl
         .update(proto::UpdateTargets {
             uid: "cons1".into(),
@@ -278,6 +325,6 @@ async fn release_while_req_waits_and_legacy_forbidden() {
         .await
         .expect_err("short secret");
     assert_eq!(bad.code(), Code::InvalidArgument);
-    c.release("cons1").await.unwrap();
+    c.release(&cons1).await.unwrap();
     srv.stop().await;
 }

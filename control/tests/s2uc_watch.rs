@@ -113,7 +113,7 @@ async fn watch_on_a_pipe_prints_one_plain_line_per_interval() {
             &cert.display().to_string(),
             "--interval-ms",
             &INTERVAL_MS.to_string(),
-            &uid,
+            uid.as_str(),
         ])
         .env("HOME", home.path())
         .env_remove("S2UC_TOKEN")
@@ -178,7 +178,7 @@ async fn watch_on_a_pipe_prints_one_plain_line_per_interval() {
     );
     let text = String::from_utf8(raw).expect("UTF-8 output");
     assert!(text.ends_with('\n'), "the last line ends too: {text:?}");
-    let lines: Vec<Line> = text.lines().map(|l| parse(&uid, l)).collect();
+    let lines: Vec<Line> = text.lines().map(|l| parse(uid.as_str(), l)).collect();
     eprintln!("{text}");
 
     // The counters follow the traffic: they only grow, they grew while

@@ -14,6 +14,13 @@ use control::{ControlServer, PlainCopyDataPlane, ServerConfig, ServerHandle};
 use tokio::sync::oneshot;
 use zeroize::Zeroizing;
 
+/// A session id the test chose (valid by construction: panics otherwise).
+/// Tests of the server's uid validation send strings through
+/// `Client::raw()` instead.
+pub fn uid(s: &str) -> control::SessionId {
+    control::SessionId::parse(s).expect("a valid test uid")
+}
+
 /// Hands out disjoint port ranges below the ephemeral range; each test
 /// binary passes its own base.
 pub fn port_range(base: u16, len: u16) -> PortRange {
@@ -77,9 +84,18 @@ pub struct TestServer {
 
 impl TestServer {
     pub async fn start(cfg: ServerConfig) -> TestServer {
+        TestServer::start_with(cfg, |dp| dp).await
+    }
+
+    /// Like [`TestServer::start`], the userspace data plane seen through
+    /// `wrap` (e.g. one that is slow to start sessions).
+    pub async fn start_with(
+        cfg: ServerConfig,
+        wrap: impl FnOnce(Arc<PlainCopyDataPlane>) -> Arc<dyn control::DataPlane>,
+    ) -> TestServer {
         let state_dir = cfg.state_dir.clone().expect("tests use a state dir");
         let dp = Arc::new(PlainCopyDataPlane::new());
-        let server = ControlServer::new(cfg, dp.clone())
+        let server = ControlServer::new(cfg, wrap(dp.clone()))
             .await
             .expect("control server must start");
         let cert_pem = server.cert_pem().expect("TLS is on").to_vec();

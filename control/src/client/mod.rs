@@ -3,255 +3,68 @@
 //! for servers that require one) and a bearer token, and the operations
 //! `s2uc` and `appctrl` are made of (inbound, outbound, one-shot connect of
 //! both sides, release, status, list, watch, hello).
+//!
+//! The operations are typed: a session id is a [`SessionId`] and a side is a
+//! [`Role`]; they become the protocol's strings only in the gRPC messages
+//! built here. [`Client::raw`] hands out the generated gRPC clients for what
+//! the typed operations cannot send (tests of the server's own validation,
+//! SciStream's own client's quirks).
+//!
+//! Layout: `error` ([`ClientError`]), `transport` (token interceptor,
+//! connection options, client certificate, TLS refusal hints), `token` (the
+//! token store), this file (the operations).
+#![forbid(unsafe_code)]
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use rand::RngCore;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tonic::metadata::{Ascii, MetadataValue};
-use tonic::service::Interceptor;
-use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
-use zeroize::Zeroizing;
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+
+mod error;
+mod token;
+mod transport;
+
+pub use error::ClientError;
+use error::source_chain;
+pub use token::{TokenSource, default_token_file, resolve_token, validate_token, write_token_file};
+use transport::refused_message;
+pub use transport::{AuthChannel, ClientIdentity, ClientOptions, TokenInterceptor, host_of};
 
 use crate::proto;
 use crate::proto::control_client::ControlClient;
 use crate::proto::control_ext_client::ControlExtClient;
 use crate::secret::SessionSecret;
 use crate::tls_probe::{self, ProbeTarget};
-
-/// Client-side errors.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum ClientError {
-    /// Network/TLS: could not reach the server.
-    #[error("cannot connect to {endpoint}: {source}")]
-    Connect {
-        endpoint: String,
-        #[source]
-        source: tonic::transport::Error,
-    },
-    /// Server: a call failed.
-    #[error("{call} failed: {code:?}: {message}")]
-    Rpc {
-        call: &'static str,
-        code: tonic::Code,
-        message: String,
-    },
-    /// Local I/O.
-    #[error("{context}: {source}")]
-    Io {
-        context: String,
-        #[source]
-        source: std::io::Error,
-    },
-    /// User: bad input.
-    #[error("{0}")]
-    Invalid(String),
-    /// Server: the token was refused (UNAUTHENTICATED).
-    #[error("the server {server} refused the token (UNAUTHENTICATED): {message}")]
-    TokenRefused { server: String, message: String },
-    /// Server: a token is required and none was sent (UNAUTHENTICATED).
-    #[error(
-        "the server {server} requires a token (UNAUTHENTICATED): {message}; pass --token, set $S2UC_TOKEN or run s2uc login"
-    )]
-    TokenMissing { server: String, message: String },
-}
-
-impl ClientError {
-    /// A failed call. A call that failed below gRPC (the connection broke)
-    /// carries the cause in the status's source chain: it is appended.
-    pub fn rpc(call: &'static str, s: tonic::Status) -> Self {
-        let mut message = s.message().to_owned();
-        let chain = source_chain(&s);
-        if chain.starts_with(&message) {
-            message = chain;
-        } else if !chain.is_empty() && !message.contains(&chain) {
-            message = format!("{message}: {chain}");
-        }
-        ClientError::Rpc {
-            call,
-            code: s.code(),
-            message,
-        }
-    }
-
-    /// The gRPC code, for RPC failures.
-    pub fn code(&self) -> Option<tonic::Code> {
-        match self {
-            ClientError::Rpc { code, .. } => Some(*code),
-            _ => None,
-        }
-    }
-}
-
-/// Adds `authorization: Bearer TOKEN` to every call.
-#[derive(Clone)]
-pub struct TokenInterceptor(Option<MetadataValue<Ascii>>);
-
-impl Interceptor for TokenInterceptor {
-    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        if let Some(v) = &self.0 {
-            req.metadata_mut().insert("authorization", v.clone());
-        }
-        Ok(req)
-    }
-}
-
-/// An authenticated channel.
-pub type AuthChannel = InterceptedService<Channel, TokenInterceptor>;
-
-/// How to reach a control server.
-#[derive(Clone, Default)]
-pub struct ClientOptions {
-    /// "host:port" of the control server.
-    pub s2cs: String,
-    /// The server certificate (PEM) to pin.
-    pub server_cert: Option<PathBuf>,
-    /// The server certificate (PEM) itself (takes precedence).
-    pub server_cert_pem: Option<Vec<u8>>,
-    /// TLS name to verify (default: the host part of `s2cs`).
-    pub tls_domain: Option<String>,
-    /// Bearer token.
-    pub token: Option<Zeroizing<String>>,
-    /// Client certificate and key, for servers that require one.
-    pub client_identity: Option<ClientIdentity>,
-    /// Plaintext (only for servers started with TLS disabled).
-    pub plaintext: bool,
-}
-
-/// A client certificate chain and its private key (PEM), checked when
-/// loaded: presented to control servers that require client certificates.
-#[derive(Clone)]
-pub struct ClientIdentity {
-    cert_pem: Vec<u8>,
-    key_pem: Zeroizing<Vec<u8>>,
-}
-
-impl ClientIdentity {
-    /// Reads `cert` and `key` (PEM). The key must be readable by its owner
-    /// only (mode 0600), like every other secret the control plane reads.
-    pub fn load(cert: &Path, key: &Path) -> Result<Self, ClientError> {
-        let read = |path: &Path, what: &str| {
-            std::fs::read(path).map_err(|e| ClientError::Io {
-                context: format!("reading {what} {}", path.display()),
-                source: e,
-            })
-        };
-        let cert_pem = read(cert, "client certificate")?;
-        crate::auth::check_private_file(key, "client key")
-            .map_err(|e| ClientError::Invalid(e.to_string()))?;
-        let key_pem = Zeroizing::new(read(key, "client key")?);
-        Self::from_pem(cert_pem, key_pem.to_vec()).map_err(|e| match e {
-            ClientError::Invalid(reason) => ClientError::Invalid(format!(
-                "{reason} (certificate {}, key {})",
-                cert.display(),
-                key.display()
-            )),
-            other => other,
-        })
-    }
-
-    /// Checks that `cert_pem` holds a certificate chain and `key_pem` a
-    /// private key (PKCS#8, PKCS#1 or SEC1).
-    pub fn from_pem(cert_pem: Vec<u8>, key_pem: Vec<u8>) -> Result<Self, ClientError> {
-        let key_pem = Zeroizing::new(key_pem);
-        let mut certs = 0;
-        for c in CertificateDer::pem_slice_iter(&cert_pem) {
-            c.map_err(|e| {
-                ClientError::Invalid(format!("the client certificate is not valid PEM: {e}"))
-            })?;
-            certs += 1;
-        }
-        if certs == 0 {
-            return Err(ClientError::Invalid(
-                "the client certificate file holds no certificate (expected a PEM \"BEGIN CERTIFICATE\" block)".into(),
-            ));
-        }
-        // The parsed key is dropped at once; only the PEM is kept (zeroized).
-        PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
-            ClientError::Invalid(format!(
-                "the client key file holds no usable private key (expected a PEM PKCS#8, PKCS#1 or SEC1 key): {e}"
-            ))
-        })?;
-        Ok(ClientIdentity { cert_pem, key_pem })
-    }
-}
-
-/// The `source()` chain of `e` (not `e` itself), joined with ": ".
-fn source_chain(e: &dyn std::error::Error) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let text = c.to_string();
-        if parts.last() != Some(&text) {
-            parts.push(text);
-        }
-        cur = c.source();
-    }
-    parts.join(": ")
-}
-
-/// What a TLS alert from the server (`alert`, e.g. "received fatal alert:
-/// UnknownCA") means for the user.
-fn tls_refusal_hint(alert: &str) -> &'static str {
-    const NO_CERT: &[&str] = &["CertificateRequired", "HandshakeFailure"];
-    const BAD_CERT: &[&str] = &[
-        "UnknownCA",
-        "BadCertificate",
-        "CertificateUnknown",
-        "UnsupportedCertificate",
-        "CertificateExpired",
-        "CertificateRevoked",
-        "DecryptError",
-    ];
-    if NO_CERT.iter().any(|a| alert.contains(a)) {
-        "it requires a client certificate: pass --client-cert and --client-key"
-    } else if BAD_CERT.iter().any(|a| alert.contains(a)) {
-        "it does not accept this client certificate: not signed by a CA it trusts, expired, or not for client authentication"
-    } else {
-        "see the server's log"
-    }
-}
-
-/// The message of a call that failed because the server refused the TLS
-/// handshake with `alert`.
-fn refused_message(message: &str, alert: &str) -> String {
-    format!(
-        "{message}; the server refused the TLS handshake ({alert}): {}",
-        tls_refusal_hint(alert)
-    )
-}
-
-/// The host part of "host:port" / "[v6]:port".
-pub fn host_of(s2cs: &str) -> &str {
-    let h = match s2cs.rsplit_once(':') {
-        Some((h, p)) if p.chars().all(|c| c.is_ascii_digit()) => h,
-        _ => s2cs,
-    };
-    h.trim_start_matches('[').trim_end_matches(']')
-}
+use crate::types::{Role, SessionId};
 
 /// Both services over one channel.
 #[derive(Clone)]
 pub struct Client {
     /// `scistream.Control`
-    pub control: ControlClient<AuthChannel>,
+    control: ControlClient<AuthChannel>,
     /// `scistream.ControlExt`
-    pub ext: ControlExtClient<AuthChannel>,
+    ext: ControlExtClient<AuthChannel>,
     /// How to repeat the TLS handshake to diagnose a closed connection
     /// (None over plaintext).
     probe: Option<Arc<ProbeTarget>>,
 }
 
+/// The generated gRPC clients of one [`Client`] (see [`Client::raw`]).
+#[derive(Clone)]
+pub struct RawClients {
+    /// `scistream.Control`
+    pub control: ControlClient<AuthChannel>,
+    /// `scistream.ControlExt`
+    pub ext: ControlExtClient<AuthChannel>,
+}
+
 /// Result of the PROD side setup.
 pub struct Inbound {
     /// Session id.
-    pub uid: String,
+    pub uid: SessionId,
     /// The PROD gateway's WAN listeners.
     pub listeners: Vec<String>,
     /// ProdApp listeners (targets).
@@ -263,28 +76,29 @@ pub struct Inbound {
 /// Result of a one-shot connect.
 pub struct Connected {
     /// Session id (same on both gateways).
-    pub uid: String,
+    pub uid: SessionId,
     /// The PROD gateway's WAN listeners.
     pub prod_listeners: Vec<String>,
     /// Where ConsApp connects (the CONS gateway's LAN listeners).
     pub cons_listeners: Vec<String>,
 }
 
-/// A fresh random (version 4) UUID string.
-pub fn new_uid() -> String {
+/// A fresh session id: a random (version 4) UUID.
+pub fn new_uid() -> SessionId {
     let mut b = [0u8; 16];
     rand::rng().fill_bytes(&mut b);
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
     let h = hex::encode(b);
-    format!(
+    let uuid = format!(
         "{}-{}-{}-{}-{}",
         &h[0..8],
         &h[8..12],
         &h[12..16],
         &h[16..20],
         &h[20..32]
-    )
+    );
+    SessionId::parse(&uuid).expect("a UUID is a valid session id")
 }
 
 /// Builds the ProdApp listener list from `--remote_ip` and `--receiver_ports`.
@@ -310,6 +124,20 @@ pub fn listeners_from(remote_ip: &str, ports: &str) -> Result<Vec<String>, Clien
 }
 
 impl Client {
+    /// The generated gRPC clients (clones sharing this client's channel and
+    /// token), for messages the typed operations cannot send: an invalid uid
+    /// or role, an empty role, a malformed secret (tests of the server's
+    /// validation), or SciStream's own client's exact calls. Their results
+    /// are raw [`tonic::Status`]es; [`ClientError::rpc`] turns one into the
+    /// error the typed operations return (without the TLS refusal
+    /// diagnosis).
+    pub fn raw(&self) -> RawClients {
+        RawClients {
+            control: self.control.clone(),
+            ext: self.ext.clone(),
+        }
+    }
+
     /// Connects (TLS with the pinned certificate unless `plaintext`).
     pub async fn connect(opts: &ClientOptions) -> Result<Self, ClientError> {
         let scheme = if opts.plaintext { "http" } else { "https" };
@@ -442,8 +270,8 @@ impl Client {
     /// `req` (asking for a channel secret).
     pub async fn req(
         &self,
-        uid: &str,
-        role: &str,
+        uid: &SessionId,
+        role: Role,
         num_conn: i32,
         rate: i32,
     ) -> Result<proto::Response, ClientError> {
@@ -454,8 +282,8 @@ impl Client {
     /// client sends (the gateways then derive the secret from the uid).
     pub async fn req_with(
         &self,
-        uid: &str,
-        role: &str,
+        uid: &SessionId,
+        role: Role,
         num_conn: i32,
         rate: i32,
         want_channel_secret: bool,
@@ -463,8 +291,8 @@ impl Client {
         let mut c = self.control.clone();
         let r = c
             .req(proto::Request {
-                uid: uid.into(),
-                role: role.into(),
+                uid: uid.as_str().to_owned(),
+                role: role.as_str().to_owned(),
                 num_conn,
                 rate,
                 want_channel_secret,
@@ -476,16 +304,16 @@ impl Client {
     /// `hello`.
     pub async fn hello(
         &self,
-        uid: &str,
-        role: &str,
+        uid: &SessionId,
+        role: Role,
         listeners: &[String],
     ) -> Result<proto::AppResponse, ClientError> {
         let mut c = self.control.clone();
         let r = c
             .hello(proto::Hello {
-                uid: uid.into(),
+                uid: uid.as_str().to_owned(),
                 prod_listeners: listeners.to_vec(),
-                role: role.into(),
+                role: role.as_str().to_owned(),
             })
             .await;
         self.finish("hello", r).await
@@ -496,8 +324,8 @@ impl Client {
     /// to 100 ms, for up to 5 s (as long as SciStream's own client waits).
     pub async fn hello_after_req(
         &self,
-        uid: &str,
-        role: &str,
+        uid: &SessionId,
+        role: Role,
         listeners: &[String],
     ) -> Result<proto::AppResponse, ClientError> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
@@ -519,17 +347,17 @@ impl Client {
     /// `update`.
     pub async fn update(
         &self,
-        uid: &str,
-        role: &str,
+        uid: &SessionId,
+        role: Role,
         targets: &[String],
         secret: Option<&SessionSecret>,
     ) -> Result<proto::Response, ClientError> {
         let mut c = self.control.clone();
         let r = c
             .update(proto::UpdateTargets {
-                uid: uid.into(),
+                uid: uid.as_str().to_owned(),
                 remote_listeners: targets.to_vec(),
-                role: role.into(),
+                role: role.as_str().to_owned(),
                 channel_secret: secret.map(|s| s.expose().to_vec()).unwrap_or_default(),
             })
             .await;
@@ -537,9 +365,13 @@ impl Client {
     }
 
     /// `release`.
-    pub async fn release(&self, uid: &str) -> Result<proto::Response, ClientError> {
+    pub async fn release(&self, uid: &SessionId) -> Result<proto::Response, ClientError> {
         let mut c = self.control.clone();
-        let r = c.release(proto::Release { uid: uid.into() }).await;
+        let r = c
+            .release(proto::Release {
+                uid: uid.as_str().to_owned(),
+            })
+            .await;
         self.finish("release", r).await
     }
 
@@ -547,15 +379,15 @@ impl Client {
     /// `want_secret` false asks as SciStream's own client does.
     pub async fn inbound(
         &self,
-        uid: &str,
+        uid: &SessionId,
         num_conn: i32,
         rate: i32,
         prod_app: &[String],
         want_secret: bool,
     ) -> Result<Inbound, ClientError> {
         let (resp, hello) = tokio::join!(
-            self.req_with(uid, "PROD", num_conn, rate, want_secret),
-            self.hello_after_req(uid, "PROD", prod_app)
+            self.req_with(uid, Role::Prod, num_conn, rate, want_secret),
+            self.hello_after_req(uid, Role::Prod, prod_app)
         );
         let resp = resp?;
         hello?;
@@ -567,9 +399,10 @@ impl Client {
                     .map_err(|e| ClientError::Invalid(e.to_string()))?,
             )
         };
-        self.update(uid, "PROD", &resp.prod_listeners, None).await?;
+        self.update(uid, Role::Prod, &resp.prod_listeners, None)
+            .await?;
         Ok(Inbound {
-            uid: uid.to_owned(),
+            uid: uid.clone(),
             listeners: resp.listeners,
             prod_listeners: resp.prod_listeners,
             secret,
@@ -580,19 +413,19 @@ impl Client {
     /// and the secret. Returns where ConsApp connects.
     pub async fn outbound(
         &self,
-        uid: &str,
+        uid: &SessionId,
         prod_gateway: &[String],
         num_conn: i32,
         rate: i32,
         secret: Option<&SessionSecret>,
     ) -> Result<Vec<String>, ClientError> {
         let (resp, hello) = tokio::join!(
-            self.req(uid, "CONS", num_conn, rate),
-            self.hello_after_req(uid, "CONS", prod_gateway)
+            self.req(uid, Role::Cons, num_conn, rate),
+            self.hello_after_req(uid, Role::Cons, prod_gateway)
         );
         let resp = resp?;
         hello?;
-        let up = self.update(uid, "CONS", prod_gateway, secret).await?;
+        let up = self.update(uid, Role::Cons, prod_gateway, secret).await?;
         Ok(if up.listeners.is_empty() {
             resp.listeners
         } else {
@@ -601,9 +434,13 @@ impl Client {
     }
 
     /// `ControlExt.status`.
-    pub async fn status(&self, uid: &str) -> Result<proto::SessionStatus, ClientError> {
+    pub async fn status(&self, uid: &SessionId) -> Result<proto::SessionStatus, ClientError> {
         let mut c = self.ext.clone();
-        let r = c.status(proto::StatusRequest { uid: uid.into() }).await;
+        let r = c
+            .status(proto::StatusRequest {
+                uid: uid.as_str().to_owned(),
+            })
+            .await;
         self.finish("status", r).await
     }
 
@@ -624,13 +461,13 @@ impl Client {
     /// `ControlExt.watch`.
     pub async fn watch(
         &self,
-        uid: &str,
+        uid: &SessionId,
         interval_ms: u32,
     ) -> Result<tonic::Streaming<proto::WatchEvent>, ClientError> {
         let mut c = self.ext.clone();
         let r = c
             .watch(proto::WatchRequest {
-                uid: uid.into(),
+                uid: uid.as_str().to_owned(),
                 interval_ms,
             })
             .await;
@@ -688,118 +525,19 @@ pub async fn connect_both_as(
     }
 }
 
-/// Default token file: `$HOME/.scistream/s2uc-token`.
-pub fn default_token_file() -> PathBuf {
-    let home = std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("."));
-    home.join(".scistream").join("s2uc-token")
-}
-
-/// Where a token came from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TokenSource {
-    /// `--token`
-    Flag,
-    /// `S2UC_TOKEN`
-    Env,
-    /// the token file
-    File,
-}
-
-/// Picks the token: flag, then environment, then the token file (which must
-/// be mode 0600). None when there is none at all.
-pub fn resolve_token(
-    flag: Option<&str>,
-    env: Option<&str>,
-    file: &Path,
-) -> Result<Option<(Zeroizing<String>, TokenSource)>, ClientError> {
-    if let Some(t) = flag.filter(|t| !t.is_empty()) {
-        return Ok(Some((Zeroizing::new(t.to_owned()), TokenSource::Flag)));
-    }
-    if let Some(t) = env.filter(|t| !t.is_empty()) {
-        return Ok(Some((Zeroizing::new(t.to_owned()), TokenSource::Env)));
-    }
-    if !file.exists() {
-        return Ok(None);
-    }
-    crate::auth::check_private_file(file, "token file")
-        .map_err(|e| ClientError::Invalid(e.to_string()))?;
-    let t = Zeroizing::new(
-        std::fs::read_to_string(file)
-            .map_err(|e| ClientError::Io {
-                context: format!("reading token file {}", file.display()),
-                source: e,
-            })?
-            .trim()
-            .to_owned(),
-    );
-    Ok((!t.is_empty()).then_some((t, TokenSource::File)))
-}
-
-/// Checks a token before it is stored: not empty, and printable ASCII
-/// without spaces (it travels in the `authorization` metadata as
-/// "Bearer TOKEN"). Surrounding whitespace (a pasted newline) is ignored.
-/// The error never contains the token.
-pub fn validate_token(token: &str) -> Result<(), ClientError> {
-    let t = token.trim();
-    if t.is_empty() {
-        return Err(ClientError::Invalid(
-            "empty token: pass --token TOKEN, or the token on standard input".into(),
-        ));
-    }
-    if t.get(..7)
-        .is_some_and(|p| p.eq_ignore_ascii_case("bearer "))
-    {
-        return Err(ClientError::Invalid(
-            "the token starts with \"Bearer \": store the token alone, without that prefix".into(),
-        ));
-    }
-    if let Some((i, _)) = t.char_indices().find(|(_, c)| !c.is_ascii_graphic()) {
-        return Err(ClientError::Invalid(format!(
-            "the token has a space, control or non-ASCII character at byte {}: a bearer token is printable ASCII without spaces (is it the right text?)",
-            i + 1
-        )));
-    }
-    Ok(())
-}
-
-/// Writes the token file with mode 0600 (directory 0700), atomically.
-pub fn write_token_file(file: &Path, token: &str) -> Result<(), ClientError> {
-    use std::io::Write;
-    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-    let io = |context: String| move |e| ClientError::Io { context, source: e };
-    if let Some(dir) = file.parent() {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(io(format!("creating {}", dir.display())))?;
-    }
-    let tmp = file.with_extension("tmp");
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(io(format!("creating {}", tmp.display())))?;
-    f.write_all(token.trim().as_bytes())
-        .and_then(|_| f.sync_all())
-        .map_err(io(format!("writing {}", tmp.display())))?;
-    std::fs::rename(&tmp, file).map_err(io(format!("renaming to {}", file.display())))?;
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
+    use super::transport::tls_refusal_hint;
     use super::*;
 
     #[test]
     fn uid_format() {
         let u = new_uid();
-        assert_eq!(u.len(), 36);
-        assert!(crate::types::SessionId::parse(&u).is_ok());
+        let s = u.as_str();
+        assert_eq!(s.len(), 36);
+        assert_eq!(SessionId::parse(s).as_ref().ok(), Some(&u));
+        assert_eq!(&s[14..15], "4", "version 4");
+        assert!("89ab".contains(&s[19..20]), "RFC 4122 variant: {s}");
         assert_ne!(u, new_uid());
     }
 
