@@ -18,6 +18,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::ebpf::KernelRelay;
+use crate::error_chain::error_chain;
 use crate::relay::DataPath;
 use crate::sys::{self, Pipe};
 use crate::xdp::{self, AttachMode};
@@ -187,7 +188,7 @@ pub fn run_with(options: &CheckOptions) -> Report {
             }
         })
         .collect();
-    // sockmap is reported but opt-in (see RelayEngine::best_path).
+    // sockmap is reported but opt-in (see relay::AUTO_REASON).
     let plaintext_path = if splice_ok {
         DataPath::Splice
     } else {
@@ -236,11 +237,13 @@ pub fn render(report: &Report) -> String {
         "data path: plaintext relay = {}; gateway-to-gateway channel = {}\n",
         report.plaintext_path, report.channel_path
     ));
+    out.push_str(&format!(
+        "           --data-path auto is {}: {}\n",
+        crate::relay::AUTO_PATH,
+        crate::relay::AUTO_REASON
+    ));
     if report.capability(SOCKMAP).is_some_and(|c| c.available) {
-        out.push_str(
-            "           the in-kernel sockmap relay works here and is opt-in \
-             (--data-path sockmap; see docs/ARCHITECTURE.md)\n",
-        );
+        out.push_str("           the in-kernel sockmap relay works here (--data-path sockmap)\n");
     }
     if !report.can_run {
         out.push_str("the gateway cannot run here: not even a loopback TCP relay works\n");
@@ -261,17 +264,6 @@ fn probe(name: &'static str, f: impl FnOnce() -> Result<String, String>) -> Capa
             detail,
         },
     }
-}
-
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -404,24 +396,13 @@ fn probe_splice() -> Result<String, String> {
     Ok("socket -> pipe -> socket works".into())
 }
 
+/// The gateway's own kernel-TLS probe (`channel::probe_ktls`): keys set for
+/// TX and RX on a loopback pair and a record through it.
 fn probe_ktls() -> Result<String, String> {
-    let available =
-        std::fs::read_to_string("/proc/sys/net/ipv4/tcp_available_ulp").unwrap_or_default();
-    let (near, _far) = loopback_pair()?;
-    match sys::set_tcp_ulp(near.as_fd(), "tls") {
-        Ok(()) => Ok(format!(
-            "TCP_ULP \"tls\" attaches (available ULPs: {})",
-            available.trim()
-        )),
-        Err(err) if err.raw_os_error() == Some(libc::ENOENT) => Err(format!(
-            "TCP_ULP \"tls\" is unavailable (ENOENT): this kernel has no TLS module loaded or built \
-             (CONFIG_TLS); try `modprobe tls`. Available ULPs: {}",
-            if available.trim().is_empty() {
-                "none"
-            } else {
-                available.trim()
-            }
-        )),
-        Err(err) => Err(format!("setting TCP_ULP \"tls\" failed: {err}")),
+    let support = crate::channel::probe_ktls();
+    if support.available() {
+        Ok(support.detail)
+    } else {
+        Err(support.detail)
     }
 }

@@ -64,6 +64,9 @@ pub struct KernelRelay {
     waiters: Mutex<std::collections::HashMap<u64, Arc<Notify>>>,
     /// Directions that the program handed to userspace (see PASS_TO_USER).
     handed_to_userspace: AtomicU64,
+    /// Connections reset because the kernel handed on more bytes than TCP
+    /// received (see `relay/sockmap.rs`).
+    duplications: AtomicU64,
     /// Test hook: pause between the two SockHash inserts of a pair (µs).
     insert_pause_micros: AtomicU64,
     /// Keeps the program loaded and attached for as long as the relay lives.
@@ -133,6 +136,7 @@ impl KernelRelay {
             events: Mutex::new(Some(events)),
             waiters: Mutex::new(std::collections::HashMap::new()),
             handed_to_userspace: AtomicU64::new(0),
+            duplications: AtomicU64::new(0),
             insert_pause_micros: AtomicU64::new(0),
             _ebpf: ebpf,
         })
@@ -243,6 +247,15 @@ impl KernelRelay {
         self.handed_to_userspace.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// How many connections were reset because the kernel duplicated bytes.
+    pub fn duplications(&self) -> u64 {
+        self.duplications.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn note_duplication(&self) {
+        self.duplications.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// The counters of one socket, by cookie.
     pub fn entry(&self, cookie: u64) -> Option<RelayEntry> {
         let relay = self
@@ -290,6 +303,7 @@ impl KernelRelay {
             // SAFETY: the RingBuf owns its map descriptor (MapData holds an
             // OwnedFd) and is moved into the AsyncFd, so the descriptor stays
             // open and the same for the AsyncFd's whole life.
+            #[allow(unsafe_code)]
             let registered = unsafe {
                 tokio::io::unix::AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE)
             };

@@ -4,6 +4,7 @@
 //!
 //! Layout:
 //! - [`sys`]: every raw system call outside aya (socket options, ioctls, splice);
+//! - [`error_chain`]: one line for an error and its sources;
 //! - [`ebpf`]: loads the embedded eBPF object and owns the kernel relay maps;
 //! - [`relay`]: the relay engine and its three data paths;
 //! - [`channel`]: the secure gateway-to-gateway channel (TLS, per-session
@@ -14,20 +15,28 @@
 //!   and `s2cs serve`;
 //! - [`admission`]: the budget of WAN connections not yet authenticated
 //!   (gateway-wide, per source, per second);
+//! - [`relay_limit`]: the budget of relayed connections (gateway-wide);
 //! - [`refusal_log`]: one log line a second summing up refused WAN
 //!   connections;
 //! - [`xdp`]: the XDP guard of the data ports on the WAN interface and its
 //!   allow-list;
 //! - [`metrics`]: the Prometheus registry of `s2cs serve` and its HTTP
 //!   endpoint.
+// `unsafe` only in `sys` (system calls) and in the eBPF map glue of `ebpf`,
+// each with a SAFETY note.
+#![deny(unsafe_code)]
+
 pub mod admission;
 pub mod channel;
 pub mod check;
+pub mod drain;
 pub mod ebpf;
+pub mod error_chain;
 pub mod metrics;
 pub mod proxy;
 pub mod refusal_log;
 pub mod relay;
+pub mod relay_limit;
 pub mod session;
 pub mod sys;
 pub mod xdp;

@@ -1,4 +1,5 @@
 //! `s2cs`: the gateway daemon's command line. The logic lives in the library.
+#![forbid(unsafe_code)]
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -8,7 +9,7 @@ use clap::{Parser, Subcommand};
 use gateway::check;
 use gateway::ebpf::KernelRelay;
 use gateway::proxy::{self, ProxyPlan, ProxyStats};
-use gateway::relay::{DataPath, RelayEngine};
+use gateway::relay::{AUTO_PATH, AUTO_REASON, DataPath, RelayEngine};
 use gateway::session::serve::{Gateway, ServeArgs, raise_descriptor_limit, shutdown_signals};
 
 #[derive(Parser)]
@@ -48,7 +49,7 @@ enum Command {
         listen: SocketAddr,
         #[arg(long)]
         target: SocketAddr,
-        /// Data path: auto (best available), sockmap, splice or copy.
+        /// Data path: auto (splice; see `s2cs check`), sockmap, splice or copy.
         #[arg(long, default_value = "auto")]
         path: String,
         /// Pacing cap per socket, in bytes per second.
@@ -199,15 +200,12 @@ async fn relay(
         Some(DataPath::Sockmap) => RelayEngine::with_kernel(Arc::new(
             KernelRelay::load().context("--path sockmap needs the kernel relay")?,
         )),
-        None => match KernelRelay::load() {
-            Ok(kernel) => RelayEngine::with_kernel(Arc::new(kernel)),
-            Err(err) => {
-                tracing::warn!(error = %err, "kernel relay unavailable; using splice");
-                RelayEngine::userspace()
-            }
-        },
+        None => {
+            tracing::info!(path = %AUTO_PATH, reason = AUTO_REASON, "data path auto");
+            RelayEngine::userspace()
+        }
     };
-    let path = wanted.unwrap_or_else(|| engine.best_path());
+    let path = wanted.unwrap_or(AUTO_PATH);
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding {listen}"))?;

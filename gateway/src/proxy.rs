@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinSet;
 
+use crate::drain::{Drain, DrainOutcome};
 use crate::relay::{ConnCounters, DataPath, RelayEngine};
 use crate::sys;
 
@@ -44,8 +44,9 @@ pub struct ProxyPlan {
     pub rate: Option<u64>,
 }
 
-/// Accepts on `listener` until `shutdown` resolves, then waits for the
-/// connections in flight to finish.
+/// Accepts on `listener` until `shutdown` resolves, then lets the
+/// connections in flight finish for [`DRAIN_GRACE`] and closes the rest
+/// (the same [`Drain`] a session's listeners use).
 pub async fn run(
     listener: TcpListener,
     plan: ProxyPlan,
@@ -53,7 +54,7 @@ pub async fn run(
     stats: Arc<ProxyStats>,
     shutdown: impl Future<Output = ()>,
 ) {
-    let mut connections = JoinSet::new();
+    let drain = Drain::new();
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -62,7 +63,20 @@ pub async fn run(
                 Ok((client, peer)) => {
                     stats.accepted.fetch_add(1, Ordering::Relaxed);
                     let (plan, engine, stats) = (plan.clone(), engine.clone(), Arc::clone(&stats));
-                    connections.spawn(async move { serve(client, peer, plan, engine, stats).await });
+                    let mut in_flight = drain.in_flight();
+                    tokio::spawn(async move {
+                        tokio::select! {
+                            // Polled first, so `serve` counts itself active
+                            // before a reset can count it gone.
+                            biased;
+                            () = serve(client, peer, plan, engine, Arc::clone(&stats)) => {}
+                            // Dropping the relay closes both sockets.
+                            () = in_flight.reset_requested() => {
+                                stats.active.fetch_sub(1, Ordering::Relaxed);
+                                stats.failed.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                    });
                 }
                 Err(err) => {
                     // Out of fds or similar: back off instead of spinning.
@@ -70,26 +84,24 @@ pub async fn run(
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
         }
     }
-    // Drain: connections in flight get a grace period, then are reset.
-    let drained = tokio::time::timeout(DRAIN_GRACE, async {
-        while connections.join_next().await.is_some() {}
-    })
-    .await;
-    if drained.is_err() {
-        tracing::warn!(
-            left = connections.len(),
-            "grace period over; resetting the connections still open"
-        );
-        connections.abort_all();
-        while connections.join_next().await.is_some() {}
+    drop(listener);
+    match drain.finish(DRAIN_GRACE, RESET_WAIT).await {
+        DrainOutcome::Finished => {}
+        DrainOutcome::Reset => {
+            tracing::warn!("grace period over; closed the connections still open");
+        }
+        DrainOutcome::Stuck => {
+            tracing::warn!("connections still running after the reset");
+        }
     }
 }
 
 /// How long a stopping proxy waits for its connections to finish.
 pub const DRAIN_GRACE: Duration = Duration::from_secs(10);
+/// How long it then waits for the reset connections to end.
+const RESET_WAIT: Duration = Duration::from_secs(5);
 
 async fn serve(
     client: TcpStream,

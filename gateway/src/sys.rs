@@ -3,6 +3,7 @@
 //! SO_MAX_PACING_RATE, TCP_ULP), queue ioctls (SIOCINQ/SIOCOUTQ), pipes and
 //! splice(2). Each function is a thin, checked wrapper with a SAFETY note, so the
 //! rest of the crate stays free of `unsafe`.
+#![allow(unsafe_code)]
 use std::io;
 use std::mem::{MaybeUninit, size_of};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
@@ -15,8 +16,24 @@ fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
     }
 }
 
+/// Plain data the kernel reads or writes as a socket option: integers and
+/// the `repr(C)` structs of this module, every bit pattern a valid value and
+/// no padding. Private to this module, so no other type can be passed to
+/// the raw helpers below (their SAFETY notes rely on it).
+trait PlainData: Sized {}
+impl PlainData for libc::c_int {}
+impl PlainData for u64 {}
+impl PlainData for TcpInfoPrefix {}
+impl PlainData for AesGcm128Info {}
+impl PlainData for AesGcm256Info {}
+impl PlainData for Chacha20Poly1305Info {}
+
 /// Reads a fixed-size socket option.
-fn getsockopt<T: Copy>(fd: BorrowedFd<'_>, level: libc::c_int, name: libc::c_int) -> io::Result<T> {
+fn getsockopt<T: PlainData + Copy>(
+    fd: BorrowedFd<'_>,
+    level: libc::c_int,
+    name: libc::c_int,
+) -> io::Result<T> {
     let mut value = MaybeUninit::<T>::zeroed();
     let mut len = size_of::<T>() as libc::socklen_t;
     // SAFETY: `value` is a writable buffer of `len` bytes that outlives the
@@ -30,12 +47,13 @@ fn getsockopt<T: Copy>(fd: BorrowedFd<'_>, level: libc::c_int, name: libc::c_int
             &mut len,
         )
     })?;
-    // SAFETY: the buffer was zero-initialised and T is plain old data (u64 or
-    // a repr(C) struct of integers), so any prefix the kernel filled is valid.
+    // SAFETY: the buffer was zero-initialised and T is PlainData (an integer
+    // or a repr(C) struct of integers), so any prefix the kernel filled is valid.
     Ok(unsafe { value.assume_init() })
 }
 
-fn setsockopt<T: Copy>(
+/// Writes `value` as a socket option.
+fn setsockopt<T: PlainData>(
     fd: BorrowedFd<'_>,
     level: libc::c_int,
     name: libc::c_int,
@@ -286,29 +304,9 @@ pub enum KtlsCipher<'a> {
     Chacha20Poly1305 { key: &'a [u8; 32], iv: &'a [u8; 12] },
 }
 
-/// Writes `value` as a socket option (any plain struct, not only Copy ones).
-fn setsockopt_raw<T>(
-    fd: BorrowedFd<'_>,
-    level: libc::c_int,
-    name: libc::c_int,
-    value: &T,
-) -> io::Result<()> {
-    // SAFETY: `value` points at `size_of::<T>()` readable bytes for the call.
-    check(unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            level,
-            name,
-            (value as *const T).cast(),
-            size_of::<T>() as libc::socklen_t,
-        )
-    })
-    .map(drop)
-}
-
 /// Zeroes a key-carrying struct in place (best effort: volatile writes so the
 /// compiler cannot drop them).
-fn wipe<T>(value: &mut T) {
+fn wipe<T: PlainData>(value: &mut T) {
     let ptr = (value as *mut T).cast::<u8>();
     for i in 0..size_of::<T>() {
         // SAFETY: `ptr + i` stays inside `*value`, which we hold mutably; the
@@ -351,7 +349,7 @@ pub fn set_ktls_key(
                 salt,
                 rec_seq,
             };
-            let result = setsockopt_raw(fd, SOL_TLS, name, &info);
+            let result = setsockopt(fd, SOL_TLS, name, &info);
             wipe(&mut info);
             result
         }
@@ -365,7 +363,7 @@ pub fn set_ktls_key(
                 salt,
                 rec_seq,
             };
-            let result = setsockopt_raw(fd, SOL_TLS, name, &info);
+            let result = setsockopt(fd, SOL_TLS, name, &info);
             wipe(&mut info);
             result
         }
@@ -377,7 +375,7 @@ pub fn set_ktls_key(
                 key: *key,
                 rec_seq,
             };
-            let result = setsockopt_raw(fd, SOL_TLS, name, &info);
+            let result = setsockopt(fd, SOL_TLS, name, &info);
             wipe(&mut info);
             result
         }

@@ -18,9 +18,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use control::Role;
 use gateway::channel::{
     self, CertSource, ChannelConfig, ChannelInfo, ChannelPath, ChannelSettings, FailureReason,
-    KernelCaps, PeerVerification, Role,
+    KernelCaps, PeerVerification,
 };
 use gateway::ebpf::KernelRelay;
 use gateway::relay::{ConnCounters, DataPath, RelayEngine};
@@ -131,7 +132,7 @@ impl Pair {
                     let outcome = match channel::accept(tcp, &cfg, &SECRET).await {
                         Err(err) => Outcome::Refused(err.reason(), err.to_string()),
                         Ok(ch) => {
-                            assert_eq!(ch.role(), Role::Acceptor);
+                            assert_eq!(ch.role(), Role::Prod);
                             infos.lock().expect("infos").push(ch.info().clone());
                             let lan = TcpStream::connect(sink_addr)
                                 .await
@@ -598,12 +599,7 @@ mod raw_client {
     ) -> ([u8; 34], bool) {
         let (mut conn, mut tcp, exporter) = handshake(addr);
         let proof = proof.unwrap_or_else(|| {
-            gateway::channel::proof::compute(
-                &super::SECRET,
-                gateway::channel::Role::Connector,
-                0,
-                &exporter,
-            )
+            gateway::channel::proof::compute(&super::SECRET, control::Role::Cons, 0, &exporter)
         });
         let mut stream = rustls::Stream::new(&mut conn, &mut tcp);
         let _ = stream.write_all(&proof);
@@ -758,12 +754,8 @@ mod raw_client {
             body_left: 0,
             key_update_sized: 0,
         };
-        let proof = gateway::channel::proof::compute(
-            &super::SECRET,
-            gateway::channel::Role::Connector,
-            0,
-            &exporter,
-        );
+        let proof =
+            gateway::channel::proof::compute(&super::SECRET, control::Role::Cons, 0, &exporter);
         send(&mut conn, &mut tcp, &proof)?;
         let mut theirs = [0u8; 34];
         receive(&mut conn, &mut tcp, &mut theirs)?;

@@ -15,10 +15,11 @@ use tokio::net::TcpStream;
 
 use super::error::ChannelError;
 use super::proof::{
-    self, EXPORTER_LABEL, EXPORTER_LEN, FLAG_PLAINTEXT_AFTER_AUTH, PROOF_LEN, ProofError, Role,
+    self, EXPORTER_LABEL, EXPORTER_LEN, FLAG_PLAINTEXT_AFTER_AUTH, PROOF_LEN, ProofError,
 };
 use super::record::{HEADER, Secrets};
 use super::traffic::{SecretCapture, TrafficHash};
+use control::Role;
 
 /// What a successful handshake leaves.
 pub(super) struct Handshaken {
@@ -164,7 +165,7 @@ fn take_keys(
             capture
                 .take(hash)
                 .map_err(general)?
-                .into_tx_rx(role == Role::Connector),
+                .into_tx_rx(role == Role::Cons),
         ),
         None => None,
     };

@@ -1,5 +1,5 @@
-//! Kernel TLS: the probe ([`probe_ktls`]), handing a channel's keys to the
-//! kernel, and the splice relay over a kernel TLS socket.
+//! Kernel TLS: handing a channel's keys to the kernel, and the splice relay
+//! over a kernel TLS socket (whether the kernel can is `ktls_probe`'s job).
 //!
 //! Why our own key hand-over instead of the `ktls` crate or rustls'
 //! `dangerous_into_kernel_connection`: the proof needs rustls' TLS exporter,
@@ -24,142 +24,22 @@
 //! Linux 6.13 on and is not used here), so the peer's next records could not
 //! be decrypted. close_notify is sent with sendmsg and TLS_SET_RECORD_TYPE
 //! before the FIN.
-use std::io::{self, Read, Write};
-use std::net::{TcpListener, TcpStream as StdTcpStream};
+use std::io;
 use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
 
-use serde::Serialize;
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
 use super::error::ChannelRelayError;
+use super::reader::{Control, control_record};
 use super::record::{Cipher, DirectionKeys, Secrets, Version};
 use super::sockets::{first_error, shutdown_write};
-use super::userspace::{CLOSE_NOTIFY, Control, control_record};
+use super::userspace::CLOSE_NOTIFY;
 use crate::sys::{self, KtlsCipher, KtlsDirection, Pipe};
 
 /// Pipe buffer per direction.
 const PIPE_SIZE: usize = 1024 * 1024;
-
-/// What the kernel offers for TLS.
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
-pub struct KtlsSupport {
-    /// TCP_ULP "tls" attaches.
-    pub ulp: bool,
-    /// TLS 1.3 AES-GCM-128 keys are accepted for TX and RX, and a record
-    /// went through a kernel TLS pair and out of it with splice.
-    pub tls13: bool,
-    /// What was observed (how it works, or why not).
-    pub detail: String,
-}
-
-impl KtlsSupport {
-    /// The kernel TLS data path can be used.
-    pub fn available(&self) -> bool {
-        self.ulp && self.tls13
-    }
-
-    /// Support that was not probed (tests forcing the userspace path).
-    pub fn unavailable(detail: impl Into<String>) -> Self {
-        KtlsSupport {
-            ulp: false,
-            tls13: false,
-            detail: detail.into(),
-        }
-    }
-}
-
-/// Probes kernel TLS on a loopback pair: TCP_ULP "tls" on both ends, TLS 1.3
-/// AES-GCM-128 TX on one and RX on the other, one record through, read back
-/// with splice. Blocking; takes a few milliseconds.
-pub fn probe_ktls() -> KtlsSupport {
-    let ulps = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_available_ulp").unwrap_or_default();
-    let ulps = if ulps.trim().is_empty() {
-        "none".to_string()
-    } else {
-        ulps.trim().to_string()
-    };
-    match probe_inner() {
-        Ok(()) => KtlsSupport {
-            ulp: true,
-            tls13: true,
-            detail: format!(
-                "TLS 1.3 AES-GCM-128 keys set for TX and RX, a record crossed a loopback pair and left by splice \
-                 (available ULPs: {ulps})"
-            ),
-        },
-        Err((ulp, why)) => KtlsSupport {
-            ulp,
-            tls13: false,
-            detail: format!("{why} (available ULPs: {ulps})"),
-        },
-    }
-}
-
-fn probe_inner() -> Result<(), (bool, String)> {
-    let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| (false, format!("bind: {e}")))?;
-    let addr = listener.local_addr().map_err(|e| (false, e.to_string()))?;
-    let mut tx = StdTcpStream::connect(addr).map_err(|e| (false, format!("connect: {e}")))?;
-    let (rx, _) = listener
-        .accept()
-        .map_err(|e| (false, format!("accept: {e}")))?;
-    for (socket, name) in [(&tx, "tx"), (&rx, "rx")] {
-        sys::set_tcp_ulp(socket.as_fd(), "tls").map_err(|e| {
-            (
-                false,
-                if e.raw_os_error() == Some(libc::ENOENT) {
-                    "TCP_ULP \"tls\" is unavailable (ENOENT): no kernel TLS (CONFIG_TLS off or the tls module \
-                     not loaded; try `modprobe tls`)"
-                        .to_string()
-                } else {
-                    format!("TCP_ULP \"tls\" on the {name} socket: {e}")
-                },
-            )
-        })?;
-    }
-    let key = [0x42u8; 16];
-    let iv = [0x24u8; 12];
-    let cipher = || KtlsCipher::AesGcm128 { key: &key, iv: &iv };
-    sys::set_ktls_key(tx.as_fd(), KtlsDirection::Tx, sys::KTLS_VERSION_1_3, cipher(), 0)
-        .map_err(|e| (true, format!("TLS_TX with a TLS 1.3 AES-GCM-128 key: {e} (ENOENT: the gcm(aes) cipher is missing)")))?;
-    sys::set_ktls_key(
-        rx.as_fd(),
-        KtlsDirection::Rx,
-        sys::KTLS_VERSION_1_3,
-        cipher(),
-        0,
-    )
-    .map_err(|e| (true, format!("TLS_RX with a TLS 1.3 AES-GCM-128 key: {e}")))?;
-    tx.write_all(b"s2cs")
-        .map_err(|e| (true, format!("send on a kernel TLS socket: {e}")))?;
-    let pipe = Pipe::new(64 * 1024).map_err(|e| (true, format!("pipe: {e}")))?;
-    let deadline = Instant::now() + Duration::from_secs(2);
-    loop {
-        match sys::splice(rx.as_fd(), pipe.write.as_fd(), 64 * 1024) {
-            Ok(4) => break,
-            Ok(n) => {
-                return Err((
-                    true,
-                    format!("splice out of kernel TLS moved {n} bytes, expected 4"),
-                ));
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock && Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            Err(e) => return Err((true, format!("splice out of a kernel TLS socket: {e}"))),
-        }
-    }
-    let mut got = [0u8; 4];
-    std::fs::File::from(pipe.read)
-        .read_exact(&mut got)
-        .map_err(|e| (true, format!("reading the pipe: {e}")))?;
-    if &got != b"s2cs" {
-        return Err((true, format!("kernel TLS round trip returned {got:?}")));
-    }
-    Ok(())
-}
 
 fn cipher_of(keys: &DirectionKeys) -> Option<KtlsCipher<'_>> {
     let iv: &[u8; 12] = &keys.iv;

@@ -23,22 +23,40 @@
 //! setting the keys on a socket in a SockHash) on every kernel tried; see
 //! docs and the reference notes.
 //!
-//! Submodules: [`config`] (certificates, verification, settings), [`pem`]
+//! Submodules: [`args`] (the `s2cs serve` flags of the channel and their
+//! checks), `mode` ([`ChannelMode`]), [`config`] (certificates, verification,
+//! settings), [`pem`]
 //! (reading certificate, key and CA files),
 //! `handshake` (the handshake driver and proof exchange), [`proof`] (the
 //! proof message), `record` (the TLS record layer after the handshake,
-//! KeyUpdate included), `traffic` (the TLS 1.3 traffic secrets: captured
-//! per connection, and the key schedule for key updates), `userspace` and
+//! KeyUpdate included), `reader` (the receive side of the userspace path
+//! without sockets: records in, plaintext and control out), `traffic` (the
+//! TLS 1.3 traffic secrets: captured per connection, and the key schedule
+//! for key updates), `userspace` and
 //! `ktls` (the two TLS data paths), `sockets` (helpers), [`error`] (errors
-//! and counters).
+//! and counters). With the `fuzzing` feature `record`, `reader` and
+//! `traffic` are public, for the fuzz targets in `fuzz/`.
+pub mod args;
 pub mod config;
 pub mod error;
 mod handshake;
 mod ktls;
+mod ktls_probe;
+mod mode;
 pub mod pem;
 pub mod proof;
+#[cfg(feature = "fuzzing")]
+pub mod reader;
+#[cfg(not(feature = "fuzzing"))]
+mod reader;
+#[cfg(feature = "fuzzing")]
+pub mod record;
+#[cfg(not(feature = "fuzzing"))]
 mod record;
 mod sockets;
+#[cfg(feature = "fuzzing")]
+pub mod traffic;
+#[cfg(not(feature = "fuzzing"))]
 mod traffic;
 mod userspace;
 
@@ -54,11 +72,12 @@ pub use config::{
     BadFingerprint, CertSource, ChannelConfig, ChannelSettings, Fingerprint, PeerVerification,
 };
 pub use error::{ChannelError, ChannelFailures, ChannelRelayError, FailureReason};
-pub use ktls::{KtlsSupport, probe_ktls};
+pub use ktls_probe::{KtlsSupport, available_ulps, probe_ktls, verify_ktls_wire};
+pub use mode::ChannelMode;
 pub use pem::PemFileError;
-pub use proof::Role;
 
 use crate::relay::{ConnCounters, DataPath, RelayEngine};
+use control::Role;
 use record::{Opener, Sealer, Secrets};
 use traffic::SecretCapture;
 
@@ -142,7 +161,7 @@ pub async fn accept(
     let conn = ServerConnection::new(Arc::new(server))
         .map_err(|e| ChannelError::config(format!("TLS server: {e}")))?;
     let conn = Connection::Server(conn);
-    establish(tcp, cfg, conn, &capture, Role::Acceptor, secret).await
+    establish(tcp, cfg, conn, &capture, Role::Prod, secret).await
 }
 
 /// CONS side: runs the TLS client handshake (verifying the server's
@@ -162,7 +181,7 @@ pub async fn connect(
     let conn = ClientConnection::new(Arc::new(client), name)
         .map_err(|e| ChannelError::config(format!("TLS client: {e}")))?;
     let conn = Connection::Client(conn);
-    establish(tcp, cfg, conn, &capture, Role::Connector, secret).await
+    establish(tcp, cfg, conn, &capture, Role::Cons, secret).await
 }
 
 async fn establish(
@@ -215,12 +234,12 @@ async fn establish(
             }
             match role {
                 // Our own dial: one line each, there are few.
-                Role::Connector => {
+                Role::Cons => {
                     tracing::warn!(?peer, ?role, reason = err.reason().map(FailureReason::as_str), error = %err, "channel: connection refused")
                 }
                 // Incoming: anyone on the WAN can make these; the refusal
                 // log sums them up once a second.
-                Role::Acceptor => {
+                Role::Prod => {
                     tracing::debug!(?peer, ?role, reason = err.reason().map(FailureReason::as_str), error = %err, "channel: connection refused")
                 }
             }
@@ -276,13 +295,22 @@ pub enum ChannelPath {
     Plaintext(DataPath),
 }
 
+impl ChannelPath {
+    /// The path's name in logs and the `path` label of the metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChannelPath::KernelTls => "ktls-splice",
+            ChannelPath::UserspaceTls => "userspace-tls",
+            ChannelPath::Plaintext(DataPath::Sockmap) => "plaintext-sockmap",
+            ChannelPath::Plaintext(DataPath::Splice) => "plaintext-splice",
+            ChannelPath::Plaintext(DataPath::Copy) => "plaintext-copy",
+        }
+    }
+}
+
 impl fmt::Display for ChannelPath {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ChannelPath::KernelTls => f.write_str("ktls-splice"),
-            ChannelPath::UserspaceTls => f.write_str("userspace-tls"),
-            ChannelPath::Plaintext(path) => write!(f, "plaintext-{path}"),
-        }
+        f.write_str(self.as_str())
     }
 }
 
@@ -305,15 +333,15 @@ pub async fn relay_channel(
     } = channel;
     let _ = lan.set_nodelay(true);
     let (to_wan, to_lan) = match role {
-        Role::Connector => (&counters.to_server, &counters.to_client),
-        Role::Acceptor => (&counters.to_client, &counters.to_server),
+        Role::Cons => (&counters.to_server, &counters.to_client),
+        Role::Prod => (&counters.to_client, &counters.to_server),
     };
     let Some(secrets) = secrets else {
         let path = caps.path;
         tracing::info!(?peer, ?role, path = %ChannelPath::Plaintext(path), "channel: plaintext after authentication (no encryption on the WAN)");
         let (client, server) = match role {
-            Role::Connector => (lan, tcp),
-            Role::Acceptor => (tcp, lan),
+            Role::Cons => (lan, tcp),
+            Role::Prod => (tcp, lan),
         };
         let summary = caps.engine.relay(path, client, server, counters).await?;
         if summary.path != path {

@@ -11,6 +11,7 @@
 //! The role byte stops a proof from being reflected back at its sender. The
 //! flags (plaintext after authentication) are covered by the MAC, and
 //! verification is constant-time (`ring::hmac::verify`).
+use control::Role;
 use ring::hmac;
 
 /// The label of the TLS exporter the proof is bound to.
@@ -26,29 +27,13 @@ pub const FLAG_PLAINTEXT_AFTER_AUTH: u8 = 0x01;
 
 const MAC_LABEL: &[u8] = b"s2cs channel proof v1";
 
-/// Which end of the channel a proof speaks for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Role {
-    /// The PROD gateway: accepts the channel (TLS server).
-    Acceptor,
-    /// The CONS gateway: dials the channel (TLS client).
-    Connector,
-}
-
-impl Role {
-    fn byte(self) -> u8 {
-        match self {
-            Role::Acceptor => b'A',
-            Role::Connector => b'C',
-        }
-    }
-
-    /// The other end.
-    pub fn peer(self) -> Role {
-        match self {
-            Role::Acceptor => Role::Connector,
-            Role::Connector => Role::Acceptor,
-        }
+/// The byte that says, inside the MAC input, which end a proof speaks for:
+/// the PROD gateway accepts the channel (TLS server), the CONS gateway dials
+/// it (TLS client).
+fn role_byte(role: Role) -> u8 {
+    match role {
+        Role::Prod => b'A',
+        Role::Cons => b'C',
     }
 }
 
@@ -68,7 +53,7 @@ fn mac_input(
 ) -> [u8; MAC_LABEL.len() + 2 + EXPORTER_LEN] {
     let mut input = [0u8; MAC_LABEL.len() + 2 + EXPORTER_LEN];
     input[..MAC_LABEL.len()].copy_from_slice(MAC_LABEL);
-    input[MAC_LABEL.len()] = role.byte();
+    input[MAC_LABEL.len()] = role_byte(role);
     input[MAC_LABEL.len() + 1] = flags;
     input[MAC_LABEL.len() + 2..].copy_from_slice(exporter);
     input
@@ -115,29 +100,29 @@ mod tests {
     fn proofs_bind_secret_role_flags_and_connection() {
         let secret = [7u8; 32];
         let exporter = [1u8; 32];
-        let proof = compute(&secret, Role::Connector, 0, &exporter);
-        assert_eq!(verify(&secret, Role::Connector, &exporter, &proof), Ok(0));
+        let proof = compute(&secret, Role::Cons, 0, &exporter);
+        assert_eq!(verify(&secret, Role::Cons, &exporter, &proof), Ok(0));
         assert_eq!(
-            verify(&[8u8; 32], Role::Connector, &exporter, &proof),
+            verify(&[8u8; 32], Role::Cons, &exporter, &proof),
             Err(ProofError::Mismatch)
         );
         assert_eq!(
-            verify(&secret, Role::Acceptor, &exporter, &proof),
+            verify(&secret, Role::Prod, &exporter, &proof),
             Err(ProofError::Mismatch)
         );
         assert_eq!(
-            verify(&secret, Role::Connector, &[2u8; 32], &proof),
+            verify(&secret, Role::Cons, &[2u8; 32], &proof),
             Err(ProofError::Mismatch)
         );
         let mut flipped = proof;
         flipped[1] = FLAG_PLAINTEXT_AFTER_AUTH;
         assert_eq!(
-            verify(&secret, Role::Connector, &exporter, &flipped),
+            verify(&secret, Role::Cons, &exporter, &flipped),
             Err(ProofError::Mismatch)
         );
         flipped[1] = 0x80;
         assert_eq!(
-            verify(&secret, Role::Connector, &exporter, &flipped),
+            verify(&secret, Role::Cons, &exporter, &flipped),
             Err(ProofError::Malformed)
         );
     }

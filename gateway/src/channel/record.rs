@@ -31,7 +31,7 @@ use ring::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey};
 use rustls::{ConnectionTrafficSecrets, ExtractedSecrets, ProtocolVersion};
 use zeroize::Zeroizing;
 
-use super::traffic::{TrafficSecret, TrafficSecrets};
+use super::traffic::{KeyScheduleError, TrafficSecret, TrafficSecrets};
 
 /// Largest plaintext in one record.
 pub const MAX_PLAINTEXT: usize = 16 * 1024;
@@ -134,6 +134,12 @@ pub enum RecordError {
     KeySchedule,
 }
 
+impl From<KeyScheduleError> for RecordError {
+    fn from(_: KeyScheduleError) -> Self {
+        RecordError::KeySchedule
+    }
+}
+
 impl RecordError {
     pub fn as_str(self) -> &'static str {
         match self {
@@ -230,7 +236,7 @@ fn check_secret(keys: &DirectionKeys) -> Result<(), &'static str> {
     };
     let derived = secret
         .packet_keys(keys.key.len())
-        .map_err(RecordError::as_str)?;
+        .map_err(|err| RecordError::from(err).as_str())?;
     if same(&derived.key, &keys.key) && same(&derived.iv[..], &keys.iv[..]) {
         Ok(())
     } else {

@@ -22,7 +22,12 @@ use std::sync::Mutex;
 use ring::hkdf;
 use zeroize::Zeroizing;
 
-use super::record::RecordError;
+/// Deriving a key or secret failed: a length HKDF cannot produce (cannot
+/// happen with the suites' lengths). The record layer reports it as
+/// `RecordError::KeySchedule`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("TLS key schedule: a length the key derivation cannot produce")]
+pub struct KeyScheduleError;
 
 /// The KeyLog label of the client's first application traffic secret.
 const CLIENT_TRAFFIC_SECRET_0: &str = "CLIENT_TRAFFIC_SECRET_0";
@@ -92,9 +97,9 @@ impl hkdf::KeyType for OutLen {
 
 impl TrafficSecret {
     /// A secret of `hash`'s length.
-    pub fn new(hash: TrafficHash, secret: &[u8]) -> Result<Self, RecordError> {
+    pub fn new(hash: TrafficHash, secret: &[u8]) -> Result<Self, KeyScheduleError> {
         if secret.len() != hash.len() {
-            return Err(RecordError::KeySchedule);
+            return Err(KeyScheduleError);
         }
         let mut bytes = Zeroizing::new([0u8; MAX_SECRET]);
         bytes[..secret.len()].copy_from_slice(secret);
@@ -106,22 +111,21 @@ impl TrafficSecret {
     }
 
     /// HKDF-Expand-Label(this secret, `label`, "", out.len()) into `out`.
-    fn expand_label(&self, label: &[u8], out: &mut [u8]) -> Result<(), RecordError> {
+    fn expand_label(&self, label: &[u8], out: &mut [u8]) -> Result<(), KeyScheduleError> {
         const PREFIX: &[u8] = b"tls13 ";
-        let length = u16::try_from(out.len()).map_err(|_| RecordError::KeySchedule)?;
-        let label_len =
-            u8::try_from(PREFIX.len() + label.len()).map_err(|_| RecordError::KeySchedule)?;
+        let length = u16::try_from(out.len()).map_err(|_| KeyScheduleError)?;
+        let label_len = u8::try_from(PREFIX.len() + label.len()).map_err(|_| KeyScheduleError)?;
         // struct HkdfLabel { uint16 length; opaque label<7..255>; opaque context<0..255> }
         let length = length.to_be_bytes();
         let info: [&[u8]; 5] = [&length, &[label_len], PREFIX, label, &[0]];
         let prk = hkdf::Prk::new_less_safe(self.hash.hkdf(), self.as_slice());
         prk.expand(&info, OutLen(out.len()))
             .and_then(|okm| okm.fill(out))
-            .map_err(|_| RecordError::KeySchedule)
+            .map_err(|_| KeyScheduleError)
     }
 
     /// The next generation: HKDF-Expand-Label(secret, "traffic upd", "", Hash.length).
-    pub fn next(&self) -> Result<TrafficSecret, RecordError> {
+    pub fn next(&self) -> Result<TrafficSecret, KeyScheduleError> {
         let mut bytes = Zeroizing::new([0u8; MAX_SECRET]);
         self.expand_label(b"traffic upd", &mut bytes[..self.hash.len()])?;
         Ok(TrafficSecret {
@@ -140,7 +144,7 @@ impl TrafficSecret {
     }
 
     /// The record protection key (`key_len` bytes) and IV of this secret.
-    pub fn packet_keys(&self, key_len: usize) -> Result<PacketKeys, RecordError> {
+    pub fn packet_keys(&self, key_len: usize) -> Result<PacketKeys, KeyScheduleError> {
         let mut key = Zeroizing::new(vec![0u8; key_len]);
         self.expand_label(b"key", &mut key)?;
         let mut iv = Zeroizing::new([0u8; IV_LEN]);

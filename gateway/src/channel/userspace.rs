@@ -26,10 +26,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use tokio::net::TcpStream;
 
 use super::error::ChannelRelayError;
-use super::record::{
-    CONTENT_ALERT, CONTENT_APPLICATION_DATA, CONTENT_HANDSHAKE, MAX_PLAINTEXT, Opener,
-    PostHandshake, RecordError, Sealer, Version, post_handshake, record_len,
-};
+use super::reader::{RecordReader, record_err};
+use super::record::{CONTENT_ALERT, CONTENT_APPLICATION_DATA, MAX_PLAINTEXT, Opener, Sealer};
 use super::sockets::{first_error, shutdown_write, write_all, write_all_vectored};
 
 /// Record slots filled per LAN read (16 x 16 KiB = 256 KiB of plaintext).
@@ -56,12 +54,6 @@ pub(super) async fn relay(
     tokio::select! {
         both = async { tokio::try_join!(up, down) } => both.map(drop),
         err = first_error(lan, wan) => Err(err),
-    }
-}
-
-fn record_err(err: RecordError) -> ChannelRelayError {
-    ChannelRelayError::Record {
-        reason: err.as_str(),
     }
 }
 
@@ -145,119 +137,42 @@ async fn seal_direction(
     shutdown_write(wan).map_err(wan_err)
 }
 
-/// What a non-data record asks the relay to do.
-#[derive(Debug, PartialEq, Eq)]
-pub(super) enum Control {
-    /// Ignore it (a session ticket).
-    Continue,
-    /// close_notify: half-close the LAN after the data so far.
-    Close,
-    /// TLS 1.3 KeyUpdate: the peer's next records use its next keys.
-    KeyUpdate { update_requested: bool },
-}
-
-/// Handles a record that is not application data (shared with kernel TLS).
-pub(super) fn control_record(
-    version: Version,
-    content_type: u8,
-    payload: &[u8],
-) -> Result<Control, ChannelRelayError> {
-    match content_type {
-        CONTENT_ALERT => match payload {
-            [_, 0] => Ok(Control::Close),
-            [_, description] => Err(ChannelRelayError::Alert {
-                description: *description,
-            }),
-            _ => Err(ChannelRelayError::Record {
-                reason: "malformed alert",
-            }),
-        },
-        CONTENT_HANDSHAKE => match post_handshake(version, payload).map_err(record_err)? {
-            PostHandshake::Ignore => Ok(Control::Continue),
-            PostHandshake::KeyUpdate { update_requested } => {
-                Ok(Control::KeyUpdate { update_requested })
-            }
-        },
-        _ => Err(ChannelRelayError::Record {
-            reason: "unexpected record type",
-        }),
-    }
-}
-
 /// Records from the channel -> LAN plaintext.
 async fn open_direction(
     wan: &TcpStream,
     lan: &TcpStream,
-    mut opener: Opener,
+    opener: Opener,
     update_requested: &AtomicBool,
     counter: &AtomicU64,
 ) -> Result<(), ChannelRelayError> {
-    let version = opener.version();
-    let mut buf = vec![0u8; IN_BUFFER];
-    let mut filled = 0;
-    let mut ranges: Vec<std::ops::Range<usize>> = Vec::with_capacity(IN_BUFFER / MAX_PLAINTEXT + 2);
+    let mut reader = RecordReader::new(opener, IN_BUFFER);
     let lan_err = |source| ChannelRelayError::Lan { source };
     loop {
         wan.readable()
             .await
             .map_err(|source| ChannelRelayError::Channel { source })?;
-        match wan.try_read(&mut buf[filled..]) {
+        match wan.try_read(reader.space()) {
             Ok(0) => return Err(ChannelRelayError::Truncated),
-            Ok(n) => filled += n,
+            Ok(n) => reader.filled(n),
             Err(err) if err.kind() == io::ErrorKind::WouldBlock => continue,
             Err(source) => return Err(ChannelRelayError::Channel { source }),
         }
-        let mut pos = 0;
-        let mut closed = false;
-        ranges.clear();
-        while let Some(len) = record_len(&buf[pos..filled], version).map_err(record_err)? {
-            if pos + len > filled {
-                break;
-            }
-            let (content_type, range) =
-                opener.open(&mut buf[pos..pos + len]).map_err(record_err)?;
-            let range = pos + range.start..pos + range.end;
-            pos += len;
-            if content_type == CONTENT_APPLICATION_DATA {
-                if !range.is_empty() {
-                    ranges.push(range);
-                }
-                continue;
-            }
-            match control_record(version, content_type, &buf[range])? {
-                Control::Continue => {}
-                Control::Close => {
-                    closed = true;
-                    break;
-                }
-                Control::KeyUpdate {
-                    update_requested: requested,
-                } => {
-                    // The records after this one are under the peer's next keys.
-                    opener.key_update().map_err(record_err)?;
-                    if requested {
-                        update_requested.store(true, Ordering::Release);
-                    }
-                    tracing::debug!(requested, "channel: the peer updated its TLS keys");
-                }
-            }
+        let batch = reader.process()?;
+        if batch.update_requested {
+            update_requested.store(true, Ordering::Release);
         }
-        if !ranges.is_empty() {
-            let bytes: usize = ranges.iter().map(|r| r.len()).sum();
-            let mut slices: Vec<IoSlice<'_>> = ranges
-                .iter()
-                .map(|r| IoSlice::new(&buf[r.clone()]))
-                .collect();
+        if reader.plaintext().len() > 0 {
+            let mut slices: Vec<IoSlice<'_>> = reader.plaintext().map(IoSlice::new).collect();
+            let bytes: usize = slices.iter().map(|s| s.len()).sum();
             write_all_vectored(lan, &mut slices)
                 .await
                 .map_err(lan_err)?;
             counter.fetch_add(bytes as u64, Ordering::Relaxed);
         }
-        if closed {
+        if batch.closed {
             return shutdown_write(lan).map_err(lan_err);
         }
-        buf.copy_within(pos..filled, 0);
-        filled -= pos;
+        reader.compact();
     }
 }
 

@@ -8,7 +8,7 @@
 //! pending calls get a grace period and every session is stopped.
 //!
 //! The data channel's flags (certificates, peer verification, TLS 1.2,
-//! proof deadline) are [`super::channel_args::ChannelArgs`]; they and their
+//! proof deadline) are [`crate::channel::args::ChannelArgs`]; they and their
 //! files are checked first, before the relay engine loads or anything binds.
 //!
 //! Optional parts: `--xdp-iface` attaches the XDP guard of the data ports to
@@ -24,14 +24,15 @@ use std::time::Duration;
 
 use control::{ControlError, ControlServer, ServerArgs, ServerConfig, StateLock};
 
-use super::channel_args::{ChannelArgs, ChannelOptionError, describe_verification};
 use super::{
     ChannelMode, KernelDataPlane, PathChoice, SessionError, SessionOptions, WanLiveness, engine_for,
 };
 use crate::admission::{Admission, AdmissionLimits};
+use crate::channel::args::{ChannelArgs, ChannelOptionError, describe_verification};
 use crate::channel::{ChannelConfig, ChannelFailures, Fingerprint, KernelCaps};
 use crate::metrics::{self, Metrics, MetricsError};
 use crate::relay::DataPath;
+use crate::relay_limit::DEFAULT_MAX_RELAYED;
 use crate::xdp::{AttachMode, PeerNet, XdpError, XdpGuard};
 
 /// Flags of `s2cs serve`.
@@ -41,8 +42,9 @@ pub struct ServeArgs {
     /// to the names of a self-signed certificate generated on first start.
     #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:5000")]
     pub control_listen: SocketAddr,
-    /// Data path for relayed connections: auto (sockmap when the kernel
-    /// relay loads, else splice), sockmap, splice or copy.
+    /// Data path for plaintext legs: auto (splice: faster than sockmap on
+    /// every kernel measured; `s2cs check` says why), sockmap (the in-kernel
+    /// relay, opt-in), splice or copy.
     #[arg(long, value_name = "PATH", default_value = "auto")]
     pub data_path: PathChoice,
     /// Data-channel options.
@@ -78,6 +80,11 @@ pub struct ServeArgs {
     /// TLS handshakes started per second from one source.
     #[arg(long, value_name = "N", default_value_t = AdmissionLimits::default().rate_per_source)]
     pub handshakes_per_source_per_sec: u32,
+    /// Connections relayed at once by all sessions together; at the limit a
+    /// new connection is reset at once and counted
+    /// (s2cs_connections_refused_total{reason="relay_limit"}).
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_RELAYED)]
+    pub max_relayed_connections: usize,
     /// Attach the XDP guard to this (WAN-facing) interface: TCP to the
     /// session port range is dropped before the socket layer unless a live
     /// PROD session allows the source for that port.
@@ -147,9 +154,12 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// Validates everything, loads the relay engine, builds the control server
-    /// (generating or loading its certificate, restoring persisted sessions)
-    /// and binds the control listener.
+    /// Validates everything first (flags, configuration file, control and
+    /// channel certificates, authentication files, the XDP interface), so a
+    /// bad option leaves no port bound, no program loaded and nothing
+    /// attached; then loads the relay engine, binds the metrics and control
+    /// listeners, attaches the XDP guard and builds the control server
+    /// (restoring persisted sessions).
     pub async fn prepare(args: ServeArgs) -> Result<Self, ServeError> {
         if !(args.release_grace.is_finite() && args.release_grace >= 0.0) {
             return Err(ServeError::Config {
@@ -162,6 +172,11 @@ impl Gateway {
         let wan_liveness = wan_liveness(args.wan_keepalive, args.wan_user_timeout)
             .map_err(|reason| ServeError::Config { reason })?;
         let admission = admission_limits(&args).map_err(|reason| ServeError::Config { reason })?;
+        if args.max_relayed_connections == 0 {
+            return Err(ServeError::Config {
+                reason: "--max-relayed-connections must be at least 1".into(),
+            });
+        }
         let mut cfg = args.server.into_config()?;
         // Before anything is generated, bound or loaded: a second gateway on
         // this state directory stops here, naming the first one's pid.
@@ -174,8 +189,8 @@ impl Gateway {
             cfg.tls.names.push(control_ip.to_string());
         }
         let cert_path = cert_path(&cfg);
-        // The data channel's options and files are checked before anything
-        // is loaded or bound.
+        // Everything is checked before anything is loaded, bound or attached.
+        ControlServer::preflight(&cfg)?;
         let channel_settings = args
             .channel
             .settings(cfg.state_dir.as_deref(), cfg.effective_advertise_ip())?;
@@ -185,6 +200,9 @@ impl Gateway {
             })?),
             None => None,
         };
+        if let Some(iface) = &args.xdp_iface {
+            XdpGuard::preflight(iface, cfg.port_range.first..=cfg.port_range.last)?;
+        }
         let (engine, path) = engine_for(args.data_path)?;
         let options = SessionOptions {
             stop_grace: Duration::from_secs_f64(args.release_grace),
@@ -192,6 +210,9 @@ impl Gateway {
             ..SessionOptions::default()
         };
         let metrics = Metrics::new()?;
+        if let Some(kernel) = engine.kernel() {
+            metrics.watch_kernel_relay(kernel);
+        }
         let metrics_listener = match args.metrics_listen {
             Some(addr) => {
                 let listener = metrics::bind(addr).await?;
@@ -223,13 +244,26 @@ impl Gateway {
         };
         let mut data_plane = KernelDataPlane::new(engine, path, mode, options)
             .with_metrics(Arc::clone(&metrics))
-            .with_admission(admission);
+            .with_admission(admission)
+            .with_relay_limit(args.max_relayed_connections);
         let refusals = channel_failures
             .take()
             .map(|failures| (failures, Arc::clone(data_plane.admission())));
         if let Some(secure) = secure {
             data_plane = data_plane.with_secure_channel(secure);
         }
+        // The control port is bound before the guard is attached and
+        // sessions are restored: a port in use stops the start here.
+        let listener = tokio::net::TcpListener::bind(args.control_listen)
+            .await
+            .map_err(|source| ServeError::Bind {
+                addr: args.control_listen,
+                source,
+            })?;
+        let control_addr = listener.local_addr().map_err(|source| ServeError::Bind {
+            addr: args.control_listen,
+            source,
+        })?;
         // The guard is attached before sessions are restored, so restored
         // PROD sessions open their ports in it.
         let xdp = match &args.xdp_iface {
@@ -248,16 +282,6 @@ impl Gateway {
             ControlServer::with_state_lock(cfg, data_plane, metrics.control_observer(), state_lock)
                 .await?;
         metrics.watch_control(server.handle());
-        let listener = tokio::net::TcpListener::bind(args.control_listen)
-            .await
-            .map_err(|source| ServeError::Bind {
-                addr: args.control_listen,
-                source,
-            })?;
-        let control_addr = listener.local_addr().map_err(|source| ServeError::Bind {
-            addr: args.control_listen,
-            source,
-        })?;
         Ok(Gateway {
             server,
             listener,
@@ -355,7 +379,7 @@ impl Gateway {
             match task.await {
                 Ok(Ok(())) => {}
                 Ok(Err(err)) => {
-                    tracing::warn!(error = %super::error_chain(&err), "metrics endpoint failed")
+                    tracing::warn!(error = %crate::error_chain::error_chain(&err), "metrics endpoint failed")
                 }
                 Err(err) => tracing::warn!(error = %err, "metrics endpoint task failed"),
             }
@@ -646,11 +670,37 @@ mod tests {
                 ServeError::Channel(e) => assert_eq!(e.option, option, "{err}"),
                 other => panic!("{extra:?}: expected a channel option error, got {other}"),
             }
-            let text = super::super::error_chain(&err);
+            let text = crate::error_chain::error_chain(&err);
             assert!(
                 text.starts_with(&format!("invalid configuration: {option}")),
                 "{text}"
             );
         }
+    }
+
+    #[test]
+    fn serve_flags_parse_together() {
+        use clap::CommandFactory as _;
+        #[derive(Debug, clap::Parser)]
+        struct Serve {
+            #[command(flatten)]
+            serve: ServeArgs,
+        }
+        Serve::command().debug_assert();
+        let serve = Serve::try_parse_from([
+            "s2cs",
+            "--channel",
+            "plaintext-after-auth",
+            "--data-path",
+            "splice",
+            "--channel-peer-fingerprint",
+            "AB:CD:EF:01:23:45:67:89:AB:CD:EF:01:23:45:67:89:AB:CD:EF:01:23:45:67:89:AB:CD:EF:01:23:45:67:89",
+        ])
+        .expect("flags");
+        assert_eq!(
+            serve.serve.channel.mode,
+            crate::channel::ChannelMode::PlaintextAfterAuth
+        );
+        assert_eq!(serve.serve.channel.channel_peer_fingerprint.len(), 1);
     }
 }

@@ -16,57 +16,11 @@
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
-use std::str::FromStr;
 
 use control::{SessionId, SessionSecret};
 use tokio::net::TcpStream;
 
-/// How connections between gateways are carried.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum ChannelMode {
-    /// TLS 1.3 with the per-session mutual proof; kernel TLS where the kernel
-    /// has it, userspace TLS otherwise.
-    #[default]
-    Tls,
-    /// The same TLS handshake and mutual proof, then plain TCP on the same
-    /// connection so the kernel relay runs end to end (trusted circuits only).
-    PlaintextAfterAuth,
-    /// Plain TCP: no encryption, no authentication of the peer gateway.
-    /// Every session logs a warning.
-    Plain,
-}
-
-impl ChannelMode {
-    /// The name used on the command line and in logs.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ChannelMode::Tls => "tls",
-            ChannelMode::PlaintextAfterAuth => "plaintext-after-auth",
-            ChannelMode::Plain => "plain",
-        }
-    }
-}
-
-impl fmt::Display for ChannelMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for ChannelMode {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "tls" => Ok(ChannelMode::Tls),
-            "plaintext-after-auth" => Ok(ChannelMode::PlaintextAfterAuth),
-            "plain" => Ok(ChannelMode::Plain),
-            other => Err(format!(
-                "unknown channel mode {other:?}: expected tls, plaintext-after-auth or plain"
-            )),
-        }
-    }
-}
+pub use crate::channel::ChannelMode;
 
 /// Which end of a WAN connection this gateway is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -117,7 +71,7 @@ pub fn server_name(peer: SocketAddr) -> String {
 /// Why a WAN connection could not become a [`Leg`].
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum ChannelError {
+pub enum WanLegError {
     /// System: the socket could not be prepared.
     #[error("{side} WAN connection: {action} failed")]
     Socket {
@@ -149,16 +103,16 @@ pub async fn wan_leg(
     stream: TcpStream,
     secret: &SessionSecret,
     uid: &SessionId,
-) -> Result<Leg, ChannelError> {
+) -> Result<Leg, WanLegError> {
     match mode {
         ChannelMode::Tls | ChannelMode::PlaintextAfterAuth => {
-            let secure = secure.ok_or(ChannelError::NotConfigured(mode))?;
+            let secure = secure.ok_or(WanLegError::NotConfigured(mode))?;
             let established = match side {
                 WanSide::Accepted => {
                     crate::channel::accept(stream, &secure.config, secret.expose()).await
                 }
                 WanSide::Dialled => {
-                    let peer = stream.peer_addr().map_err(|source| ChannelError::Socket {
+                    let peer = stream.peer_addr().map_err(|source| WanLegError::Socket {
                         side,
                         action: "reading the peer address",
                         source,
@@ -167,19 +121,19 @@ pub async fn wan_leg(
                     crate::channel::connect(stream, &secure.config, &name, secret.expose()).await
                 }
             };
-            let channel = established.map_err(|source| ChannelError::Secure { side, source })?;
+            let channel = established.map_err(|source| WanLegError::Secure { side, source })?;
             tracing::debug!(%uid, %side, "secure channel established");
             Ok(Leg::Secure(Box::new(channel)))
         }
         ChannelMode::Plain => {
             let _ = (secret, uid);
             // Fail now on a connection that is already gone, rather than in the relay.
-            if let Some(source) = stream.take_error().map_err(|source| ChannelError::Socket {
+            if let Some(source) = stream.take_error().map_err(|source| WanLegError::Socket {
                 side,
                 action: "reading SO_ERROR",
                 source,
             })? {
-                return Err(ChannelError::Socket {
+                return Err(WanLegError::Socket {
                     side,
                     action: "checking the connection",
                     source,

@@ -25,9 +25,9 @@ use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::server::ParsedCertificate;
 
 use super::ChannelMode;
-use crate::channel::config::DEFAULT_PROOF_TIMEOUT;
-use crate::channel::pem::{self, PemFileError};
-use crate::channel::{CertSource, ChannelSettings, Fingerprint, PeerVerification};
+use super::config::DEFAULT_PROOF_TIMEOUT;
+use super::pem::{self, PemFileError};
+use super::{CertSource, ChannelSettings, Fingerprint, PeerVerification};
 
 /// Longest accepted `--channel-proof-timeout` (a stalled peer holds a
 /// connection slot this long).
@@ -822,28 +822,5 @@ mod tests {
             &junk,
             "cannot be used as a CA",
         );
-    }
-
-    #[test]
-    fn serve_flags_parse_together() {
-        use clap::CommandFactory as _;
-        #[derive(Debug, clap::Parser)]
-        struct Serve {
-            #[command(flatten)]
-            serve: super::super::serve::ServeArgs,
-        }
-        Serve::command().debug_assert();
-        let serve = Serve::try_parse_from([
-            "s2cs",
-            "--channel",
-            "plaintext-after-auth",
-            "--data-path",
-            "splice",
-            "--channel-peer-fingerprint",
-            FP,
-        ])
-        .expect("flags");
-        assert_eq!(serve.serve.channel.mode, ChannelMode::PlaintextAfterAuth);
-        assert_eq!(serve.serve.channel.channel_peer_fingerprint.len(), 1);
     }
 }
