@@ -327,6 +327,14 @@ impl Daemon {
 impl Drop for Daemon {
     fn drop(&mut self) {
         // Never panic here: this also runs while a failed test unwinds.
+        // Its output must not give away a secret its files hold.
+        let known = crate::leaks::secrets_in(self.dir());
+        let output = format!("{}{}", self.stdout(), self.log());
+        crate::leaks::check(
+            &format!("{} {}", self.node, self.command_line),
+            &output,
+            &known,
+        );
         if !std::thread::panicking() {
             return;
         }
@@ -426,8 +434,22 @@ impl S2uc {
         ] {
             cmd.env_remove(var);
         }
-        topo.output(node, cmd, deadline)
-            .with_context(|| format!("running s2uc {args:?} in {node}"))
+        let out = topo
+            .output(node, cmd, deadline)
+            .with_context(|| format!("running s2uc {args:?} in {node}"))?;
+        // Its output must not give away a secret (its files' or any
+        // secret-shaped value).
+        let known = crate::leaks::secrets_in(self.home.path());
+        crate::leaks::check(
+            &format!("s2uc {}", args.join(" ")),
+            &format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+            &known,
+        );
+        Ok(out)
     }
 
     /// Runs `s2uc ARGS` in `node`; fails unless it succeeds (with its

@@ -18,7 +18,6 @@
 //!
 //! The free functions take a namespace file path, for namespaces made elsewhere.
 
-use std::fs::File;
 use std::future::Future;
 use std::io::{self, Read};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -28,46 +27,16 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use nix::sched::{CloneFlags, setns};
+use netlab::exec::{enter_netns as enter, open_netns, thread_name};
+/// Runs `f` on a new thread inside the network namespace at `path` and
+/// returns its result (a panic in `f` is resumed in the caller).
+pub use netlab::run_in_netns;
 
 use crate::netns::{Node, Topology};
 use crate::wait::Deadline;
 
 /// How often deadline-bounded waits on processes and threads poll.
 const POLL: Duration = Duration::from_millis(5);
-
-fn open_netns(path: &Path) -> anyhow::Result<File> {
-    File::open(path).with_context(|| format!("opening network namespace {}", path.display()))
-}
-
-fn enter(ns: &File, path: &Path) -> anyhow::Result<()> {
-    setns(ns, CloneFlags::CLONE_NEWNET)
-        .with_context(|| format!("setns(CLONE_NEWNET) into {}", path.display()))
-}
-
-/// Runs `f` on a new thread inside the network namespace at `path` and returns
-/// its result. A panic in `f` is resumed in the caller.
-pub fn run_in_netns<R, F>(path: &Path, f: F) -> anyhow::Result<R>
-where
-    F: FnOnce() -> R + Send,
-    R: Send,
-{
-    let ns = open_netns(path)?;
-    std::thread::scope(|scope| {
-        let handle = std::thread::Builder::new()
-            .name(thread_name(path))
-            .spawn_scoped(scope, move || -> anyhow::Result<R> {
-                enter(&ns, path)?;
-                drop(ns);
-                Ok(f())
-            })
-            .context("spawning a thread")?;
-        match handle.join() {
-            Ok(result) => result,
-            Err(panic) => std::panic::resume_unwind(panic),
-        }
-    })
-}
 
 /// Starts `f` on a new thread inside the network namespace at `path`.
 pub fn spawn_thread_in_netns<R, F>(path: &Path, f: F) -> anyhow::Result<NsThread<R>>
@@ -89,13 +58,6 @@ where
         handle,
         label: path.display().to_string(),
     })
-}
-
-fn thread_name(path: &Path) -> String {
-    match path.file_name() {
-        Some(name) => format!("ns:{}", name.to_string_lossy()),
-        None => "ns".to_owned(),
-    }
 }
 
 fn current_thread_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -319,11 +281,7 @@ impl Topology {
     /// remounts it); start it with [`std::process::Command::spawn`] or with
     /// [`Topology::spawn`] (harmless double entry) to get a guard.
     pub fn command(&self, node: Node, program: &str) -> Command {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec"])
-            .arg(self.ns_name(node))
-            .arg(program);
-        cmd
+        netlab::command(&self.ns_name(node), program)
     }
 
     /// Runs `f` on a fresh OS thread inside `node`'s namespace and returns its

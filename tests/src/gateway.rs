@@ -46,6 +46,8 @@ pub struct GatewaySpec {
     pub allow: String,
     /// More flags (e.g. `--data-path splice`, `--metrics-listen ADDR`).
     pub extra: Vec<String>,
+    /// `RUST_LOG` of the daemon (None: `info`).
+    pub log: Option<String>,
 }
 
 /// One `s2cs serve` process; see the [module docs](self).
@@ -117,7 +119,7 @@ impl Gateway {
             spec.node,
             Bin::S2cs,
             &args,
-            &[("RUST_LOG", "info")],
+            &[("RUST_LOG", spec.log.as_deref().unwrap_or("info"))],
             dir,
         )?;
         daemon.wait_until(GATEWAY_DEADLINE, "serving", |d| {

@@ -19,7 +19,9 @@
 //!   [`S2uc`] to run the client.
 //! - [`gateway`]: `s2cs serve` as the suites run it ([`Gateway`]) and the
 //!   `s2uc connect` / `status` / `release` commands against it.
-//! - `sys` (private): the crate's only `unsafe` code.
+//! - [`leaks`]: every daemon's and client's output scanned for secrets.
+//! - `sys` (private): the crate's only `unsafe` code ([`tcp_state`] is its
+//!   public part).
 //!
 //! Everything here needs root (namespaces, veths); [`require_root`] says so
 //! clearly. Traffic only ever goes to loopback or to addresses inside the
@@ -30,6 +32,7 @@
 pub mod daemon;
 pub mod exec;
 pub mod gateway;
+pub mod leaks;
 pub mod netns;
 pub mod procfs;
 pub mod stream;
@@ -41,6 +44,7 @@ pub use exec::{NsChild, NsThread};
 pub use gateway::{Connected, Gateway, GatewaySpec};
 pub use netns::{Link, Node, Topology, TopologyBuilder, sweep_stale};
 pub use stream::{Report, StreamError, StreamSpec};
+pub use sys::{TCP_CLOSE, tcp_state};
 pub use wait::{Deadline, eventually, wait_for_port};
 
 /// Fails with a clear message unless the process runs as root: creating network

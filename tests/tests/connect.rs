@@ -123,6 +123,7 @@ impl Setup {
                 // ProdApp's LAN only.
                 allow: family.subnet(Link::LanA),
                 extra: extra.clone(),
+                log: None,
             },
             tmp(),
         )
@@ -137,6 +138,7 @@ impl Setup {
                 // The PROD gateway's WAN listeners only.
                 allow: format!("{}:{PORT_RANGE}", family.subnet(Link::Wan)),
                 extra,
+                log: None,
             },
             tmp(),
         )

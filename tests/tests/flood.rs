@@ -31,7 +31,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use e2e::procfs::{open_fds as fds, rss_kib};
+use e2e::procfs::{cpu_time as cpu, open_fds as fds, rss_kib};
 use e2e::stream::{self, StreamSpec};
 use e2e::{Deadline, Link, Node, Topology, eventually};
 use gateway::channel::{self, ChannelConfig, ChannelSettings};
@@ -139,12 +139,56 @@ struct AttackReport {
     tls_completed: u64,
 }
 
-/// The attacker's connections, `total` of them, `IN_FLIGHT` at a time.
+/// One kind of attacker connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    /// Plain TCP garbage.
+    Garbage,
+    /// Silent, half-open: connect and say nothing.
+    Silent,
+    /// TLS with a wrong session secret.
+    WrongSecret,
+    /// A replayed ClientHello.
+    Replayed,
+    /// A very slow handshake: one byte of a ClientHello at a time.
+    Slow,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Garbage => "tcp_garbage",
+            Kind::Silent => "silent",
+            Kind::WrongSecret => "tls_wrong_secret",
+            Kind::Replayed => "replayed_hello",
+            Kind::Slow => "slow_handshake",
+        }
+    }
+}
+
+/// The mix of the flood test: 40% garbage, 20% silent, 20% wrong secret,
+/// 10% replayed, 10% slow.
+const MIX: [Kind; 10] = [
+    Kind::Garbage,
+    Kind::Garbage,
+    Kind::Garbage,
+    Kind::Garbage,
+    Kind::Silent,
+    Kind::Silent,
+    Kind::WrongSecret,
+    Kind::WrongSecret,
+    Kind::Replayed,
+    Kind::Slow,
+];
+
+/// The attacker's connections, `total` of them, `IN_FLIGHT` at a time, the
+/// i-th of kind `kinds[i % kinds.len()]`.
 async fn attack(
     target: SocketAddr,
     total: usize,
     tls: Arc<ChannelConfig>,
     hello: Arc<Vec<u8>>,
+    kinds: &[Kind],
 ) -> AttackReport {
     let slots = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
     let connected = Arc::new(AtomicU64::new(0));
@@ -156,6 +200,7 @@ async fn attack(
             break;
         };
         let (tls, hello) = (Arc::clone(&tls), Arc::clone(&hello));
+        let kind = kinds[i % kinds.len()];
         let (connected, failed, completed) = (
             Arc::clone(&connected),
             Arc::clone(&failed),
@@ -171,19 +216,16 @@ async fn attack(
             };
             connected.fetch_add(1, Ordering::Relaxed);
             let mut buf = vec![0u8; 4096];
-            match i % 10 {
-                // Plain TCP garbage.
-                0..=3 => {
+            match kind {
+                Kind::Garbage => {
                     let junk: Vec<u8> = (0..512).map(|b| (b * 37 + i) as u8).collect();
                     let _ = tcp.write_all(&junk).await;
                     let _ = tokio::time::timeout(HOLD, tcp.read(&mut buf)).await;
                 }
-                // Silent, half-open: connect and say nothing.
-                4 | 5 => {
+                Kind::Silent => {
                     let _ = tokio::time::timeout(HOLD, tcp.read(&mut buf)).await;
                 }
-                // TLS with a wrong session secret.
-                6 | 7 => {
+                Kind::WrongSecret => {
                     let wrong = [0x66u8; 32];
                     if let Ok(Ok(_)) = tokio::time::timeout(
                         HOLD,
@@ -194,13 +236,11 @@ async fn attack(
                         completed.fetch_add(1, Ordering::Relaxed);
                     }
                 }
-                // A replayed ClientHello.
-                8 => {
+                Kind::Replayed => {
                     let _ = tcp.write_all(&hello).await;
                     let _ = tokio::time::timeout(HOLD, tcp.read(&mut buf)).await;
                 }
-                // A very slow handshake: one byte of a ClientHello at a time.
-                _ => {
+                Kind::Slow => {
                     let until = Instant::now() + HOLD;
                     for byte in hello.iter() {
                         if Instant::now() >= until || tcp.write_all(&[*byte]).await.is_err() {
@@ -285,7 +325,7 @@ fn a_connection_flood_on_a_live_data_port_neither_reaches_prodapp_nor_stops_the_
                 let hello = Arc::new(capture_client_hello(&tls).await);
                 assert!(hello.len() > 100, "a ClientHello of {} bytes", hello.len());
                 let started = Instant::now();
-                let report = attack(target, ATTACK, tls, hello).await;
+                let report = attack(target, ATTACK, tls, hello, &MIX).await;
                 (report, started.elapsed())
             })
             .unwrap_or_else(|e| panic!("{e:#}"))
@@ -424,4 +464,162 @@ fn a_connection_flood_on_a_live_data_port_neither_reaches_prodapp_nor_stops_the_
             && (log.contains("source_busy=") || log.contains("queue_timeout=")),
         "the refusal summary is logged"
     );
+}
+
+/// Every refusal the PROD gateway counted (`s2cs_channel_refused_total`,
+/// all reasons).
+fn refused_total(s: &Setup) -> f64 {
+    s.scrape(Node::Gwa)
+        .lines()
+        .filter(|l| l.starts_with("s2cs_channel_refused_total{"))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
+}
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// `cargo xtask bench flood`: for each kind of attacker connection, and the
+/// test's mix, (1) the flood alone: the PROD gateway's CPU time per refused
+/// connection; (2) the flood during a legitimate hash-verified stream: its
+/// throughput as a ratio of its throughput without a flood, measured in
+/// the same run. `FLOOD_CONNECTIONS` (default 20,000) connections a flood,
+/// `FLOOD_MIB` (default 512) MiB a stream; the JSON report goes to
+/// `FLOOD_REPORT`. Not part of `cargo test`.
+#[test]
+#[ignore = "benchmark: run by cargo xtask bench flood"]
+fn bench_flood() {
+    raise_nofile();
+    let connections: usize = env_or("FLOOD_CONNECTIONS", ATTACK);
+    let mib: u64 = env_or("FLOOD_MIB", 512);
+    let report_path: std::path::PathBuf = env_or(
+        "FLOOD_REPORT",
+        std::path::PathBuf::from(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../target/bench/flood.json"
+        )),
+    );
+    let floods: Vec<(&str, Vec<Kind>)> = [
+        Kind::Garbage,
+        Kind::Silent,
+        Kind::WrongSecret,
+        Kind::Replayed,
+        Kind::Slow,
+    ]
+    .into_iter()
+    .map(|k| (k.name(), vec![k]))
+    .chain([("mix", MIX.to_vec())])
+    .collect();
+    let s = Setup::new(true, &["--metrics-listen", METRICS_ADDR], &[]);
+    let specs: Vec<StreamSpec> = (0..=floods.len() as u64)
+        .map(|i| StreamSpec::new(900 + i, mib * MIB))
+        .collect();
+    let (producer_addr, accepted, producer) = producer(&s.topo, specs.clone());
+    let c = s.connect(&[producer_addr], 0);
+    let gwa_pid = s.gwa.pid();
+    let (_, baseline) = join(consume(&s.topo, c.cons_listeners[0], specs[0]));
+    let fds_idle = fds(gwa_pid);
+
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
+    let tls =
+        Arc::new(ChannelConfig::new(ChannelSettings::self_signed(dir.path())).expect("TLS client"));
+    let hello = {
+        let tls = Arc::clone(&tls);
+        s.topo
+            .block_on_in(Node::Attacker, move || async move {
+                Arc::new(capture_client_hello(&tls).await)
+            })
+            .unwrap_or_else(|e| panic!("{e:#}"))
+    };
+    let target = c.prod_listeners[0];
+    let flood = |kinds: Vec<Kind>| {
+        let (tls, hello) = (Arc::clone(&tls), Arc::clone(&hello));
+        s.topo
+            .spawn_tokio_in(Node::Attacker, move || async move {
+                let started = Instant::now();
+                let report = attack(target, connections, tls, hello, &kinds).await;
+                (report, started.elapsed())
+            })
+            .unwrap_or_else(|e| panic!("{e:#}"))
+    };
+    let settle = || {
+        eventually(Duration::from_secs(60), || {
+            let now = fds(gwa_pid);
+            if now <= fds_idle + 2 {
+                Ok(())
+            } else {
+                Err(format!("{now} descriptors, {fds_idle} idle"))
+            }
+        })
+        .unwrap_or_else(|e| panic!("the gateway did not settle after a flood: {e:#}"));
+    };
+
+    let mut rows = Vec::new();
+    for (i, (name, kinds)) in floods.iter().enumerate() {
+        // The flood alone: CPU per refused connection.
+        let (cpu_before, refused_before) = (cpu(gwa_pid), refused_total(&s));
+        let (report, took) = flood(kinds.clone())
+            .join_deadline(Duration::from_secs(900))
+            .unwrap_or_else(|e| panic!("the attacker: {e:#}"));
+        settle();
+        let refused = refused_total(&s) - refused_before;
+        let cpu_spent = cpu(gwa_pid) - cpu_before;
+        let cpu_us = cpu_spent.as_secs_f64() * 1e6 / refused.max(1.0);
+        assert_eq!(report.tls_completed, 0, "{name}: a wrong secret passed");
+        // The flood during a stream.
+        let attacker = flood(kinds.clone());
+        std::thread::sleep(Duration::from_millis(500));
+        let (_, under) = join(consume(&s.topo, c.cons_listeners[0], specs[i + 1]));
+        let flood_still_on = !attacker.is_finished();
+        attacker
+            .join_deadline(Duration::from_secs(900))
+            .unwrap_or_else(|e| panic!("the attacker: {e:#}"));
+        settle();
+        let ratio = under / baseline;
+        eprintln!(
+            "bench flood: {name}: {connections} connections in {took:?}, {refused} refused, \
+             {cpu_us:.0} us of gateway CPU each; stream {under:.0} MiB/s under it \
+             ({:.0}% of {baseline:.0}){}",
+            ratio * 100.0,
+            if flood_still_on {
+                ""
+            } else {
+                " [the flood ended before the stream]"
+            }
+        );
+        rows.push(serde_json::json!({
+            "flood": name,
+            "connections": connections,
+            "flood_seconds": took.as_secs_f64(),
+            "refused": refused,
+            "gateway_cpu_us_per_refused": cpu_us,
+            "stream_mib_s": under,
+            "ratio": ratio,
+            "flood_outlasted_stream": flood_still_on,
+        }));
+    }
+    join(producer);
+    assert_eq!(
+        accepted.load(Ordering::Relaxed),
+        specs.len() as u64,
+        "only the legitimate connections reached ProdApp"
+    );
+    let report = serde_json::json!({
+        "stream_mib": mib,
+        "baseline_mib_s": baseline,
+        "floods": rows,
+    });
+    if let Some(dir) = report_path.parent() {
+        std::fs::create_dir_all(dir).expect("report dir");
+    }
+    std::fs::write(
+        &report_path,
+        serde_json::to_string_pretty(&report).expect("json"),
+    )
+    .unwrap_or_else(|e| panic!("writing {}: {e}", report_path.display()));
+    eprintln!("bench flood: report in {}", report_path.display());
 }

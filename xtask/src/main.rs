@@ -1,8 +1,12 @@
 //! `cargo xtask`: the project's own commands for setup, tests, VM tests,
 //! benchmarks and the demo. Each subcommand lives in a module of its own.
+#![forbid(unsafe_code)]
 mod bench;
 mod cmd;
 mod demo;
+mod fuzz;
+#[cfg(test)]
+mod layering;
 mod setup;
 mod soak;
 mod test;
@@ -65,6 +69,16 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
+    /// Coverage-guided fuzzing (cargo fuzz, libFuzzer, ASan) of every parser
+    /// fed from outside: each target for --secs over its seeds, crash
+    /// regressions and working corpus. Not part of `test` beyond a smoke run.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        secs: u64,
+        /// Targets to run (default: all).
+        targets: Vec<String>,
+    },
     /// Show the gateway working end to end (namespaces, two gateways, a
     /// producer and a consumer of detector frames).
     Demo {
@@ -99,6 +113,10 @@ enum BenchCommand {
     /// pair, a HAProxy TLS pair and an ssh tunnel (throughput, CPU per GB), plus the
     /// session setup time of `s2uc connect`.
     Tls(bench::TlsOpts),
+    /// The PROD gateway under connection floods of each kind: the gateway's
+    /// CPU per refused connection, and a legitimate stream's throughput
+    /// under each flood as a ratio of its throughput without.
+    Flood(bench::FloodOpts),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -116,7 +134,12 @@ fn main() -> anyhow::Result<()> {
             what: Some(BenchCommand::Tls(opts)),
             ..
         } => bench::run_tls_bench(&workspace_root()?, &opts).map(drop),
+        Command::Bench {
+            what: Some(BenchCommand::Flood(opts)),
+            ..
+        } => bench::run_flood_bench(&workspace_root()?, &opts),
         Command::Soak { minutes, seed } => soak::run(&workspace_root()?, minutes, seed),
+        Command::Fuzz { secs, targets } => fuzz::run(&workspace_root()?, secs, &targets),
         Command::Demo { frames, frame_mib } => {
             demo::run(&workspace_root()?, &demo::DemoOpts { frames, frame_mib })
         }

@@ -41,6 +41,10 @@ pub fn run(root: &Path) -> anyhow::Result<()> {
     )?;
     step("bpf-linker linked against nightly's LLVM", bpf_linker)?;
     step(
+        "cargo-fuzz (coverage-guided fuzzing)",
+        crate::fuzz::ensure_cargo_fuzz,
+    )?;
+    step(
         "Debian packages for tests, VM tests and benchmarks",
         debian_packages,
     )?;

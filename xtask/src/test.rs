@@ -1,7 +1,7 @@
 //! `cargo xtask test`: the one command that proves the project on a machine:
 //! setup, formatting and lints, every cargo test (unit, loopback, and the
-//! end-to-end suites in network namespaces, which need root), then the kernel
-//! TLS tests in VMs. It ends with one line counting every test it ran.
+//! end-to-end suites in network namespaces, which need root), a short run of
+//! every fuzz target, then the kernel TLS tests in VMs. It ends with one line counting every test it ran.
 use std::io::{BufRead as _, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use anyhow::{Context as _, bail};
 
-use crate::{cmd, setup, vm};
+use crate::{cmd, fuzz, setup, vm};
 
 /// Passed and failed counts, summed over stages.
 #[derive(Default, Clone, Copy)]
@@ -48,7 +48,17 @@ pub fn run(root: &Path, with_vm: bool, cargo_args: &[String]) -> anyhow::Result<
                 .current_dir(root),
         )
     })?;
+    let leaks = root.join("target/e2e-leaks");
+    let _ = std::fs::remove_dir_all(&leaks);
     let mut tally = cargo_tests(root, cargo_args)?;
+    let found = secrets_in_logs(&leaks)?;
+    tally.passed += u64::from(found.is_empty());
+    tally.failed += u64::from(!found.is_empty());
+    if cargo_args.is_empty() {
+        let fuzz = fuzz_smoke(root)?;
+        tally.passed += fuzz.passed;
+        tally.failed += fuzz.failed;
+    }
     if with_vm {
         let vm = vm_stage(root, &[])?;
         tally.passed += vm.passed;
@@ -63,6 +73,46 @@ pub fn run(root: &Path, with_vm: bool, cargo_args: &[String]) -> anyhow::Result<
         bail!("{} tests failed", tally.failed);
     }
     Ok(())
+}
+
+/// The findings the e2e suites wrote to `dir` (see the e2e crate's
+/// `leaks` module): every gateway log and client output was scanned for
+/// secrets when it ended. Printed; empty when nothing leaked.
+fn secrets_in_logs(dir: &Path) -> anyhow::Result<Vec<String>> {
+    let mut found = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            let text = std::fs::read_to_string(entry.path())
+                .with_context(|| format!("reading {}", entry.path().display()))?;
+            found.push(text);
+        }
+    }
+    if found.is_empty() {
+        println!("xtask test: no secret in any e2e log or client output");
+    } else {
+        println!(
+            "xtask test: SECRETS IN LOGS ({} logs):\n{}",
+            found.len(),
+            found.join("\n")
+        );
+    }
+    Ok(found)
+}
+
+/// Seconds each fuzz target runs in the smoke stage.
+const FUZZ_SMOKE_SECS: u64 = 15;
+
+/// Every fuzz target for a few seconds over its seeds and crash
+/// regressions: a crash (or a regression coming back) fails the suite.
+fn fuzz_smoke(root: &Path) -> anyhow::Result<Tally> {
+    println!("xtask test: fuzz smoke ({FUZZ_SMOKE_SECS} s per target) ...");
+    let results = fuzz::run_each(root, FUZZ_SMOKE_SECS, fuzz::TARGETS)
+        .context("stage `fuzz smoke` failed")?;
+    let failed = results.iter().filter(|(_, r)| r.is_err()).count() as u64;
+    Ok(Tally {
+        passed: results.len() as u64 - failed,
+        failed,
+    })
 }
 
 fn stage(name: &str, f: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<()> {
@@ -143,12 +193,28 @@ pub fn vm_stage(root: &Path, names: &[String]) -> anyhow::Result<Tally> {
             .with_context(|| format!("preparing kernel {}", spec.name))?;
         let outcome = vm::run_ktls_probe(
             &kernel,
-            &cache,
+            &selftest,
             4 << 20,
             std::time::Duration::from_secs(120),
         )?;
         print!("{}", outcome.command_output);
-        match outcome.ensure_success() {
+        // The gateway's probe must also tell whether this kernel can rekey.
+        let rekey = if spec.ktls_rekey { "yes" } else { "no" };
+        let probe_outcome = outcome.ensure_success().and_then(|()| {
+            if outcome
+                .command_output
+                .lines()
+                .any(|l| l.trim() == format!("rekey: {rekey}"))
+            {
+                Ok(())
+            } else {
+                Err(anyhow::anyhow!(
+                    "the probe did not report `rekey: {rekey}` for kernel {}",
+                    spec.name
+                ))
+            }
+        });
+        match probe_outcome {
             Ok(()) => {
                 println!("test vm::{}::ktls_probe ... ok", spec.name);
                 tally.passed += 1;

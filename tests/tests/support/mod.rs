@@ -60,6 +60,26 @@ impl Setup {
     pub fn start_with_ports(
         topo: Topology,
         ports: &str,
+        gwa_extra: Vec<String>,
+        gwb_extra: Vec<String>,
+    ) -> Setup {
+        Setup::start_inner(topo, ports, None, gwa_extra, gwb_extra)
+    }
+
+    /// Like [`Setup::start`], both gateways logging at `log` (`RUST_LOG`).
+    pub fn start_logging(
+        topo: Topology,
+        log: &str,
+        gwa_extra: Vec<String>,
+        gwb_extra: Vec<String>,
+    ) -> Setup {
+        Setup::start_inner(topo, PORT_RANGE, Some(log), gwa_extra, gwb_extra)
+    }
+
+    fn start_inner(
+        topo: Topology,
+        ports: &str,
+        log: Option<&str>,
         mut gwa_extra: Vec<String>,
         mut gwb_extra: Vec<String>,
     ) -> Setup {
@@ -77,6 +97,7 @@ impl Setup {
                 listener_ip: wan_ip,
                 allow: format!("{}/24", Link::LanA.subnet_v4()),
                 extra: gwa_extra,
+                log: log.map(str::to_owned),
             },
             tmp(),
         )
@@ -90,6 +111,7 @@ impl Setup {
                 listener_ip: lanb_ip,
                 allow: format!("{}/24:{ports}", Link::Wan.subnet_v4()),
                 extra: gwb_extra,
+                log: log.map(str::to_owned),
             },
             tmp(),
         )

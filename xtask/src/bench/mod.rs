@@ -31,6 +31,7 @@
 mod all;
 mod chart;
 mod common;
+pub mod flood;
 mod measure;
 mod peers;
 pub mod report;
@@ -46,6 +47,7 @@ use anyhow::{Context, bail};
 
 pub use all::{AllOpts, run_all};
 pub use common::{Machine, RunOpts};
+pub use flood::{FloodOpts, run_flood_bench};
 pub use report::{BenchReport, CaseResult};
 pub use tls::{TlsOpts, run_tls_bench};
 

@@ -297,15 +297,22 @@ fn cpu_seconds(child: &Child) -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
+/// A log line of the data plane (target `gateway::session` or one of its
+/// modules) saying a connection closed.
+fn is_session_close(line: &str) -> bool {
+    line.split_once("gateway::session")
+        .is_some_and(|(_, rest)| {
+            rest.trim_start_matches(|c: char| c == ':' || c == '_' || c.is_ascii_alphanumeric())
+                .trim_start()
+                .starts_with("connection closed")
+        })
+}
+
 /// Which data paths a gateway's connections used, from its log.
 fn data_paths(log: &Path) -> String {
     let text = std::fs::read_to_string(log).unwrap_or_default();
     let mut counts: Vec<(String, usize)> = Vec::new();
-    for line in text
-        .lines()
-        .map(strip_ansi)
-        .filter(|l| l.contains("gateway::session: connection closed"))
-    {
+    for line in text.lines().map(strip_ansi).filter(|l| is_session_close(l)) {
         if let Some(path) = line
             .split_whitespace()
             .find_map(|w| w.strip_prefix("path=").map(String::from))
@@ -354,10 +361,17 @@ mod tests {
         let log = dir.join("gw.log");
         let coloured = "\u{1b}[2m2026\u{1b}[0m \u{1b}[2mgateway::session\u{1b}[0m\u{1b}[2m:\u{1b}[0m \
                         connection closed \u{1b}[3mpath\u{1b}[0m\u{1b}[2m=\u{1b}[0muserspace-tls up=0";
-        let plain = "2026 DEBUG gateway::session: connection closed uid=x path=userspace-tls up=0";
+        let plain =
+            "2026 DEBUG gateway::session::accept: connection closed uid=x path=userspace-tls up=0";
+        // As `s2cs serve` writes it: inside the session and connection spans.
+        let spanned = "2026 DEBUG session{uid=u role=PROD}:conn{peer=10.2.0.2:1}: \
+                       gateway::session::accept: connection closed uid=u path=ktls-splice up=0";
         let other = "2026 DEBUG gateway::channel: channel: connection closed path=userspace-tls";
-        std::fs::write(&log, format!("{coloured}\n{plain}\n{other}\n")).expect("log");
-        assert_eq!(data_paths(&log), "userspace-tls (2 connections)");
+        std::fs::write(&log, format!("{coloured}\n{plain}\n{spanned}\n{other}\n")).expect("log");
+        assert_eq!(
+            data_paths(&log),
+            "userspace-tls (2 connections), ktls-splice (1 connection)"
+        );
         std::fs::write(&log, "nothing here\n").expect("log");
         assert!(data_paths(&log).starts_with("no connection reported"));
         let _ = std::fs::remove_dir_all(&dir);

@@ -9,8 +9,9 @@
 //! ```text
 //! let cache = vm::default_cache_dir(workspace_root);
 //! let kernel = vm::prepare_kernel(&vm::KERNELS[0], &cache)?;          // cached after the first call
-//! let out = vm::run_in_vm(&kernel, &[(probe.as_path(), "ktls_probe")],
-//!                         "ktls_probe", Duration::from_secs(60))?;
+//! let selftest = vm::build_ktls_selftest(workspace_root)?;            // gateway's ktls_selftest example
+//! let out = vm::run_in_vm(&kernel, &[(selftest.as_path(), "ktls_selftest")],
+//!                         "ktls_selftest probe", Duration::from_secs(60))?;
 //! out.ensure_success()?;
 //! ```
 //!
@@ -21,7 +22,6 @@
 //!   and `kernel.txt`, the manifest whose presence marks the kernel as prepared;
 //! - `runs/`: one short-lived directory per VM run (initramfs, console log), removed afterwards
 //!   unless the run failed to produce its sentinel line.
-//! - `bin/`: helper binaries built for the VM (the kTLS probe).
 //!
 //! Host tools used (installed with apt-get when missing and running as root): apt-get, apt-cache,
 //! dpkg-deb (dpkg), modinfo (kmod), xz (xz-utils), zstd, busybox (busybox-static),
@@ -61,6 +61,9 @@ pub struct KernelSpec {
     /// skipped. The crypto ones are what `gcm(aes)` needs at runtime; nothing autoloads them in a
     /// bare initramfs (setting TLS keys then fails with ENOENT).
     pub modules: &'static [&'static str],
+    /// Whether its kernel TLS can take a new key after a KeyUpdate (Linux
+    /// 6.14 on); the probe stage checks that the gateway's probe says so.
+    pub ktls_rekey: bool,
 }
 
 /// Debian 12 (bookworm): 6.1 LTS, the kernel most production DTNs run.
@@ -79,6 +82,7 @@ pub const KERNEL_6_1: KernelSpec = KernelSpec {
         "tls",
         "veth",
     ],
+    ktls_rekey: false,
 };
 
 /// Debian 13 (trixie): 6.12 LTS.
@@ -97,6 +101,7 @@ pub const KERNEL_6_12: KernelSpec = KernelSpec {
         "tls",
         "veth",
     ],
+    ktls_rekey: false,
 };
 
 /// Debian unstable (sid): 7.x at the time of writing. A moving target: its cache is kept until
@@ -109,6 +114,7 @@ pub const KERNEL_SID: KernelSpec = KernelSpec {
     // ghash-generic is gone (GHASH is in the builtin libgf128hash); the package is split into
     // linux-image-* (meta), linux-binary-* (vmlinuz), linux-modules-* and linux-base-* (modules.builtin).
     modules: &["gf128mul", "crypto_null", "ctr", "gcm", "tls", "veth"],
+    ktls_rekey: true,
 };
 
 /// Every kernel known here; the first two are the default test matrix.
