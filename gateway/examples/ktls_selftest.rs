@@ -11,7 +11,15 @@
 //! 4. a fatal TLS alert mid-stream from the peer gateway: the sink sees the
 //!    bytes before it and then a reset, and the gateway reports the alert;
 //! 5. a wrong secret: refused on both sides, the sink gets no connection;
-//! 6. userspace TLS on one gateway, kernel TLS on the other (interop).
+//! 6. userspace TLS on one gateway, kernel TLS on the other (interop);
+//! 7. key updates: a lowered AES-GCM record limit (the test-only setting),
+//!    both directions hash-verified, for kernel TLS on both gateways, with
+//!    AES-GCM forced, and for the mixed pair. Where the kernel can rekey
+//!    (Linux 6.14+), kernel TLS sends and follows the updates; where it
+//!    cannot, the channel's policy applies: ChaCha20-Poly1305 on kernel TLS
+//!    (no updates needed) or, with AES-GCM forced, userspace TLS;
+//! 8. back-pressure: 64 MiB each way to consumers that read slowly, and to
+//!    consumers that stop for 3 s and resume, every byte checked.
 //!
 //! Usage: ktls_selftest [MiB per direction, default 4]. Exit status 0 and a
 //! final "PASS" line when every case holds; 1 and "FAIL: ..." otherwise.
@@ -23,6 +31,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use gateway::channel::args::KtlsWithoutRekey;
 use gateway::channel::{
     self, ChannelConfig, ChannelPath, ChannelSettings, FailureReason, KernelCaps, KtlsSupport,
 };
@@ -35,7 +44,8 @@ use tokio::sync::mpsc;
 const SECRET: [u8; 32] = [0x5a; 32];
 const DEADLINE: Duration = Duration::from_secs(240);
 
-type Outcome = Result<ChannelPath, (Option<FailureReason>, String)>;
+/// The path a gateway relayed on and the suite it negotiated, or why not.
+type Outcome = Result<(ChannelPath, &'static str), (Option<FailureReason>, String)>;
 
 struct Pair {
     lan_addr: SocketAddr,
@@ -44,6 +54,24 @@ struct Pair {
     a: mpsc::UnboundedReceiver<Outcome>,
     b: mpsc::UnboundedReceiver<Outcome>,
     cfg_a: ChannelConfig,
+    cfg_b: ChannelConfig,
+}
+
+/// One gateway of a pair: its kernel TLS and its `--ktls-without-rekey`.
+#[derive(Clone)]
+struct End {
+    caps: KernelCaps,
+    policy: KtlsWithoutRekey,
+}
+
+/// The channel settings `s2cs serve` would build for `end`, with an
+/// optional lowered AES-GCM record limit.
+fn settings(dir: std::path::PathBuf, end: &End, record_limit: Option<u64>) -> ChannelSettings {
+    ChannelSettings {
+        prefer_chacha20: end.policy.prefer_chacha20(&end.caps.ktls),
+        aes_gcm_record_limit: record_limit,
+        ..ChannelSettings::self_signed(dir)
+    }
 }
 
 async fn start(
@@ -52,10 +80,25 @@ async fn start(
     caps_b: KernelCaps,
     secret_a: [u8; 32],
 ) -> Result<Pair, String> {
-    let cfg_a = ChannelConfig::new(ChannelSettings::self_signed(dir.join("a")))
+    let end = |caps| End {
+        caps,
+        policy: KtlsWithoutRekey::Chacha20,
+    };
+    start_ends(dir, end(caps_a), end(caps_b), secret_a, None).await
+}
+
+async fn start_ends(
+    dir: &std::path::Path,
+    end_a: End,
+    end_b: End,
+    secret_a: [u8; 32],
+    record_limit: Option<u64>,
+) -> Result<Pair, String> {
+    let cfg_a = ChannelConfig::new(settings(dir.join("a"), &end_a, record_limit))
         .map_err(|e| e.to_string())?;
-    let cfg_b = ChannelConfig::new(ChannelSettings::self_signed(dir.join("b")))
+    let cfg_b = ChannelConfig::new(settings(dir.join("b"), &end_b, record_limit))
         .map_err(|e| e.to_string())?;
+    let (caps_a, caps_b) = (end_a.caps, end_b.caps);
     let sink = TcpListener::bind("127.0.0.1:0")
         .await
         .map_err(|e| e.to_string())?;
@@ -78,9 +121,13 @@ async fn start(
                 let outcome = match channel::accept(tcp, &cfg, &SECRET).await {
                     Err(err) => Err((err.reason(), err.to_string())),
                     Ok(ch) => match TcpStream::connect(sink_addr).await {
-                        Ok(lan) => channel::relay_channel(ch, lan, &ConnCounters::default(), &caps)
-                            .await
-                            .map_err(|e| (None, e.to_string())),
+                        Ok(lan) => {
+                            let suite = ch.info().cipher_suite;
+                            channel::relay_channel(ch, lan, &ConnCounters::default(), &caps)
+                                .await
+                                .map(|path| (path, suite))
+                                .map_err(|e| (None, e.to_string()))
+                        }
                         Err(e) => Err((None, format!("dialling the sink: {e}"))),
                     },
                 };
@@ -98,8 +145,10 @@ async fn start(
                     Ok(tcp) => match channel::connect(tcp, &cfg, "localhost", &secret_a).await {
                         Err(err) => Err((err.reason(), err.to_string())),
                         Ok(ch) => {
+                            let suite = ch.info().cipher_suite;
                             channel::relay_channel(ch, client, &ConnCounters::default(), &caps)
                                 .await
+                                .map(|path| (path, suite))
                                 .map_err(|e| (None, e.to_string()))
                         }
                     },
@@ -115,6 +164,7 @@ async fn start(
         a,
         b,
         cfg_a,
+        cfg_b,
     })
 }
 
@@ -148,13 +198,45 @@ async fn send_then_fin(mut w: impl AsyncWriteExt + Unpin, data: &[u8]) -> Result
     w.shutdown().await.map_err(|e| format!("shutdown: {e}"))
 }
 
-async fn read_to_end_hash(mut r: impl AsyncReadExt + Unpin) -> Result<(usize, Vec<u8>), String> {
+/// How a consumer reads.
+#[derive(Clone, Copy, Debug)]
+enum Consumer {
+    Fast,
+    /// 16 KiB per read, a short pause after each.
+    Slow,
+    /// Stops for 3 s once 8 MiB arrived, then reads on.
+    Stalling,
+}
+
+async fn read_to_end_hash(r: impl AsyncReadExt + Unpin) -> Result<(usize, Vec<u8>), String> {
+    read_to_end_hash_as(r, Consumer::Fast).await
+}
+
+async fn read_to_end_hash_as(
+    mut r: impl AsyncReadExt + Unpin,
+    consumer: Consumer,
+) -> Result<(usize, Vec<u8>), String> {
     let mut ctx = Context::new(&SHA256);
     let mut buf = vec![0u8; 64 * 1024];
     let mut total = 0;
+    let mut stalled = false;
     loop {
+        let cap = match consumer {
+            Consumer::Slow => {
+                if total > 0 {
+                    tokio::time::sleep(Duration::from_micros(200)).await;
+                }
+                16 * 1024
+            }
+            Consumer::Stalling if !stalled && total >= 8 << 20 => {
+                stalled = true;
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                buf.len()
+            }
+            _ => buf.len(),
+        };
         let n = r
-            .read(&mut buf)
+            .read(&mut buf[..cap])
             .await
             .map_err(|e| format!("read after {total} bytes: {e}"))?;
         if n == 0 {
@@ -165,10 +247,11 @@ async fn read_to_end_hash(mut r: impl AsyncReadExt + Unpin) -> Result<(usize, Ve
     }
 }
 
-fn expect_path(outcome: Outcome, want: ChannelPath, who: &str) -> Result<(), String> {
+/// Checks the path; returns the negotiated suite.
+fn expect_path(outcome: Outcome, want: ChannelPath, who: &str) -> Result<&'static str, String> {
     match outcome {
-        Ok(path) if path == want => Ok(()),
-        Ok(path) => Err(format!("{who} took {path}, expected {want}")),
+        Ok((path, suite)) if path == want => Ok(suite),
+        Ok((path, _)) => Err(format!("{who} took {path}, expected {want}")),
         Err((_, e)) => Err(format!("{who} failed: {e}")),
     }
 }
@@ -179,6 +262,18 @@ async fn case_streams(
     want_a: ChannelPath,
     want_b: ChannelPath,
 ) -> Result<(), String> {
+    case_streams_as(pair, len, want_a, want_b, Consumer::Fast)
+        .await
+        .map(drop)
+}
+
+async fn case_streams_as(
+    pair: &mut Pair,
+    len: usize,
+    want_a: ChannelPath,
+    want_b: ChannelPath,
+    consumer: Consumer,
+) -> Result<&'static str, String> {
     let up = pattern(1, len);
     let down = pattern(2, len);
     let started = Instant::now();
@@ -195,8 +290,8 @@ async fn case_streams(
         tokio::try_join!(
             send_then_fin(cw, &up),
             send_then_fin(sw, &down),
-            read_to_end_hash(sr),
-            read_to_end_hash(cr)
+            read_to_end_hash_as(sr, consumer),
+            read_to_end_hash_as(cr, consumer)
         )
     })
     .await
@@ -221,13 +316,14 @@ async fn case_streams(
             }
         ));
     }
-    expect_path(next(&mut pair.a, "gwA").await?, want_a, "gwA")?;
+    let suite = expect_path(next(&mut pair.a, "gwA").await?, want_a, "gwA")?;
     expect_path(next(&mut pair.b, "gwB").await?, want_b, "gwB")?;
     println!(
-        "  {len} bytes each way, SHA-256 identical, gwA {want_a}, gwB {want_b}, {:.2} s",
+        "  {len} bytes each way ({consumer:?} consumers), SHA-256 identical, {suite}, gwA {want_a}, \
+         gwB {want_b}, {:.2} s",
         started.elapsed().as_secs_f64()
     );
-    Ok(())
+    Ok(suite)
 }
 
 async fn case_half_close(pair: &mut Pair) -> Result<(), String> {
@@ -325,6 +421,196 @@ async fn case_wrong_secret(pair: &mut Pair) -> Result<(), String> {
     Ok(())
 }
 
+/// The kernel's TLS counters (/proc/net/tls_stat), by name.
+fn tls_stat() -> std::collections::HashMap<String, u64> {
+    std::fs::read_to_string("/proc/net/tls_stat")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| {
+            let mut words = line.split_whitespace();
+            Some((words.next()?.to_string(), words.next()?.parse().ok()?))
+        })
+        .collect()
+}
+
+/// What a key-update case must show on this kernel.
+struct Expect {
+    suite: &'static str,
+    path_a: ChannelPath,
+    path_b: ChannelPath,
+    /// Both gateways send and follow key updates (else none at all).
+    updates: bool,
+}
+
+/// A lowered record limit, `len` bytes each way, then the paths, the suite
+/// and the key update counters (and, where kernel TLS updated keys, the
+/// kernel's own rekey counters) against `expect`.
+async fn case_key_updates(
+    dir: &std::path::Path,
+    end_a: End,
+    end_b: End,
+    len: usize,
+    expect: Expect,
+) -> Result<(), String> {
+    let before = tls_stat();
+    let mut pair = start_ends(dir, end_a, end_b, SECRET, Some(64)).await?;
+    let suite =
+        case_streams_as(&mut pair, len, expect.path_a, expect.path_b, Consumer::Fast).await?;
+    if !suite.contains(expect.suite) {
+        return Err(format!("negotiated {suite}, expected {}", expect.suite));
+    }
+    let (a, b) = (pair.cfg_a.key_updates(), pair.cfg_b.key_updates());
+    let counts = format!(
+        "key updates: gwA sent {} followed {}, gwB sent {} followed {}",
+        a.sent(),
+        a.received(),
+        b.sent(),
+        b.received()
+    );
+    if expect.updates {
+        if a.sent() < 2 || b.sent() < 2 || a.sent() != b.received() || b.sent() != a.received() {
+            return Err(format!(
+                "{counts}: expected several each way, each one followed"
+            ));
+        }
+    } else if a.sent() + a.received() + b.sent() + b.received() != 0 {
+        return Err(format!("{counts}: expected none"));
+    }
+    let after = tls_stat();
+    let delta =
+        |name: &str| after.get(name).copied().unwrap_or(0) - before.get(name).copied().unwrap_or(0);
+    let kernel_tx = |path| if path == ChannelPath::KernelTls { 1 } else { 0 };
+    let want_tx = kernel_tx(expect.path_a) * a.sent() + kernel_tx(expect.path_b) * b.sent();
+    let want_rx = kernel_tx(expect.path_a) * a.received() + kernel_tx(expect.path_b) * b.received();
+    if after.contains_key("TlsTxRekeyOk")
+        && (delta("TlsTxRekeyOk") != want_tx || delta("TlsRxRekeyOk") != want_rx)
+    {
+        return Err(format!(
+            "{counts}; the kernel counted TlsTxRekeyOk +{} TlsRxRekeyOk +{}, expected +{want_tx} +{want_rx}",
+            delta("TlsTxRekeyOk"),
+            delta("TlsRxRekeyOk")
+        ));
+    }
+    if delta("TlsDecryptError") != 0 {
+        return Err(format!(
+            "{counts}; the kernel counted {} decryption errors",
+            delta("TlsDecryptError")
+        ));
+    }
+    println!(
+        "  {counts}; kernel TlsTxRekeyOk +{} TlsRxRekeyOk +{}",
+        delta("TlsTxRekeyOk"),
+        delta("TlsRxRekeyOk")
+    );
+    Ok(())
+}
+
+/// Key updates at a lowered limit, on every pairing, as this kernel allows.
+async fn key_update_cases(
+    dir: &std::path::Path,
+    user: &KernelCaps,
+    ktls: &KernelCaps,
+    len: usize,
+) -> Result<(), String> {
+    let rekey = ktls.ktls.rekey;
+    let end = |caps: &KernelCaps, policy| End {
+        caps: caps.clone(),
+        policy,
+    };
+    let (chacha, forced) = (KtlsWithoutRekey::Chacha20, KtlsWithoutRekey::Userspace);
+    let (k, u) = (ChannelPath::KernelTls, ChannelPath::UserspaceTls);
+    let cases = [
+        (
+            "kernel TLS on both gateways",
+            end(ktls, chacha),
+            end(ktls, chacha),
+            if rekey {
+                Expect {
+                    suite: "AES_128_GCM",
+                    path_a: k,
+                    path_b: k,
+                    updates: true,
+                }
+            } else {
+                Expect {
+                    suite: "CHACHA20",
+                    path_a: k,
+                    path_b: k,
+                    updates: false,
+                }
+            },
+        ),
+        (
+            "kernel TLS on both gateways, AES-GCM kept (--ktls-without-rekey userspace)",
+            end(ktls, forced),
+            end(ktls, forced),
+            if rekey {
+                Expect {
+                    suite: "AES_128_GCM",
+                    path_a: k,
+                    path_b: k,
+                    updates: true,
+                }
+            } else {
+                Expect {
+                    suite: "AES_128_GCM",
+                    path_a: u,
+                    path_b: u,
+                    updates: true,
+                }
+            },
+        ),
+        (
+            "userspace TLS (gwA) <-> kernel TLS (gwB)",
+            end(user, chacha),
+            end(ktls, chacha),
+            if rekey {
+                Expect {
+                    suite: "AES_128_GCM",
+                    path_a: u,
+                    path_b: k,
+                    updates: true,
+                }
+            } else {
+                Expect {
+                    suite: "CHACHA20",
+                    path_a: u,
+                    path_b: k,
+                    updates: false,
+                }
+            },
+        ),
+        (
+            "userspace TLS (gwA) <-> kernel TLS (gwB), AES-GCM kept",
+            end(user, forced),
+            end(ktls, forced),
+            if rekey {
+                Expect {
+                    suite: "AES_128_GCM",
+                    path_a: u,
+                    path_b: k,
+                    updates: true,
+                }
+            } else {
+                Expect {
+                    suite: "AES_128_GCM",
+                    path_a: u,
+                    path_b: u,
+                    updates: true,
+                }
+            },
+        ),
+    ];
+    for (i, (label, a, b, expect)) in cases.into_iter().enumerate() {
+        println!(
+            "case: key updates at 64 records per key, {label} (kernel rekey: {})",
+            if rekey { "yes" } else { "no" }
+        );
+        case_key_updates(&dir.join(format!("k{i}")), a, b, len, expect).await?;
+    }
+    Ok(())
+}
+
 async fn run(mib: usize) -> Result<(), String> {
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     println!("kernel {}", release.trim());
@@ -358,7 +644,7 @@ async fn run(mib: usize) -> Result<(), String> {
     let mut pair = start(&dir.join("2"), ktls.clone(), ktls.clone(), [0x11; 32]).await?;
     case_wrong_secret(&mut pair).await?;
     println!("case: userspace TLS (gwA) <-> kernel TLS (gwB)");
-    let mut pair = start(&dir.join("3"), user, ktls, SECRET).await?;
+    let mut pair = start(&dir.join("3"), user.clone(), ktls.clone(), SECRET).await?;
     case_streams(
         &mut pair,
         len / 4,
@@ -366,6 +652,27 @@ async fn run(mib: usize) -> Result<(), String> {
         ChannelPath::KernelTls,
     )
     .await?;
+    key_update_cases(&dir, &user, &ktls, len.max(4 << 20)).await?;
+    for consumer in [Consumer::Slow, Consumer::Stalling] {
+        println!(
+            "case: back-pressure, 64 MiB each way, {consumer:?} consumers, kernel TLS on both"
+        );
+        let end = End {
+            caps: ktls.clone(),
+            policy: KtlsWithoutRekey::Chacha20,
+        };
+        // Key updates go on under pressure where the kernel has them.
+        let mut pair = start_ends(
+            &dir.join(format!("{consumer:?}")),
+            end.clone(),
+            end,
+            SECRET,
+            Some(256),
+        )
+        .await?;
+        let both = ChannelPath::KernelTls;
+        case_streams_as(&mut pair, 64 << 20, both, both, consumer).await?;
+    }
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
@@ -384,6 +691,7 @@ fn probe(bytes: usize) -> Result<(), String> {
         return Err("kernel TLS is not available".into());
     }
     println!("rekey: {}", if support.rekey { "yes" } else { "no" });
+    println!("chacha20: {}", if support.chacha20 { "yes" } else { "no" });
     for line in channel::verify_ktls_wire(bytes)? {
         println!("{line}");
     }
@@ -418,7 +726,8 @@ fn main() {
     };
     match runtime.block_on(run(mib)) {
         Ok(()) => println!(
-            "PASS: kernel TLS channel (both directions, half-close, alert, wrong secret, interop)"
+            "PASS: kernel TLS channel (both directions, half-close, alert, wrong secret, interop, \
+             key updates, back-pressure)"
         ),
         Err(e) => {
             println!("FAIL: {e}");

@@ -38,7 +38,7 @@ use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
 };
 
-use crate::channel::ChannelFailures;
+use crate::channel::{ChannelFailures, KeyUpdates};
 use crate::ebpf::KernelRelay;
 use crate::xdp::XdpGuard;
 
@@ -97,6 +97,7 @@ struct Sources {
     xdp: OnceLock<Weak<XdpGuard>>,
     kernel_relay: OnceLock<Weak<KernelRelay>>,
     channel: OnceLock<Arc<ChannelFailures>>,
+    key_updates: OnceLock<Arc<KeyUpdates>>,
 }
 
 type SessionsFn = Box<dyn Fn() -> Vec<(&'static str, u64)> + Send + Sync>;
@@ -257,6 +258,12 @@ impl Metrics {
         let _ = self.sources.channel.set(Arc::clone(failures));
     }
 
+    /// Reports the data channel's key update counters at scrape time. Only
+    /// the first call counts.
+    pub fn watch_key_updates(&self, key_updates: &Arc<KeyUpdates>) {
+        let _ = self.sources.key_updates.set(Arc::clone(key_updates));
+    }
+
     /// The hook the control server reports calls and auth failures to.
     pub fn control_observer(self: &Arc<Self>) -> Arc<dyn Observer> {
         Arc::new(ControlObserver(Arc::clone(self)))
@@ -347,7 +354,7 @@ struct Live {
 }
 
 /// (name, help, labels) of every live family.
-const LIVE: [(&str, &str, &[&str]); 14] = [
+const LIVE: [(&str, &str, &[&str]); 15] = [
     (
         "s2cs_sessions",
         "Sessions in the control server, by state",
@@ -422,6 +429,13 @@ const LIVE: [(&str, &str, &[&str]); 14] = [
         "Connections the sockmap relay reset because the kernel handed on more bytes than TCP \
          received (a kernel defect; see docs/ARCHITECTURE.md); only with --data-path sockmap",
         &[],
+    ),
+    (
+        "s2cs_channel_key_updates_total",
+        "TLS 1.3 key updates on the data channel: sent (we moved our sending keys on, before the \
+         AES-GCM record limit or when asked) and received (we followed the peer's), on both the \
+         userspace and the kernel TLS path",
+        &["direction"],
     ),
 ];
 
@@ -595,6 +609,16 @@ impl Collector for Live {
                 .collect();
             families.push((10, MetricType::COUNTER, refused));
         }
+        if let Some(updates) = self.sources.key_updates.get() {
+            families.push((
+                14,
+                MetricType::COUNTER,
+                vec![
+                    counter(&[("direction", "sent")], updates.sent()),
+                    counter(&[("direction", "received")], updates.received()),
+                ],
+            ));
+        }
         families
             .into_iter()
             .filter(|(_, _, metrics)| !metrics.is_empty())
@@ -705,6 +729,18 @@ mod tests {
             "s2cs_channel_established_total 0",
             "s2cs_channel_refused_total{reason=\"certificate\"} 0",
             "s2cs_channel_refused_total{reason=\"bad_proof\"} 0",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in:\n{text}");
+        }
+        let updates = Arc::new(KeyUpdates::default());
+        metrics.watch_key_updates(&updates);
+        updates.record_sent();
+        updates.record_sent();
+        updates.record_received();
+        let text = metrics.render().expect("render");
+        for line in [
+            "s2cs_channel_key_updates_total{direction=\"sent\"} 2",
+            "s2cs_channel_key_updates_total{direction=\"received\"} 1",
         ] {
             assert!(text.contains(line), "missing {line:?} in:\n{text}");
         }

@@ -382,6 +382,63 @@ pub fn set_ktls_key(
     }
 }
 
+/// A kernel TLS cipher, for reading a socket's state back
+/// ([`ktls_tx_record_seq`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KtlsSuite {
+    AesGcm128,
+    AesGcm256,
+    Chacha20Poly1305,
+}
+
+impl KtlsSuite {
+    /// The size of the cipher's `tls12_crypto_info_*` struct and the offset
+    /// of its `rec_seq` field (its last 8 bytes).
+    fn info_layout(self) -> (usize, usize) {
+        let size = match self {
+            KtlsSuite::AesGcm128 => size_of::<AesGcm128Info>(),
+            KtlsSuite::AesGcm256 => size_of::<AesGcm256Info>(),
+            KtlsSuite::Chacha20Poly1305 => size_of::<Chacha20Poly1305Info>(),
+        };
+        (size, size - 8)
+    }
+}
+
+/// The sequence number of the next record a kernel TLS socket will send
+/// under its current TX key: how many records it sealed since the key was
+/// set with sequence number 0 (getsockopt `TLS_TX`). The kernel also returns
+/// the key; the buffer is wiped before returning.
+pub fn ktls_tx_record_seq(fd: BorrowedFd<'_>, suite: KtlsSuite) -> io::Result<u64> {
+    let (size, seq_at) = suite.info_layout();
+    let mut info = [0u8; 64];
+    let mut len = size as libc::socklen_t;
+    // SAFETY: `info` is a writable 64-byte buffer, larger than `len`, alive
+    // for the call; the kernel writes at most `len` bytes.
+    let result = check(unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            SOL_TLS,
+            TLS_TX,
+            info.as_mut_ptr().cast(),
+            &mut len,
+        )
+    });
+    let mut seq = [0u8; 8];
+    seq.copy_from_slice(&info[seq_at..seq_at + 8]);
+    for byte in info.iter_mut() {
+        // SAFETY: a volatile write to a byte of our own stack buffer, so the
+        // key the kernel copied into it does not outlive this call.
+        unsafe { std::ptr::write_volatile(byte, 0) };
+    }
+    result?;
+    if len as usize != size {
+        return Err(io::Error::other(format!(
+            "getsockopt(TLS_TX) returned {len} bytes, expected {size}"
+        )));
+    }
+    Ok(u64::from_be_bytes(seq))
+}
+
 /// Control buffer for one cmsg carrying one byte, aligned for `cmsghdr`.
 #[repr(C, align(8))]
 struct CmsgSpace([u8; 64]);

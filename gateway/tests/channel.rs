@@ -12,7 +12,7 @@
 //! and TLS 1.3 KeyUpdates from a plain rustls peer followed mid-stream.
 mod common;
 
-use common::{Pattern, expect_pattern, send_pattern};
+use common::{Consumer, Pattern, expect_pattern, expect_pattern_as, send_pattern};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -235,8 +235,13 @@ fn kernel_engine() -> RelayEngine {
     ))
 }
 
-/// 64 MiB each way at once, through both gateways.
+/// `len` bytes each way at once, through both gateways.
 async fn both_ways(pair: &mut Pair, len: u64) {
+    both_ways_as(pair, len, Consumer::Fast).await
+}
+
+/// [`both_ways`] with both ends reading as `consumer` does.
+async fn both_ways_as(pair: &mut Pair, len: u64, consumer: Consumer) {
     let mut client = TcpStream::connect(pair.lan_addr)
         .await
         .expect("connect gwA");
@@ -267,12 +272,12 @@ async fn both_ways(pair: &mut Pair, len: u64) {
                     .map_err(|e| format!("server shutdown: {e}"))
             },
             async {
-                expect_pattern(&mut server_r, 1, len)
+                expect_pattern_as(&mut server_r, 1, len, consumer)
                     .await
                     .map_err(|e| format!("client -> server: {e}"))
             },
             async {
-                expect_pattern(&mut client_r, 2, len)
+                expect_pattern_as(&mut client_r, 2, len, consumer)
                     .await
                     .map_err(|e| format!("server -> client: {e}"))
             },
@@ -299,6 +304,138 @@ async fn bytes_intact_both_ways_through_two_gateways() {
     assert_eq!(pair.cfg_a.failures().established(), 1);
     assert_eq!(pair.cfg_b.failures().established(), 1);
     assert_eq!(pair.cfg_b.failures().total(), 0);
+}
+
+/// Both gateways relayed one connection cleanly on the expected path.
+async fn expect_clean_relays(pair: &mut Pair, want: ChannelPath) {
+    for (who, outcome) in [
+        ("gwA", pair.outcome_a().await),
+        ("gwB", pair.outcome_b().await),
+    ] {
+        match outcome {
+            Outcome::Relayed(Ok(path)) => assert_eq!(path, want, "{who}"),
+            other => panic!("{who}: expected a clean relay on {want}, got {other:?}"),
+        }
+    }
+}
+
+/// A lowered AES-GCM record limit (the test-only setting) on both gateways.
+fn record_limit(records: u64) -> Box<dyn Fn(&Path) -> ChannelSettings> {
+    Box::new(move |dir: &Path| ChannelSettings {
+        aes_gcm_record_limit: Some(records),
+        ..ChannelSettings::self_signed(dir)
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_are_updated_many_times_on_a_long_stream_both_ways() {
+    // 64 records of at most 16 KiB under one key: 8 MiB each way needs at
+    // least 8 key updates per direction.
+    let options = Options {
+        settings_a: record_limit(64),
+        settings_b: record_limit(64),
+        ..Options::default()
+    };
+    let want = expected_tls_path(&options.caps);
+    let mut pair = Pair::start(options).await;
+    both_ways(&mut pair, 8 << 20).await;
+    expect_clean_relays(&mut pair, want).await;
+    let (a, b) = pair.negotiated();
+    assert!(a.cipher_suite.contains("AES_128_GCM"), "{a:?}");
+    let (sent_a, sent_b) = (
+        pair.cfg_a.key_updates().sent(),
+        pair.cfg_b.key_updates().sent(),
+    );
+    assert!(
+        sent_a >= 8 && sent_b >= 8,
+        "key updates sent: gwA {sent_a}, gwB {sent_b}"
+    );
+    assert_eq!(
+        pair.cfg_b.key_updates().received(),
+        sent_a,
+        "gwB followed each of gwA's"
+    );
+    assert_eq!(
+        pair.cfg_a.key_updates().received(),
+        sent_b,
+        "gwA followed each of gwB's"
+    );
+    assert_eq!(b.cipher_suite, a.cipher_suite);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_consumers_lose_nothing_under_back_pressure() {
+    // Both ends read 16 KiB at a time with a pause: every socket and pipe on
+    // the way fills and the relays meet short writes and EAGAIN throughout.
+    let options = Options {
+        settings_a: record_limit(256),
+        settings_b: record_limit(256),
+        ..Options::default()
+    };
+    let want = expected_tls_path(&options.caps);
+    let mut pair = Pair::start(options).await;
+    let slow = Consumer::Slow {
+        chunk: 16 * 1024,
+        pause: Duration::from_micros(200),
+    };
+    both_ways_as(&mut pair, 64 << 20, slow).await;
+    expect_clean_relays(&mut pair, want).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_consumers_resume_and_lose_nothing() {
+    // Both ends stop reading for 3 s after 8 MiB, then read on.
+    let options = Options {
+        settings_a: record_limit(256),
+        settings_b: record_limit(256),
+        ..Options::default()
+    };
+    let want = expected_tls_path(&options.caps);
+    let mut pair = Pair::start(options).await;
+    let stalling = Consumer::Stalling {
+        after: 8 << 20,
+        pause: Duration::from_secs(3),
+    };
+    both_ways_as(&mut pair, 64 << 20, stalling).await;
+    expect_clean_relays(&mut pair, want).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chacha20_is_negotiated_when_either_gateway_prefers_it() {
+    let prefer = |dir: &Path| ChannelSettings {
+        prefer_chacha20: true,
+        ..ChannelSettings::self_signed(dir)
+    };
+    for (case, prefer_a, prefer_b, want) in [
+        ("neither", false, false, "AES_128_GCM"),
+        ("the CONS gateway", true, false, "CHACHA20_POLY1305"),
+        ("the PROD gateway", false, true, "CHACHA20_POLY1305"),
+        ("both", true, true, "CHACHA20_POLY1305"),
+    ] {
+        let pick = |yes: bool| -> Box<dyn Fn(&Path) -> ChannelSettings> {
+            if yes {
+                Box::new(prefer)
+            } else {
+                Box::new(|dir: &Path| ChannelSettings::self_signed(dir))
+            }
+        };
+        let options = Options {
+            settings_a: pick(prefer_a),
+            settings_b: pick(prefer_b),
+            ..Options::default()
+        };
+        let path = expected_tls_path(&options.caps);
+        let mut pair = Pair::start(options).await;
+        both_ways(&mut pair, 1 << 20).await;
+        expect_clean_relays(&mut pair, path).await;
+        let (a, b) = pair.negotiated();
+        assert!(
+            a.cipher_suite.contains(want) && b.cipher_suite == a.cipher_suite,
+            "{case} prefers ChaCha20: negotiated {} / {}, expected {want}",
+            a.cipher_suite,
+            b.cipher_suite
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -44,7 +44,7 @@ enum Command {
     },
     /// Boot Debian kernels under qemu and run the kernel-TLS tests inside.
     VmTest {
-        /// Kernels to boot (6.1, 6.12, 7.x); default 6.1 and 6.12.
+        /// Kernels to boot (6.1, 6.12, 7.x); default all three.
         #[arg(long = "kernel")]
         kernels: Vec<String>,
     },

@@ -200,19 +200,14 @@ pub fn vm_stage(root: &Path, names: &[String]) -> anyhow::Result<Tally> {
         print!("{}", outcome.command_output);
         // The gateway's probe must also tell whether this kernel can rekey.
         let rekey = if spec.ktls_rekey { "yes" } else { "no" };
+        // And ChaCha20-Poly1305, which the channel prefers where it cannot.
         let probe_outcome = outcome.ensure_success().and_then(|()| {
-            if outcome
-                .command_output
-                .lines()
-                .any(|l| l.trim() == format!("rekey: {rekey}"))
-            {
-                Ok(())
-            } else {
-                Err(anyhow::anyhow!(
-                    "the probe did not report `rekey: {rekey}` for kernel {}",
-                    spec.name
-                ))
+            for want in [format!("rekey: {rekey}"), "chacha20: yes".to_string()] {
+                if !outcome.command_output.lines().any(|l| l.trim() == want) {
+                    anyhow::bail!("the probe did not report `{want}` for kernel {}", spec.name);
+                }
             }
+            Ok(())
         });
         match probe_outcome {
             Ok(()) => {

@@ -86,6 +86,36 @@ pub struct ChannelArgs {
     /// Never use kernel TLS for the data channel (userspace TLS only).
     #[arg(long)]
     pub no_ktls: bool,
+    /// What to do where this kernel's TLS cannot take new keys (before Linux
+    /// 6.14), since AES-GCM needs key updates on long streams: chacha20
+    /// (default) offers and prefers ChaCha20-Poly1305, which needs none, so
+    /// connections stay on kernel TLS; userspace keeps AES-GCM first, and a
+    /// connection that negotiates it uses userspace TLS (which updates keys).
+    #[arg(long, value_name = "POLICY", default_value = "chacha20")]
+    pub ktls_without_rekey: KtlsWithoutRekey,
+    /// Test only: records sealed under one AES-GCM key before a key update,
+    /// instead of 2^24 (tests use a few hundred to see many updates).
+    #[arg(long, value_name = "RECORDS", hide = true, value_parser = clap::value_parser!(u64).range(1..))]
+    pub channel_test_record_limit: Option<u64>,
+}
+
+/// `--ktls-without-rekey`: the data channel's policy on kernels whose TLS
+/// cannot take new keys.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum KtlsWithoutRekey {
+    /// Prefer ChaCha20-Poly1305 (no key updates needed): kernel TLS.
+    #[default]
+    Chacha20,
+    /// Keep AES-GCM first; connections that use it go to userspace TLS.
+    Userspace,
+}
+
+impl KtlsWithoutRekey {
+    /// Whether the handshake should prefer ChaCha20-Poly1305, given what
+    /// this kernel's TLS can do.
+    pub fn prefer_chacha20(self, ktls: &super::KtlsSupport) -> bool {
+        self == KtlsWithoutRekey::Chacha20 && ktls.available() && !ktls.rekey && ktls.chacha20
+    }
 }
 
 /// An unusable data-channel option: which one, its file (if any), and why.
@@ -163,6 +193,9 @@ impl ChannelArgs {
             allow_tls12: self.channel_tls12,
             plaintext_after_auth: self.mode == ChannelMode::PlaintextAfterAuth,
             proof_timeout,
+            // Set from the kernel probe by the caller (`s2cs serve`).
+            prefer_chacha20: false,
+            aes_gcm_record_limit: self.channel_test_record_limit,
         }))
     }
 
@@ -821,6 +854,53 @@ mod tests {
             "--channel-peer-ca",
             &junk,
             "cannot be used as a CA",
+        );
+    }
+
+    #[test]
+    fn chacha20_is_preferred_only_where_kernel_tls_cannot_rekey_but_has_it() {
+        use crate::channel::KtlsSupport;
+        let default = parse(&[]).expect("no flags");
+        assert_eq!(default.ktls_without_rekey, KtlsWithoutRekey::Chacha20);
+        assert_eq!(default.channel_test_record_limit, None);
+        let kernel = |rekey, chacha20| KtlsSupport {
+            ulp: true,
+            tls13: true,
+            rekey,
+            chacha20,
+            detail: String::new(),
+        };
+        let policy = KtlsWithoutRekey::Chacha20;
+        assert!(
+            policy.prefer_chacha20(&kernel(false, true)),
+            "old kernel: ChaCha20"
+        );
+        assert!(
+            !policy.prefer_chacha20(&kernel(true, true)),
+            "rekeying kernel: AES-GCM"
+        );
+        assert!(
+            !policy.prefer_chacha20(&kernel(false, false)),
+            "no ChaCha20 in the kernel"
+        );
+        assert!(
+            !policy.prefer_chacha20(&KtlsSupport::unavailable("none")),
+            "no kernel TLS: userspace updates keys"
+        );
+        let userspace = parse(&["--ktls-without-rekey", "userspace"]).expect("userspace");
+        assert!(
+            !userspace
+                .ktls_without_rekey
+                .prefer_chacha20(&kernel(false, true))
+        );
+        let err = parse(&["--ktls-without-rekey", "aes"]).expect_err("unknown policy");
+        assert!(err.to_string().contains("chacha20"), "{err}");
+        let limited = parse(&["--channel-test-record-limit", "64"]).expect("limit");
+        let settings = settings(&limited).expect("settings").expect("tls");
+        assert_eq!(settings.aes_gcm_record_limit, Some(64));
+        assert!(
+            parse(&["--channel-test-record-limit", "0"]).is_err(),
+            "0 records"
         );
     }
 }

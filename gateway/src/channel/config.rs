@@ -26,7 +26,9 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use zeroize::Zeroizing;
 
 use super::error::{ChannelError, ChannelFailures};
+use super::key_updates::KeyUpdates;
 use super::pem::{self, PemFileError};
+use super::record::AES_GCM_RECORD_LIMIT;
 
 /// Certificate file name in a self-signed directory.
 pub const SELF_SIGNED_CERT: &str = "channel-cert.pem";
@@ -148,6 +150,15 @@ pub struct ChannelSettings {
     pub plaintext_after_auth: bool,
     /// Deadline from the TCP connection to a verified proof.
     pub proof_timeout: Duration,
+    /// Offer (CONS) and choose (PROD) ChaCha20-Poly1305 first instead of
+    /// AES-128-GCM: set when this gateway's kernel TLS cannot take new keys,
+    /// so that long streams stay on kernel TLS (ChaCha20-Poly1305 has no
+    /// practical per-key limit, AES-GCM needs key updates).
+    pub prefer_chacha20: bool,
+    /// Test only: records sealed under one AES-GCM key before a key update,
+    /// instead of [`AES_GCM_RECORD_LIMIT`], so that tests see many updates
+    /// in a few MiB.
+    pub aes_gcm_record_limit: Option<u64>,
 }
 
 impl ChannelSettings {
@@ -162,6 +173,8 @@ impl ChannelSettings {
             allow_tls12: false,
             plaintext_after_auth: false,
             proof_timeout: DEFAULT_PROOF_TIMEOUT,
+            prefer_chacha20: false,
+            aes_gcm_record_limit: None,
         }
     }
 }
@@ -174,6 +187,8 @@ pub struct ChannelConfig {
     pub(super) plaintext_after_auth: bool,
     pub(super) proof_timeout: Duration,
     pub(super) failures: Arc<ChannelFailures>,
+    pub(super) key_updates: Arc<KeyUpdates>,
+    pub(super) aes_gcm_record_limit: u64,
     fingerprint: Fingerprint,
     verify: PeerVerification,
 }
@@ -212,7 +227,7 @@ impl ChannelConfig {
         settings: ChannelSettings,
         versions: &[&'static rustls::SupportedProtocolVersion],
     ) -> Result<Self, ChannelError> {
-        let provider = Arc::new(provider());
+        let provider = Arc::new(provider(settings.prefer_chacha20));
         let (chain, key) = load_identity(&settings.certs, &provider)?;
         let fingerprint = Fingerprint::of_der(chain[0].as_ref());
         let tls_err =
@@ -247,6 +262,8 @@ impl ChannelConfig {
         server.session_storage = Arc::new(NoServerSessionStorage {});
         server.max_early_data_size = 0;
         server.alpn_protocols = vec![ALPN.to_vec()];
+        // Our own order wins only when it matters to our kernel TLS.
+        server.ignore_client_order = settings.prefer_chacha20;
 
         let client_builder = ClientConfig::builder_with_provider(Arc::clone(&provider))
             .with_protocol_versions(versions)
@@ -292,6 +309,10 @@ impl ChannelConfig {
             plaintext_after_auth: settings.plaintext_after_auth,
             proof_timeout: settings.proof_timeout,
             failures: Arc::new(ChannelFailures::default()),
+            key_updates: Arc::new(KeyUpdates::default()),
+            aes_gcm_record_limit: settings
+                .aes_gcm_record_limit
+                .unwrap_or(AES_GCM_RECORD_LIMIT),
             fingerprint,
             verify: settings.verify,
         })
@@ -307,6 +328,11 @@ impl ChannelConfig {
         &self.failures
     }
 
+    /// Counters of TLS key updates on this configuration's connections.
+    pub fn key_updates(&self) -> &Arc<KeyUpdates> {
+        &self.key_updates
+    }
+
     /// Uses `failures` (e.g. one registry shared by several configurations).
     pub fn with_failures(mut self, failures: Arc<ChannelFailures>) -> Self {
         self.failures = failures;
@@ -320,21 +346,33 @@ impl ChannelConfig {
 }
 
 /// The ring provider with AEAD suites only, fastest first (AES-128-GCM,
-/// AES-256-GCM, ChaCha20-Poly1305). (rustls implements no other kind.)
-fn provider() -> CryptoProvider {
+/// AES-256-GCM, ChaCha20-Poly1305), or with ChaCha20-Poly1305 first when
+/// `prefer_chacha20`. (rustls implements no other kind.)
+fn provider(prefer_chacha20: bool) -> CryptoProvider {
     use rustls::crypto::ring::cipher_suite as cs;
+    let mut cipher_suites = vec![
+        cs::TLS13_AES_128_GCM_SHA256,
+        cs::TLS13_AES_256_GCM_SHA384,
+        cs::TLS13_CHACHA20_POLY1305_SHA256,
+        cs::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+        cs::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+        cs::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+        cs::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+        cs::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+        cs::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+    ];
+    if prefer_chacha20 {
+        cipher_suites.sort_by_key(|suite| {
+            !matches!(
+                suite.suite(),
+                rustls::CipherSuite::TLS13_CHACHA20_POLY1305_SHA256
+                    | rustls::CipherSuite::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256
+                    | rustls::CipherSuite::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256
+            )
+        });
+    }
     CryptoProvider {
-        cipher_suites: vec![
-            cs::TLS13_AES_128_GCM_SHA256,
-            cs::TLS13_AES_256_GCM_SHA384,
-            cs::TLS13_CHACHA20_POLY1305_SHA256,
-            cs::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
-            cs::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
-            cs::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
-            cs::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
-            cs::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
-            cs::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
-        ],
+        cipher_suites,
         ..rustls::crypto::ring::default_provider()
     }
 }

@@ -262,11 +262,12 @@ pub enum ChannelRelayError {
     #[error("bad TLS record from the peer gateway: {reason}")]
     Record { reason: &'static str },
     /// The peer updated its TLS keys (KeyUpdate) on a connection whose keys
-    /// are in the kernel: this gateway hands no new keys to kernel TLS, so
-    /// the peer's next records could not be decrypted.
+    /// are in the kernel, and this kernel refused the next key (EBUSY: kernel
+    /// TLS takes new keys from Linux 6.14 on), so the peer's next records
+    /// could not be decrypted.
     #[error(
-        "the peer gateway sent a TLS KeyUpdate, which kernel TLS cannot follow on this connection \
-         (no kernel rekeying); connection closed"
+        "the peer gateway sent a TLS KeyUpdate and this kernel's TLS refused the next key (kernel \
+         TLS rekeying needs Linux 6.14 or later); connection closed"
     )]
     KernelCannotRekey,
     /// The peer's TCP stream ended without close_notify: a truncation

@@ -27,6 +27,9 @@ pub struct KtlsSupport {
     /// that already has one (Linux 6.14 on; older kernels answer EBUSY), so
     /// kernel TLS could follow key updates.
     pub rekey: bool,
+    /// TLS 1.3 ChaCha20-Poly1305 keys are accepted and a record crossed a
+    /// pair (kernel TLS has it from Linux 5.11; FIPS kernels may lack it).
+    pub chacha20: bool,
     /// What was observed (how it works, or why not).
     pub detail: String,
 }
@@ -43,6 +46,7 @@ impl KtlsSupport {
             ulp: false,
             tls13: false,
             rekey: false,
+            chacha20: false,
             detail: detail.into(),
         }
     }
@@ -86,14 +90,23 @@ pub fn probe_ktls() -> KtlsSupport {
     match probe_round_trip() {
         Ok(()) => {
             let (rekey, how) = probe_rekey();
+            let (chacha20, chacha_how) = match probe_chacha20() {
+                Ok(()) => (
+                    true,
+                    "a ChaCha20-Poly1305 record crossed a pair".to_string(),
+                ),
+                Err(failure) => (false, failure.why),
+            };
             KtlsSupport {
                 ulp: true,
                 tls13: true,
                 rekey,
+                chacha20,
                 detail: format!(
                     "TLS 1.3 AES-GCM-128 keys set for TX and RX, a record crossed a loopback pair and left by splice \
-                     (available ULPs: {ulps}); rekey: {} ({how})",
-                    if rekey { "yes" } else { "no" }
+                     (available ULPs: {ulps}); rekey: {} ({how}); chacha20: {} ({chacha_how})",
+                    if rekey { "yes" } else { "no" },
+                    if chacha20 { "yes" } else { "no" }
                 ),
             }
         }
@@ -101,6 +114,7 @@ pub fn probe_ktls() -> KtlsSupport {
             ulp: failure.ulp,
             tls13: false,
             rekey: false,
+            chacha20: false,
             detail: format!("{} (available ULPs: {ulps})", failure.why),
         },
     }
@@ -287,6 +301,38 @@ fn keyed_pair() -> Result<(TcpStream, TcpStream), ProbeFailure> {
     set_key(&tx, KtlsDirection::Tx)?;
     set_key(&rx, KtlsDirection::Rx)?;
     Ok((tx, rx))
+}
+
+/// One TLS 1.3 ChaCha20-Poly1305 record through a pair, read back with
+/// read(2).
+fn probe_chacha20() -> Result<(), ProbeFailure> {
+    let key = [0x42u8; 32];
+    let (mut tx, mut rx) = loopback_pair()?;
+    enable_ulp(&tx, "tx")?;
+    enable_ulp(&rx, "rx")?;
+    for (socket, direction) in [(&tx, KtlsDirection::Tx), (&rx, KtlsDirection::Rx)] {
+        let cipher = KtlsCipher::Chacha20Poly1305 { key: &key, iv: &IV };
+        sys::set_ktls_key(socket.as_fd(), direction, sys::KTLS_VERSION_1_3, cipher, 0).map_err(
+            |e| {
+                ProbeFailure::after_ulp(format!(
+                    "{direction:?} with a TLS 1.3 ChaCha20-Poly1305 key: {e}"
+                ))
+            },
+        )?;
+    }
+    tx.write_all(b"s2cs")
+        .map_err(|e| ProbeFailure::after_ulp(format!("send with ChaCha20-Poly1305: {e}")))?;
+    rx.set_read_timeout(Some(Duration::from_secs(2)))
+        .map_err(|e| ProbeFailure::after_ulp(e.to_string()))?;
+    let mut got = [0u8; 4];
+    rx.read_exact(&mut got)
+        .map_err(|e| ProbeFailure::after_ulp(format!("receive with ChaCha20-Poly1305: {e}")))?;
+    if &got != b"s2cs" {
+        return Err(ProbeFailure::after_ulp(format!(
+            "ChaCha20-Poly1305 round trip returned {got:?}"
+        )));
+    }
+    Ok(())
 }
 
 /// Two connected loopback sockets (the connecting end first).

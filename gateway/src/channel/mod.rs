@@ -40,6 +40,7 @@ pub mod args;
 pub mod config;
 pub mod error;
 mod handshake;
+mod key_updates;
 mod ktls;
 mod ktls_probe;
 mod mode;
@@ -72,13 +73,14 @@ pub use config::{
     BadFingerprint, CertSource, ChannelConfig, ChannelSettings, Fingerprint, PeerVerification,
 };
 pub use error::{ChannelError, ChannelFailures, ChannelRelayError, FailureReason};
+pub use key_updates::KeyUpdates;
 pub use ktls_probe::{KtlsSupport, available_ulps, probe_ktls, verify_ktls_wire};
 pub use mode::ChannelMode;
 pub use pem::PemFileError;
 
 use crate::relay::{ConnCounters, DataPath, RelayEngine};
 use control::Role;
-use record::{Opener, Sealer, Secrets};
+use record::{Opener, Sealer, Secrets, Version};
 use traffic::SecretCapture;
 
 /// An authenticated gateway-to-gateway connection, ready to relay.
@@ -89,6 +91,9 @@ pub struct Channel {
     /// None: plaintext after authentication.
     secrets: Option<Secrets>,
     info: ChannelInfo,
+    /// Records sealed under one AES-GCM key before we update it.
+    aes_gcm_record_limit: u64,
+    key_updates: Arc<KeyUpdates>,
 }
 
 /// What was negotiated on a channel.
@@ -224,6 +229,8 @@ async fn establish(
                 peer,
                 secrets: done.secrets,
                 info,
+                aes_gcm_record_limit: cfg.aes_gcm_record_limit,
+                key_updates: Arc::clone(&cfg.key_updates),
             })
         }
         Err(err) => {
@@ -330,6 +337,8 @@ pub async fn relay_channel(
         peer,
         secrets,
         info,
+        aes_gcm_record_limit,
+        key_updates,
     } = channel;
     let _ = lan.set_nodelay(true);
     let (to_wan, to_lan) = match role {
@@ -349,7 +358,24 @@ pub async fn relay_channel(
         }
         return Ok(ChannelPath::Plaintext(summary.path));
     };
-    let (path, why) = if caps.ktls.available() {
+    // Only TLS 1.3 has key updates; AES-GCM needs them on long streams.
+    let needs_key_updates =
+        secrets.version == Version::Tls13 && secrets.tx.cipher.has_record_limit();
+    let (path, why) = if !caps.ktls.available() {
+        (
+            ChannelPath::UserspaceTls,
+            format!("no kernel TLS: {}", caps.ktls.detail),
+        )
+    } else if needs_key_updates && !caps.ktls.rekey {
+        (
+            ChannelPath::UserspaceTls,
+            format!(
+                "{} needs key updates on long streams and this kernel's TLS cannot take new keys \
+                 (Linux 6.14 and later can): userspace TLS for this connection",
+                info.cipher_suite
+            ),
+        )
+    } else {
         match ktls::enable(&tcp, &secrets) {
             Ok(()) => (
                 ChannelPath::KernelTls,
@@ -366,26 +392,31 @@ pub async fn relay_channel(
                 return Err(ChannelRelayError::Channel { source: err });
             }
         }
-    } else {
-        (
-            ChannelPath::UserspaceTls,
-            format!("no kernel TLS: {}", caps.ktls.detail),
-        )
     };
     tracing::info!(?peer, ?role, %path, why, protocol = info.protocol, suite = info.cipher_suite, "channel: relaying");
+    let Secrets { version, tx, rx } = secrets;
+    let tx_record_limit = if tx.cipher.has_record_limit() {
+        aes_gcm_record_limit
+    } else {
+        u64::MAX
+    };
     let outcome = match path {
         ChannelPath::KernelTls => {
-            let version = secrets.version;
-            drop(secrets);
-            ktls::relay(&lan, &tcp, version, to_wan, to_lan).await
+            let rekeying = ktls::Rekeying {
+                tx: ktls::KeyChain::new(version, tx),
+                rx: ktls::KeyChain::new(version, rx),
+                tx_record_limit,
+                counters: &key_updates,
+            };
+            ktls::relay(&lan, &tcp, rekeying, to_wan, to_lan).await
         }
         _ => {
-            let Secrets { version, tx, rx } = secrets;
             let sealer = Sealer::new(version, tx);
             let opener = Opener::new(version, rx);
             match (sealer, opener) {
-                (Ok(sealer), Ok(opener)) => {
-                    userspace::relay(&lan, &tcp, sealer, opener, to_wan, to_lan).await
+                (Ok(mut sealer), Ok(opener)) => {
+                    sealer.set_key_update_limit(tx_record_limit);
+                    userspace::relay(&lan, &tcp, sealer, opener, &key_updates, to_wan, to_lan).await
                 }
                 (Err(reason), _) | (_, Err(reason)) => Err(ChannelRelayError::Record { reason }),
             }

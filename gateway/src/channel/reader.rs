@@ -65,6 +65,8 @@ pub struct Batch {
     pub closed: bool,
     /// The peer updated its keys and asked us to update ours.
     pub update_requested: bool,
+    /// KeyUpdates followed in this batch.
+    pub key_updates: u32,
 }
 
 /// A buffer of received channel bytes and the keys to open them.
@@ -138,6 +140,7 @@ impl RecordReader {
                     // The records after this one are under the peer's next keys.
                     self.opener.key_update().map_err(record_err)?;
                     batch.update_requested |= update_requested;
+                    batch.key_updates += 1;
                     tracing::debug!(update_requested, "channel: the peer updated its TLS keys");
                 }
             }

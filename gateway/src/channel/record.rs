@@ -80,6 +80,12 @@ impl Cipher {
         }
     }
 
+    /// Whether the cipher has a practical per-key record limit (AES-GCM,
+    /// RFC 8446 section 5.5), so that long streams need key updates.
+    pub fn has_record_limit(self) -> bool {
+        self.record_limit() != u64::MAX
+    }
+
     /// Records we seal under one key before a key update (TLS 1.3).
     fn record_limit(self) -> u64 {
         match self {
@@ -361,9 +367,8 @@ impl Sealer {
         Ok(record)
     }
 
-    /// Test hook: update the keys after `records` records instead of the
-    /// AEAD's limit.
-    #[cfg(test)]
+    /// Updates the keys after `records` records instead of the AEAD's limit
+    /// (the channel's test-only lowered limit; `u64::MAX`: never).
     pub fn set_key_update_limit(&mut self, records: u64) {
         self.0.limit = records;
     }

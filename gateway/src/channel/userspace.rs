@@ -26,6 +26,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use tokio::net::TcpStream;
 
 use super::error::ChannelRelayError;
+use super::key_updates::KeyUpdates;
 use super::reader::{RecordReader, record_err};
 use super::record::{CONTENT_ALERT, CONTENT_APPLICATION_DATA, MAX_PLAINTEXT, Opener, Sealer};
 use super::sockets::{first_error, shutdown_write, write_all, write_all_vectored};
@@ -44,13 +45,14 @@ pub(super) async fn relay(
     wan: &TcpStream,
     sealer: Sealer,
     opener: Opener,
+    key_updates: &KeyUpdates,
     to_wan: &AtomicU64,
     to_lan: &AtomicU64,
 ) -> Result<(), ChannelRelayError> {
     // Set by the opening direction when the peer asks us to update our keys.
     let update_requested = AtomicBool::new(false);
-    let up = seal_direction(lan, wan, sealer, &update_requested, to_wan);
-    let down = open_direction(wan, lan, opener, &update_requested, to_lan);
+    let up = seal_direction(lan, wan, sealer, &update_requested, key_updates, to_wan);
+    let down = open_direction(wan, lan, opener, &update_requested, key_updates, to_lan);
     tokio::select! {
         both = async { tokio::try_join!(up, down) } => both.map(drop),
         err = first_error(lan, wan) => Err(err),
@@ -63,6 +65,7 @@ async fn update_keys_if_due(
     wan: &TcpStream,
     sealer: &mut Sealer,
     update_requested: &AtomicBool,
+    key_updates: &KeyUpdates,
     records: u64,
 ) -> Result<(), ChannelRelayError> {
     let requested = update_requested.swap(false, Ordering::AcqRel);
@@ -74,6 +77,7 @@ async fn update_keys_if_due(
     write_all(wan, &record)
         .await
         .map_err(|source| ChannelRelayError::Channel { source })?;
+    key_updates.record_sent();
     tracing::debug!(requested, due, "channel: updated our TLS sending keys");
     Ok(())
 }
@@ -84,6 +88,7 @@ async fn seal_direction(
     wan: &TcpStream,
     mut sealer: Sealer,
     update_requested: &AtomicBool,
+    key_updates: &KeyUpdates,
     counter: &AtomicU64,
 ) -> Result<(), ChannelRelayError> {
     let prefix = sealer.prefix();
@@ -111,6 +116,7 @@ async fn seal_direction(
             wan,
             &mut sealer,
             update_requested,
+            key_updates,
             n.div_ceil(MAX_PLAINTEXT) as u64,
         )
         .await?;
@@ -143,6 +149,7 @@ async fn open_direction(
     lan: &TcpStream,
     opener: Opener,
     update_requested: &AtomicBool,
+    key_updates: &KeyUpdates,
     counter: &AtomicU64,
 ) -> Result<(), ChannelRelayError> {
     let mut reader = RecordReader::new(opener, IN_BUFFER);
@@ -158,6 +165,9 @@ async fn open_direction(
             Err(source) => return Err(ChannelRelayError::Channel { source }),
         }
         let batch = reader.process()?;
+        for _ in 0..batch.key_updates {
+            key_updates.record_received();
+        }
         if batch.update_requested {
             update_requested.store(true, Ordering::Release);
         }
@@ -295,9 +305,11 @@ mod tests {
         let parts = vec![data(300_000, 2), data(200_000, 3), data(100_000, 4)];
         let down: Vec<u8> = parts.concat();
         let peer_thread = std::thread::spawn(move || run_peer(peer_conn, peer, &parts));
+        let key_updates = std::sync::Arc::new(KeyUpdates::default());
+        let counted = std::sync::Arc::clone(&key_updates);
         let relay_task = tokio::spawn(async move {
             let (to_wan, to_lan) = (AtomicU64::new(0), AtomicU64::new(0));
-            let result = relay(&lan, &wan, sealer, opener, &to_wan, &to_lan).await;
+            let result = relay(&lan, &wan, sealer, opener, &counted, &to_wan, &to_lan).await;
             (result, to_wan.into_inner(), to_lan.into_inner())
         });
         let (mut app_r, mut app_w) = lan_app.split();
@@ -332,6 +344,15 @@ mod tests {
             view.short_records >= 7,
             "only {} KeyUpdate-sized records",
             view.short_records
+        );
+        assert!(
+            key_updates.sent() >= 7,
+            "the counter saw {} of our key updates",
+            key_updates.sent()
+        );
+        assert!(
+            key_updates.received() >= 1,
+            "the counter saw none of the peer's key updates"
         );
     }
 }

@@ -36,9 +36,11 @@ use super::{ConnCounters, DataPath, RelayError, Side, copy, splice};
 use crate::ebpf::{KernelPair, KernelRelay};
 use crate::sys;
 
-/// How often the per-connection counters are refreshed from the map while
-/// bytes flow in the kernel.
-const COUNTER_REFRESH: Duration = Duration::from_millis(250);
+/// How often an idle direction looks at its counters (the verdict program
+/// takes the bytes before they wake a reader, so only polling sees a burst
+/// begin): bounds what one burst can queue before the flow gate sees it.
+/// While bytes move, the gate looks every [`FLOW_TICK`].
+const IDLE_TICK: Duration = Duration::from_millis(20);
 
 pub(super) async fn relay(
     kernel: &Arc<KernelRelay>,
@@ -164,11 +166,17 @@ async fn direction(
     } = ends;
     let mut gate = FlowGate::default();
     let mut backlog = 0;
+    // None until the first look: a connection starts on the fast tick, as a
+    // sender can push hundreds of MiB through loopback in one slow tick.
+    let mut last_redirected = None;
     loop {
-        let tick = if gate.clamped || backlog > BACKLOG_LOW {
+        let redirected_now = entry_of(pair, source).redirected_bytes;
+        let moving = last_redirected != Some(redirected_now);
+        last_redirected = Some(redirected_now);
+        let tick = if gate.clamped || backlog > BACKLOG_LOW || moving {
             FLOW_TICK
         } else {
-            COUNTER_REFRESH
+            IDLE_TICK
         };
         let ready = tokio::select! {
             ready = from.readable() => Some(ready.map_err(io)?),

@@ -191,9 +191,25 @@ impl Gateway {
         let cert_path = cert_path(&cfg);
         // Everything is checked before anything is loaded, bound or attached.
         ControlServer::preflight(&cfg)?;
-        let channel_settings = args
+        let mut channel_settings = args
             .channel
             .settings(cfg.state_dir.as_deref(), cfg.effective_advertise_ip())?;
+        // Kernel TLS as this kernel offers it: the channel's path per
+        // connection and, where it cannot take new keys, the suite order.
+        let ktls = match &channel_settings {
+            Some(_) if !args.channel.no_ktls => crate::channel::probe_ktls(),
+            _ => crate::channel::KtlsSupport::unavailable("kernel TLS disabled by configuration"),
+        };
+        if let Some(settings) = channel_settings.as_mut() {
+            settings.prefer_chacha20 = args.channel.ktls_without_rekey.prefer_chacha20(&ktls);
+            if settings.prefer_chacha20 {
+                tracing::info!(
+                    "data channel: this kernel's TLS cannot take new keys (Linux 6.14 and later can): \
+                     ChaCha20-Poly1305 preferred so long streams stay on kernel TLS \
+                     (--ktls-without-rekey)"
+                );
+            }
+        }
         let channel_config = match channel_settings {
             Some(settings) => Some(channel_config(settings).map_err(|err| ServeError::Config {
                 reason: format!("secure data channel: {err}"),
@@ -231,13 +247,14 @@ impl Gateway {
             Some((config, cert)) => {
                 channel_cert = Some((cert, config.fingerprint()));
                 metrics.watch_channel(config.failures());
+                metrics.watch_key_updates(config.key_updates());
                 channel_failures = Some(Arc::clone(config.failures()));
                 // Plaintext after authentication relays on the same data
                 // path as every plaintext leg (--data-path).
-                let caps = if args.channel.no_ktls {
-                    KernelCaps::without_ktls(engine.clone(), path)
-                } else {
-                    KernelCaps::detect(engine.clone(), path)
+                let caps = KernelCaps {
+                    ktls: ktls.clone(),
+                    engine: engine.clone(),
+                    path,
                 };
                 Some(Arc::new(crate::session::SecureWan { config, caps }))
             }

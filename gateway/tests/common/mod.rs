@@ -59,19 +59,60 @@ pub async fn send_rest(
     Ok(())
 }
 
+/// How a test's consumer reads.
+#[derive(Clone, Copy, Debug)]
+pub enum Consumer {
+    /// As fast as it can.
+    Fast,
+    /// `chunk` bytes at a time with a `pause` after each read: the gateway's
+    /// socket towards it stays full.
+    Slow {
+        chunk: usize,
+        pause: std::time::Duration,
+    },
+    /// Fast, but stops reading for `pause` once `after` bytes arrived.
+    Stalling {
+        after: u64,
+        pause: std::time::Duration,
+    },
+}
+
 /// Reads to EOF and checks every byte against the pattern.
 pub async fn expect_pattern(
     r: &mut (impl AsyncReadExt + Unpin),
     seed: u64,
     len: u64,
 ) -> Result<(), String> {
+    expect_pattern_as(r, seed, len, Consumer::Fast).await
+}
+
+/// [`expect_pattern`], reading the way `consumer` does.
+pub async fn expect_pattern_as(
+    r: &mut (impl AsyncReadExt + Unpin),
+    seed: u64,
+    len: u64,
+    consumer: Consumer,
+) -> Result<(), String> {
     let mut pattern = Pattern::new(seed);
     let mut got = vec![0u8; 256 * 1024];
     let mut want = vec![0u8; 256 * 1024];
     let mut offset = 0u64;
+    let mut stalled = false;
     loop {
+        let cap = match consumer {
+            Consumer::Slow { chunk, .. } => chunk.min(got.len()),
+            _ => got.len(),
+        };
+        match consumer {
+            Consumer::Slow { pause, .. } if offset > 0 => tokio::time::sleep(pause).await,
+            Consumer::Stalling { after, pause } if !stalled && offset >= after => {
+                stalled = true;
+                tokio::time::sleep(pause).await;
+            }
+            _ => {}
+        }
         let n = r
-            .read(&mut got)
+            .read(&mut got[..cap])
             .await
             .map_err(|e| format!("read at offset {offset}: {e}"))?;
         if n == 0 {
