@@ -605,9 +605,47 @@ pub async fn run_appctrl(cli: AppCtrl) -> Result<(), ClientError> {
     Ok(())
 }
 
+/// An error as the binaries print it: one line, `PROGRAM: error: ` and the
+/// message with each cause not already in it, never a Debug dump or a
+/// backtrace (whatever RUST_BACKTRACE says).
+pub fn error_line(program: &str, err: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = String::new();
+    let mut cause = Some(err);
+    while let Some(current) = cause {
+        cause = current.source();
+        let text = current.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    format!("{program}: error: {line}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn errors_print_on_one_line_with_each_cause_once() {
+        let inner = std::io::Error::other("disk on fire");
+        let err = ClientError::Io {
+            context: "reading the token".into(),
+            source: inner,
+        };
+        assert_eq!(
+            error_line("s2uc", &err),
+            "s2uc: error: reading the token: disk on fire"
+        );
+        let bare = ClientError::Invalid("no server certificate".into());
+        assert_eq!(
+            error_line("appctrl", &bare),
+            "appctrl: error: no server certificate"
+        );
+    }
 
     #[test]
     fn underscore_and_dash_spellings() {

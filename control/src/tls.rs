@@ -66,7 +66,7 @@ pub fn fingerprint_pem(pem: &[u8]) -> Result<String, ControlError> {
     Ok(fingerprint_der(der.as_ref()))
 }
 
-fn fingerprint_der(der: &[u8]) -> String {
+pub(crate) fn fingerprint_der(der: &[u8]) -> String {
     Sha256::digest(der)
         .iter()
         .map(|b| format!("{b:02X}"))

@@ -15,8 +15,7 @@ use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::pki_types::ServerName;
 use zeroize::Zeroizing;
 
 /// How long the probe waits to connect, and then for the server's verdict.
@@ -45,28 +44,13 @@ pub(crate) async fn refusal(target: ProbeTarget) -> Option<String> {
         .flatten()
 }
 
+/// The same TLS configuration the client connected with.
 fn config(t: &ProbeTarget) -> Option<rustls::ClientConfig> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(&t.server_cert_pem) {
-        roots.add(cert.ok()?).ok()?;
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .ok()?
-        .with_root_certificates(roots);
-    let mut cfg = match &t.identity {
-        Some((cert_pem, key_pem)) => {
-            let chain = CertificateDer::pem_slice_iter(cert_pem)
-                .collect::<Result<Vec<_>, _>>()
-                .ok()?;
-            let key = PrivateKeyDer::from_pem_slice(key_pem).ok()?;
-            builder.with_client_auth_cert(chain, key).ok()?
-        }
-        None => builder.with_no_client_auth(),
-    };
-    cfg.alpn_protocols = vec![b"h2".to_vec()];
-    Some(cfg)
+    let identity = t
+        .identity
+        .as_ref()
+        .map(|(cert, key)| (cert.as_slice(), key.as_slice()));
+    crate::client::server_tls::client_config(&t.server_cert_pem, identity).ok()
 }
 
 fn probe(t: &ProbeTarget) -> Option<String> {

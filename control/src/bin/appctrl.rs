@@ -4,7 +4,7 @@
 use clap::Parser;
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_writer(std::io::stderr)
@@ -15,6 +15,11 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     let cli = control::cli::AppCtrl::parse();
-    control::cli::run_appctrl(cli).await?;
-    Ok(())
+    match control::cli::run_appctrl(cli).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("{}", control::cli::error_line("appctrl", &err));
+            std::process::ExitCode::FAILURE
+        }
+    }
 }

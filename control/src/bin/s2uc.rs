@@ -4,7 +4,7 @@
 use clap::Parser;
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_writer(std::io::stderr)
@@ -15,6 +15,11 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     let cli = control::cli::S2uc::parse();
-    control::cli::run_s2uc(cli).await?;
-    Ok(())
+    match control::cli::run_s2uc(cli).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("{}", control::cli::error_line("s2uc", &err));
+            std::process::ExitCode::FAILURE
+        }
+    }
 }

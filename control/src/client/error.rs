@@ -6,8 +6,9 @@
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ClientError {
-    /// Network/TLS: could not reach the server.
-    #[error("cannot connect to {endpoint}: {source}")]
+    /// Network/TLS: could not reach the server. The message carries the
+    /// causes (tonic's own text is only "transport error").
+    #[error("cannot connect to {endpoint}: {}", with_causes(.source))]
     Connect {
         endpoint: String,
         #[source]
@@ -64,6 +65,16 @@ impl ClientError {
             ClientError::Rpc { code, .. } => Some(*code),
             _ => None,
         }
+    }
+}
+
+/// `e` and its causes, joined with ": ".
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let chain = source_chain(e);
+    if chain.is_empty() {
+        e.to_string()
+    } else {
+        format!("{e}: {chain}")
     }
 }
 

@@ -21,14 +21,14 @@ use std::time::Duration;
 
 use rand::RngCore;
 use tonic::metadata::{Ascii, MetadataValue};
-use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+use tonic::transport::Endpoint;
 
 mod error;
+pub(crate) mod server_tls;
 mod token;
 mod transport;
 
 pub use error::ClientError;
-use error::source_chain;
 pub use token::{TokenSource, default_token_file, resolve_token, validate_token, write_token_file};
 use transport::refused_message;
 pub use transport::{AuthChannel, ClientIdentity, ClientOptions, TokenInterceptor, host_of};
@@ -140,18 +140,20 @@ impl Client {
 
     /// Connects (TLS with the pinned certificate unless `plaintext`).
     pub async fn connect(opts: &ClientOptions) -> Result<Self, ClientError> {
-        let scheme = if opts.plaintext { "http" } else { "https" };
-        let uri = format!("{scheme}://{}", opts.s2cs);
+        // TLS, when on, is made by `server_tls` below tonic: the URI is http.
+        let uri = format!("http://{}", opts.s2cs);
         let conn_err = |source| ClientError::Connect {
             endpoint: opts.s2cs.clone(),
             source,
         };
-        let mut ep = Endpoint::from_shared(uri)
+        let ep = Endpoint::from_shared(uri)
             .map_err(conn_err)?
             .connect_timeout(Duration::from_secs(5))
             .tcp_nodelay(true);
         let mut probe = None;
-        if !opts.plaintext {
+        let connected = if opts.plaintext {
+            ep.connect().await
+        } else {
             let pem = match (&opts.server_cert_pem, &opts.server_cert) {
                 (Some(p), _) => p.clone(),
                 (None, Some(path)) => std::fs::read(path).map_err(|e| ClientError::Io {
@@ -177,26 +179,14 @@ impl Client {
                     .as_ref()
                     .map(|id| (id.cert_pem.clone(), id.key_pem.clone())),
             });
-            let mut tls = ClientTlsConfig::new()
-                .ca_certificate(Certificate::from_pem(pem))
-                .domain_name(domain);
-            if let Some(id) = &opts.client_identity {
-                tls = tls.identity(Identity::from_pem(&id.cert_pem, &*id.key_pem));
-            }
-            ep = ep.tls_config(tls).map_err(|e| {
-                ClientError::Invalid(format!(
-                    "TLS settings for {} rejected: {e}: {}{}",
-                    opts.s2cs,
-                    source_chain(&e),
-                    if opts.client_identity.is_some() {
-                        " (does the client key belong to the client certificate?)"
-                    } else {
-                        ""
-                    }
-                ))
-            })?;
-        }
-        let channel = match ep.connect().await {
+            let identity = opts
+                .client_identity
+                .as_ref()
+                .map(|id| (id.cert_pem.as_slice(), id.key_pem.as_slice()));
+            let config = server_tls::client_config(&pem, identity)?;
+            server_tls::connect(ep, opts.s2cs.clone(), domain, config).await
+        };
+        let channel = match connected {
             Ok(c) => c,
             Err(e) => {
                 let err = conn_err(e);
