@@ -363,10 +363,9 @@ async fn keys_are_updated_many_times_on_a_long_stream_both_ways() {
     assert_eq!(b.cipher_suite, a.cipher_suite);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn slow_consumers_lose_nothing_under_back_pressure() {
-    // Both ends read 16 KiB at a time with a pause: every socket and pipe on
-    // the way fills and the relays meet short writes and EAGAIN throughout.
+/// 64 MiB each way to ends that read as `consumer` does, with key updates
+/// every 256 records on the way.
+async fn under_back_pressure(consumer: Consumer) {
     let options = Options {
         settings_a: record_limit(256),
         settings_b: record_limit(256),
@@ -374,30 +373,29 @@ async fn slow_consumers_lose_nothing_under_back_pressure() {
     };
     let want = expected_tls_path(&options.caps);
     let mut pair = Pair::start(options).await;
-    let slow = Consumer::Slow {
+    both_ways_as(&mut pair, 64 << 20, consumer).await;
+    expect_clean_relays(&mut pair, want).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_consumers_lose_nothing_under_back_pressure() {
+    // Both ends read 16 KiB at a time with a pause: every socket and pipe on
+    // the way fills and the relays meet short writes and EAGAIN throughout.
+    under_back_pressure(Consumer::Slow {
         chunk: 16 * 1024,
         pause: Duration::from_micros(200),
-    };
-    both_ways_as(&mut pair, 64 << 20, slow).await;
-    expect_clean_relays(&mut pair, want).await;
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_consumers_resume_and_lose_nothing() {
     // Both ends stop reading for 3 s after 8 MiB, then read on.
-    let options = Options {
-        settings_a: record_limit(256),
-        settings_b: record_limit(256),
-        ..Options::default()
-    };
-    let want = expected_tls_path(&options.caps);
-    let mut pair = Pair::start(options).await;
-    let stalling = Consumer::Stalling {
+    under_back_pressure(Consumer::Stalling {
         after: 8 << 20,
         pause: Duration::from_secs(3),
-    };
-    both_ways_as(&mut pair, 64 << 20, stalling).await;
-    expect_clean_relays(&mut pair, want).await;
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

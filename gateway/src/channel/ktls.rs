@@ -28,7 +28,7 @@
 //! after its keys went to the kernel.
 //! - Sending: before each splice into the socket, when the cipher has a
 //!   record limit (AES-GCM), the kernel's record count (getsockopt TLS_TX)
-//!   plus the most records one splice can seal ([`SPLICE_MAX_RECORDS`]) is
+//!   plus the most records one splice can close ([`splice_max_records`]) is
 //!   compared with the limit; when due, or when the peer asked for it, a
 //!   KeyUpdate goes out under the current key (sendmsg, type 22) and then
 //!   TLS_TX gets the next key with sequence number 0, both from this task,
@@ -58,10 +58,19 @@ use crate::sys::{self, KtlsCipher, KtlsDirection, KtlsSuite, Pipe};
 
 /// Pipe buffer per direction.
 const PIPE_SIZE: usize = 1024 * 1024;
-/// The most records one splice into the socket can close: every pipe buffer
-/// (a 1 MiB pipe has 256 slots of one page) in a record of its own, plus the
-/// record left open by the previous splice.
-const SPLICE_MAX_RECORDS: u64 = (PIPE_SIZE / 4096) as u64 + 1;
+/// Pipe buffers (slots) a pipe of [`PIPE_SIZE`] has: one page each.
+const PIPE_SLOTS: u64 = (PIPE_SIZE / 4096) as u64;
+/// Largest plaintext of one TLS record.
+const MAX_RECORD: u64 = 16 * 1024;
+
+/// The most records one splice of `bytes` into a kernel TLS socket can
+/// close: those that fill up (`bytes` / 16 KiB, plus the one left open by
+/// the previous splice), those closed early at a pipe buffer boundary (at
+/// most one per buffer; a buffer may hold more than a page), and the one
+/// closed at the end of the call.
+fn splice_max_records(bytes: usize) -> u64 {
+    (bytes as u64).div_ceil(MAX_RECORD) + 1 + PIPE_SLOTS + 1
+}
 /// TLS record content type of handshake messages (a KeyUpdate).
 const RECORD_TYPE_HANDSHAKE: u8 = 22;
 
@@ -246,10 +255,10 @@ struct TxKeys<'a> {
 }
 
 impl TxKeys<'_> {
-    /// Whether a key update must go out before the next splice: the peer
-    /// asked for one, or the next splice could take the current key past
-    /// its record limit.
-    fn due(&self, wan: &TcpStream) -> Result<bool, ChannelRelayError> {
+    /// Whether a key update must go out before the next splice (of at most
+    /// `bytes`): the peer asked for one, or that splice could take the
+    /// current key past its record limit.
+    fn due(&self, wan: &TcpStream, bytes: usize) -> Result<bool, ChannelRelayError> {
         if self.chain.secret.is_none() {
             return Ok(false);
         }
@@ -261,7 +270,7 @@ impl TxKeys<'_> {
         }
         let sealed = sys::ktls_tx_record_seq(wan.as_fd(), suite_of(self.chain.cipher))
             .map_err(|source| ChannelRelayError::Channel { source })?;
-        Ok(sealed > 0 && sealed.saturating_add(SPLICE_MAX_RECORDS) > self.record_limit)
+        Ok(sealed > 0 && sealed.saturating_add(splice_max_records(bytes)) > self.record_limit)
     }
 
     /// Sends a KeyUpdate (update_not_requested) under the current key, then
@@ -333,7 +342,7 @@ async fn lan_to_ktls(
             Err(err) => return Err(lan_err(err)),
         };
         while in_pipe > 0 {
-            if keys.due(wan)? {
+            if keys.due(wan, in_pipe)? {
                 keys.update(wan).await?;
             }
             wan.writable().await.map_err(wan_err)?;
