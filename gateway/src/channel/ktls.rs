@@ -175,15 +175,11 @@ impl KeyChain {
             .map_err(|_| ChannelRelayError::Record {
                 reason: "key schedule failed",
             })?;
-        let key_len = match self.cipher {
-            Cipher::Aes128Gcm => 16,
-            Cipher::Aes256Gcm | Cipher::Chacha20Poly1305 => 32,
-        };
-        let keys = next
-            .packet_keys(key_len)
-            .map_err(|_| ChannelRelayError::Record {
-                reason: "key schedule failed",
-            })?;
+        let keys =
+            next.packet_keys(self.cipher.key_len())
+                .map_err(|_| ChannelRelayError::Record {
+                    reason: "key schedule failed",
+                })?;
         let cipher =
             cipher_of(self.cipher, &keys.key, &keys.iv).ok_or(ChannelRelayError::Record {
                 reason: "unexpected key length",

@@ -80,6 +80,11 @@ impl Cipher {
         }
     }
 
+    /// Length of the cipher's key in bytes.
+    pub fn key_len(self) -> usize {
+        self.algorithm().key_len()
+    }
+
     /// Whether the cipher has a practical per-key record limit (AES-GCM,
     /// RFC 8446 section 5.5), so that long streams need key updates.
     pub fn has_record_limit(self) -> bool {
