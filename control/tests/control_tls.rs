@@ -15,7 +15,7 @@ use std::process::Output;
 
 use clap::Parser;
 use common::{TestServer, base_config, port_range};
-use control::client::{Client, ClientIdentity};
+use control::client::ClientIdentity;
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
     KeyPair, KeyUsagePurpose,
@@ -81,12 +81,7 @@ fn pki(dir: &Path) -> Pki {
 async fn call(srv: &TestServer, identity: Option<ClientIdentity>) -> Result<String, String> {
     let mut opts = srv.options(None);
     opts.client_identity = identity;
-    let client = Client::connect(&opts).await.map_err(|e| e.to_string())?;
-    client
-        .version()
-        .await
-        .map(|v| v.identity)
-        .map_err(|e| e.to_string())
+    TestServer::call_with(&opts).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

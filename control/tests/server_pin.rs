@@ -13,7 +13,6 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use common::{TestServer, base_config, port_range};
-use control::client::Client;
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose,
 };
@@ -78,12 +77,7 @@ async fn server(dir: &Path, (cert, key): &(String, String)) -> TestServer {
 async fn call(srv: &TestServer, pem: &str) -> Result<String, String> {
     let mut opts = srv.options(None);
     opts.server_cert_pem = Some(pem.as_bytes().to_vec());
-    let client = Client::connect(&opts).await.map_err(|e| e.to_string())?;
-    client
-        .version()
-        .await
-        .map(|v| v.identity)
-        .map_err(|e| e.to_string())
+    TestServer::call_with(&opts).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

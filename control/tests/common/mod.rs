@@ -130,6 +130,17 @@ impl TestServer {
         }
     }
 
+    /// Connects with `opts` and makes one call (`version`): the caller's
+    /// identity, or the error as text.
+    pub async fn call_with(opts: &ClientOptions) -> Result<String, String> {
+        let client = Client::connect(opts).await.map_err(|e| e.to_string())?;
+        client
+            .version()
+            .await
+            .map(|v| v.identity)
+            .map_err(|e| e.to_string())
+    }
+
     pub async fn client(&self, token: Option<&str>) -> Client {
         Client::connect(&self.options(token))
             .await
