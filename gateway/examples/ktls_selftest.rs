@@ -18,8 +18,9 @@
 //!    (Linux 6.14+), kernel TLS sends and follows the updates; where it
 //!    cannot, the channel's policy applies: ChaCha20-Poly1305 on kernel TLS
 //!    (no updates needed) or, with AES-GCM forced, userspace TLS;
-//! 8. back-pressure: 64 MiB each way to consumers that read slowly, and to
-//!    consumers that stop for 3 s and resume, every byte checked.
+//! 8. back-pressure: 16 MiB each way (several times what the sockets buffer)
+//!    to consumers that read slowly, and to consumers that stop for 3 s and
+//!    resume, keys updated every 64 records, every byte checked.
 //!
 //! Usage: ktls_selftest [MiB per direction, default 4]. Exit status 0 and a
 //! final "PASS" line when every case holds; 1 and "FAIL: ..." otherwise.
@@ -655,7 +656,7 @@ async fn run(mib: usize) -> Result<(), String> {
     key_update_cases(&dir, &user, &ktls, len.max(4 << 20)).await?;
     for consumer in [Consumer::Slow, Consumer::Stalling] {
         println!(
-            "case: back-pressure, 64 MiB each way, {consumer:?} consumers, kernel TLS on both"
+            "case: back-pressure, 16 MiB each way, {consumer:?} consumers, kernel TLS on both"
         );
         let end = End {
             caps: ktls.clone(),
@@ -667,11 +668,11 @@ async fn run(mib: usize) -> Result<(), String> {
             end.clone(),
             end,
             SECRET,
-            Some(256),
+            Some(64),
         )
         .await?;
         let both = ChannelPath::KernelTls;
-        case_streams_as(&mut pair, 64 << 20, both, both, consumer).await?;
+        case_streams_as(&mut pair, 16 << 20, both, both, consumer).await?;
     }
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())

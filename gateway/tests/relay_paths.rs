@@ -652,3 +652,61 @@ async fn sockmap_bytes_in_the_insert_window_are_kept_in_order() {
         "the window must have been exercised"
     );
 }
+
+/// A socket whose owner already read part of what it received (the end of a
+/// handshake, e.g. the close_notify of the plaintext-after-authentication
+/// channel, that shares a buffer with the first stream bytes) is handed to
+/// the kernel relay: only the unread bytes may leave, in order. The kernel's
+/// verdict path takes whole queued buffers, read head included, so the relay
+/// must hand such a socket's unread bytes on itself before it enters the
+/// SockHash.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sockmap_sends_only_what_userspace_left_unread() {
+    const HEAD: usize = 37;
+    const LEN: u64 = 4 << 20;
+    let kernel = Arc::new(KernelRelay::load().expect("loading the eBPF relay (needs root)"));
+    let engine = RelayEngine::with_kernel(kernel);
+    let (front, front_addr) = server().await;
+    let (back, back_addr) = server().await;
+    let mut sender = TcpStream::connect(front_addr).await.expect("connect");
+    let (mut client, _) = front.accept().await.expect("accept");
+    // One write: the handshake's tail and the first stream bytes in the same
+    // buffer of the relay's receive queue.
+    let mut first = vec![0xAA; HEAD];
+    let mut pattern = common::Pattern::new(21);
+    let mut stream_head = vec![0u8; 32 * 1024];
+    pattern.fill(&mut stream_head);
+    first.extend_from_slice(&stream_head);
+    sender.write_all(&first).await.expect("first write");
+    let mut head = [0u8; HEAD];
+    client.read_exact(&mut head).await.expect("read the head");
+    assert_eq!(head, [0xAA; HEAD]);
+    let server = TcpStream::connect(back_addr).await.expect("dial");
+    let (mut consumer, _) = back.accept().await.expect("accept the consumer");
+    let counters = Arc::new(gateway::relay::ConnCounters::default());
+    let relaying = {
+        let counters = Arc::clone(&counters);
+        tokio::spawn(async move {
+            engine
+                .relay(DataPath::Sockmap, client, server, &counters)
+                .await
+        })
+    };
+    let rest = LEN - stream_head.len() as u64;
+    let feeding = tokio::spawn(async move {
+        send_rest(&mut sender, pattern, rest).await.expect("stream");
+        sender.shutdown().await.expect("fin");
+        sender
+    });
+    within("the stream", expect_pattern(&mut consumer, 21, LEN))
+        .await
+        .expect("exactly the unread bytes, in order");
+    let sender = within("the sender", feeding).await.expect("sender task");
+    drop(consumer);
+    let summary = within("the relay", relaying)
+        .await
+        .expect("relay task")
+        .expect("a clean end");
+    drop(sender);
+    assert_eq!(summary.to_server, LEN, "bytes counted once");
+}

@@ -136,6 +136,28 @@ impl Tally {
     }
 }
 
+/// When the soak recorded a failure since `seen`, prints the gateways'
+/// warnings and errors so far (connection errors are logged at INFO) (the run's only record of why); returns the
+/// new count.
+fn dump_logs_on_new_failure(s: &Setup, tally: &Tally, seen: usize) -> usize {
+    let now = tally.failures().len();
+    if now > seen {
+        for (name, gateway) in [("gwa", &s.gwa), ("gwb", &s.gwb)] {
+            let log = gateway.log();
+            let notable: Vec<&str> = log
+                .lines()
+                .filter(|l| l.contains("WARN") || l.contains("ERROR") || l.contains("error"))
+                .collect();
+            let tail = &notable[notable.len().saturating_sub(40)..];
+            eprintln!("soak: {name}'s last warnings and errors:");
+            for line in tail {
+                eprintln!("  {line}");
+            }
+        }
+    }
+    now
+}
+
 /// ProdApp of one session: its own listener, a header and a seeded stream
 /// for every connection.
 struct Producer {
@@ -361,8 +383,10 @@ impl Driver<'_> {
         pids.set(&s);
         let mut live: Vec<Live> = Vec::new();
         let ends = Instant::now() + length;
+        let mut failures_seen = self.tally.failures().len();
         while Instant::now() < ends {
             self.reap(&mut live);
+            failures_seen = dump_logs_on_new_failure(&s, self.tally, failures_seen);
             self.step(&mut s, &mut live, pids);
             sessions.store(live.len() as u64, Ordering::Relaxed);
             std::thread::sleep(Duration::from_millis(100 + self.rng.below(400)));
@@ -373,6 +397,7 @@ impl Driver<'_> {
                 self.judge(run);
             }
         }
+        dump_logs_on_new_failure(&s, self.tally, failures_seen);
         for l in live.drain(..) {
             self.release(&s, l);
         }

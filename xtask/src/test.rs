@@ -20,7 +20,9 @@ pub struct Tally {
 
 pub fn run(root: &Path, with_vm: bool, cargo_args: &[String]) -> anyhow::Result<()> {
     let started = Instant::now();
+    let mut laps = Laps::default();
     setup::run(root)?;
+    laps.mark("setup");
     if !cmd::is_root() {
         bail!(
             "the end-to-end tests build network namespaces and load eBPF programs: run as root \
@@ -34,6 +36,7 @@ pub fn run(root: &Path, with_vm: bool, cargo_args: &[String]) -> anyhow::Result<
                 .current_dir(root),
         )
     })?;
+    laps.mark("formatting");
     stage("lints", || {
         cmd::run(
             Command::new("cargo")
@@ -41,6 +44,7 @@ pub fn run(root: &Path, with_vm: bool, cargo_args: &[String]) -> anyhow::Result<
                 .current_dir(root),
         )
     })?;
+    laps.mark("lints");
     stage("build", || {
         cmd::run(
             Command::new("cargo")
@@ -48,9 +52,11 @@ pub fn run(root: &Path, with_vm: bool, cargo_args: &[String]) -> anyhow::Result<
                 .current_dir(root),
         )
     })?;
+    laps.mark("build");
     let leaks = root.join("target/e2e-leaks");
     let _ = std::fs::remove_dir_all(&leaks);
     let mut tally = cargo_tests(root, cargo_args)?;
+    laps.mark("cargo test");
     let found = secrets_in_logs(&leaks)?;
     tally.passed += u64::from(found.is_empty());
     tally.failed += u64::from(!found.is_empty());
@@ -58,21 +64,55 @@ pub fn run(root: &Path, with_vm: bool, cargo_args: &[String]) -> anyhow::Result<
         let fuzz = fuzz_smoke(root)?;
         tally.passed += fuzz.passed;
         tally.failed += fuzz.failed;
+        laps.mark("fuzz smoke");
     }
     if with_vm {
         let vm = vm_stage(root, &[])?;
         tally.passed += vm.passed;
         tally.failed += vm.failed;
+        laps.mark("kernel-TLS VMs");
     }
     println!(
-        "xtask test: finished in {:.0} s",
-        started.elapsed().as_secs_f64()
+        "xtask test: finished in {:.0} s ({})",
+        started.elapsed().as_secs_f64(),
+        laps.summary()
     );
     println!("tests: {} passed, {} failed", tally.passed, tally.failed);
     if tally.failed > 0 {
         bail!("{} tests failed", tally.failed);
     }
     Ok(())
+}
+
+/// How long each stage of the run took, for the closing line: CI's time
+/// budget is watched stage by stage.
+struct Laps {
+    since: Instant,
+    done: Vec<(&'static str, f64)>,
+}
+
+impl Default for Laps {
+    fn default() -> Self {
+        Laps {
+            since: Instant::now(),
+            done: Vec::new(),
+        }
+    }
+}
+
+impl Laps {
+    fn mark(&mut self, stage: &'static str) {
+        self.done.push((stage, self.since.elapsed().as_secs_f64()));
+        self.since = Instant::now();
+    }
+
+    fn summary(&self) -> String {
+        self.done
+            .iter()
+            .map(|(stage, secs)| format!("{stage} {secs:.0} s"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
 }
 
 /// The findings the e2e suites wrote to `dir` (see the e2e crate's
@@ -211,7 +251,11 @@ pub fn vm_stage(root: &Path, names: &[String]) -> anyhow::Result<Tally> {
         });
         match probe_outcome {
             Ok(()) => {
-                println!("test vm::{}::ktls_probe ... ok", spec.name);
+                println!(
+                    "test vm::{}::ktls_probe ... ok ({:.0} s)",
+                    spec.name,
+                    outcome.elapsed.as_secs_f64()
+                );
                 tally.passed += 1;
             }
             Err(err) => {
@@ -225,7 +269,11 @@ pub fn vm_stage(root: &Path, names: &[String]) -> anyhow::Result<Tally> {
         print!("{}", outcome.command_output);
         match outcome.ensure_success() {
             Ok(()) => {
-                println!("test vm::{}::ktls_two_gateways ... ok", spec.name);
+                println!(
+                    "test vm::{}::ktls_two_gateways ... ok ({:.0} s)",
+                    spec.name,
+                    outcome.elapsed.as_secs_f64()
+                );
                 tally.passed += 1;
             }
             Err(err) => {

@@ -21,6 +21,12 @@
 //!   since the socket entered the kernel), and resets both sides at once when
 //!   it is not ([`RelayError::KernelDuplicated`]): damaged data never ends in
 //!   a clean close.
+//! - The verdict program is handed whole queued buffers, including a head
+//!   that userspace already read: a socket whose owner read part of what it
+//!   received (the tail of a channel handshake sharing a buffer with the
+//!   first stream bytes) would see that head sent again. Before such a socket
+//!   enters the kernel, the relay hands on everything it holds unread itself
+//!   ([`hand_on_unread`]); what arrives later comes in fresh buffers.
 use std::io;
 use std::os::fd::AsFd;
 use std::sync::Arc;
@@ -31,7 +37,7 @@ use gateway_common::{PASS_TO_USER, RelayEntry};
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
-use super::watch::{first_error, shutdown_write};
+use super::watch::{first_error, shutdown_write, write_all};
 use super::{ConnCounters, DataPath, RelayError, Side, copy, splice};
 use crate::ebpf::{KernelPair, KernelRelay};
 use crate::sys;
@@ -48,6 +54,21 @@ pub(super) async fn relay(
     server: &TcpStream,
     counters: &ConnCounters,
 ) -> Result<DataPath, RelayError> {
+    let client_early = hand_on_unread(client, server, Side::Client).await?;
+    let server_early = hand_on_unread(server, client, Side::Server).await?;
+    counters
+        .to_server
+        .fetch_add(client_early.bytes, Ordering::Relaxed);
+    counters
+        .to_client
+        .fetch_add(server_early.bytes, Ordering::Relaxed);
+    if client_early.ended || server_early.ended {
+        // A side closed right after its handshake: nothing worth a kernel
+        // pair; finish in userspace (a read after FIN returns 0 again).
+        return copy::relay(client, server, counters)
+            .await
+            .map(|()| DataPath::Copy);
+    }
     let client_base = bytes_written(client).map_err(|source| RelayError::Io {
         side: Side::Client,
         source,
@@ -88,6 +109,7 @@ pub(super) async fn relay(
             from_taken: client_taken,
             to: server,
             to_base: server_base,
+            already: client_early.bytes,
         },
         &counters.to_server,
     );
@@ -99,6 +121,7 @@ pub(super) async fn relay(
             from_taken: server_taken,
             to: client,
             to_base: client_base,
+            already: server_early.bytes,
         },
         &counters.to_client,
     );
@@ -107,7 +130,7 @@ pub(super) async fn relay(
         err = first_error(client, server) => Err(err),
     };
     // Final counters, then `pair` drops and takes both sockets out of the maps.
-    refresh(&pair, counters);
+    refresh(&pair, counters, [client_early.bytes, server_early.bytes]);
     outcome.map(|()| DataPath::Sockmap)
 }
 
@@ -119,14 +142,16 @@ fn entry_of(pair: &KernelPair, source: Side) -> RelayEntry {
     }
 }
 
-fn refresh(pair: &KernelPair, counters: &ConnCounters) {
+/// Final counters: `early` is what each side's direction forwarded in
+/// userspace before entering the kernel (client's, server's).
+fn refresh(pair: &KernelPair, counters: &ConnCounters, early: [u64; 2]) {
     let (client, server) = pair.entries();
     counters
         .to_server
-        .fetch_max(client.redirected_bytes, Ordering::Relaxed);
+        .fetch_max(early[0] + client.redirected_bytes, Ordering::Relaxed);
     counters
         .to_client
-        .fetch_max(server.redirected_bytes, Ordering::Relaxed);
+        .fetch_max(early[1] + server.redirected_bytes, Ordering::Relaxed);
 }
 
 /// One direction of a kernel-relayed connection.
@@ -140,6 +165,9 @@ struct Ends<'a> {
     to: &'a TcpStream,
     /// [`bytes_written`] of `to` before the socket entered the kernel.
     to_base: u64,
+    /// Bytes of this direction forwarded in userspace before that
+    /// ([`hand_on_unread`]).
+    already: u64,
 }
 
 /// Watches one direction (`from`'s incoming bytes, sent out of `to`).
@@ -149,10 +177,7 @@ async fn direction(
     counter: &AtomicU64,
 ) -> Result<(), RelayError> {
     let source = ends.source;
-    let to_side = match source {
-        Side::Client => Side::Server,
-        Side::Server => Side::Client,
-    };
+    let to_side = source.other();
     let io = |source| RelayError::Io {
         side: to_side,
         source,
@@ -162,6 +187,7 @@ async fn direction(
         from_taken,
         to,
         to_base,
+        already,
         ..
     } = ends;
     let mut gate = FlowGate::default();
@@ -189,7 +215,7 @@ async fn direction(
             .map_err(io)?
             .saturating_sub(to_base)
             .min(redirected);
-        counter.fetch_max(delivered, Ordering::Relaxed);
+        counter.fetch_max(already + delivered, Ordering::Relaxed);
         backlog = redirected - delivered;
         tracing::trace!(%source, redirected, delivered, backlog, "tick");
         gate.update(from, backlog).map_err(io)?;
@@ -216,7 +242,7 @@ async fn direction(
                 let redirected = entry_of(pair, source).redirected_bytes;
                 check_not_duplicated(pair, source, from, from_taken, redirected)?;
                 wait_drained(to, to_base, redirected).await.map_err(io)?;
-                counter.store(redirected, Ordering::Relaxed);
+                counter.store(already + redirected, Ordering::Relaxed);
                 tracing::debug!(%source, redirected, "peer missing from the SockHash; continuing in userspace");
                 pair.relay().note_handed_to_userspace();
                 return copy::direction(from, to, counter).await.map_err(io);
@@ -229,8 +255,65 @@ async fn direction(
     let redirected = entry_of(pair, source).redirected_bytes;
     check_not_duplicated(pair, source, from, from_taken, redirected)?;
     wait_drained(to, to_base, redirected).await.map_err(io)?;
-    counter.fetch_max(redirected, Ordering::Relaxed);
+    counter.fetch_max(already + redirected, Ordering::Relaxed);
     shutdown_write(to).map_err(io)
+}
+
+/// What [`hand_on_unread`] forwarded before the socket entered the kernel.
+struct Early {
+    bytes: u64,
+    /// The source's FIN came too.
+    ended: bool,
+}
+
+/// Most bytes [`hand_on_unread`] reads at a time.
+const EARLY_CHUNK: usize = 64 * 1024;
+
+/// If userspace already read some of `from`'s bytes, forwards everything
+/// `from` holds unread to `to` and empties its receive queue, so that no
+/// partly read buffer is left for the verdict program (which would send it
+/// again from its start). Bytes arriving after the queue ran empty start
+/// fresh buffers and are the kernel's.
+async fn hand_on_unread(
+    from: &TcpStream,
+    to: &TcpStream,
+    source: Side,
+) -> Result<Early, RelayError> {
+    let read_err = |err| RelayError::Io {
+        side: source,
+        source: err,
+    };
+    let mut early = Early {
+        bytes: 0,
+        ended: false,
+    };
+    if bytes_taken(from).map_err(read_err)? == 0 {
+        return Ok(early);
+    }
+    let mut buffer = vec![0u8; EARLY_CHUNK];
+    loop {
+        match from.try_read(&mut buffer) {
+            Ok(0) => {
+                early.ended = true;
+                break;
+            }
+            Ok(n) => {
+                write_all(to, &buffer[..n])
+                    .await
+                    .map_err(|err| RelayError::Io {
+                        side: source.other(),
+                        source: err,
+                    })?;
+                early.bytes += n as u64;
+            }
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => break,
+            Err(err) => return Err(read_err(err)),
+        }
+    }
+    if early.bytes > 0 {
+        tracing::debug!(%source, bytes = early.bytes, "bytes queued behind a handshake forwarded before the kernel relay");
+    }
+    Ok(early)
 }
 
 /// Bytes `socket` received that are no longer in its receive queue: taken
