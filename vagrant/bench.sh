@@ -23,7 +23,7 @@ vagrant upload prod-cert.pem /tmp/prod-cert.pem gwb
 vagrant upload cons-cert.pem /tmp/cons-cert.pem gwb
 out=$(on gwb "s2uc connect --prod-s2cs 10.10.2.1:5000 --cons-s2cs 10.10.3.1:5000 \
   --prod-cert /tmp/prod-cert.pem --cons-cert /tmp/cons-cert.pem \
-  --producer 10.10.1.2:7000 --num-conn 1 --rate 0")
+  --producer 10.10.1.2:7000 --num-conn 1")
 echo "$out"
 listener=$(echo "$out" | sed -n 's/^consumer connects to: *//p' | cut -d, -f1 | tr -d '\r')
 uid=$(echo "$out" | sed -n 's/^uid: *//p' | tr -d '\r')

@@ -102,8 +102,10 @@ pub struct StreamOpts {
     /// Number of parallel connections (listeners) per side.
     #[arg(long = "num-conn", alias = "num_conn", default_value_t = 5)]
     pub num_conn: i32,
-    /// Rate limit in Mbit/s (0 = unlimited).
-    #[arg(long, default_value_t = 10000)]
+    /// Cap the session at this many Mbit/s (default 0: no cap, unless the
+    /// gateway's operator sets a maximum; `s2uc status` shows the cap in
+    /// force and where it came from).
+    #[arg(long, default_value_t = 0, value_name = "MBPS")]
     pub rate: i32,
 }
 
@@ -529,6 +531,20 @@ pub async fn run_s2uc(cli: S2uc) -> Result<(), ClientError> {
     Ok(())
 }
 
+/// "none (why)" or "N Mbit/s (from where)"; an older gateway sends no source.
+fn rate_cap_line(rate: i32, source: &str) -> String {
+    let cap = if rate > 0 {
+        format!("{rate} Mbit/s")
+    } else {
+        "none".to_owned()
+    };
+    if source.is_empty() {
+        cap
+    } else {
+        format!("{cap} ({source})")
+    }
+}
+
 fn print_status(s: &crate::proto::SessionStatus) {
     let c = s.counters.unwrap_or_default();
     println!(
@@ -545,6 +561,7 @@ fn print_status(s: &crate::proto::SessionStatus) {
         c.connections_total,
         c.connections_active
     );
+    println!("  rate cap: {}", rate_cap_line(s.rate, &s.rate_source));
     if !s.restore_error.is_empty() {
         println!("  restore: {}", s.restore_error);
     }

@@ -12,6 +12,7 @@ use crate::allowlist::{AllowList, AllowRule};
 use crate::auth::{AuthConfig, IntrospectionConfig};
 use crate::errors::ControlError;
 use crate::ports::PortRange;
+use crate::rate::{LegacyClientRate, RateLimits, parse_identity_rate};
 
 /// Control-channel TLS settings.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -78,6 +79,8 @@ pub struct ServerConfig {
     /// `release` still runs to its end, so nothing is left half done. A
     /// `req` waiting for its hello is bounded by `hello_timeout_secs`.
     pub request_timeout_secs: f64,
+    /// Rate caps: the operator's maxima and what an old client's rate means.
+    pub rates: RateLimits,
 }
 
 impl Default for ServerConfig {
@@ -104,6 +107,7 @@ impl Default for ServerConfig {
             max_watch_total: 256,
             max_message_bytes: 64 * 1024,
             request_timeout_secs: 60.0,
+            rates: RateLimits::default(),
         }
     }
 }
@@ -193,6 +197,9 @@ impl ServerConfig {
                 "max_message_bytes must be at least 1024, got {}",
                 self.max_message_bytes
             ));
+        }
+        if self.rates.identities.keys().any(|k| k.trim().is_empty()) {
+            return bad("rates.identities has an empty identity".into());
         }
         if self.tls.cert.is_some() != self.tls.key.is_some() {
             return bad("tls.cert and tls.key must be given together".into());
@@ -292,6 +299,18 @@ pub struct ServerArgs {
     /// 60); a started hello, update or release still completes.
     #[arg(long, value_name = "SECS")]
     pub request_timeout: Option<f64>,
+    /// The most any session may get, in Mbit/s (default 0: no maximum).
+    #[arg(long, value_name = "MBPS")]
+    pub max_session_rate: Option<u32>,
+    /// The most each session of IDENTITY may get, in Mbit/s (repeatable;
+    /// overrides --max-session-rate for that identity; 0: no maximum).
+    #[arg(long = "identity-max-rate", value_name = "IDENTITY=MBPS", value_parser = parse_identity_rate)]
+    pub identity_max_rates: Vec<(String, u32)>,
+    /// What the rate of an old client (one that sends no data-channel
+    /// secret, e.g. SciStream's, which always sends 10000) means (default
+    /// ignore, as SciStream does).
+    #[arg(long, value_name = "MEANING")]
+    pub legacy_client_rate: Option<LegacyClientRate>,
 }
 
 impl ServerArgs {
@@ -365,6 +384,13 @@ impl ServerArgs {
         if let Some(secs) = self.request_timeout {
             c.request_timeout_secs = secs;
         }
+        if let Some(mbps) = self.max_session_rate {
+            c.rates.max_session_mbps = mbps;
+        }
+        c.rates.identities.extend(self.identity_max_rates);
+        if let Some(meaning) = self.legacy_client_rate {
+            c.rates.legacy_client_rate = meaning;
+        }
         c.validate()?;
         Ok(c)
     }
@@ -395,6 +421,48 @@ names = ["gw.example.org"]
         c.validate().unwrap();
         let back = toml::to_string(&c).unwrap();
         assert_eq!(ServerConfig::from_toml_str(&back).unwrap(), c);
+    }
+
+    #[test]
+    fn rates_come_from_the_file_and_flags_override_them() {
+        let text = r#"
+[auth]
+kind = "none"
+[rates]
+max_session_mbps = 40000
+legacy_client_rate = "honor"
+[rates.identities]
+"alice@anl.gov" = 5000
+"#;
+        let c = ServerConfig::from_toml_str(text).unwrap();
+        assert_eq!(c.rates.max_session_mbps, 40_000);
+        assert_eq!(c.rates.legacy_client_rate, LegacyClientRate::Honor);
+        assert_eq!(c.rates.identities.get("alice@anl.gov"), Some(&5_000));
+        assert_eq!(
+            ServerConfig::from_toml_str(&toml::to_string(&c).unwrap()).unwrap(),
+            c
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("s2cs.toml");
+        std::fs::write(&file, text).unwrap();
+        let args = ServerArgs {
+            config: Some(file),
+            max_session_rate: Some(0),
+            identity_max_rates: vec![("alice@anl.gov".into(), 7_000)],
+            legacy_client_rate: Some(LegacyClientRate::Ignore),
+            ..ServerArgs::default()
+        };
+        let c = args.into_config().unwrap();
+        assert_eq!(c.rates.max_session_mbps, 0);
+        assert_eq!(c.rates.identities.get("alice@anl.gov"), Some(&7_000));
+        assert_eq!(c.rates.legacy_client_rate, LegacyClientRate::Ignore);
+        let err = ServerConfig::from_toml_str("[rates]\nlegacy_client_rate = \"maybe\"")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("legacy_client_rate") || err.contains("maybe"),
+            "{err}"
+        );
     }
 
     #[test]

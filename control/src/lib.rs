@@ -41,6 +41,7 @@ pub mod mock;
 pub mod observe;
 pub mod persist;
 pub mod ports;
+pub mod rate;
 pub mod registry;
 pub mod secret;
 pub mod server;

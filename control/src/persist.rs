@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::errors::ControlError;
+use crate::rate::RateSource;
 use crate::session::SessionState;
 use crate::types::{Identity, Role, SessionId};
 
@@ -28,8 +29,12 @@ pub struct SessionRecord {
     pub owner: Identity,
     /// Listeners requested.
     pub num_conn: u32,
-    /// Rate from the request (Mbit/s, <= 0 unlimited).
+    /// The rate cap in force (Mbit/s, <= 0 unlimited).
     pub rate: i32,
+    /// Where that cap came from (records written before it was kept held
+    /// the client's request).
+    #[serde(default = "client_rate_source")]
+    pub rate_source: RateSource,
     /// READY or ACTIVE.
     pub state: SessionState,
     /// Leased listener ports, in order.
@@ -48,6 +53,10 @@ pub struct SessionRecord {
     pub want_secret: bool,
     /// Creation time (Unix seconds).
     pub created_unix: u64,
+}
+
+fn client_rate_source() -> RateSource {
+    RateSource::Client
 }
 
 /// Bytes written by [`Store::check_writable`]: more than a session record.

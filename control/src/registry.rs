@@ -32,6 +32,7 @@ use crate::dataplane::{Link, SessionPlan};
 use crate::errors::ControlError;
 use crate::persist::{SessionRecord, Store};
 use crate::ports::{PortAllocator, PortLease};
+use crate::rate::RateSource;
 use crate::secret::SessionSecret;
 use crate::session::{Call, SessionState};
 use crate::types::{Identity, Role, SessionId};
@@ -61,7 +62,9 @@ pub struct Session {
     role: Role,
     owner: Identity,
     num_conn: u32,
+    /// The cap in force (Mbit/s, 0 none) and where it came from.
     rate: i32,
+    rate_source: RateSource,
     state: SessionState,
     leases: Vec<PortLease>,
     /// Bound listeners, held until `update` hands them to the data plane.
@@ -96,6 +99,7 @@ impl Session {
             owner: self.owner.clone(),
             num_conn: self.num_conn,
             rate: self.rate,
+            rate_source: self.rate_source.clone(),
             state: self.state,
             ports: self.leases.iter().map(|l| l.port()).collect(),
             advertised: self.advertised.clone(),
@@ -116,6 +120,7 @@ impl Session {
             owner: self.owner.clone(),
             num_conn: self.num_conn,
             rate: self.rate,
+            rate_source: self.rate_source.clone(),
             listeners: self.advertised.clone(),
             prod_listeners: self.prod_listeners.clone(),
             targets: self.targets.clone(),
@@ -147,6 +152,7 @@ impl Session {
             owner: record.owner.clone(),
             num_conn: record.num_conn,
             rate: record.rate,
+            rate_source: record.rate_source.clone(),
             state: SessionState::Restoring,
             leases,
             listeners: Vec::new(),
@@ -182,8 +188,10 @@ pub struct SessionView {
     pub owner: Identity,
     /// num_conn
     pub num_conn: u32,
-    /// rate (Mbit/s as requested)
+    /// The rate cap in force (Mbit/s, 0 none).
     pub rate: i32,
+    /// Where that cap came from.
+    pub rate_source: RateSource,
     /// advertised listeners
     pub listeners: Vec<SocketAddr>,
     /// what hello announced
@@ -218,8 +226,10 @@ pub struct NewSession {
     pub owner: Identity,
     /// listeners to allocate
     pub num_conn: u32,
-    /// requested rate (Mbit/s)
+    /// The rate cap in force (Mbit/s, 0 none; see [`crate::rate`]).
     pub rate: i32,
+    /// Where that cap came from.
+    pub rate_source: RateSource,
     /// secret known at req time (PROD)
     pub secret: Option<SessionSecret>,
     /// whether that secret is the legacy one
@@ -367,6 +377,7 @@ impl Registry {
                 owner: n.owner,
                 num_conn: n.num_conn,
                 rate: n.rate,
+                rate_source: n.rate_source,
                 state: SessionState::Requested,
                 leases,
                 listeners,
@@ -833,6 +844,7 @@ impl Registry {
             owner: rec.owner.clone(),
             num_conn: rec.num_conn,
             rate: rec.rate,
+            rate_source: rec.rate_source.clone(),
             state: rec.state,
             leases,
             listeners,
@@ -901,6 +913,7 @@ mod tests {
             owner: Identity::anonymous(),
             num_conn: 1,
             rate: 0,
+            rate_source: RateSource::Unlimited,
             state: SessionState::Active,
             ports: vec![base],
             advertised: vec![SocketAddr::new(ip, base)],
@@ -1008,6 +1021,7 @@ mod tests {
                 owner: who.clone(),
                 num_conn: 1,
                 rate: 0,
+                rate_source: RateSource::Unlimited,
                 secret: None,
                 legacy_secret: false,
                 want_secret: true,

@@ -128,6 +128,7 @@ fn view_to_status(v: SessionView, c: Option<SessionCounters>) -> proto::SessionS
         owner: v.owner.0,
         num_conn: i32::try_from(v.num_conn).unwrap_or(i32::MAX),
         rate: v.rate,
+        rate_source: v.rate_source.to_string(),
         listeners: v.listeners.iter().map(ToString::to_string).collect(),
         prod_listeners: v.prod_listeners,
         targets: v.targets.iter().map(ToString::to_string).collect(),
@@ -319,17 +320,19 @@ impl Core {
         // A session that could not survive a restart is refused now, with
         // the directory named, rather than after hello.
         self.registry.check_store_writable().await?;
+        let rate = self.cfg.rates.decide(r.rate, r.want_channel_secret, &who);
         let rx = self.registry.create(NewSession {
             uid: uid.clone(),
             role,
             owner: who.clone(),
             num_conn,
-            rate: r.rate,
+            rate: rate.mbps,
+            rate_source: rate.source.clone(),
             secret,
             legacy_secret: legacy,
             want_secret: r.want_channel_secret,
         })?;
-        tracing::info!(%uid, %role, num_conn, owner = %who, "req: session created, waiting for hello");
+        tracing::info!(%uid, %role, num_conn, owner = %who, rate_mbps = rate.mbps, rate_source = %rate.source, "req: session created, waiting for hello");
         let mut guard = AbandonGuard {
             registry: self.registry.clone(),
             uid: Some(uid.clone()),

@@ -1,7 +1,8 @@
 //! Every text input the operator or a control client gives the gateway,
 //! parsed from the same string: session uids, address lists (as `hello` and
 //! `update` carry them), allow rules, port ranges, XDP peer nets, channel
-//! certificate fingerprints, roles, data paths and channel modes.
+//! certificate fingerprints, roles, data paths, channel modes and
+//! per-identity rate maxima (`--identity-max-rate IDENTITY=MBPS`).
 //!
 //! Checked on every input: nothing panics; every value that parses prints
 //! as text that parses back to the same value (so what `s2uc status`, the
@@ -14,6 +15,7 @@ use std::str::FromStr;
 
 use control::allowlist::AllowRule;
 use control::ports::PortRange;
+use control::rate::parse_identity_rate;
 use control::types::{Role, SessionId, parse_addr_list};
 use gateway::channel::Fingerprint;
 use gateway::relay::DataPath;
@@ -58,6 +60,13 @@ fuzz_target!(|text: &str| {
     round_trips::<PeerNet>(text);
     if let Ok(fp) = Fingerprint::from_str(text) {
         assert!(Fingerprint::from_str(&fp.to_string()).ok() == Some(fp));
+    }
+    if let Ok((identity, mbps)) = parse_identity_rate(text) {
+        assert!(!identity.is_empty() && identity == identity.trim());
+        assert_eq!(
+            parse_identity_rate(&format!("{identity}={mbps}")),
+            Ok((identity, mbps))
+        );
     }
     let _ = text.parse::<DataPath>();
     let _ = text.parse::<ChannelMode>();

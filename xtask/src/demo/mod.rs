@@ -249,7 +249,7 @@ fn connect_session(bin: &Path, gwa: &Gateway, gwb: &Gateway) -> anyhow::Result<C
                 .arg(&gwa.cert)
                 .arg("--cons-cert")
                 .arg(&gwb.cert)
-                .args(["--producer", PRODUCER, "--num-conn", "1", "--rate", "0"]),
+                .args(["--producer", PRODUCER, "--num-conn", "1"]),
         );
         match attempt {
             Ok(out) => {

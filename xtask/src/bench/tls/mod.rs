@@ -13,7 +13,7 @@
 //!    the pair in gwB (consumer side, plain TCP from the consumer) and gwA
 //!    (producer side, plain TCP to the producer), TLS 1.3 between them:
 //!    - `s2cs`: two `s2cs serve` (default `--channel tls`), then `--sessions`
-//!      times `s2uc connect --num-conn 1 --rate 0` in gwB, whose "setup time"
+//!      times `s2uc connect --num-conn 1` (the defaults a user gets: no rate cap) in gwB, whose "setup time"
 //!      lines give the setup time (median reported); the consumer connects
 //!      to the last session's listener;
 //!    - `s2cs-plain`: the same with `--channel plaintext-after-auth` (the

@@ -199,7 +199,7 @@ pub(super) fn start_s2cs<'a>(
             .arg(cert("gwa"))
             .arg("--cons-cert")
             .arg(cert("gwb"))
-            .args(["--producer", &producer, "--num-conn", "1", "--rate", "0"])
+            .args(["--producer", &producer, "--num-conn", "1"])
             .env("HOME", &home)
             .env_remove("S2UC_TOKEN")
             .stdin(Stdio::null());
