@@ -19,6 +19,7 @@ use clap::{Args, Parser, Subcommand};
 use tokio_stream::StreamExt;
 use zeroize::Zeroizing;
 
+use crate::cli_json;
 use crate::client::{
     Client, ClientError, ClientIdentity, ClientOptions, TokenSource, connect_both_as,
     default_token_file, listeners_from, new_uid, resolve_token, validate_token, write_token_file,
@@ -109,12 +110,30 @@ pub struct StreamOpts {
     pub rate: i32,
 }
 
+/// What `s2uc --help` ends with: output for scripts and exit status.
+const S2UC_AFTER_HELP: &str = "\
+OUTPUT FOR SCRIPTS:
+  connect, status, list and check-auth take --json and then print one JSON
+  document on stdout (field names are stable; absent values are null).
+  session (status; list prints {\"sessions\": [...]}): uid, role, state, owner,
+  num_conn, listeners, prod_listeners, targets, created_unix, legacy_secret,
+  rate_cap_mbps (null: no cap), rate_source, counters {bytes_to_target,
+  bytes_from_target, connections_total, connections_active}, restore_error,
+  pinned_peer. connect: uid, prod_listeners, consumer_listeners, setup_seconds.
+  check-auth: token {present, source}, server {address, version, identity}.
+
+EXIT STATUS:
+  0  the command did what it says.
+  1  it failed: one line on stderr, `s2uc: error: ` and the causes.
+  2  the command line is wrong (unknown flag, missing argument).";
+
 /// The SciStream user client.
 #[derive(Parser, Debug)]
 #[command(
     name = "s2uc",
     version,
-    about = "SciStream user client: sets up streams through gateways"
+    about = "SciStream user client: sets up streams through gateways",
+    after_long_help = S2UC_AFTER_HELP
 )]
 pub struct S2uc {
     /// Token options.
@@ -181,6 +200,10 @@ pub enum S2ucCmd {
             default_value = "server.crt"
         )]
         server_cert: PathBuf,
+        /// Print one JSON document: token {present, source} and, with
+        /// --s2cs, server {address, version, identity}.
+        #[arg(long)]
+        json: bool,
     },
     /// Store a token in the token file (mode 0600); reads stdin if --token is absent.
     Login,
@@ -208,11 +231,18 @@ pub enum S2ucCmd {
         /// sessions only.
         #[arg(long, hide = true)]
         as_old_client: bool,
+        /// Print one JSON document: uid, prod_listeners, consumer_listeners,
+        /// setup_seconds.
+        #[arg(long)]
+        json: bool,
     },
     /// Show one session.
     Status {
         #[command(flatten)]
         server: ServerOpts,
+        /// Print the session as one JSON document.
+        #[arg(long)]
+        json: bool,
         /// Session uid.
         uid: String,
     },
@@ -220,6 +250,9 @@ pub enum S2ucCmd {
     List {
         #[command(flatten)]
         server: ServerOpts,
+        /// Print `{"sessions": [...]}` as one JSON document.
+        #[arg(long)]
+        json: bool,
     },
     /// Live throughput of a session.
     Watch {
@@ -390,19 +423,25 @@ pub async fn run_s2uc(cli: S2uc) -> Result<(), ClientError> {
             connect(&server, t, cert).await?.release(&uid).await?;
             println!("Release completed");
         }
-        S2ucCmd::CheckAuth { s2cs, server_cert } => {
+        S2ucCmd::CheckAuth {
+            s2cs,
+            server_cert,
+            json,
+        } => {
             let file = t.token_file.clone().unwrap_or_else(default_token_file);
             let env = std::env::var("S2UC_TOKEN").ok();
-            let present = match resolve_token(t.token.as_deref(), env.as_deref(), &file)? {
-                Some((_, src)) => {
-                    println!("token: present (from {})", describe_source(src, &file));
-                    true
-                }
-                None => {
-                    println!("token: none (use --token, $S2UC_TOKEN or s2uc login)");
-                    false
-                }
+            let mut check = cli_json::AuthCheck {
+                token_source: resolve_token(t.token.as_deref(), env.as_deref(), &file)?
+                    .map(|(_, src)| describe_source(src, &file)),
+                server: None,
             };
+            let present = check.token_source.is_some();
+            if !json {
+                match &check.token_source {
+                    Some(source) => println!("token: present (from {source})"),
+                    None => println!("token: none (use --token, $S2UC_TOKEN or s2uc login)"),
+                }
+            }
             if let Some(s2cs) = s2cs {
                 let server = ServerOpts {
                     s2cs,
@@ -429,10 +468,20 @@ pub async fn run_s2uc(cli: S2uc) -> Result<(), ClientError> {
                     },
                     other => other,
                 })?;
-                println!(
-                    "server {} (s2cs {}) accepts the token as identity {:?}",
-                    server.s2cs, v.version, v.identity
-                );
+                if !json {
+                    println!(
+                        "server {} (s2cs {}) accepts the token as identity {:?}",
+                        server.s2cs, v.version, v.identity
+                    );
+                }
+                check.server = Some(cli_json::ServerAnswer {
+                    address: server.s2cs,
+                    version: v.version,
+                    identity: v.identity,
+                });
+            }
+            if json {
+                cli_json::print(&cli_json::auth_check(&check))?;
             }
         }
         S2ucCmd::Login => {
@@ -465,6 +514,7 @@ pub async fn run_s2uc(cli: S2uc) -> Result<(), ClientError> {
             stream,
             producer,
             as_old_client,
+            json,
         } => {
             let token = token_of(t)?;
             let identity = cert.load()?;
@@ -487,19 +537,31 @@ pub async fn run_s2uc(cli: S2uc) -> Result<(), ClientError> {
                 !as_old_client,
             )
             .await?;
-            println!("uid: {}", r.uid);
-            println!("prod gateway listeners: {}", r.prod_listeners.join(","));
-            println!("consumer connects to: {}", r.cons_listeners.join(","));
-            println!("setup time: {:.3} s", started.elapsed().as_secs_f64());
+            let setup = started.elapsed().as_secs_f64();
+            if json {
+                cli_json::print(&cli_json::connected(&r, setup))?;
+            } else {
+                println!("uid: {}", r.uid);
+                println!("prod gateway listeners: {}", r.prod_listeners.join(","));
+                println!("consumer connects to: {}", r.cons_listeners.join(","));
+                println!("setup time: {setup:.3} s");
+            }
         }
-        S2ucCmd::Status { server, uid } => {
+        S2ucCmd::Status { server, json, uid } => {
             let uid = uid_arg(&uid)?;
             let s = connect(&server, t, cert).await?.status(&uid).await?;
-            print_status(&s);
-        }
-        S2ucCmd::List { server } => {
-            for s in connect(&server, t, cert).await?.list().await?.sessions {
+            if json {
+                cli_json::print(&cli_json::session(&s))?;
+            } else {
                 print_status(&s);
+            }
+        }
+        S2ucCmd::List { server, json } => {
+            let list = connect(&server, t, cert).await?.list().await?.sessions;
+            if json {
+                cli_json::print(&cli_json::sessions(&list))?;
+            } else {
+                list.iter().for_each(print_status);
             }
         }
         S2ucCmd::Watch {

@@ -33,6 +33,7 @@ pub mod allowlist;
 pub mod auth;
 pub mod authz;
 pub mod cli;
+pub mod cli_json;
 pub mod client;
 pub mod config;
 pub mod dataplane;

@@ -123,3 +123,140 @@ async fn s2uc_connect_status_list_release_and_appctrl_hello() {
     prod.stop().await;
     cons.stop().await;
 }
+
+fn json(o: &Output) -> serde_json::Value {
+    let text = ok(o);
+    assert_eq!(
+        text.lines().count(),
+        1,
+        "one JSON document per command: {text}"
+    );
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+/// `--json` for connect, status, list and check-auth: one document each,
+/// with the fields scripts read, through the real binary and servers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s2uc_json_output_is_one_document_with_the_sessions_fields() {
+    let s2uc = env!("CARGO_BIN_EXE_s2uc");
+    let echo = control::mock::start_echo_servers(1, "127.0.0.1".parse().unwrap())
+        .await
+        .unwrap();
+    let d1 = tempfile::tempdir().unwrap();
+    let d2 = tempfile::tempdir().unwrap();
+    let prod = TestServer::start(base_config(port_range(28000, 10), d1.path())).await;
+    let cons = TestServer::start(base_config(port_range(28000, 10), d2.path())).await;
+    let pc = d1.path().join("prod.pem");
+    let cc = d2.path().join("cons.pem");
+    std::fs::write(&pc, &prod.cert_pem).unwrap();
+    std::fs::write(&cc, &cons.cert_pem).unwrap();
+    let (pa, ca) = (prod.addr.to_string(), cons.addr.to_string());
+    let (pcs, ccs) = (pc.display().to_string(), cc.display().to_string());
+    let producer = echo.addrs[0].to_string();
+    let connected = json(
+        &run(
+            s2uc,
+            &[
+                "connect",
+                "--prod-s2cs",
+                &pa,
+                "--cons-s2cs",
+                &ca,
+                "--prod-cert",
+                &pcs,
+                "--cons-cert",
+                &ccs,
+                "--num-conn",
+                "1",
+                "--producer",
+                &producer,
+                "--json",
+            ],
+        )
+        .await,
+    );
+    let uid = connected["uid"].as_str().expect("uid").to_owned();
+    assert_eq!(
+        connected["consumer_listeners"].as_array().map(Vec::len),
+        Some(1)
+    );
+    assert!(connected["setup_seconds"].as_f64().is_some(), "{connected}");
+
+    let status = json(
+        &run(
+            s2uc,
+            &[
+                "status",
+                "--s2cs",
+                &ca,
+                "--server-cert",
+                &ccs,
+                "--json",
+                &uid,
+            ],
+        )
+        .await,
+    );
+    assert_eq!(status["uid"], uid.as_str());
+    assert_eq!(status["role"], "CONS");
+    assert_eq!(status["state"], "ACTIVE");
+    assert_eq!(
+        status["rate_cap_mbps"],
+        serde_json::Value::Null,
+        "no cap by default: {status}"
+    );
+    assert!(
+        status["rate_source"]
+            .as_str()
+            .is_some_and(|s| s.contains("no cap")),
+        "{status}"
+    );
+    assert_eq!(status["counters"]["connections_active"], 0);
+    assert_eq!(status["targets"].as_array().map(Vec::len), Some(1));
+
+    let list = json(
+        &run(
+            s2uc,
+            &["list", "--s2cs", &pa, "--server-cert", &pcs, "--json"],
+        )
+        .await,
+    );
+    let sessions = list["sessions"].as_array().expect("sessions");
+    assert_eq!(sessions.len(), 1);
+    assert_eq!(sessions[0]["uid"], uid.as_str());
+    assert_eq!(sessions[0]["role"], "PROD");
+
+    let check = json(
+        &run(
+            s2uc,
+            &["check-auth", "--s2cs", &pa, "--server-cert", &pcs, "--json"],
+        )
+        .await,
+    );
+    assert_eq!(check["token"]["present"], false);
+    assert_eq!(check["server"]["address"], pa.as_str());
+    assert_eq!(check["server"]["identity"], "anonymous");
+
+    // An error is still one line on stderr and a failure status, nothing on stdout.
+    let missing = run(
+        s2uc,
+        &[
+            "status",
+            "--s2cs",
+            &pa,
+            "--server-cert",
+            &pcs,
+            "--json",
+            "no-such",
+        ],
+    )
+    .await;
+    assert!(!missing.status.success());
+    assert!(missing.stdout.is_empty());
+    assert!(String::from_utf8_lossy(&missing.stderr).starts_with("s2uc: error: "));
+    for (a, c) in [(&pa, &pcs), (&ca, &ccs)] {
+        ok(&run(s2uc, &["release", "--s2cs", a, "--server-cert", c, &uid]).await);
+    }
+    prod.stop().await;
+    cons.stop().await;
+}
