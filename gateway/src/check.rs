@@ -19,6 +19,7 @@ use serde::Serialize;
 
 use crate::ebpf::KernelRelay;
 use crate::error_chain::error_chain;
+use crate::host_tuning::{self, HostRoot, Tuning};
 use crate::relay::DataPath;
 use crate::sys::{self, Pipe};
 use crate::xdp::{self, AttachMode};
@@ -64,6 +65,8 @@ pub struct Report {
     pub channel_path: &'static str,
     /// False when not even the userspace relay works: the gateway cannot run.
     pub can_run: bool,
+    /// Host settings for 100 Gbit/s, with fixes (advice: never fails the check).
+    pub host_tuning: Vec<Tuning>,
 }
 
 impl Report {
@@ -207,6 +210,7 @@ pub fn run_with(options: &CheckOptions) -> Report {
         plaintext_path,
         channel_path,
         can_run,
+        host_tuning: host_tuning::inspect(&HostRoot::default()),
     }
 }
 
@@ -244,6 +248,22 @@ pub fn render(report: &Report) -> String {
     ));
     if report.capability(SOCKMAP).is_some_and(|c| c.available) {
         out.push_str("           the in-kernel sockmap relay works here (--data-path sockmap)\n");
+    }
+    let untuned = report.host_tuning.iter().filter(|t| !t.ok).count();
+    out.push_str(&format!(
+        "host tuning for 100 Gbit/s: {} of {} settings to change (docs/OPERATIONS.md)\n",
+        untuned,
+        report.host_tuning.len()
+    ));
+    for t in &report.host_tuning {
+        if t.ok {
+            out.push_str(&format!("  [ ok ] {:<32} {}\n", t.setting, t.current));
+        } else {
+            out.push_str(&format!(
+                "  [TUNE] {:<32} {} (want {})\n         fix: {}\n",
+                t.setting, t.current, t.wanted, t.fix
+            ));
+        }
     }
     if !report.can_run {
         out.push_str("the gateway cannot run here: not even a loopback TCP relay works\n");

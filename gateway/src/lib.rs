@@ -10,6 +10,8 @@
 //! - [`channel`]: the secure gateway-to-gateway channel (TLS, per-session
 //!   proof, kernel/userspace TLS data paths);
 //! - [`check`]: `s2cs check`, the capability report;
+//! - [`host_tuning`]: the host settings for 100 Gbit/s that `check` reports,
+//!   each with the command that fixes it;
 //! - [`proxy`]: a listener that relays every accepted connection to a target;
 //! - [`session`]: the data plane of SciStream sessions (`control::DataPlane`)
 //!   and `s2cs serve`;
@@ -32,6 +34,7 @@ pub mod check;
 pub mod drain;
 pub mod ebpf;
 pub mod error_chain;
+pub mod host_tuning;
 pub mod metrics;
 pub mod proxy;
 pub mod refusal_log;
