@@ -46,6 +46,17 @@ pub enum AuthConfig {
     Introspection(IntrospectionConfig),
 }
 
+impl AuthConfig {
+    /// The mode's name, as `kind` in the TOML file.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            AuthConfig::None => "none",
+            AuthConfig::TokenFile { .. } => "token_file",
+            AuthConfig::Introspection(_) => "introspection",
+        }
+    }
+}
+
 /// Settings of the introspection validator.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IntrospectionConfig {

@@ -81,6 +81,11 @@ pub struct ServerConfig {
     pub request_timeout_secs: f64,
     /// Rate caps: the operator's maxima and what an old client's rate means.
     pub rates: RateLimits,
+    /// The gateway daemon's own settings (`[gateway]`: data path, channel,
+    /// XDP, metrics, admission limits), read and checked by `s2cs`; opaque
+    /// to the control server.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<toml::Table>,
 }
 
 impl Default for ServerConfig {
@@ -108,6 +113,7 @@ impl Default for ServerConfig {
             max_message_bytes: 64 * 1024,
             request_timeout_secs: 60.0,
             rates: RateLimits::default(),
+            gateway: None,
         }
     }
 }

@@ -1,4 +1,5 @@
-//! The control server's TOML configuration file.
+//! The TOML configuration file: the control server's settings and the
+//! gateway's `[gateway]` table.
 //!
 //! Checked on every input: nothing panics while parsing or validating; a
 //! configuration that parses and validates writes back to TOML that parses
@@ -7,6 +8,7 @@
 #![no_main]
 
 use control::ServerConfig;
+use gateway::session::config_file::GatewayFile;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|text: &str| {
@@ -16,9 +18,18 @@ fuzz_target!(|text: &str| {
     if config.validate().is_err() {
         return;
     }
+    // The gateway's own table parses or is refused, never panics.
+    let _ = GatewayFile::from_table(config.gateway.as_ref());
     let written = toml::to_string(&config).expect("a valid configuration serializes");
     match ServerConfig::from_toml_str(&written) {
-        Ok(again) => assert_eq!(again, config, "written as:\n{written}"),
+        Ok(again) if again == config => {}
+        // A NaN in the opaque [gateway] table is unequal to itself: the
+        // written text must still read back to the same text.
+        Ok(again) => assert_eq!(
+            toml::to_string(&again).expect("serializes"),
+            written,
+            "written as:\n{written}"
+        ),
         Err(err) => panic!("the written configuration does not parse: {err}\n{written}"),
     }
 });

@@ -5,11 +5,13 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use clap::{Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 use gateway::check;
 use gateway::ebpf::KernelRelay;
 use gateway::proxy::{self, ProxyPlan, ProxyStats};
 use gateway::relay::{AUTO_PATH, AUTO_REASON, DataPath, RelayEngine};
+use gateway::session::config_file;
 use gateway::session::serve::{Gateway, ServeArgs, raise_descriptor_limit, shutdown_signals};
 
 #[derive(Parser)]
@@ -57,8 +59,54 @@ enum Command {
         rate: Option<u64>,
     },
     /// Run the gateway: the SciStream control server with the kernel data
-    /// plane, until SIGINT or SIGTERM.
+    /// plane, until SIGINT or SIGTERM. Flags override the --config file.
     Serve(Box<ServeArgs>),
+    /// Check or show a configuration file (the control server's settings
+    /// and the `[gateway]` table).
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigAction {
+    /// Check FILE as `s2cs serve --config FILE` would before binding,
+    /// loading or attaching anything (no side effect); exit 1 with the
+    /// problem named if it would not start.
+    Check { file: std::path::PathBuf },
+    /// Print the effective configuration of `s2cs serve --config FILE` (or
+    /// of no file) as TOML, with every default and secrets redacted.
+    Show { file: Option<std::path::PathBuf> },
+}
+
+/// `s2cs serve`'s flags alone, to read a configuration file the way
+/// `serve` would with no flag given.
+#[derive(Parser)]
+#[command(name = "s2cs serve")]
+struct ServeOnly {
+    #[command(flatten)]
+    args: ServeArgs,
+}
+
+fn serve_args_of(file: Option<&std::path::Path>) -> anyhow::Result<ServeArgs> {
+    let mut argv = vec!["s2cs serve".to_owned()];
+    if let Some(file) = file {
+        argv.push("--config".to_owned());
+        argv.push(file.display().to_string());
+    }
+    let mut args = ServeOnly::try_parse_from(argv)?.args;
+    config_file::load(&mut args, &|_| false)?;
+    Ok(args)
+}
+
+/// Whether the flag with this id was given (on the command line or in its
+/// environment variable) rather than left at its default.
+fn given(matches: &ArgMatches, id: &str) -> bool {
+    matches!(
+        matches.value_source(id),
+        Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+    )
 }
 
 fn main() -> ExitCode {
@@ -73,7 +121,9 @@ fn main() -> ExitCode {
                 && std::env::var_os("NO_COLOR").is_none(),
         )
         .init();
-    match run(Cli::parse()) {
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|err| err.exit());
+    match run(cli, &matches) {
         Ok(code) => code,
         Err(err) => {
             eprintln!("s2cs: {err:#}");
@@ -82,7 +132,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+fn run(cli: Cli, matches: &ArgMatches) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Check {
             json,
@@ -125,7 +175,26 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             runtime.block_on(relay(listen, target, &path, rate))?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Serve(args) => {
+        Command::Config {
+            action: ConfigAction::Check { file },
+        } => {
+            let args = serve_args_of(Some(&file))?;
+            let summary = config_file::check(&args)
+                .with_context(|| format!("{} would not start the gateway", file.display()))?;
+            println!("{}: ok: {summary}", file.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Config {
+            action: ConfigAction::Show { file },
+        } => {
+            let args = serve_args_of(file.as_deref())?;
+            print!("{}", config_file::show(&args)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Serve(mut args) => {
+            if let Some(sub) = matches.subcommand_matches("serve") {
+                config_file::load(&mut args, &|id| given(sub, id))?;
+            }
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
             runtime.block_on(serve(*args))?;
             Ok(ExitCode::SUCCESS)

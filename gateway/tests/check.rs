@@ -86,3 +86,67 @@ fn a_non_root_run_explains_itself() {
         "--require sockmap must fail without root"
     );
 }
+
+/// `s2cs config check` and `show` through the binary: a good file passes
+/// with a summary, a bad one fails naming the key, show prints TOML that
+/// reads back, with the `[gateway]` defaults filled in.
+#[test]
+fn config_check_and_show_explain_a_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s2cs = env!("CARGO_BIN_EXE_s2cs");
+    let good = dir.path().join("good.toml");
+    std::fs::write(
+        &good,
+        "port_range = \"6100-6109\"\n[auth]\nkind = \"none\"\n[gateway]\ndata_path = \"splice\"\n[gateway.channel]\nmode = \"plaintext-after-auth\"\n",
+    )
+    .expect("write");
+    let out = Command::new(s2cs)
+        .args(["config", "check"])
+        .arg(&good)
+        .output()
+        .expect("run s2cs config check");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains(": ok: "), "{stdout}");
+    assert!(stdout.contains("data path splice"), "{stdout}");
+    assert!(stdout.contains("channel plaintext-after-auth"), "{stdout}");
+
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[auth]\nkind = \"none\"\n[gateway]\nrelease_grace_secs = -3\n",
+    )
+    .expect("write");
+    let out = Command::new(s2cs)
+        .args(["config", "check"])
+        .arg(&bad)
+        .output()
+        .expect("run s2cs config check");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("would not start") && stderr.contains("release-grace"),
+        "{stderr}"
+    );
+
+    let out = Command::new(s2cs)
+        .args(["config", "show"])
+        .arg(&good)
+        .output()
+        .expect("run s2cs config show");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let shown: toml::Table = toml::from_str(&String::from_utf8_lossy(&out.stdout)).expect("TOML");
+    assert_eq!(shown["port_range"].as_str(), Some("6100-6109"));
+    let gateway = shown["gateway"].as_table().expect("[gateway]");
+    assert_eq!(gateway["data_path"].as_str(), Some("splice"));
+    assert_eq!(gateway["control_listen"].as_str(), Some("0.0.0.0:5000"));
+    assert_eq!(gateway["channel"]["ktls"].as_bool(), Some(true));
+}

@@ -221,7 +221,7 @@ pub fn vm_stage(root: &Path, names: &[String]) -> anyhow::Result<Tally> {
     let cache = vm::default_cache_dir(root);
     let mut tally = Tally::default();
     println!(
-        "xtask vm-test: building the static kernel-TLS selftest (two gateways in one binary) ..."
+        "xtask vm-test: building the kernel-TLS selftest (two gateways in one binary; its libraries go into the VM) ..."
     );
     let selftest = vm::build_ktls_selftest(root).context("building the kTLS selftest")?;
     for spec in &kernels {

@@ -45,6 +45,7 @@
 #![forbid(unsafe_code)]
 
 mod accept;
+pub mod config_file;
 mod errors;
 mod options;
 mod path_choice;

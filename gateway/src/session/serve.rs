@@ -161,22 +161,8 @@ impl Gateway {
     /// listeners, attaches the XDP guard and builds the control server
     /// (restoring persisted sessions).
     pub async fn prepare(args: ServeArgs) -> Result<Self, ServeError> {
-        if !(args.release_grace.is_finite() && args.release_grace >= 0.0) {
-            return Err(ServeError::Config {
-                reason: format!(
-                    "--release-grace must be a number of seconds >= 0, got {}",
-                    args.release_grace
-                ),
-            });
-        }
-        let wan_liveness = wan_liveness(args.wan_keepalive, args.wan_user_timeout)
-            .map_err(|reason| ServeError::Config { reason })?;
-        let admission = admission_limits(&args).map_err(|reason| ServeError::Config { reason })?;
-        if args.max_relayed_connections == 0 {
-            return Err(ServeError::Config {
-                reason: "--max-relayed-connections must be at least 1".into(),
-            });
-        }
+        let (wan_liveness, admission) =
+            check_flags(&args).map_err(|reason| ServeError::Config { reason })?;
         let mut cfg = args.server.into_config()?;
         // Before anything is generated, bound or loaded: a second gateway on
         // this state directory stops here, naming the first one's pid.
@@ -477,6 +463,24 @@ async fn next_signal(
 
 /// The admission limits of unauthenticated WAN connections; the error
 /// names the flag.
+/// The checks of the gateway's own numbers (grace, WAN liveness, admission
+/// and relay budgets) that need nothing but the flags.
+/// The error is [`ServeError::Config`]'s reason.
+pub fn check_flags(args: &ServeArgs) -> Result<(WanLiveness, AdmissionLimits), String> {
+    if !(args.release_grace.is_finite() && args.release_grace >= 0.0) {
+        return Err(format!(
+            "--release-grace must be a number of seconds >= 0, got {}",
+            args.release_grace
+        ));
+    }
+    let wan_liveness = wan_liveness(args.wan_keepalive, args.wan_user_timeout)?;
+    let admission = admission_limits(args)?;
+    if args.max_relayed_connections == 0 {
+        return Err("--max-relayed-connections must be at least 1".into());
+    }
+    Ok((wan_liveness, admission))
+}
+
 fn admission_limits(args: &ServeArgs) -> Result<AdmissionLimits, String> {
     let at_least_one = |flag: &str, value: usize| {
         if value == 0 {

@@ -27,15 +27,6 @@ pub fn run_in_vm(
     timeout: Duration,
 ) -> Result<VmOutput> {
     let qemu = host::tool("qemu-system-x86_64")?;
-    for (p, _) in binaries {
-        if host::elf_is_static(p).unwrap_or(true) {
-            continue;
-        }
-        eprintln!(
-            "vm: warning: {} is dynamically linked; its libraries are not copied into the VM",
-            p.display()
-        );
-    }
 
     let nonce = SystemTime::now()
         .duration_since(UNIX_EPOCH)
