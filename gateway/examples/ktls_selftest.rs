@@ -1,6 +1,7 @@
 //! ktls_selftest: the kernel-TLS channel end to end, for kernels that have
 //! kernel TLS (run in a VM by `cargo xtask vm-test`; this machine's kernel
-//! has none). Built with the workspace and run as root inside the guest (its shared libraries copied in).
+//! has none). Built with the workspace and run as root inside the guest
+//! (its shared libraries copied in).
 //!
 //! client --LAN--> gwA --TLS (kernel)--> gwB --LAN--> sink, all on loopback,
 //! with two in-process gateways built from `gateway::channel`:
