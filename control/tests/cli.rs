@@ -27,24 +27,60 @@ fn ok(o: &Output) -> String {
     s
 }
 
+/// A PROD and a CONS control server, their addresses and certificate
+/// files, and an echo server as ProdApp.
+struct Pair {
+    prod: TestServer,
+    cons: TestServer,
+    pa: String,
+    ca: String,
+    pcs: String,
+    ccs: String,
+    producer: String,
+    _echo: control::mock::EchoServers,
+    _dirs: [tempfile::TempDir; 2],
+}
+
+impl Pair {
+    async fn start() -> Pair {
+        let echo = control::mock::start_echo_servers(1, "127.0.0.1".parse().unwrap())
+            .await
+            .unwrap();
+        let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+        let prod = TestServer::start(base_config(port_range(28000, 10), dirs[0].path())).await;
+        let cons = TestServer::start(base_config(port_range(28000, 10), dirs[1].path())).await;
+        let pc = dirs[0].path().join("prod.pem");
+        let cc = dirs[1].path().join("cons.pem");
+        std::fs::write(&pc, &prod.cert_pem).unwrap();
+        std::fs::write(&cc, &cons.cert_pem).unwrap();
+        Pair {
+            pa: prod.addr.to_string(),
+            ca: cons.addr.to_string(),
+            pcs: pc.display().to_string(),
+            ccs: cc.display().to_string(),
+            producer: echo.addrs[0].to_string(),
+            prod,
+            cons,
+            _echo: echo,
+            _dirs: dirs,
+        }
+    }
+
+    async fn stop(self) {
+        self.prod.stop().await;
+        self.cons.stop().await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s2uc_connect_status_list_release_and_appctrl_hello() {
     let s2uc = env!("CARGO_BIN_EXE_s2uc");
     let appctrl = env!("CARGO_BIN_EXE_appctrl");
-    let echo = control::mock::start_echo_servers(1, "127.0.0.1".parse().unwrap())
-        .await
-        .unwrap();
-    let d1 = tempfile::tempdir().unwrap();
-    let d2 = tempfile::tempdir().unwrap();
-    let prod = TestServer::start(base_config(port_range(28000, 10), d1.path())).await;
-    let cons = TestServer::start(base_config(port_range(28000, 10), d2.path())).await;
-    let pc = d1.path().join("prod.pem");
-    let cc = d2.path().join("cons.pem");
-    std::fs::write(&pc, &prod.cert_pem).unwrap();
-    std::fs::write(&cc, &cons.cert_pem).unwrap();
-    let (pa, ca) = (prod.addr.to_string(), cons.addr.to_string());
-    let (pcs, ccs) = (pc.display().to_string(), cc.display().to_string());
-    let producer = echo.addrs[0].to_string();
+    let pair = Pair::start().await;
+    let prod = &pair.prod;
+    let (pa, ca) = (pair.pa.clone(), pair.ca.clone());
+    let (pcs, ccs) = (pair.pcs.clone(), pair.ccs.clone());
+    let producer = pair.producer.clone();
     let out = ok(&run(
         s2uc,
         &[
@@ -120,8 +156,7 @@ async fn s2uc_connect_status_list_release_and_appctrl_hello() {
     let resp = req.await.unwrap().expect("req answered");
     assert_eq!(resp.prod_listeners, vec![producer.clone()]);
     c.release(&app_1).await.unwrap();
-    prod.stop().await;
-    cons.stop().await;
+    pair.stop().await;
 }
 
 fn json(o: &Output) -> serde_json::Value {
@@ -139,20 +174,10 @@ fn json(o: &Output) -> serde_json::Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s2uc_json_output_is_one_document_with_the_sessions_fields() {
     let s2uc = env!("CARGO_BIN_EXE_s2uc");
-    let echo = control::mock::start_echo_servers(1, "127.0.0.1".parse().unwrap())
-        .await
-        .unwrap();
-    let d1 = tempfile::tempdir().unwrap();
-    let d2 = tempfile::tempdir().unwrap();
-    let prod = TestServer::start(base_config(port_range(28000, 10), d1.path())).await;
-    let cons = TestServer::start(base_config(port_range(28000, 10), d2.path())).await;
-    let pc = d1.path().join("prod.pem");
-    let cc = d2.path().join("cons.pem");
-    std::fs::write(&pc, &prod.cert_pem).unwrap();
-    std::fs::write(&cc, &cons.cert_pem).unwrap();
-    let (pa, ca) = (prod.addr.to_string(), cons.addr.to_string());
-    let (pcs, ccs) = (pc.display().to_string(), cc.display().to_string());
-    let producer = echo.addrs[0].to_string();
+    let pair = Pair::start().await;
+    let (pa, ca) = (pair.pa.clone(), pair.ca.clone());
+    let (pcs, ccs) = (pair.pcs.clone(), pair.ccs.clone());
+    let producer = pair.producer.clone();
     let connected = json(
         &run(
             s2uc,
@@ -257,6 +282,5 @@ async fn s2uc_json_output_is_one_document_with_the_sessions_fields() {
     for (a, c) in [(&pa, &pcs), (&ca, &ccs)] {
         ok(&run(s2uc, &["release", "--s2cs", a, "--server-cert", c, &uid]).await);
     }
-    prod.stop().await;
-    cons.stop().await;
+    pair.stop().await;
 }

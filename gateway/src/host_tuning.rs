@@ -281,24 +281,42 @@ mod tests {
         std::fs::write(p, text).expect("write");
     }
 
+    /// The sysctls `inspect` reads, in its order, set to `values`.
+    fn sysctls(root: &Path, values: [&str; 8]) {
+        let names = [
+            "net/core/rmem_max",
+            "net/core/wmem_max",
+            "net/ipv4/tcp_rmem",
+            "net/ipv4/tcp_wmem",
+            "net/ipv4/tcp_congestion_control",
+            "net/core/default_qdisc",
+            "net/ipv4/tcp_mtu_probing",
+            "net/core/netdev_max_backlog",
+        ];
+        for (name, value) in names.iter().zip(values) {
+            write(root, &format!("proc/sys/{name}"), &format!("{value}\n"));
+        }
+    }
+
     /// A host as Debian installs it: every setting wants tuning, and each
     /// one says how.
     #[test]
     fn an_untuned_host_gets_a_fix_for_each_setting() {
         let dir = tempfile::tempdir().expect("tempdir");
         let root = dir.path();
-        write(root, "proc/sys/net/core/rmem_max", "212992\n");
-        write(root, "proc/sys/net/core/wmem_max", "212992\n");
-        write(
+        sysctls(
             root,
-            "proc/sys/net/ipv4/tcp_rmem",
-            "4096\t131072\t6291456\n",
+            [
+                "212992",
+                "212992",
+                "4096\t131072\t6291456",
+                "4096\t16384\t4194304",
+                "cubic",
+                "fq_codel",
+                "0",
+                "1000",
+            ],
         );
-        write(root, "proc/sys/net/ipv4/tcp_wmem", "4096\t16384\t4194304\n");
-        write(root, "proc/sys/net/ipv4/tcp_congestion_control", "cubic\n");
-        write(root, "proc/sys/net/core/default_qdisc", "fq_codel\n");
-        write(root, "proc/sys/net/ipv4/tcp_mtu_probing", "0\n");
-        write(root, "proc/sys/net/core/netdev_max_backlog", "1000\n");
         write(root, "sys/class/net/eth1/operstate", "up\n");
         write(root, "sys/class/net/eth1/mtu", "1500\n");
         write(root, "sys/class/net/eth2/operstate", "down\n");
@@ -349,22 +367,19 @@ mod tests {
     fn a_tuned_host_passes_and_missing_files_read_as_unknown() {
         let dir = tempfile::tempdir().expect("tempdir");
         let root = dir.path();
-        write(root, "proc/sys/net/core/rmem_max", "2147483647\n");
-        write(root, "proc/sys/net/core/wmem_max", "2147483647\n");
-        write(
+        sysctls(
             root,
-            "proc/sys/net/ipv4/tcp_rmem",
-            "4096 87380 2147483647\n",
+            [
+                "2147483647",
+                "2147483647",
+                "4096 87380 2147483647",
+                "4096 65536 2147483647",
+                "bbr",
+                "fq",
+                "1",
+                "250000",
+            ],
         );
-        write(
-            root,
-            "proc/sys/net/ipv4/tcp_wmem",
-            "4096 65536 2147483647\n",
-        );
-        write(root, "proc/sys/net/ipv4/tcp_congestion_control", "bbr\n");
-        write(root, "proc/sys/net/core/default_qdisc", "fq\n");
-        write(root, "proc/sys/net/ipv4/tcp_mtu_probing", "1\n");
-        write(root, "proc/sys/net/core/netdev_max_backlog", "250000\n");
         write(root, "sys/class/net/eth1/operstate", "up\n");
         write(root, "sys/class/net/eth1/mtu", "9000\n");
         let report = inspect(&HostRoot::at(root));
