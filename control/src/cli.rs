@@ -19,7 +19,6 @@ use clap::{Args, Parser, Subcommand};
 use tokio_stream::StreamExt;
 use zeroize::Zeroizing;
 
-use crate::cli_json;
 use crate::client::{
     Client, ClientError, ClientIdentity, ClientOptions, TokenSource, connect_both_as,
     default_token_file, listeners_from, new_uid, resolve_token, validate_token, write_token_file,
@@ -27,6 +26,7 @@ use crate::client::{
 use crate::secret::SessionSecret;
 use crate::types::{Role, SessionId};
 use crate::watch_view::WatchView;
+use crate::{cli_json, status_text};
 
 /// How to reach one control server.
 #[derive(Args, Clone, Debug)]
@@ -553,7 +553,7 @@ pub async fn run_s2uc(cli: S2uc) -> Result<(), ClientError> {
             if json {
                 cli_json::print(&cli_json::session(&s))?;
             } else {
-                print_status(&s);
+                status_text::print_status(&s);
             }
         }
         S2ucCmd::List { server, json } => {
@@ -561,7 +561,7 @@ pub async fn run_s2uc(cli: S2uc) -> Result<(), ClientError> {
             if json {
                 cli_json::print(&cli_json::sessions(&list))?;
             } else {
-                list.iter().for_each(print_status);
+                list.iter().for_each(status_text::print_status);
             }
         }
         S2ucCmd::Watch {
@@ -591,48 +591,6 @@ pub async fn run_s2uc(cli: S2uc) -> Result<(), ClientError> {
         }
     }
     Ok(())
-}
-
-/// "none (why)" or "N Mbit/s (from where)"; an older gateway sends no source.
-fn rate_cap_line(rate: i32, source: &str) -> String {
-    let cap = if rate > 0 {
-        format!("{rate} Mbit/s")
-    } else {
-        "none".to_owned()
-    };
-    if source.is_empty() {
-        cap
-    } else {
-        format!("{cap} ({source})")
-    }
-}
-
-fn print_status(s: &crate::proto::SessionStatus) {
-    let c = s.counters.unwrap_or_default();
-    println!(
-        "{} role={} state={} owner={} num_conn={} listeners={} targets={} bytes={}/{} conns={} active={}",
-        s.uid,
-        s.role,
-        s.state,
-        s.owner,
-        s.num_conn,
-        s.listeners.join(","),
-        s.targets.join(","),
-        c.bytes_to_target,
-        c.bytes_from_target,
-        c.connections_total,
-        c.connections_active
-    );
-    println!("  rate cap: {}", rate_cap_line(s.rate, &s.rate_source));
-    if !s.restore_error.is_empty() {
-        println!("  restore: {}", s.restore_error);
-    }
-    if !s.pinned_peer.is_empty() {
-        println!(
-            "  pinned peer: {} (legacy secret: other sources are refused)",
-            s.pinned_peer
-        );
-    }
 }
 
 /// Runs one appctrl command.

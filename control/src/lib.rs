@@ -48,6 +48,7 @@ pub mod secret;
 pub mod server;
 pub mod session;
 pub mod state_lock;
+pub mod status_text;
 pub mod tls;
 mod tls_probe;
 pub mod types;
