@@ -219,6 +219,24 @@ impl Metrics {
         }))
     }
 
+    /// The name of every metric family this gateway can export (a family
+    /// appears in a scrape once it has a value), so dashboards and alert
+    /// rules can be checked against what really exists.
+    pub fn family_names(&self) -> Vec<String> {
+        let registered = [
+            self.connections.desc(),
+            self.finished.desc(),
+            self.calls.desc(),
+            self.auth_failures.desc(),
+        ];
+        registered
+            .iter()
+            .flatten()
+            .map(|desc| desc.fq_name.clone())
+            .chain(LIVE.iter().map(|(name, _, _)| (*name).to_owned()))
+            .collect()
+    }
+
     /// The registry (e.g. to add process metrics).
     pub fn registry(&self) -> &Registry {
         &self.registry
