@@ -20,6 +20,7 @@ use serde::Serialize;
 use crate::ebpf::KernelRelay;
 use crate::error_chain::error_chain;
 use crate::host_tuning::{self, HostRoot, Tuning};
+use crate::privileges::{self, Cap, Privileges};
 use crate::relay::DataPath;
 use crate::sys::{self, Pipe};
 use crate::xdp::{self, AttachMode};
@@ -56,6 +57,9 @@ pub struct Capability {
 pub struct Report {
     pub kernel: String,
     pub root: bool,
+    /// The capabilities the gateway uses that this process holds
+    /// (effective set), e.g. `["CAP_BPF", "CAP_NET_ADMIN"]`.
+    pub privileges: Vec<&'static str>,
     pub capabilities: Vec<Capability>,
     /// XDP per interface (only the interfaces asked for).
     pub xdp_interfaces: Vec<XdpInterface>,
@@ -103,10 +107,16 @@ pub fn run_with(options: &CheckOptions) -> Report {
     let tcp = probe(TCP, probe_tcp);
     let can_run = tcp.available;
     capabilities.push(tcp);
-    let need_root = |what: &str| {
-        format!("{what} needs root (CAP_BPF and CAP_NET_ADMIN); run `sudo s2cs check`")
+    let privileges = Privileges::current();
+    let ebpf_ok = privileges.missing(&privileges::SOCKMAP).is_empty();
+    let xdp_ok = privileges.missing(&privileges::XDP).is_empty();
+    let need = |what: &str, caps: &[Cap]| {
+        format!(
+            "not tried: {what} needs them, and {}",
+            privileges.explain_missing(caps)
+        )
     };
-    let (load, sockmap) = if root {
+    let (load, sockmap) = if ebpf_ok {
         match KernelRelay::load() {
             Ok(relay) => (
                 Capability {
@@ -137,24 +147,36 @@ pub fn run_with(options: &CheckOptions) -> Report {
             Capability {
                 name: BPF_LOAD,
                 available: false,
-                detail: need_root("loading eBPF programs"),
+                detail: need("loading eBPF programs", &privileges::SOCKMAP),
             },
             Capability {
                 name: SOCKMAP,
                 available: false,
-                detail: need_root("the kernel relay"),
+                detail: need("the kernel relay", &privileges::SOCKMAP),
             },
         )
     };
     capabilities.push(load);
     capabilities.push(sockmap);
-    capabilities.push(if root {
+    let xdp_probe_caps = [Cap::Bpf, Cap::NetAdmin, Cap::Perfmon, Cap::SysAdmin];
+    capabilities.push(if privileges.missing(&xdp_probe_caps).is_empty() {
         probe(XDP, probe_xdp)
+    } else if xdp_ok {
+        Capability {
+            name: XDP,
+            available: false,
+            detail: format!(
+                "not tried: the probe in a private network namespace needs CAP_SYS_ADMIN, which the \
+                 gateway itself never needs; `s2cs check --xdp-iface IFACE` tries the real interface \
+                 with {}",
+                privileges::XDP.map(Cap::name).join(", ")
+            ),
+        }
     } else {
         Capability {
             name: XDP,
             available: false,
-            detail: need_root("attaching XDP"),
+            detail: need("attaching XDP", &privileges::XDP),
         }
     });
     let splice = probe(SPLICE, probe_splice);
@@ -180,13 +202,13 @@ pub fn run_with(options: &CheckOptions) -> Report {
     let xdp_interfaces = ifaces
         .into_iter()
         .map(|iface| {
-            if root {
+            if xdp_ok {
                 probe_xdp_iface(iface)
             } else {
                 XdpInterface {
                     iface,
                     mode: None,
-                    detail: need_root("attaching XDP"),
+                    detail: need("attaching XDP", &privileges::XDP),
                 }
             }
         })
@@ -205,6 +227,7 @@ pub fn run_with(options: &CheckOptions) -> Report {
     Report {
         kernel,
         root,
+        privileges: privileges.held(),
         capabilities,
         xdp_interfaces,
         plaintext_path,
@@ -216,8 +239,13 @@ pub fn run_with(options: &CheckOptions) -> Report {
 
 /// Prints the report for a person.
 pub fn render(report: &Report) -> String {
+    let held = if report.privileges.is_empty() {
+        "none".to_owned()
+    } else {
+        report.privileges.join(", ")
+    };
     let mut out = format!(
-        "s2cs check: kernel {}, {}\n",
+        "s2cs check: kernel {}, {}, capabilities: {held}\n",
         report.kernel,
         if report.root { "root" } else { "not root" }
     );

@@ -15,6 +15,7 @@ use aya::programs::SkSkb;
 use gateway_common::{EVENTS_MAP, RELAY_MAP, RelayEntry, SOCKS_MAP, VERDICT_PROG};
 use tokio::sync::Notify;
 
+use crate::privileges::{self, MissingCaps};
 use crate::sys;
 
 /// The eBPF object produced by `gateway-ebpf`.
@@ -25,17 +26,26 @@ pub static PROGRAMS: &[u8] =
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum EbpfError {
-    #[error("loading the eBPF object into the kernel failed (are you root, with CAP_BPF?)")]
-    Load(#[source] aya::EbpfError),
+    /// System: the kernel refused the object; `missing` names the
+    /// capabilities this process lacks for it (empty when it holds them).
+    #[error("loading the eBPF object into the kernel failed{missing}")]
+    Load {
+        missing: MissingCaps,
+        #[source]
+        source: aya::EbpfError,
+    },
     #[error("the eBPF object has no {kind} named {name}")]
     Missing {
         kind: &'static str,
         name: &'static str,
     },
-    #[error("program {name}: {action} failed")]
+    #[error("program {name}: {action} failed{missing}")]
     Program {
         name: &'static str,
         action: &'static str,
+        /// The capabilities this process lacks for it ("" if none, or if
+        /// they cannot be the cause).
+        missing: MissingCaps,
         #[source]
         source: aya::programs::ProgramError,
     },
@@ -76,7 +86,10 @@ pub struct KernelRelay {
 impl KernelRelay {
     /// Loads the embedded object, verifies and attaches `relay_verdict`.
     pub fn load() -> Result<Self, EbpfError> {
-        let mut ebpf = Ebpf::load(PROGRAMS).map_err(EbpfError::Load)?;
+        let mut ebpf = Ebpf::load(PROGRAMS).map_err(|source| EbpfError::Load {
+            missing: MissingCaps::of(&privileges::SOCKMAP),
+            source,
+        })?;
         let socks = ebpf.take_map(SOCKS_MAP).ok_or(EbpfError::Missing {
             kind: "map",
             name: SOCKS_MAP,
@@ -116,11 +129,13 @@ impl KernelRelay {
             .map_err(|source| EbpfError::Program {
                 name: VERDICT_PROG,
                 action: "type check",
+                missing: MissingCaps::none(),
                 source,
             })?;
         program.load().map_err(|source| EbpfError::Program {
             name: VERDICT_PROG,
             action: "load (verifier)",
+            missing: MissingCaps::of(&privileges::SOCKMAP),
             source,
         })?;
         program
@@ -128,6 +143,7 @@ impl KernelRelay {
             .map_err(|source| EbpfError::Program {
                 name: VERDICT_PROG,
                 action: "attach",
+                missing: MissingCaps::of(&privileges::SOCKMAP),
                 source,
             })?;
         Ok(KernelRelay {

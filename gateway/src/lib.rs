@@ -24,6 +24,8 @@
 //!   allow-list;
 //! - [`metrics`]: the Prometheus registry of `s2cs serve` and its HTTP
 //!   endpoint.
+//! - [`privileges`]: the Linux capabilities the gateway uses, what each
+//!   enables, and which this process holds.
 // `unsafe` only in `sys` (system calls) and in the eBPF map glue of `ebpf`,
 // each with a SAFETY note.
 #![deny(unsafe_code)]
@@ -36,6 +38,7 @@ pub mod ebpf;
 pub mod error_chain;
 pub mod host_tuning;
 pub mod metrics;
+pub mod privileges;
 pub mod proxy;
 pub mod refusal_log;
 pub mod relay;

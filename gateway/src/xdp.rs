@@ -35,6 +35,7 @@ use gateway_common::{
 };
 
 use crate::ebpf::PROGRAMS;
+use crate::privileges::{self, MissingCaps};
 
 /// Why the guard could not be set up or changed.
 #[derive(Debug, thiserror::Error)]
@@ -50,9 +51,14 @@ pub enum XdpError {
     /// Operator/system: the data-port range is empty or contains port 0.
     #[error("invalid data-port range {first}-{last}")]
     InvalidRange { first: u16, last: u16 },
-    /// System: the eBPF object could not be loaded (root? CAP_BPF?).
-    #[error("loading the eBPF object failed (are you root, with CAP_BPF and CAP_NET_ADMIN?)")]
-    Load(#[source] aya::EbpfError),
+    /// System: the eBPF object could not be loaded; `missing` names the
+    /// capabilities this process lacks for it (empty when it holds them).
+    #[error("loading the eBPF object failed{missing}")]
+    Load {
+        missing: MissingCaps,
+        #[source]
+        source: aya::EbpfError,
+    },
     /// Build bug: the object lacks a program or map.
     #[error("the eBPF object has no {kind} named {name}")]
     Missing {
@@ -60,10 +66,13 @@ pub enum XdpError {
         name: &'static str,
     },
     /// System: the verifier or the kernel refused the program.
-    #[error("program {name}: {action} failed")]
+    #[error("program {name}: {action} failed{missing}")]
     Program {
         name: &'static str,
         action: &'static str,
+        /// The capabilities this process lacks for it ("" if none, or if
+        /// they cannot be the cause).
+        missing: MissingCaps,
         #[source]
         source: aya::programs::ProgramError,
     },
@@ -270,11 +279,15 @@ pub(crate) fn load_guard_program() -> Result<Ebpf, XdpError> {
         .map_max_entries(RELAY_MAP, 1)
         .map_max_entries(EVENTS_MAP, 4096)
         .load(PROGRAMS)
-        .map_err(XdpError::Load)?;
+        .map_err(|source| XdpError::Load {
+            missing: MissingCaps::of(&privileges::XDP),
+            source,
+        })?;
     let program = xdp_program(&mut ebpf)?;
     program.load().map_err(|source| XdpError::Program {
         name: XDP_GUARD_PROG,
         action: "load (verifier)",
+        missing: MissingCaps::of(&privileges::XDP),
         source,
     })?;
     Ok(ebpf)
@@ -290,6 +303,7 @@ fn xdp_program(ebpf: &mut Ebpf) -> Result<&mut Xdp, XdpError> {
         .map_err(|source| XdpError::Program {
             name: XDP_GUARD_PROG,
             action: "type check",
+            missing: MissingCaps::none(),
             source,
         })
 }

@@ -60,9 +60,11 @@ fn a_non_root_run_explains_itself() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!err.contains("panicked"), "s2cs panicked: {err}");
     assert!(text.contains("not root"), "{text}");
+    assert!(text.contains("capabilities: none"), "{text}");
     assert!(
-        text.contains("needs root (CAP_BPF and CAP_NET_ADMIN)"),
-        "{text}"
+        text.contains("lacks CAP_BPF (loading the eBPF programs")
+            && text.contains("CAP_NET_ADMIN (loading networking eBPF programs"),
+        "the missing capabilities and what they enable are named: {text}"
     );
     assert!(text.contains("plaintext relay = splice"), "{text}");
     assert!(
@@ -149,4 +151,65 @@ fn config_check_and_show_explain_a_file() {
     assert_eq!(gateway["data_path"].as_str(), Some("splice"));
     assert_eq!(gateway["control_listen"].as_str(), Some("0.0.0.0:5000"));
     assert_eq!(gateway["channel"]["ktls"].as_bool(), Some(true));
+}
+
+/// The capabilities the service unit grants, as setpriv names them.
+fn unit_capabilities() -> Vec<String> {
+    let unit = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/systemd/s2cs.service"),
+    )
+    .expect("reading the unit");
+    let line = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("AmbientCapabilities="))
+        .expect("AmbientCapabilities= in the unit");
+    line.split_whitespace().map(str::to_owned).collect()
+}
+
+#[test]
+fn the_service_unit_grants_exactly_what_the_gateway_says_it_needs() {
+    let granted = unit_capabilities();
+    let needed: Vec<String> = gateway::privileges::SERVICE_CAPABILITIES
+        .iter()
+        .map(|c| c.name().to_owned())
+        .collect();
+    assert_eq!(granted, needed);
+}
+
+#[test]
+fn with_the_units_capabilities_and_no_root_the_kernel_relay_loads() {
+    let set: String = std::iter::once("-all".to_owned())
+        .chain(
+            unit_capabilities()
+                .iter()
+                .map(|c| format!("+{}", c.trim_start_matches("CAP_").to_ascii_lowercase())),
+        )
+        .collect::<Vec<_>>()
+        .join(",");
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--no-new-privs",
+        ])
+        .arg(format!("--inh-caps={set}"))
+        .arg(format!("--ambient-caps={set}"))
+        .arg(format!("--bounding-set={set}"))
+        .arg(env!("CARGO_BIN_EXE_s2cs"))
+        .args(["check", "--json", "--require", "sockmap"])
+        .output()
+        .expect("run s2cs check through setpriv (util-linux)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "the sockmap relay works as nobody with the unit's capabilities: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_str(&text).expect("JSON report");
+    assert_eq!(report["root"], false);
+    assert_eq!(
+        report["privileges"],
+        serde_json::json!(["CAP_BPF", "CAP_NET_ADMIN", "CAP_PERFMON"])
+    );
 }
