@@ -254,6 +254,12 @@ pub enum S2ucCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Write man pages and shell completions into OUT (for packaging).
+    #[command(hide = true)]
+    GenerateDocs {
+        /// The folder (man/ and completions/ are made in it).
+        out: PathBuf,
+    },
     /// Live throughput of a session.
     Watch {
         #[command(flatten)]
@@ -309,6 +315,25 @@ pub enum AppCtrlCmd {
         #[arg(long, default_value_t = 1)]
         num_listeners: usize,
     },
+    /// Write man pages and shell completions into OUT (for packaging).
+    #[command(hide = true)]
+    GenerateDocs {
+        /// The folder (man/ and completions/ are made in it).
+        out: PathBuf,
+    },
+}
+
+/// `generate-docs`: the binary's man pages and completions, made from `cmd`.
+fn generate_docs(cmd: clap::Command, out: &Path) -> Result<(), ClientError> {
+    let files =
+        crate::cli_docs::write(cmd, crate::cli_docs::CLIENT_EXIT_STATUS, out).map_err(|e| {
+            ClientError::Io {
+                context: format!("writing documents into {}", out.display()),
+                source: std::io::Error::other(e),
+            }
+        })?;
+    println!("wrote {} files into {}", files.len(), out.display());
+    Ok(())
 }
 
 fn token_of(t: &TokenOpts) -> Result<Option<Zeroizing<String>>, ClientError> {
@@ -362,6 +387,9 @@ pub async fn run_s2uc(cli: S2uc) -> Result<(), ClientError> {
     let t = &cli.token;
     let cert = &cli.cert;
     match cli.cmd {
+        S2ucCmd::GenerateDocs { out } => {
+            generate_docs(<S2uc as clap::CommandFactory>::command(), &out)?
+        }
         S2ucCmd::InboundRequest {
             server,
             stream,
@@ -598,6 +626,9 @@ pub async fn run_appctrl(cli: AppCtrl) -> Result<(), ClientError> {
     let t = &cli.token;
     let cert = &cli.cert;
     match cli.cmd {
+        AppCtrlCmd::GenerateDocs { out } => {
+            generate_docs(<AppCtrl as clap::CommandFactory>::command(), &out)?
+        }
         AppCtrlCmd::Hello {
             server,
             uid,

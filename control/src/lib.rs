@@ -21,6 +21,7 @@
 //! - [`server`]: the gRPC services and `serve()`.
 //! - [`observe`]: hooks for metrics (call latency, auth failures).
 //! - [`cli`]: clap definitions and commands of `s2uc` and `appctrl`.
+//! - [`cli_docs`]: man pages and shell completions made from the clap definitions.
 //! - [`client`]: client connection and the s2uc/appctrl operations.
 //! - `tls_probe` (private): why a server closed a client's connection (a
 //!   refused TLS handshake: client certificate missing or not accepted).
@@ -33,6 +34,7 @@ pub mod allowlist;
 pub mod auth;
 pub mod authz;
 pub mod cli;
+pub mod cli_docs;
 pub mod cli_json;
 pub mod client;
 pub mod config;

@@ -67,7 +67,36 @@ enum Command {
         #[command(subcommand)]
         action: ConfigAction,
     },
+    /// Write man pages and shell completions into OUT (for packaging).
+    #[command(hide = true)]
+    GenerateDocs {
+        /// The folder (man/ and completions/ are made in it).
+        out: std::path::PathBuf,
+    },
 }
+
+/// What `s2cs` exits with, for its man pages.
+const EXIT_STATUS: &[control::cli_docs::ExitStatus] = &[
+    (
+        0,
+        "the command did what it says; serve: drained and stopped after SIGTERM or SIGINT.",
+    ),
+    (
+        1,
+        "it failed, with one line on standard error naming the problem: serve could not start \
+         (configuration, certificates, ports, a missing capability), check found the gateway \
+         cannot run or lacks the --require'd data path, config check found the file invalid.",
+    ),
+    (
+        2,
+        "the command line is wrong (an unknown flag, a missing or bad argument).",
+    ),
+    (
+        130,
+        "serve got a second SIGTERM or SIGINT while draining and stopped at once (persisted \
+         sessions come back on the next start).",
+    ),
+];
 
 #[derive(Subcommand)]
 enum ConfigAction {
@@ -189,6 +218,11 @@ fn run(cli: Cli, matches: &ArgMatches) -> anyhow::Result<ExitCode> {
         } => {
             let args = serve_args_of(file.as_deref())?;
             print!("{}", config_file::show(&args)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::GenerateDocs { out } => {
+            let files = control::cli_docs::write(Cli::command(), EXIT_STATUS, &out)?;
+            println!("wrote {} files into {}", files.len(), out.display());
             Ok(ExitCode::SUCCESS)
         }
         Command::Serve(mut args) => {
