@@ -7,6 +7,7 @@ mod demo;
 mod fuzz;
 #[cfg(test)]
 mod layering;
+mod package;
 mod setup;
 mod soak;
 mod test;
@@ -79,6 +80,11 @@ enum Command {
         /// Targets to run (default: all).
         targets: Vec<String>,
     },
+    /// Build the Debian package (target/package/scistream_VERSION_ARCH.deb):
+    /// binaries, man pages, completions, example configuration, systemd
+    /// unit, dashboards; --install-test installs it into a fresh Debian
+    /// root and runs a session there as the service user.
+    Package(package::PackageOpts),
     /// Show the gateway working end to end (namespaces, two gateways, a
     /// producer and a consumer of detector frames).
     Demo {
@@ -123,6 +129,14 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Setup => setup::run(&workspace_root()?),
+        Command::Package(opts) => {
+            let root = workspace_root()?;
+            let deb = package::build(&root, &opts)?;
+            if opts.install_test {
+                package::install_test::run(&root, &deb)?;
+            }
+            Ok(())
+        }
         Command::Test { no_vm, cargo_args } => test::run(&workspace_root()?, !no_vm, &cargo_args),
         Command::VmTest { kernels } => test::vm_stage(&workspace_root()?, &kernels).map(drop),
         Command::Bench { what: None, all } => bench::run_all(&workspace_root()?, &all).map(drop),

@@ -30,6 +30,10 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "ruby",
     "libc6-dev",
     "python3-pip",
+    // promtool, which checks the operators' alert rules and dashboard queries.
+    "prometheus",
+    // The package's install test: a fresh Debian root to install it into.
+    "debootstrap",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -222,7 +226,7 @@ fn debian_packages() -> anyhow::Result<String> {
     )?;
     // The packaged daemons are not wanted as system services here: the tests
     // and benchmarks start their own instances in namespaces.
-    for service in ["haproxy", "nginx", "ssh"] {
+    for service in ["haproxy", "nginx", "ssh", "prometheus"] {
         let _ = Command::new("service").args([service, "stop"]).output();
     }
     Ok(format!("installed {}", missing.join(" ")))

@@ -61,6 +61,13 @@ pub fn run(root: &Path, with_vm: bool, cargo_args: &[String]) -> anyhow::Result<
     tally.passed += u64::from(found.is_empty());
     tally.failed += u64::from(!found.is_empty());
     if cargo_args.is_empty() {
+        let installed = package_stage(root);
+        if let Err(err) = &installed {
+            eprintln!("xtask test: package install test FAILED: {err:#}");
+        }
+        tally.passed += u64::from(installed.is_ok());
+        tally.failed += u64::from(installed.is_err());
+        laps.mark("package install");
         let fuzz = fuzz_smoke(root)?;
         tally.passed += fuzz.passed;
         tally.failed += fuzz.failed;
@@ -153,6 +160,23 @@ fn fuzz_smoke(root: &Path) -> anyhow::Result<Tally> {
         passed: results.len() as u64 - failed,
         failed,
     })
+}
+
+/// The .deb from the binaries the build stage made (the dev profile is
+/// optimised too), installed into a fresh Debian root and run there as
+/// the service user (see `package::install_test`).
+fn package_stage(root: &Path) -> anyhow::Result<()> {
+    println!("xtask test: package install ...");
+    let deb = crate::package::build(
+        root,
+        &crate::package::PackageOpts {
+            profile: "dev".into(),
+            out: None,
+            no_build: true,
+            install_test: true,
+        },
+    )?;
+    crate::package::install_test::run(root, &deb)
 }
 
 fn stage(name: &str, f: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<()> {

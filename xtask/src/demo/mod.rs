@@ -8,7 +8,7 @@
 //! CPU time, and the proof that the producer's network cannot reach the
 //! consumer directly. Everything is removed afterwards, also on Ctrl-C.
 pub mod app;
-mod netns;
+pub(crate) mod netns;
 
 use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
@@ -309,7 +309,7 @@ fn is_session_close(line: &str) -> bool {
 }
 
 /// Which data paths a gateway's connections used, from its log.
-fn data_paths(log: &Path) -> String {
+pub(crate) fn data_paths(log: &Path) -> String {
     let text = std::fs::read_to_string(log).unwrap_or_default();
     let mut counts: Vec<(String, usize)> = Vec::new();
     for line in text.lines().map(strip_ansi).filter(|l| is_session_close(l)) {

@@ -62,7 +62,7 @@ impl Topology {
     }
 
     /// The demo's network under `prefix` (the tests use their own).
-    fn create_with(prefix: &str) -> anyhow::Result<Topology> {
+    pub(crate) fn create_with(prefix: &str) -> anyhow::Result<Topology> {
         let mut plan = Lab::builder(prefix).fixed_names();
         for node in NODES {
             plan = plan.namespace(node).forwarding(node, false);
@@ -85,7 +85,7 @@ pub fn cleanup_all() {
     cleanup_with(PREFIX);
 }
 
-fn cleanup_with(prefix: &str) {
+pub(crate) fn cleanup_with(prefix: &str) {
     for node in NODES.iter().rev() {
         let name = netlab::name::fixed_name(prefix, node);
         if let Err(e) = netlab::destroy(&name) {
