@@ -18,6 +18,8 @@
 //! - [`config`]: TOML configuration and the server's clap flags.
 //! - [`dataplane`]: the trait the gateway's data plane implements, and a
 //!   plain userspace relay for tests.
+//! - [`live`]: what a reload (SIGHUP) changes while serving: authentication,
+//!   allow-list, rate limits; every other change is refused by name.
 //! - [`server`]: the gRPC services and `serve()`.
 //! - [`observe`]: hooks for metrics (call latency, auth failures).
 //! - [`cli`]: clap definitions and commands of `s2uc` and `appctrl`.
@@ -40,6 +42,7 @@ pub mod client;
 pub mod config;
 pub mod dataplane;
 pub mod errors;
+pub mod live;
 pub mod mock;
 pub mod observe;
 pub mod persist;

@@ -30,12 +30,12 @@ use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 
-use crate::allowlist::AllowList;
 use crate::auth::Authenticator;
 use crate::authz::Authz;
 use crate::config::ServerConfig;
 use crate::dataplane::{DataPlane, SessionCounters, SessionPlan};
 use crate::errors::ControlError;
+use crate::live::{Live, LiveSettings, Reloaded};
 use crate::observe::{AuthFailure, NoObserver, Observer};
 use crate::persist::Store;
 use crate::ports::PortAllocator;
@@ -70,8 +70,8 @@ const RESTORE_TICK: Duration = Duration::from_millis(250);
 struct Core {
     cfg: ServerConfig,
     registry: Arc<Registry>,
-    auth: Authenticator,
-    allow: AllowList,
+    /// Authentication, allow-list and rate limits: replaced by a reload.
+    live: Live,
     data_plane: Arc<dyn DataPlane>,
     shutdown: watch::Sender<bool>,
     observer: Arc<dyn Observer>,
@@ -212,7 +212,8 @@ impl Core {
     /// be slow or down).
     async fn who(&self, md: &MetadataMap) -> Result<Identity, ControlError> {
         let timeout = self.cfg.request_timeout();
-        tokio::time::timeout(timeout, self.auth.authenticate(md))
+        let live = self.live.current();
+        tokio::time::timeout(timeout, live.auth.authenticate(md))
             .await
             .map_err(|_| ControlError::CallTimedOut {
                 method: "authentication",
@@ -320,7 +321,11 @@ impl Core {
         // A session that could not survive a restart is refused now, with
         // the directory named, rather than after hello.
         self.registry.check_store_writable().await?;
-        let rate = self.cfg.rates.decide(r.rate, r.want_channel_secret, &who);
+        let rate = self
+            .live
+            .current()
+            .rates
+            .decide(r.rate, r.want_channel_secret, &who);
         let rx = self.registry.create(NewSession {
             uid: uid.clone(),
             role,
@@ -415,7 +420,7 @@ impl Core {
         let who = self.who(md).await?;
         let uid = SessionId::parse(&u.uid)?;
         let targets = parse_addr_list(&u.remote_listeners)?;
-        self.allow.check_all(&targets)?;
+        self.live.current().allow.check_all(&targets)?;
         let client_secret = if u.channel_secret.is_empty() {
             None
         } else {
@@ -811,6 +816,14 @@ impl ServerHandle {
         self.core.registry.len()
     }
     /// Sessions in each live state (REQUESTED, READY, ACTIVE, RESTORING).
+    /// Applies `cfg`'s authentication (the token file read again),
+    /// allow-list and rate limits to what starts from now on, without
+    /// touching running sessions; refused as a whole, changing nothing, if
+    /// `cfg` is invalid or changes anything else (see [`crate::live`]).
+    pub fn reload(&self, cfg: &ServerConfig) -> Result<Reloaded, ControlError> {
+        crate::live::reload(&self.core.live, cfg)
+    }
+
     pub fn sessions_by_state(&self) -> [(SessionState, usize); 4] {
         self.core.registry.count_by_state()
     }
@@ -884,10 +897,7 @@ impl ControlServer {
                 ),
             });
         }
-        let auth =
-            Authenticator::from_config(cfg.auth.as_ref().ok_or_else(|| ControlError::Config {
-                reason: "no authentication mode chosen".into(),
-            })?)?;
+        let live = Live::new(LiveSettings::from_config(&cfg)?, cfg.clone());
         let tls = if cfg.tls.dangerous_disable {
             tracing::warn!("control-channel TLS is DISABLED: tokens travel in the clear");
             None
@@ -910,10 +920,9 @@ impl ControlServer {
         let (shutdown, _) = watch::channel(false);
         let max_calls = cfg.max_concurrent_calls;
         let core = Arc::new(Core {
-            allow: cfg.allow.clone(),
             cfg,
             registry,
-            auth,
+            live,
             data_plane,
             shutdown,
             observer,

@@ -1,5 +1,6 @@
 //! `s2cs`: the gateway daemon's command line. The logic lives in the library.
 #![forbid(unsafe_code)]
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -12,6 +13,7 @@ use gateway::ebpf::KernelRelay;
 use gateway::proxy::{self, ProxyPlan, ProxyStats};
 use gateway::relay::{AUTO_PATH, AUTO_REASON, DataPath, RelayEngine};
 use gateway::session::config_file;
+use gateway::session::reload::Reloader;
 use gateway::session::serve::{Gateway, ServeArgs, raise_descriptor_limit, shutdown_signals};
 
 #[derive(Parser)]
@@ -59,7 +61,9 @@ enum Command {
         rate: Option<u64>,
     },
     /// Run the gateway: the SciStream control server with the kernel data
-    /// plane, until SIGINT or SIGTERM. Flags override the --config file.
+    /// plane, until SIGINT or SIGTERM. Flags override the --config file;
+    /// SIGHUP reads it again (token file, allow-list, rate limits change
+    /// live; any other change is refused, naming the keys).
     Serve(Box<ServeArgs>),
     /// Check or show a configuration file (the control server's settings
     /// and the `[gateway]` table).
@@ -226,19 +230,29 @@ fn run(cli: Cli, matches: &ArgMatches) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Serve(mut args) => {
-            if let Some(sub) = matches.subcommand_matches("serve") {
-                config_file::load(&mut args, &|id| given(sub, id))?;
-            }
+            let given_ids: HashSet<String> = matches
+                .subcommand_matches("serve")
+                .map(|sub| {
+                    sub.ids()
+                        .map(|id| id.as_str().to_owned())
+                        .filter(|id| given(sub, id))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let reloader = Reloader::new((*args).clone(), given_ids.clone());
+            config_file::load(&mut args, &|id| given_ids.contains(id))?;
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-            runtime.block_on(serve(*args))?;
+            runtime.block_on(serve(*args, reloader))?;
             Ok(ExitCode::SUCCESS)
         }
     }
 }
 
-async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    // Watched from the start, so a signal during start-up also drains.
+async fn serve(args: ServeArgs, reloader: Reloader) -> anyhow::Result<()> {
+    // Watched from the start, so a signal during start-up also drains (and
+    // a SIGHUP waits for the gateway to serve).
     let shutdown = shutdown_signals();
+    let hangups = Reloader::watch_sighup();
     match raise_descriptor_limit() {
         Ok((before, after)) if before < after => {
             tracing::info!(
@@ -283,7 +297,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(addr) = gateway.metrics_addr() {
         println!("s2cs: metrics on http://{addr}/metrics");
     }
+    let reloads = hangups.map(|h| tokio::spawn(reloader.on_sighup(h, gateway.control_handle())));
     gateway.serve(shutdown).await?;
+    if let Some(task) = reloads {
+        task.abort();
+    }
     println!("s2cs: stopped");
     Ok(())
 }

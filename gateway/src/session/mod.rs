@@ -39,6 +39,8 @@
 //! - this file: [`KernelDataPlane`], the session table, start and stop, XDP
 //!   port bookkeeping, metric labels;
 //! - [`serve`]: `s2cs serve`, the control server on top of this data plane;
+//! - [`config_file`]: the `[gateway]` table of the configuration file;
+//! - [`reload`]: SIGHUP: the file read again, live settings swapped.
 //!
 //! The data-channel flags of `s2cs serve` live next to the channel
 //! ([`crate::channel::args`]).
@@ -49,6 +51,7 @@ pub mod config_file;
 mod errors;
 mod options;
 mod path_choice;
+pub mod reload;
 pub mod serve;
 mod shared;
 pub mod wan;

@@ -153,6 +153,17 @@ pub struct Gateway {
     xdp: Option<Arc<XdpGuard>>,
 }
 
+/// The control server's configuration of `args`: the flags and file, with
+/// the control address among the self-signed certificate's names.
+pub fn control_config(args: &ServeArgs) -> Result<ServerConfig, ControlError> {
+    let mut cfg = args.server.clone().into_config()?;
+    let control_ip = args.control_listen.ip();
+    if !control_ip.is_unspecified() && !cfg.tls.names.contains(&control_ip.to_string()) {
+        cfg.tls.names.push(control_ip.to_string());
+    }
+    Ok(cfg)
+}
+
 impl Gateway {
     /// Validates everything first (flags, configuration file, control and
     /// channel certificates, authentication files, the XDP interface), so a
@@ -163,17 +174,13 @@ impl Gateway {
     pub async fn prepare(args: ServeArgs) -> Result<Self, ServeError> {
         let (wan_liveness, admission) =
             check_flags(&args).map_err(|reason| ServeError::Config { reason })?;
-        let mut cfg = args.server.into_config()?;
+        let cfg = control_config(&args)?;
         // Before anything is generated, bound or loaded: a second gateway on
         // this state directory stops here, naming the first one's pid.
         let state_lock = match &cfg.state_dir {
             Some(dir) => Some(StateLock::acquire(dir)?),
             None => None,
         };
-        let control_ip = args.control_listen.ip();
-        if !control_ip.is_unspecified() && !cfg.tls.names.contains(&control_ip.to_string()) {
-            cfg.tls.names.push(control_ip.to_string());
-        }
         let cert_path = cert_path(&cfg);
         // Everything is checked before anything is loaded, bound or attached.
         ControlServer::preflight(&cfg)?;
@@ -313,6 +320,11 @@ impl Gateway {
     /// The gateway's metrics.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
+    }
+
+    /// A handle on the control server (sessions, reload).
+    pub fn control_handle(&self) -> control::ServerHandle {
+        self.server.handle()
     }
 
     /// Where the control server listens.

@@ -81,7 +81,7 @@ impl DebianRoot {
             Command::new("debootstrap")
                 .args([
                     "--variant=minbase",
-                    "--include=adduser,systemd,man-db,util-linux,libcap2-bin",
+                    "--include=adduser,systemd,man-db,util-linux,libcap2-bin,procps",
                 ])
                 .arg(&suite)
                 .arg(dir)
