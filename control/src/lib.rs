@@ -25,6 +25,8 @@
 //! - [`cli`]: clap definitions and commands of `s2uc` and `appctrl`.
 //! - [`cli_docs`]: man pages and shell completions made from the clap definitions.
 //! - [`client`]: client connection and the s2uc/appctrl operations.
+//! - [`tls_accept`]: the control server's TLS acceptor (handshakes with a
+//!   deadline, ALPN h2) and its certificate, rotated by a reload.
 //! - `tls_probe` (private): why a server closed a client's connection (a
 //!   refused TLS handshake: client certificate missing or not accepted).
 //! - [`watch_view`]: how `s2uc watch` renders live counters (terminal or
@@ -55,6 +57,7 @@ pub mod session;
 pub mod state_lock;
 pub mod status_text;
 pub mod tls;
+pub mod tls_accept;
 mod tls_probe;
 pub mod types;
 pub mod watch_view;

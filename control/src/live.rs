@@ -83,6 +83,9 @@ pub struct Reloaded {
     /// The live keys whose value differs from the running one (the token
     /// file is read again even when its path is the same).
     pub changed: Vec<String>,
+    /// The control certificate's fingerprints before and after (the same
+    /// when the files did not change); None without TLS.
+    pub control_certificate: Option<(String, String)>,
 }
 
 /// Every dotted key whose value differs between `running` and `new`
@@ -149,7 +152,10 @@ pub(crate) fn reload(live: &Live, new: &ServerConfig) -> Result<Reloaded, Contro
         .map(|k| k.split('.').next().unwrap_or(k).to_owned())
         .collect();
     changed.dedup();
-    Ok(Reloaded { changed })
+    Ok(Reloaded {
+        changed,
+        control_certificate: None,
+    })
 }
 
 #[cfg(test)]

@@ -45,6 +45,7 @@ use crate::secret::SessionSecret;
 use crate::session::SessionState;
 use crate::state_lock::StateLock;
 use crate::tls::TlsMaterial;
+use crate::tls_accept::{ControlIdentity, LoadedCertificate};
 use crate::types::{Identity, Role, SessionId, parse_addr_list};
 
 /// Capabilities announced by `ControlExt.version`.
@@ -72,6 +73,9 @@ struct Core {
     registry: Arc<Registry>,
     /// Authentication, allow-list and rate limits: replaced by a reload.
     live: Live,
+    /// The control certificate new TLS handshakes present (None without
+    /// TLS): rotated by a reload.
+    identity: Option<Arc<ControlIdentity>>,
     data_plane: Arc<dyn DataPlane>,
     shutdown: watch::Sender<bool>,
     observer: Arc<dyn Observer>,
@@ -820,8 +824,23 @@ impl ServerHandle {
     /// allow-list and rate limits to what starts from now on, without
     /// touching running sessions; refused as a whole, changing nothing, if
     /// `cfg` is invalid or changes anything else (see [`crate::live`]).
+    ///
+    /// The control certificate is read again too (replaced in place, it is
+    /// presented by every handshake from then on; open connections keep
+    /// theirs); it is read and checked before anything changes.
     pub fn reload(&self, cfg: &ServerConfig) -> Result<Reloaded, ControlError> {
-        crate::live::reload(&self.core.live, cfg)
+        let certificate = match &self.core.identity {
+            Some(_) => {
+                let material = crate::tls::load_or_generate(&cfg.tls, cfg.state_dir.as_deref())?;
+                Some(LoadedCertificate::from_material(&material)?)
+            }
+            None => None,
+        };
+        let mut done = crate::live::reload(&self.core.live, cfg)?;
+        if let (Some(identity), Some(certificate)) = (&self.core.identity, certificate) {
+            done.control_certificate = Some(identity.install(certificate));
+        }
+        Ok(done)
     }
 
     pub fn sessions_by_state(&self) -> [(SessionState, usize); 4] {
@@ -906,6 +925,12 @@ impl ControlServer {
             tracing::info!(cert = %m.cert_path.display(), fingerprint = %m.fingerprint(), "control-channel TLS certificate (SHA-256)");
             Some(m)
         };
+        let identity = match &tls {
+            Some(m) => Some(Arc::new(ControlIdentity::new(
+                LoadedCertificate::from_material(m)?,
+            ))),
+            None => None,
+        };
         let store = match &cfg.state_dir {
             Some(d) => Some(Store::open(&d.join("sessions"))?),
             None => None,
@@ -923,6 +948,7 @@ impl ControlServer {
             cfg,
             registry,
             live,
+            identity,
             data_plane,
             shutdown,
             observer,
@@ -972,10 +998,14 @@ impl ControlServer {
     {
         let core = self.core;
         let svc = Service { core: core.clone() };
+        let acceptor = match (&self.tls, &core.identity) {
+            (Some(t), Some(identity)) => Some(crate::tls_accept::acceptor(
+                Arc::clone(identity),
+                t.client_ca_pem.as_deref(),
+            )?),
+            _ => None,
+        };
         let mut builder = tonic::transport::Server::builder();
-        if let Some(t) = &self.tls {
-            builder = builder.tls_config(t.server_tls_config())?;
-        }
         let reaper = {
             let core = core.clone();
             tokio::spawn(async move {
@@ -1007,7 +1037,7 @@ impl ControlServer {
         // tonic's own cap stays well above ours, so an oversize message
         // gets our error naming the setting.
         let decode_cap = (4 * core.cfg.max_message_bytes).max(4 << 20);
-        let serve_fut = builder
+        let router = builder
             .add_service(
                 proto::control_server::ControlServer::new(svc.clone())
                     .max_decoding_message_size(decode_cap),
@@ -1015,10 +1045,21 @@ impl ControlServer {
             .add_service(
                 proto::control_ext_server::ControlExtServer::new(svc)
                     .max_decoding_message_size(decode_cap),
-            )
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
-                let _ = stop_rx.wait_for(|v| *v).await;
-            });
+            );
+        let stop = async move {
+            let _ = stop_rx.wait_for(|v| *v).await;
+        };
+        let serve_fut: std::pin::Pin<
+            Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>,
+        > = match acceptor {
+            Some(acceptor) => Box::pin(router.serve_with_incoming_shutdown(
+                crate::tls_accept::incoming(listener, acceptor),
+                stop,
+            )),
+            None => Box::pin(
+                router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop),
+            ),
+        };
         let trigger = {
             let core = core.clone();
             async move {

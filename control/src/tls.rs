@@ -40,16 +40,9 @@ impl TlsMaterial {
         &self.fingerprint
     }
 
-    /// tonic's server TLS configuration.
-    pub fn server_tls_config(&self) -> tonic::transport::ServerTlsConfig {
-        let id = tonic::transport::Identity::from_pem(&self.cert_pem, &*self.key_pem);
-        let mut c = tonic::transport::ServerTlsConfig::new().identity(id);
-        if let Some(ca) = &self.client_ca_pem {
-            c = c
-                .client_ca_root(tonic::transport::Certificate::from_pem(ca))
-                .client_auth_optional(false);
-        }
-        c
+    /// The private key (PEM).
+    pub(crate) fn key_pem(&self) -> &[u8] {
+        &self.key_pem
     }
 }
 

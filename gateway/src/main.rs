@@ -297,7 +297,9 @@ async fn serve(args: ServeArgs, reloader: Reloader) -> anyhow::Result<()> {
     if let Some(addr) = gateway.metrics_addr() {
         println!("s2cs: metrics on http://{addr}/metrics");
     }
-    let reloads = hangups.map(|h| tokio::spawn(reloader.on_sighup(h, gateway.control_handle())));
+    let reloads = hangups.map(|h| {
+        tokio::spawn(reloader.on_sighup(h, gateway.control_handle(), gateway.channel_identity()))
+    });
     gateway.serve(shutdown).await?;
     if let Some(task) = reloads {
         task.abort();

@@ -12,7 +12,7 @@
 //! and TLS 1.3 KeyUpdates from a plain rustls peer followed mid-stream.
 mod common;
 
-use common::{Consumer, Pattern, expect_pattern, expect_pattern_as, send_pattern};
+use common::{Consumer, Pattern, expect_pattern, expect_pattern_as, send_pattern, send_rest};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -725,6 +725,15 @@ mod raw_client {
         )
         .unwrap();
         (conn, tcp, exporter)
+    }
+
+    /// The fingerprint of the certificate gwB presents to a new handshake.
+    pub fn presented(addr: std::net::SocketAddr) -> gateway::channel::Fingerprint {
+        let (conn, _tcp, _) = handshake(addr);
+        let chain = conn
+            .peer_certificates()
+            .expect("gwB presented a certificate");
+        gateway::channel::Fingerprint::of_der(chain[0].as_ref())
     }
 
     pub fn run(
@@ -1583,4 +1592,97 @@ async fn throughput_one_stream() {
         "channel throughput: {mib} MiB in {secs:.2} s = {:.2} Gbit/s (one stream, client -> gwA -> TLS -> gwB -> sink)",
         (total as f64 * 8.0) / secs / 1e9
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_certificate_serves_new_handshakes_and_drops_no_stream() {
+    use std::os::unix::fs::PermissionsExt as _;
+    // Two self-signed certificates, the operator's "old" and "new" files.
+    let dir = tempfile::tempdir().unwrap();
+    let make = |name: &str| {
+        let cfg = ChannelConfig::new(ChannelSettings::self_signed(dir.path().join(name))).unwrap();
+        let base = dir.path().join(name);
+        (
+            cfg.fingerprint(),
+            base.join(gateway::channel::config::SELF_SIGNED_CERT),
+            base.join(gateway::channel::config::SELF_SIGNED_KEY),
+        )
+    };
+    let (fp_old, old_cert, old_key) = make("old");
+    let (fp_new, new_cert, new_key) = make("new");
+    assert_ne!(fp_old, fp_new);
+    let live = dir.path().join("live");
+    std::fs::create_dir(&live).unwrap();
+    let (cert, key) = (live.join("cert.pem"), live.join("key.pem"));
+    let put = |from_cert: &Path, from_key: &Path| {
+        std::fs::copy(from_cert, &cert).unwrap();
+        std::fs::copy(from_key, &key).unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    };
+    put(&old_cert, &old_key);
+    let files = CertSource::Files {
+        cert: cert.clone(),
+        key: key.clone(),
+    };
+    let pair = Pair::start(Options {
+        settings_b: Box::new(move |dir| ChannelSettings {
+            certs: files.clone(),
+            ..ChannelSettings::self_signed(dir)
+        }),
+        ..Options::default()
+    })
+    .await;
+    let wan = pair.wan_addr;
+    let presented = move || tokio::task::spawn_blocking(move || raw_client::presented(wan));
+    assert_eq!(presented().await.unwrap(), fp_old);
+
+    // A stream established before the rotation ...
+    const HALF: u64 = 4 << 20;
+    let mut client = TcpStream::connect(pair.lan_addr).await.unwrap();
+    send_rest(&mut client, common::Pattern::new(7), HALF)
+        .await
+        .unwrap();
+    let (mut at_sink, _) = tokio::time::timeout(DEADLINE, pair.sink.accept())
+        .await
+        .expect("the stream reaches the sink")
+        .unwrap();
+    let received =
+        tokio::spawn(async move { common::expect_pattern(&mut at_sink, 7, 2 * HALF).await });
+
+    // ... the operator replaces the files in place and reloads ...
+    put(&new_cert, &new_key);
+    let (before, after) = pair.cfg_b.reload_certificate().expect("rotation");
+    assert_eq!((before, after), (fp_old, fp_new));
+    assert_eq!(pair.cfg_b.fingerprint(), fp_new);
+
+    // ... and the stream goes on to its end, every byte in order.
+    let mut rest = common::Pattern::new(7);
+    rest.fill(&mut vec![0u8; HALF as usize]);
+    send_rest(&mut client, rest, HALF).await.unwrap();
+    client.shutdown().await.unwrap();
+    tokio::time::timeout(DEADLINE, received)
+        .await
+        .expect("the stream ends in time")
+        .unwrap()
+        .expect("every byte of the stream across the rotation");
+
+    // New handshakes present the new certificate, and new streams flow.
+    assert_eq!(presented().await.unwrap(), fp_new);
+    let mut fresh = TcpStream::connect(pair.lan_addr).await.unwrap();
+    send_pattern(&mut fresh, 8, 1 << 20).await.unwrap();
+    fresh.shutdown().await.unwrap();
+    let (mut at_sink, _) = tokio::time::timeout(DEADLINE, pair.sink.accept())
+        .await
+        .unwrap()
+        .unwrap();
+    common::expect_pattern(&mut at_sink, 8, 1 << 20)
+        .await
+        .expect("a stream after the rotation");
+
+    // A broken replacement is refused, naming the file, and changes nothing.
+    std::fs::write(&cert, "not a certificate").unwrap();
+    let err = pair.cfg_b.reload_certificate().unwrap_err().to_string();
+    assert!(err.contains("cert.pem"), "{err}");
+    assert_eq!(pair.cfg_b.fingerprint(), fp_new);
+    assert_eq!(presented().await.unwrap(), fp_new);
 }

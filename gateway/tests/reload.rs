@@ -1,7 +1,8 @@
 //! `s2cs serve --config FILE` and SIGHUP, through the real binary and a real
 //! gRPC client over TLS on loopback: a changed token file takes effect
 //! without a restart (the old token is refused, the new one accepted, the
-//! process and its sessions stay), a file that changes what cannot change
+//! process and its sessions stay), the data channel's certificate replaced
+//! in place is rotated, a file that changes what cannot change
 //! live (the port range) is refused by name and changes nothing, a file
 //! that no longer parses is refused too, and SIGTERM still drains.
 use std::io::Write as _;
@@ -140,6 +141,36 @@ async fn sighup_reloads_the_token_file_and_refuses_what_cannot_change_live() {
     assert!(
         is_refused_token(&refused),
         "alice's token still works after the reload: {refused}"
+    );
+
+    assert!(
+        gateway.log().contains("control certificate unchanged")
+            && gateway.log().contains("data-channel certificate unchanged"),
+        "{}",
+        gateway.log()
+    );
+
+    // The data channel's certificate replaced in place: rotated on reload.
+    let channel = dir.path().join("state/channel");
+    let fresh = rcgen::generate_simple_self_signed(vec!["s2cs-gateway".to_owned()])
+        .expect("a new certificate");
+    std::fs::write(channel.join("channel-cert.pem"), fresh.cert.pem()).expect("cert");
+    std::fs::write(
+        channel.join("channel-key.pem"),
+        fresh.signing_key.serialize_pem(),
+    )
+    .expect("key");
+    std::fs::set_permissions(
+        channel.join("channel-key.pem"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .expect("chmod");
+    gateway.signal(nix::sys::signal::Signal::SIGHUP);
+    gateway.wait_for("configuration reloaded", 2);
+    assert!(
+        gateway.log().contains("data-channel certificate rotated"),
+        "{}",
+        gateway.log()
     );
 
     // A change that needs a restart: refused by name, nothing changes,

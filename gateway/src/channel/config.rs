@@ -1,18 +1,14 @@
-//! Channel configuration: this gateway's certificate (self-signed, generated
-//! on first start into a directory with the key kept 0600, or the operator's
-//! PEM files), how the peer's certificate is verified (not at all: the
+//! Channel configuration: this gateway's certificate (kept by
+//! [`super::identity`]), how the peer's certificate is verified (not at all: the
 //! per-session proof authenticates; a pinned SHA-256 fingerprint; or a CA),
 //! the protocol versions, the plaintext-after-authentication opt-in and the
 //! handshake deadline. [`ChannelConfig::new`] validates everything and builds
 //! the rustls configurations once.
 use std::fmt;
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ring::digest;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::{Resumption, WebPkiServerVerifier};
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
@@ -22,103 +18,21 @@ use rustls::{
     ClientConfig, DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig,
     SignatureScheme,
 };
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use zeroize::Zeroizing;
+use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
 use super::error::{ChannelError, ChannelFailures};
+use super::identity::ChannelIdentity;
+pub use super::identity::{
+    BadFingerprint, CertSource, Fingerprint, SELF_SIGNED_CERT, SELF_SIGNED_KEY,
+};
 use super::key_updates::KeyUpdates;
-use super::pem::{self, PemFileError};
+use super::pem;
 use super::record::AES_GCM_RECORD_LIMIT;
 
-/// Certificate file name in a self-signed directory.
-pub const SELF_SIGNED_CERT: &str = "channel-cert.pem";
-/// Key file name in a self-signed directory (mode 0600).
-pub const SELF_SIGNED_KEY: &str = "channel-key.pem";
 /// ALPN protocol id of the channel, so no other TLS service mistakes it.
 pub const ALPN: &[u8] = b"s2cs-channel/1";
 /// Default deadline for the TCP-to-proof phase.
 pub const DEFAULT_PROOF_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Where this gateway's certificate and key come from.
-#[derive(Clone, Debug)]
-pub enum CertSource {
-    /// A self-signed certificate generated into `dir` on first start and
-    /// reused afterwards; `names` are extra subject alternative names.
-    SelfSigned { dir: PathBuf, names: Vec<String> },
-    /// The operator's PEM files (the key file must not be group/world readable).
-    Files { cert: PathBuf, key: PathBuf },
-}
-
-/// SHA-256 of a certificate (DER), for pinning.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Fingerprint(pub [u8; 32]);
-
-impl Fingerprint {
-    /// The fingerprint of a DER certificate.
-    pub fn of_der(der: &[u8]) -> Self {
-        let mut out = [0u8; 32];
-        out.copy_from_slice(digest::digest(&digest::SHA256, der).as_ref());
-        Fingerprint(out)
-    }
-
-    /// Parses "AB:CD:..." or plain hex (64 digits).
-    pub fn parse(text: &str) -> Result<Self, ChannelError> {
-        text.parse()
-            .map_err(|e: BadFingerprint| ChannelError::config(e.to_string()))
-    }
-}
-
-/// Text that is not a SHA-256 fingerprint.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "{text:?} is not a SHA-256 fingerprint: expected 64 hex digits, optionally in pairs \
-     separated by colons (AB:CD:...)"
-)]
-pub struct BadFingerprint {
-    text: String,
-}
-
-impl std::str::FromStr for Fingerprint {
-    type Err = BadFingerprint;
-
-    /// Parses "AB:CD:..." or plain hex (64 digits), either case.
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let bad = || BadFingerprint {
-            text: text.to_owned(),
-        };
-        let digits: Vec<u8> = text.bytes().filter(|b| *b != b':').collect();
-        if digits.len() != 64 {
-            return Err(bad());
-        }
-        let mut out = [0u8; 32];
-        for (i, pair) in digits.chunks(2).enumerate() {
-            let hex = std::str::from_utf8(pair).map_err(|_| bad())?;
-            if !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-                return Err(bad());
-            }
-            out[i] = u8::from_str_radix(hex, 16).map_err(|_| bad())?;
-        }
-        Ok(Fingerprint(out))
-    }
-}
-
-impl fmt::Display for Fingerprint {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, b) in self.0.iter().enumerate() {
-            if i > 0 {
-                f.write_str(":")?;
-            }
-            write!(f, "{b:02X}")?;
-        }
-        Ok(())
-    }
-}
-
-impl fmt::Debug for Fingerprint {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Fingerprint({self})")
-    }
-}
 
 /// How the peer gateway's certificate is checked. With `None` the TLS layer
 /// accepts any certificate and the per-session proof alone authenticates the
@@ -189,14 +103,14 @@ pub struct ChannelConfig {
     pub(super) failures: Arc<ChannelFailures>,
     pub(super) key_updates: Arc<KeyUpdates>,
     pub(super) aes_gcm_record_limit: u64,
-    fingerprint: Fingerprint,
+    identity: Arc<ChannelIdentity>,
     verify: PeerVerification,
 }
 
 impl fmt::Debug for ChannelConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ChannelConfig")
-            .field("fingerprint", &self.fingerprint)
+            .field("fingerprint", &self.fingerprint())
             .field("verify", &self.verify)
             .field("plaintext_after_auth", &self.plaintext_after_auth)
             .field("proof_timeout", &self.proof_timeout)
@@ -228,8 +142,10 @@ impl ChannelConfig {
         versions: &[&'static rustls::SupportedProtocolVersion],
     ) -> Result<Self, ChannelError> {
         let provider = Arc::new(provider(settings.prefer_chacha20));
-        let (chain, key) = load_identity(&settings.certs, &provider)?;
-        let fingerprint = Fingerprint::of_der(chain[0].as_ref());
+        let identity = Arc::new(ChannelIdentity::new(
+            settings.certs.clone(),
+            Arc::clone(&provider),
+        )?);
         let tls_err =
             |what: &str, err: rustls::Error| ChannelError::config(format!("{what}: {err}"));
         let algorithms = provider.signature_verification_algorithms;
@@ -254,9 +170,8 @@ impl ChannelConfig {
                 server_builder.with_client_cert_verifier(verifier)
             }
         };
-        let mut server = server_builder
-            .with_single_cert(chain.clone(), key.clone_key())
-            .map_err(|e| tls_err("certificate and key", e))?;
+        // The certificate through a resolver, so a reload can rotate it.
+        let mut server = server_builder.with_cert_resolver(identity.clone());
         server.enable_secret_extraction = true;
         server.send_tls13_tickets = 0;
         server.session_storage = Arc::new(NoServerSessionStorage {});
@@ -284,8 +199,7 @@ impl ChannelConfig {
         let mut client = client_builder
             .dangerous()
             .with_custom_certificate_verifier(server_verifier)
-            .with_client_auth_cert(chain, key)
-            .map_err(|e| tls_err("client certificate and key", e))?;
+            .with_client_cert_resolver(identity.clone());
         client.enable_secret_extraction = true;
         client.resumption = Resumption::disabled();
         client.alpn_protocols = vec![ALPN.to_vec()];
@@ -313,14 +227,29 @@ impl ChannelConfig {
             aes_gcm_record_limit: settings
                 .aes_gcm_record_limit
                 .unwrap_or(AES_GCM_RECORD_LIMIT),
-            fingerprint,
+            identity,
             verify: settings.verify,
         })
     }
 
-    /// SHA-256 fingerprint of this gateway's certificate (for the peer to pin).
+    /// SHA-256 fingerprint of this gateway's certificate in use (for the
+    /// peer to pin).
     pub fn fingerprint(&self) -> Fingerprint {
-        self.fingerprint
+        self.identity.fingerprint()
+    }
+
+    /// This gateway's certificate and key: read again and swapped in by a
+    /// reload (rotation in place, see [`ChannelIdentity`]).
+    pub fn identity(&self) -> &Arc<ChannelIdentity> {
+        &self.identity
+    }
+
+    /// Reads the certificate files again and uses them for every handshake
+    /// from now on (established connections go on); returns the
+    /// fingerprints before and after. On error nothing changes.
+    pub fn reload_certificate(&self) -> Result<(Fingerprint, Fingerprint), ChannelError> {
+        let loaded = self.identity.load()?;
+        Ok(self.identity.install(loaded))
     }
 
     /// Counters of refused connections, by reason.
@@ -375,67 +304,6 @@ fn provider(prefer_chacha20: bool) -> CryptoProvider {
         cipher_suites,
         ..rustls::crypto::ring::default_provider()
     }
-}
-
-fn load_identity(
-    source: &CertSource,
-    provider: &CryptoProvider,
-) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), ChannelError> {
-    let (cert, key) = match source {
-        CertSource::Files { cert, key } => (cert.clone(), key.clone()),
-        CertSource::SelfSigned { dir, names } => {
-            let cert = dir.join(SELF_SIGNED_CERT);
-            let key = dir.join(SELF_SIGNED_KEY);
-            if !cert.exists() {
-                generate_self_signed(dir, names)?;
-            }
-            (cert, key)
-        }
-    };
-    let file_err = |path: &Path, what: &str, err: PemFileError| {
-        ChannelError::config(format!("the {what} {}: {err}", path.display()))
-    };
-    // The key first: a key others can read is refused whatever else is wrong.
-    let key_der = pem::read_private_key(&key).map_err(|e| file_err(&key, "key file", e))?;
-    let chain = pem::read_cert_chain(&cert).map_err(|e| file_err(&cert, "certificate file", e))?;
-    pem::check_key_pair(&chain, &key_der, provider).map_err(|e| file_err(&key, "key file", e))?;
-    Ok((chain, key_der))
-}
-
-fn generate_self_signed(dir: &Path, extra: &[String]) -> Result<(), ChannelError> {
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(|e| ChannelError::config(format!("creating {}: {e}", dir.display())))?;
-    let mut names = vec!["localhost".to_string(), "s2cs-gateway".to_string()];
-    names.extend(extra.iter().cloned());
-    let generated = rcgen::generate_simple_self_signed(names)
-        .map_err(|e| ChannelError::config(format!("generating a self-signed certificate: {e}")))?;
-    let key_pem = Zeroizing::new(generated.signing_key.serialize_pem());
-    let write = |name: &str, data: &[u8], mode: u32| -> Result<(), ChannelError> {
-        let path = dir.join(name);
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&path)
-            .map_err(|e| ChannelError::config(format!("creating {}: {e}", path.display())))?;
-        file.write_all(data)
-            .and_then(|()| file.sync_all())
-            .map_err(|e| ChannelError::config(format!("writing {}: {e}", path.display())))
-    };
-    // The key first: a crash in between leaves no certificate, so the next
-    // start generates again (after removing the stray key).
-    let _ = std::fs::remove_file(dir.join(SELF_SIGNED_KEY));
-    write(SELF_SIGNED_KEY, key_pem.as_bytes(), 0o600)?;
-    write(SELF_SIGNED_CERT, generated.cert.pem().as_bytes(), 0o644)?;
-    tracing::info!(
-        dir = %dir.display(),
-        fingerprint = %Fingerprint::of_der(generated.cert.der()),
-        "channel: generated a self-signed certificate"
-    );
-    Ok(())
 }
 
 fn load_roots(path: &Path) -> Result<Arc<RootCertStore>, ChannelError> {

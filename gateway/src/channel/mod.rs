@@ -25,7 +25,8 @@
 //!
 //! Submodules: [`args`] (the `s2cs serve` flags of the channel and their
 //! checks), `mode` ([`ChannelMode`]), [`config`] (certificates, verification,
-//! settings), [`pem`]
+//! settings), [`identity`] (this gateway's certificate in use, rotated by a
+//! reload), [`pem`]
 //! (reading certificate, key and CA files),
 //! `handshake` (the handshake driver and proof exchange), [`proof`] (the
 //! proof message), `record` (the TLS record layer after the handshake,
@@ -40,6 +41,7 @@ pub mod args;
 pub mod config;
 pub mod error;
 mod handshake;
+pub mod identity;
 mod key_updates;
 mod ktls;
 mod ktls_probe;

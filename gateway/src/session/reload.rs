@@ -3,15 +3,20 @@
 //! (they still win), and hands the result to the control server's reload
 //! ([`control::live`]): the token file, the allow-list and the rate limits
 //! change for what starts from now on, and running sessions and streams go
-//! on untouched. A file that changes anything else (ports, addresses,
+//! on untouched. The data channel's certificate and key files are read
+//! again too: replaced in place, they are presented by every handshake
+//! that starts afterwards (rotation; established connections keep theirs).
+//! A file that changes anything else (ports, addresses,
 //! certificates, the `[gateway]` table...) or does not parse is refused as
 //! a whole, naming the keys, and the gateway keeps running as it was.
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use control::ServerHandle;
 
 use super::config_file;
 use super::serve::{ServeArgs, control_config};
+use crate::channel::identity::ChannelIdentity;
 use crate::error_chain::error_chain;
 
 /// What a reload needs: the flags as given, before the file was applied.
@@ -28,17 +33,27 @@ impl Reloader {
         Reloader { flags, given }
     }
 
-    /// Reads the file again and reloads `server`; returns what changed, or
-    /// why nothing did.
-    pub fn reload(&self, server: &ServerHandle) -> Result<String, String> {
+    /// Reads the file (and the data channel's certificate files, when
+    /// `channel` is given) again and reloads `server`; returns what changed,
+    /// or why nothing did. Everything is read and checked before anything
+    /// is swapped in.
+    pub fn reload(
+        &self,
+        server: &ServerHandle,
+        channel: Option<&ChannelIdentity>,
+    ) -> Result<String, String> {
         let Some(file) = self.flags.server.config.clone() else {
             return Err("no --config file to read again: nothing to reload".into());
         };
         let mut args = self.flags.clone();
         config_file::load(&mut args, &|id| self.given.contains(id)).map_err(|e| error_chain(&e))?;
         let cfg = control_config(&args).map_err(|e| error_chain(&e))?;
+        let certificate = channel
+            .map(ChannelIdentity::load)
+            .transpose()
+            .map_err(|e| format!("the data channel's certificate: {}", error_chain(&e)))?;
         let done = server.reload(&cfg).map_err(|e| error_chain(&e))?;
-        Ok(if done.changed.is_empty() {
+        let mut summary = if done.changed.is_empty() {
             format!(
                 "{}: token file read again; allow-list and rate limits unchanged",
                 file.display()
@@ -49,7 +64,27 @@ impl Reloader {
                 file.display(),
                 done.changed.join(", ")
             )
-        })
+        };
+        if let Some((before, after)) = &done.control_certificate {
+            if before == after {
+                summary.push_str(&format!("; control certificate unchanged ({after})"));
+            } else {
+                summary.push_str(&format!(
+                    "; control certificate rotated: new connections get {after} (was {before})"
+                ));
+            }
+        }
+        if let (Some(identity), Some(certificate)) = (channel, certificate) {
+            let (before, after) = identity.install(certificate);
+            if before == after {
+                summary.push_str(&format!("; data-channel certificate unchanged ({after})"));
+            } else {
+                summary.push_str(&format!(
+                    "; data-channel certificate rotated: new connections present {after} (was {before})"
+                ));
+            }
+        }
+        Ok(summary)
     }
 
     /// Starts watching SIGHUP now, so that one arriving while the gateway
@@ -68,9 +103,14 @@ impl Reloader {
 
     /// Reloads on every SIGHUP from `hangups` until the process ends; each
     /// outcome is logged.
-    pub async fn on_sighup(self, mut hangups: tokio::signal::unix::Signal, server: ServerHandle) {
+    pub async fn on_sighup(
+        self,
+        mut hangups: tokio::signal::unix::Signal,
+        server: ServerHandle,
+        channel: Option<Arc<ChannelIdentity>>,
+    ) {
         while hangups.recv().await.is_some() {
-            match self.reload(&server) {
+            match self.reload(&server, channel.as_deref()) {
                 Ok(summary) => tracing::info!("configuration reloaded: {summary}"),
                 Err(why) => {
                     tracing::error!("configuration NOT reloaded, the gateway runs as before: {why}")

@@ -29,6 +29,7 @@ use super::{
 };
 use crate::admission::{Admission, AdmissionLimits};
 use crate::channel::args::{ChannelArgs, ChannelOptionError, describe_verification};
+use crate::channel::identity::ChannelIdentity;
 use crate::channel::{ChannelConfig, ChannelFailures, Fingerprint, KernelCaps};
 use crate::metrics::{self, Metrics, MetricsError};
 use crate::relay::DataPath;
@@ -145,6 +146,8 @@ pub struct Gateway {
     path: DataPath,
     channel: ChannelMode,
     channel_cert: Option<(PathBuf, Fingerprint)>,
+    /// The data channel's certificate in use (rotated by a reload).
+    channel_identity: Option<Arc<ChannelIdentity>>,
     metrics: Arc<Metrics>,
     metrics_listener: Option<(tokio::net::TcpListener, SocketAddr)>,
     /// What the refusal log sums up once a second.
@@ -234,11 +237,13 @@ impl Gateway {
         };
         let mode = args.channel.mode;
         let mut channel_cert = None;
+        let mut channel_identity = None;
         let mut channel_failures = None;
         let secure = match channel_config {
             None => None,
             Some((config, cert)) => {
                 channel_cert = Some((cert, config.fingerprint()));
+                channel_identity = Some(Arc::clone(config.identity()));
                 metrics.watch_channel(config.failures());
                 metrics.watch_key_updates(config.key_updates());
                 channel_failures = Some(Arc::clone(config.failures()));
@@ -300,6 +305,7 @@ impl Gateway {
             path,
             channel: mode,
             channel_cert,
+            channel_identity,
             metrics,
             metrics_listener,
             refusals,
@@ -354,6 +360,11 @@ impl Gateway {
 
     /// The data channel's certificate file and its SHA-256 fingerprint (what
     /// peers pin with --channel-peer-fingerprint); None with --channel plain.
+    /// The data channel's certificate in use, for a reload to rotate.
+    pub fn channel_identity(&self) -> Option<Arc<ChannelIdentity>> {
+        self.channel_identity.clone()
+    }
+
     pub fn channel_cert(&self) -> Option<(&std::path::Path, Fingerprint)> {
         self.channel_cert.as_ref().map(|(p, f)| (p.as_path(), *f))
     }
