@@ -56,3 +56,11 @@ pub fn succeeds(cmd: &mut Command) -> bool {
 pub fn is_root() -> bool {
     output(Command::new("id").arg("-u")).is_ok_and(|uid| uid.trim() == "0")
 }
+
+/// A path that runs this very xtask binary in a child, even after cargo
+/// rebuilt `target/debug/xtask` under us (as `cargo test` does in the
+/// middle of `cargo xtask test`): the kernel's link to our own executable
+/// stays valid while we run, where the file's name may not.
+pub fn own_exe() -> std::path::PathBuf {
+    std::path::PathBuf::from(format!("/proc/{}/exe", std::process::id()))
+}

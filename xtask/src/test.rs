@@ -18,6 +18,24 @@ pub struct Tally {
     pub failed: u64,
 }
 
+/// The names of what failed, printed again at the very end of the run:
+/// CI keeps only the tail of a long log, and that tail must say which
+/// test to look at.
+#[derive(Default)]
+struct Failures(Vec<String>);
+
+impl Failures {
+    fn note(&mut self, name: impl Into<String>) {
+        self.0.push(name.into());
+    }
+
+    fn print(&self) {
+        for name in &self.0 {
+            println!("failed: {name}");
+        }
+    }
+}
+
 pub fn run(root: &Path, with_vm: bool, cargo_args: &[String]) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut laps = Laps::default();
@@ -55,26 +73,34 @@ pub fn run(root: &Path, with_vm: bool, cargo_args: &[String]) -> anyhow::Result<
     laps.mark("build");
     let leaks = root.join("target/e2e-leaks");
     let _ = std::fs::remove_dir_all(&leaks);
-    let mut tally = cargo_tests(root, cargo_args)?;
+    let mut failures = Failures::default();
+    let mut tally = cargo_tests(root, cargo_args, &mut failures)?;
     laps.mark("cargo test");
     let found = secrets_in_logs(&leaks)?;
+    if !found.is_empty() {
+        failures.note("secrets in e2e logs (see `SECRETS IN LOGS` above)");
+    }
     tally.passed += u64::from(found.is_empty());
     tally.failed += u64::from(!found.is_empty());
     if cargo_args.is_empty() {
         let installed = package_stage(root);
         if let Err(err) = &installed {
             eprintln!("xtask test: package install test FAILED: {err:#}");
+            failures.note(format!("package install: {err:#}"));
         }
         tally.passed += u64::from(installed.is_ok());
         tally.failed += u64::from(installed.is_err());
         laps.mark("package install");
-        let fuzz = fuzz_smoke(root)?;
+        let fuzz = fuzz_smoke(root, &mut failures)?;
         tally.passed += fuzz.passed;
         tally.failed += fuzz.failed;
         laps.mark("fuzz smoke");
     }
     if with_vm {
         let vm = vm_stage(root, &[])?;
+        if vm.failed > 0 {
+            failures.note("kernel-TLS VMs (see `test vm::... FAILED` above)");
+        }
         tally.passed += vm.passed;
         tally.failed += vm.failed;
         laps.mark("kernel-TLS VMs");
@@ -84,6 +110,7 @@ pub fn run(root: &Path, with_vm: bool, cargo_args: &[String]) -> anyhow::Result<
         started.elapsed().as_secs_f64(),
         laps.summary()
     );
+    failures.print();
     println!("tests: {} passed, {} failed", tally.passed, tally.failed);
     if tally.failed > 0 {
         bail!("{} tests failed", tally.failed);
@@ -151,10 +178,15 @@ const FUZZ_SMOKE_SECS: u64 = 15;
 
 /// Every fuzz target for a few seconds over its seeds and crash
 /// regressions: a crash (or a regression coming back) fails the suite.
-fn fuzz_smoke(root: &Path) -> anyhow::Result<Tally> {
+fn fuzz_smoke(root: &Path, failures: &mut Failures) -> anyhow::Result<Tally> {
     println!("xtask test: fuzz smoke ({FUZZ_SMOKE_SECS} s per target) ...");
     let results = fuzz::run_each(root, FUZZ_SMOKE_SECS, fuzz::TARGETS)
         .context("stage `fuzz smoke` failed")?;
+    for (target, result) in &results {
+        if let Err(err) = result {
+            failures.note(format!("fuzz target {target}: {err:#}"));
+        }
+    }
     let failed = results.iter().filter(|(_, r)| r.is_err()).count() as u64;
     Ok(Tally {
         passed: results.len() as u64 - failed,
@@ -186,7 +218,7 @@ fn stage(name: &str, f: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<(
 
 /// Runs `cargo test` over the default members, echoing its output and
 /// summing its "test result" lines.
-fn cargo_tests(root: &Path, extra: &[String]) -> anyhow::Result<Tally> {
+fn cargo_tests(root: &Path, extra: &[String], failures: &mut Failures) -> anyhow::Result<Tally> {
     println!("xtask test: cargo test ...");
     let mut command = Command::new("cargo");
     // Every test binary runs even when an earlier one failed, so the tally
@@ -204,6 +236,9 @@ fn cargo_tests(root: &Path, extra: &[String]) -> anyhow::Result<Tally> {
     for line in BufReader::new(stdout).lines() {
         let line = line.context("reading cargo test output")?;
         println!("{line}");
+        if let Some(name) = failed_test_name(&line) {
+            failures.note(name);
+        }
         if let Some((passed, failed)) = parse_result_line(&line) {
             tally.passed += passed;
             tally.failed += failed;
@@ -213,8 +248,18 @@ fn cargo_tests(root: &Path, extra: &[String]) -> anyhow::Result<Tally> {
     if !status.success() && tally.failed == 0 {
         // A build failure or a crashed test binary: count it as a failure.
         tally.failed += 1;
+        failures.note(format!(
+            "cargo test exited with {status} (a build failure or a crashed test binary: see above)"
+        ));
     }
     Ok(tally)
+}
+
+/// The test's name from a libtest line "test a::b ... FAILED".
+fn failed_test_name(line: &str) -> Option<String> {
+    let rest = line.trim().strip_prefix("test ")?;
+    let name = rest.strip_suffix(" ... FAILED")?;
+    Some(format!("cargo test {name}"))
 }
 
 /// Parses "test result: ok. 19 passed; 0 failed; ..." lines.
@@ -315,7 +360,20 @@ pub fn vm_stage(root: &Path, names: &[String]) -> anyhow::Result<Tally> {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_result_line;
+    use super::{failed_test_name, parse_result_line};
+
+    #[test]
+    fn names_failed_tests() {
+        assert_eq!(
+            failed_test_name("test reload::sighup_keeps_sessions ... FAILED").as_deref(),
+            Some("cargo test reload::sighup_keeps_sessions")
+        );
+        assert_eq!(failed_test_name("test reload::x ... ok"), None);
+        assert_eq!(
+            failed_test_name("test result: FAILED. 1 passed; 1 failed"),
+            None
+        );
+    }
 
     #[test]
     fn reads_cargo_result_lines() {

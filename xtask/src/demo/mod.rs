@@ -56,7 +56,7 @@ pub fn run(root: &Path, opts: &DemoOpts) -> anyhow::Result<()> {
             .current_dir(root),
     )?;
     let bin = root.join("target/release");
-    let me = std::env::current_exe().context("locating the xtask binary")?;
+    let me = cmd::own_exe();
     ctrlc::set_handler(|| {
         eprintln!("\ndemo: interrupted; cleaning up");
         netns::cleanup_all();

@@ -524,7 +524,7 @@ fn run_session(chroot: &DebianRoot, caps: &[String]) -> anyhow::Result<()> {
         &["s2cs: control server on"],
     )?;
 
-    let me = std::env::current_exe()?;
+    let me = cmd::own_exe();
     let mut producer = netlab::command(&ns("prod"), &me)
         .args(["demo-app", "produce", "--addr", PRODUCER])
         .args([
