@@ -76,6 +76,10 @@ pub struct IntrospectionConfig {
     /// Upper bound on how long a positive answer is cached (seconds).
     #[serde(default = "default_cache_secs")]
     pub cache_max_secs: u64,
+    /// CA certificates (PEM) trusted for the endpoint besides the web PKI:
+    /// a facility's own authorization server.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
 }
 
 fn default_cache_secs() -> u64 {
@@ -94,6 +98,7 @@ impl std::fmt::Debug for IntrospectionConfig {
             .field("client_secret_file", &self.client_secret_file)
             .field("required_scope", &self.required_scope)
             .field("cache_max_secs", &self.cache_max_secs)
+            .field("ca_file", &self.ca_file)
             .finish()
     }
 }
@@ -220,6 +225,32 @@ const NEGATIVE_CACHE_MAX: Duration = Duration::from_secs(60);
 /// Entries the cache holds before it drops expired ones, then refusals.
 const CACHE_ENTRIES: usize = 100_000;
 
+/// The certificates of an introspection CA file; an unreadable file or one
+/// without a certificate is refused by name.
+fn read_ca_file(path: &std::path::Path) -> Result<Vec<reqwest::Certificate>, ControlError> {
+    let pem = std::fs::read(path).map_err(|e| {
+        ControlError::io(
+            format!("reading the introspection CA file {}", path.display()),
+            e,
+        )
+    })?;
+    let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| ControlError::Config {
+        reason: format!(
+            "the introspection CA file {} is not PEM certificates: {e}",
+            path.display()
+        ),
+    })?;
+    if certs.is_empty() {
+        return Err(ControlError::Config {
+            reason: format!(
+                "the introspection CA file {} holds no certificate",
+                path.display()
+            ),
+        });
+    }
+    Ok(certs)
+}
+
 /// RFC 7662 token introspection with a cache of answers, positive and
 /// negative, and one call in flight per token however many calls wait on it.
 pub struct Introspector {
@@ -258,12 +289,17 @@ impl Introspector {
         if !cfg.url.starts_with("https://") {
             tracing::warn!(url = %cfg.url, "token introspection endpoint is not https; use this only for local tests");
         }
-        let http = reqwest::Client::builder()
+        let mut http = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
-            .build()
-            .map_err(|e| ControlError::Config {
-                reason: format!("cannot build the introspection HTTP client: {e}"),
-            })?;
+            .redirect(reqwest::redirect::Policy::none());
+        if let Some(path) = &cfg.ca_file {
+            for cert in read_ca_file(path)? {
+                http = http.add_root_certificate(cert);
+            }
+        }
+        let http = http.build().map_err(|e| ControlError::Config {
+            reason: format!("cannot build the introspection HTTP client: {e}"),
+        })?;
         Ok(Introspector {
             url: cfg.url.clone(),
             client_id: cfg.client_id.clone(),

@@ -19,9 +19,10 @@ use clap::{Args, Parser, Subcommand};
 use tokio_stream::StreamExt;
 use zeroize::Zeroizing;
 
+use crate::cli_login::token_of;
 use crate::client::{
     Client, ClientError, ClientIdentity, ClientOptions, TokenSource, connect_both_as,
-    default_token_file, listeners_from, new_uid, resolve_token, validate_token, write_token_file,
+    default_token_file, listeners_from, new_uid, resolve_token,
 };
 use crate::secret::SessionSecret;
 use crate::types::{Role, SessionId};
@@ -46,19 +47,7 @@ pub struct ServerOpts {
     pub tls_domain: Option<String>,
 }
 
-/// Where the token comes from.
-#[derive(Args, Clone, Debug, Default)]
-pub struct TokenOpts {
-    /// Bearer token (else $S2UC_TOKEN, else the token file).
-    #[arg(long, global = true)]
-    pub token: Option<String>,
-    /// Token file (mode 0600), written by `s2uc login`.
-    #[arg(long, global = true)]
-    pub token_file: Option<PathBuf>,
-    /// OAuth scope (accepted for SciStream compatibility; informational).
-    #[arg(long, global = true)]
-    pub scope: Option<String>,
-}
+pub use crate::cli_login::TokenOpts;
 
 /// The client certificate presented to servers that require one (`s2cs
 /// --client-ca`).
@@ -120,7 +109,8 @@ OUTPUT FOR SCRIPTS:
   rate_cap_mbps (null: no cap), rate_source, counters {bytes_to_target,
   bytes_from_target, connections_total, connections_active}, restore_error,
   pinned_peer. connect: uid, prod_listeners, consumer_listeners, setup_seconds.
-  check-auth: token {present, source}, server {address, version, identity}.
+  check-auth: token {present, source}, login {scope, auth_server, expires_unix,
+  refreshable} (when the token is a login's), server {address, version, identity}.
 
 EXIT STATUS:
   0  the command did what it says.
@@ -205,8 +195,16 @@ pub enum S2ucCmd {
         #[arg(long)]
         json: bool,
     },
-    /// Store a token in the token file (mode 0600); reads stdin if --token is absent.
-    Login,
+    /// Sign in (OAuth2 with PKCE, Globus Auth by default) and store the
+    /// tokens (mode 0600); with --token or --token-stdin, store a token
+    /// pasted by hand.
+    Login {
+        #[command(flatten)]
+        opts: crate::cli_login::LoginOpts,
+    },
+    /// Revoke the stored logins at their servers and delete them and the
+    /// token file.
+    Logout,
     /// Set up both sides in one command and print where ConsApp connects.
     Connect {
         /// PROD gateway control server.
@@ -336,18 +334,12 @@ fn generate_docs(cmd: clap::Command, out: &Path) -> Result<(), ClientError> {
     Ok(())
 }
 
-fn token_of(t: &TokenOpts) -> Result<Option<Zeroizing<String>>, ClientError> {
-    let file = t.token_file.clone().unwrap_or_else(default_token_file);
-    let env = std::env::var("S2UC_TOKEN").ok();
-    Ok(resolve_token(t.token.as_deref(), env.as_deref(), &file)?.map(|(t, _)| t))
-}
-
 async fn connect(s: &ServerOpts, t: &TokenOpts, c: &ClientCertOpts) -> Result<Client, ClientError> {
     Client::connect(&ClientOptions {
         s2cs: s.s2cs.clone(),
         server_cert: Some(s.server_cert.clone()),
         tls_domain: s.tls_domain.clone(),
-        token: token_of(t)?,
+        token: token_of(t).await?,
         client_identity: c.load()?,
         ..ClientOptions::default()
     })
@@ -461,13 +453,29 @@ pub async fn run_s2uc(cli: S2uc) -> Result<(), ClientError> {
             let mut check = cli_json::AuthCheck {
                 token_source: resolve_token(t.token.as_deref(), env.as_deref(), &file)?
                     .map(|(_, src)| describe_source(src, &file)),
+                login: None,
                 server: None,
             };
+            if check.token_source.is_none()
+                && let Some(login) = crate::cli_login::current_login(t).await?
+            {
+                check.token_source = Some(format!(
+                    "the login for scope {} at {}",
+                    login.settings.scope, login.settings.auth_server
+                ));
+                check.login = Some(login);
+            }
             let present = check.token_source.is_some();
             if !json {
                 match &check.token_source {
                     Some(source) => println!("token: present (from {source})"),
                     None => println!("token: none (use --token, $S2UC_TOKEN or s2uc login)"),
+                }
+                if let Some(login) = &check.login {
+                    println!(
+                        "login: {}",
+                        crate::cli_login::expiry_text(login, crate::client::login::unix_now())
+                    );
                 }
             }
             if let Some(s2cs) = s2cs {
@@ -512,28 +520,8 @@ pub async fn run_s2uc(cli: S2uc) -> Result<(), ClientError> {
                 cli_json::print(&cli_json::auth_check(&check))?;
             }
         }
-        S2ucCmd::Login => {
-            let file = t.token_file.clone().unwrap_or_else(default_token_file);
-            let token = match &t.token {
-                Some(tok) => Zeroizing::new(tok.clone()),
-                None => {
-                    if std::io::stdin().is_terminal() {
-                        eprintln!("paste the token and press Enter:");
-                    }
-                    let mut s = Zeroizing::new(String::new());
-                    std::io::stdin()
-                        .read_line(&mut s)
-                        .map_err(|e| ClientError::Io {
-                            context: "reading the token from stdin".into(),
-                            source: e,
-                        })?;
-                    s
-                }
-            };
-            validate_token(&token)?;
-            write_token_file(&file, &token)?;
-            println!("token stored in {} (mode 0600)", file.display());
-        }
+        S2ucCmd::Login { opts } => crate::cli_login::login(t, &opts).await?,
+        S2ucCmd::Logout => crate::cli_login::logout(t).await?,
         S2ucCmd::Connect {
             prod_s2cs,
             cons_s2cs,
@@ -544,7 +532,7 @@ pub async fn run_s2uc(cli: S2uc) -> Result<(), ClientError> {
             as_old_client,
             json,
         } => {
-            let token = token_of(t)?;
+            let token = token_of(t).await?;
             let identity = cert.load()?;
             let opts = |s2cs: String, cert: PathBuf| ClientOptions {
                 s2cs,

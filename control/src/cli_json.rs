@@ -77,6 +77,8 @@ pub fn connected(r: &Connected, setup_seconds: f64) -> Value {
 /// and, when a server was asked, its answer.
 pub struct AuthCheck {
     pub token_source: Option<String>,
+    /// The login whose access token is sent, if it is one.
+    pub login: Option<crate::client::login::Login>,
     pub server: Option<ServerAnswer>,
 }
 
@@ -95,6 +97,14 @@ pub fn auth_check(check: &AuthCheck) -> Value {
             "source": check.token_source,
         },
     });
+    if let Some(login) = &check.login {
+        v["login"] = json!({
+            "scope": login.settings.scope,
+            "auth_server": login.settings.auth_server,
+            "expires_unix": login.expires_at,
+            "refreshable": login.refresh_token.is_some(),
+        });
+    }
     if let Some(server) = &check.server {
         v["server"] = json!({
             "address": server.address,
@@ -158,12 +168,14 @@ mod tests {
     fn check_auth_says_whether_a_token_exists_and_what_the_server_said() {
         let v = auth_check(&AuthCheck {
             token_source: None,
+            login: None,
             server: None,
         });
         assert_eq!(v["token"]["present"], false);
         assert!(v.get("server").is_none());
         let v = auth_check(&AuthCheck {
             token_source: Some("the token file".into()),
+            login: None,
             server: Some(ServerAnswer {
                 address: "gw:5000".into(),
                 version: "1".into(),

@@ -264,6 +264,10 @@ pub struct ServerArgs {
     /// Scope the tokens must carry.
     #[arg(long)]
     pub required_scope: Option<String>,
+    /// CA certificates (PEM) to trust for the introspection endpoint
+    /// besides the web PKI.
+    #[arg(long, requires = "introspect_url", value_name = "FILE")]
+    pub introspect_ca: Option<PathBuf>,
     /// Admin identity (repeatable).
     #[arg(long = "admin")]
     pub admins: Vec<String>,
@@ -355,6 +359,7 @@ impl ServerArgs {
                 client_secret_file: self.client_secret_file,
                 required_scope: self.required_scope,
                 cache_max_secs: 300,
+                ca_file: self.introspect_ca,
             }));
         }
         c.admins.extend(self.admins);

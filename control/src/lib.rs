@@ -24,6 +24,7 @@
 //! - [`observe`]: hooks for metrics (call latency, auth failures).
 //! - [`cli`]: clap definitions and commands of `s2uc` and `appctrl`.
 //! - [`cli_docs`]: man pages and shell completions made from the clap definitions.
+//! - [`cli_login`]: `s2uc login` (OAuth2 with PKCE) and `logout`, and which token a command sends.
 //! - [`client`]: client connection and the s2uc/appctrl operations.
 //! - [`tls_accept`]: the control server's TLS acceptor (handshakes with a
 //!   deadline, ALPN h2) and its certificate, rotated by a reload.
@@ -40,6 +41,7 @@ pub mod authz;
 pub mod cli;
 pub mod cli_docs;
 pub mod cli_json;
+pub mod cli_login;
 pub mod client;
 pub mod config;
 pub mod dataplane;

@@ -60,7 +60,7 @@ async fn login_stores_a_private_token_file_and_refuses_bad_input() {
     let default_file = h.join(".scistream").join("s2uc-token");
 
     // From standard input, to the default file under $HOME.
-    let r = s2uc(h, &["login"], &[], &format!("{ALICE}\n")).await;
+    let r = s2uc(h, &["login", "--token-stdin"], &[], &format!("{ALICE}\n")).await;
     assert!(r.out.status.success(), "login failed: {}", r.stderr);
     assert!(
         r.stdout.contains(&default_file.display().to_string()) && r.stdout.contains("0600"),
@@ -104,7 +104,7 @@ async fn login_stores_a_private_token_file_and_refuses_bad_input() {
         ("non-ASCII", format!("{WRONG}\u{e9}"), true),
     ];
     for (reason, token, via_flag) in cases {
-        let mut args = vec!["login", "--token-file", &fresh_s];
+        let mut args = vec!["login", "--token-stdin", "--token-file", &fresh_s];
         let stdin = if via_flag {
             args.extend(["--token", &token]);
             ""
@@ -127,7 +127,7 @@ async fn login_stores_a_private_token_file_and_refuses_bad_input() {
     let inside = blocker.join("token").display().to_string();
     let r = s2uc(
         h,
-        &["login", "--token-file", &inside],
+        &["login", "--token-stdin", "--token-file", &inside],
         &[],
         &format!("{ALICE}\n"),
     )
@@ -172,7 +172,7 @@ async fn check_auth_names_the_identity_or_says_the_token_was_refused() {
     );
 
     // The file written by login.
-    let r = s2uc(h, &["login"], &[], &format!("{ALICE}\n")).await;
+    let r = s2uc(h, &["login", "--token-stdin"], &[], &format!("{ALICE}\n")).await;
     assert!(r.out.status.success(), "login failed: {}", r.stderr);
     let r = s2uc(h, &check, &[], "").await;
     assert!(

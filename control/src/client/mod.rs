@@ -12,7 +12,8 @@
 //!
 //! Layout: `error` ([`ClientError`]), `transport` (token interceptor,
 //! connection options, client certificate, TLS refusal hints), `token` (the
-//! token store), this file (the operations).
+//! pasted token's file), `login` and `login_store` (the OAuth2 login with
+//! PKCE and its tokens per scope), this file (the operations).
 #![forbid(unsafe_code)]
 
 use std::net::SocketAddr;
@@ -24,11 +25,14 @@ use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::Endpoint;
 
 mod error;
+pub mod login;
+mod login_store;
 pub(crate) mod server_tls;
 mod token;
 mod transport;
 
 pub use error::ClientError;
+pub use login_store::{LoginStore, default_login_store};
 pub use token::{TokenSource, default_token_file, resolve_token, validate_token, write_token_file};
 use transport::refused_message;
 pub use transport::{AuthChannel, ClientIdentity, ClientOptions, TokenInterceptor, host_of};

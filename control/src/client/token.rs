@@ -86,6 +86,12 @@ pub fn validate_token(token: &str) -> Result<(), ClientError> {
 
 /// Writes the token file with mode 0600 (directory 0700), atomically.
 pub fn write_token_file(file: &Path, token: &str) -> Result<(), ClientError> {
+    write_private_file(file, token.trim().as_bytes())
+}
+
+/// Writes `bytes` to `file` with mode 0600 (its directory 0700) through a
+/// temporary file and a rename, so a reader sees the old or the new whole.
+pub fn write_private_file(file: &Path, bytes: &[u8]) -> Result<(), ClientError> {
     use std::io::Write;
     use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
     let io = |context: String| move |e| ClientError::Io { context, source: e };
@@ -104,7 +110,7 @@ pub fn write_token_file(file: &Path, token: &str) -> Result<(), ClientError> {
         .mode(0o600)
         .open(&tmp)
         .map_err(io(format!("creating {}", tmp.display())))?;
-    f.write_all(token.trim().as_bytes())
+    f.write_all(bytes)
         .and_then(|_| f.sync_all())
         .map_err(io(format!("writing {}", tmp.display())))?;
     std::fs::rename(&tmp, file).map_err(io(format!("renaming to {}", file.display())))?;

@@ -68,6 +68,7 @@ pub fn introspection(
         client_secret_file: Some(secret_file),
         required_scope: required_scope.map(str::to_owned),
         cache_max_secs: 300,
+        ca_file: None,
     })
 }
 
@@ -193,6 +194,9 @@ pub async fn s2uc(
         "S2UC_CLIENT_CERT",
         "S2UC_CLIENT_KEY",
         "S2UC_CHANNEL_SECRET",
+        "S2UC_AUTH_SERVER",
+        "S2UC_CLIENT_ID",
+        "S2UC_AUTH_CA",
     ] {
         cmd.env_remove(var);
     }
