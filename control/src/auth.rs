@@ -225,28 +225,19 @@ const NEGATIVE_CACHE_MAX: Duration = Duration::from_secs(60);
 /// Entries the cache holds before it drops expired ones, then refusals.
 const CACHE_ENTRIES: usize = 100_000;
 
-/// The certificates of an introspection CA file; an unreadable file or one
-/// without a certificate is refused by name.
-fn read_ca_file(path: &std::path::Path) -> Result<Vec<reqwest::Certificate>, ControlError> {
-    let pem = std::fs::read(path).map_err(|e| {
-        ControlError::io(
-            format!("reading the introspection CA file {}", path.display()),
-            e,
-        )
-    })?;
-    let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| ControlError::Config {
-        reason: format!(
-            "the introspection CA file {} is not PEM certificates: {e}",
-            path.display()
-        ),
-    })?;
+/// The certificates of a PEM CA file trusted for an authorization server
+/// (the gateway's introspection endpoint, `s2uc login`'s server); `what`
+/// names the file in errors. An unreadable file, or one without a
+/// certificate, is refused by name.
+pub(crate) fn read_ca_file(
+    path: &std::path::Path,
+    what: &str,
+) -> Result<Vec<reqwest::Certificate>, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("reading {what} {}: {e}", path.display()))?;
+    let certs = reqwest::Certificate::from_pem_bundle(&pem)
+        .map_err(|e| format!("{what} {} is not PEM certificates: {e}", path.display()))?;
     if certs.is_empty() {
-        return Err(ControlError::Config {
-            reason: format!(
-                "the introspection CA file {} holds no certificate",
-                path.display()
-            ),
-        });
+        return Err(format!("{what} {} holds no certificate", path.display()));
     }
     Ok(certs)
 }
@@ -293,7 +284,9 @@ impl Introspector {
             .timeout(Duration::from_secs(10))
             .redirect(reqwest::redirect::Policy::none());
         if let Some(path) = &cfg.ca_file {
-            for cert in read_ca_file(path)? {
+            let certs = read_ca_file(path, "the introspection CA file")
+                .map_err(|reason| ControlError::Config { reason })?;
+            for cert in certs {
                 http = http.add_root_certificate(cert);
             }
         }

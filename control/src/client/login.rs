@@ -130,22 +130,7 @@ pub fn http_client(ca_file: Option<&Path>) -> Result<reqwest::Client, ClientErro
         .redirect(reqwest::redirect::Policy::none())
         .timeout(HTTP_TIMEOUT);
     if let Some(path) = ca_file {
-        let pem = std::fs::read(path).map_err(|e| ClientError::Io {
-            context: format!("reading --auth-ca {}", path.display()),
-            source: e,
-        })?;
-        let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
-            ClientError::Invalid(format!(
-                "--auth-ca {}: not PEM certificates: {e}",
-                path.display()
-            ))
-        })?;
-        if certs.is_empty() {
-            return Err(ClientError::Invalid(format!(
-                "--auth-ca {}: no certificate in the file",
-                path.display()
-            )));
-        }
+        let certs = crate::auth::read_ca_file(path, "--auth-ca").map_err(ClientError::Invalid)?;
         for cert in certs {
             builder = builder.add_root_certificate(cert);
         }
