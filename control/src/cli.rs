@@ -107,7 +107,10 @@ OUTPUT FOR SCRIPTS:
   session (status; list prints {\"sessions\": [...]}): uid, role, state, owner,
   num_conn, listeners, prod_listeners, targets, created_unix, legacy_secret,
   rate_cap_mbps (null: no cap), rate_source, counters {bytes_to_target,
-  bytes_from_target, connections_total, connections_active}, restore_error,
+  bytes_from_target, connections_total, connections_active, udp {datagrams_to_target,
+  bytes_to_target, datagrams_from_target, bytes_from_target, flows_total,
+  flows_active, flows_refused, dropped_oversize, dropped_rate, dropped_backlog,
+  max_payload}}, restore_error,
   pinned_peer. connect: uid, prod_listeners, consumer_listeners, setup_seconds.
   check-auth: token {present, source}, login {scope, auth_server, expires_unix,
   refreshable} (when the token is a login's), server {address, version, identity}.

@@ -52,6 +52,19 @@ pub fn session(s: &SessionStatus) -> Value {
             "bytes_from_target": c.bytes_from_target,
             "connections_total": c.connections_total,
             "connections_active": c.connections_active,
+            "udp": {
+                "datagrams_to_target": c.udp_datagrams_to_target,
+                "bytes_to_target": c.udp_bytes_to_target,
+                "datagrams_from_target": c.udp_datagrams_from_target,
+                "bytes_from_target": c.udp_bytes_from_target,
+                "flows_total": c.udp_flows_total,
+                "flows_active": c.udp_flows_active,
+                "flows_refused": c.udp_flows_refused,
+                "dropped_oversize": c.udp_dropped_oversize,
+                "dropped_rate": c.udp_dropped_rate,
+                "dropped_backlog": c.udp_dropped_backlog,
+                "max_payload": c.udp_max_payload,
+            },
         },
         "restore_error": non_empty(&s.restore_error),
         "pinned_peer": non_empty(&s.pinned_peer),
@@ -154,6 +167,7 @@ mod tests {
         assert_eq!(v["rate_cap_mbps"], Value::Null);
         assert_eq!(v["rate_source"], "no cap");
         assert_eq!(v["counters"]["bytes_to_target"], 7);
+        assert_eq!(v["counters"]["udp"]["datagrams_to_target"], 0);
         assert_eq!(v["restore_error"], Value::Null);
         assert_eq!(v["listeners"][0], "10.0.0.1:5100");
         let capped = SessionStatus {

@@ -68,6 +68,46 @@ pub struct SessionCounters {
     /// A legacy-secret PROD session: the peer gateway address it is pinned
     /// to (the first that proved the secret).
     pub pinned_peer: Option<std::net::IpAddr>,
+    /// The session's UDP datagrams (all zero when it carried none).
+    pub udp: UdpCounters,
+}
+
+/// Datagram counters of one session's UDP relay. "to target" is the
+/// direction from the listener side to the target, as for bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UdpCounters {
+    /// Datagrams relayed from the listener side to the target.
+    pub datagrams_to_target: u64,
+    /// Their payload bytes.
+    pub bytes_to_target: u64,
+    /// Datagrams relayed from the target back to the listener side.
+    pub datagrams_from_target: u64,
+    /// Their payload bytes.
+    pub bytes_from_target: u64,
+    /// Flows (one per sender address) set up so far.
+    pub flows_total: u64,
+    /// Flows open now.
+    pub flows_active: u64,
+    /// Flows refused: the WAN peer failed the channel set-up or the
+    /// session's flow limit was reached.
+    pub flows_refused: u64,
+    /// Datagrams dropped because they are larger than the path carries.
+    pub dropped_oversize: u64,
+    /// Datagrams dropped over the session's rate cap.
+    pub dropped_rate: u64,
+    /// Datagrams dropped because their flow could not keep up or was not
+    /// set up (yet, or at all).
+    pub dropped_backlog: u64,
+    /// The largest datagram payload the WAN path carries now (the smallest
+    /// among open flows); 0 when unknown or no flow is open.
+    pub max_payload: u64,
+}
+
+impl UdpCounters {
+    /// Every dropped datagram, whatever the reason.
+    pub fn dropped(&self) -> u64 {
+        self.dropped_oversize + self.dropped_rate + self.dropped_backlog
+    }
 }
 
 /// The data plane as seen by the control plane. Object-safe.
@@ -176,6 +216,7 @@ impl DataPlane for PlainCopyDataPlane {
             connections_total: r.counters.total.load(Ordering::Relaxed),
             connections_active: r.counters.active.load(Ordering::Relaxed),
             pinned_peer: None,
+            udp: UdpCounters::default(),
         })
     }
 }

@@ -73,6 +73,7 @@ pub mod proto {
 pub use config::{ServerArgs, ServerConfig, TlsConfig};
 pub use dataplane::{
     BoxFuture, DataPlane, DataPlaneError, Link, PlainCopyDataPlane, SessionCounters, SessionPlan,
+    UdpCounters,
 };
 pub use errors::ControlError;
 pub use observe::{AuthFailure, CallCode, NoObserver, Observer};

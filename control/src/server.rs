@@ -153,6 +153,17 @@ fn counters_to_proto(c: SessionCounters) -> proto::Counters {
         bytes_from_target: c.bytes_from_target,
         connections_total: c.connections_total,
         connections_active: c.connections_active,
+        udp_datagrams_to_target: c.udp.datagrams_to_target,
+        udp_bytes_to_target: c.udp.bytes_to_target,
+        udp_datagrams_from_target: c.udp.datagrams_from_target,
+        udp_bytes_from_target: c.udp.bytes_from_target,
+        udp_flows_total: c.udp.flows_total,
+        udp_flows_active: c.udp.flows_active,
+        udp_flows_refused: c.udp.flows_refused,
+        udp_dropped_oversize: c.udp.dropped_oversize,
+        udp_dropped_rate: c.udp.dropped_rate,
+        udp_dropped_backlog: c.udp.dropped_backlog,
+        udp_max_payload: c.udp.max_payload,
     }
 }
 

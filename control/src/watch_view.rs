@@ -102,6 +102,7 @@ mod tests {
                 bytes_from_target: from,
                 connections_total: total,
                 connections_active: active,
+                ..Counters::default()
             }),
             unix_millis: millis,
         }

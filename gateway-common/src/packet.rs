@@ -7,11 +7,12 @@
 //! constant bounds, as the BPF verifier needs.
 //!
 //! The parser walks Ethernet (up to two VLAN tags), IPv4 or IPv6 (up to
-//! [`MAX_IPV6_EXT`] extension headers) to the TCP destination port, and
-//! answers whether the packet is none of the guard's business
-//! ([`Verdict::Pass`]), broken ([`Verdict::Malformed`]), or a TCP segment to
-//! a guarded data port whose source must be looked up in the allow trie
-//! ([`Verdict::Check`]).
+//! [`MAX_IPV6_EXT`] extension headers) to the TCP or UDP destination port
+//! (the same offset in both headers), and answers whether the packet is
+//! none of the guard's business ([`Verdict::Pass`]), broken
+//! ([`Verdict::Malformed`]), or a TCP segment or UDP datagram to a guarded
+//! data port (sessions take both on their ports) whose source must be
+//! looked up in the allow trie ([`Verdict::Check`]).
 
 use crate::{AllowKey, FAMILY_V4, FAMILY_V6};
 
@@ -22,6 +23,7 @@ const ETH_P_IPV6: u16 = 0x86dd;
 const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88a8;
 const IPPROTO_TCP: u8 = 6;
+const IPPROTO_UDP: u8 = 17;
 /// IPv6 extension headers the guard walks to find the TCP header.
 const IPV6_HOP_BY_HOP: u8 = 0;
 const IPV6_ROUTING: u8 = 43;
@@ -58,13 +60,13 @@ impl Packet for [u8] {
 /// What the guard does with a packet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Verdict {
-    /// Not a TCP segment to a guarded port (other ports, other protocols,
+    /// Not a TCP segment or UDP datagram to a guarded port (other ports, other protocols,
     /// ARP, later fragments, a frame too short to carry an EtherType): pass.
     Pass,
     /// An IPv4/IPv6 TCP packet whose headers are truncated or inconsistent:
     /// drop and count.
     Malformed,
-    /// A TCP segment to a guarded data port: pass only if the allow trie
+    /// A TCP segment or UDP datagram to a guarded data port: pass only if the allow trie
     /// covers this key (port, family and source address set, `_reserved` 0).
     Check(AllowKey),
 }
@@ -98,10 +100,12 @@ pub fn classify<P: Packet + ?Sized>(pkt: &P, first_port: u16, last_port: u16) ->
             if head[0] >> 4 != 4 || ihl < 20 {
                 return Verdict::Malformed;
             }
-            if head[9] != IPPROTO_TCP {
+            if head[9] != IPPROTO_TCP && head[9] != IPPROTO_UDP {
                 return Verdict::Pass;
             }
-            // Fragment offset (13 bits) != 0: no TCP header in this packet.
+            // Fragment offset (13 bits) != 0: no TCP/UDP header in this
+            // packet (the first fragment carries it and is checked; later
+            // ones cannot be reassembled without it).
             if u16::from_be_bytes([head[6], head[7]]) & 0x1fff != 0 {
                 return Verdict::Pass;
             }
@@ -128,7 +132,7 @@ pub fn classify<P: Packet + ?Sized>(pkt: &P, first_port: u16, last_port: u16) ->
             let mut off = l3 + 40;
             for _ in 0..MAX_IPV6_EXT {
                 match next {
-                    IPPROTO_TCP => break,
+                    IPPROTO_TCP | IPPROTO_UDP => break,
                     IPV6_HOP_BY_HOP | IPV6_ROUTING | IPV6_DEST_OPTS => {
                         let Some(ext) = pkt.load::<2>(off) else {
                             return Verdict::Malformed;
@@ -154,14 +158,14 @@ pub fn classify<P: Packet + ?Sized>(pkt: &P, first_port: u16, last_port: u16) ->
                         next = ext[0];
                         off += 8;
                     }
-                    // Not TCP (ICMPv6, UDP, no next header, ESP, ...).
+                    // Neither TCP nor UDP (ICMPv6, no next header, ESP, ...).
                     _ => return Verdict::Pass,
                 }
                 if off > MAX_OFFSET {
                     return Verdict::Malformed;
                 }
             }
-            if next != IPPROTO_TCP {
+            if next != IPPROTO_TCP && next != IPPROTO_UDP {
                 return Verdict::Malformed;
             }
             off
@@ -221,11 +225,31 @@ mod tests {
     }
 
     #[test]
+    fn udp_to_a_guarded_port_is_checked_like_tcp() {
+        // UDP's destination port sits where TCP's does.
+        let (mut p, _) = ipv4_tcp([10, 0, 0, 9], 5050);
+        p[23] = IPPROTO_UDP;
+        let Verdict::Check(key) = classify_slice(&p) else {
+            panic!("UDP to a guarded port must be checked");
+        };
+        assert_eq!(key.port, 5050u16.to_be_bytes());
+        assert_eq!(&key.addr[..4], &[10, 0, 0, 9]);
+        // A later fragment carries no UDP header: passed (it cannot be
+        // reassembled without the checked first one).
+        p[20] = 0x00;
+        p[21] = 0x10;
+        assert_eq!(classify_slice(&p), Verdict::Pass);
+    }
+
+    #[test]
     fn other_ports_and_protocols_pass() {
         let (p, _) = ipv4_tcp([10, 0, 0, 7], 22);
         assert_eq!(classify_slice(&p), Verdict::Pass);
         let (mut p, _) = ipv4_tcp([10, 0, 0, 7], 5050);
-        p[23] = 17; // UDP
+        p[23] = 1; // ICMP
+        assert_eq!(classify_slice(&p), Verdict::Pass);
+        let (mut p, _) = ipv4_tcp([10, 0, 0, 7], 22);
+        p[23] = IPPROTO_UDP;
         assert_eq!(classify_slice(&p), Verdict::Pass);
         assert_eq!(classify_slice(&eth(0x0806)), Verdict::Pass); // ARP
         assert_eq!(classify_slice(&[0u8; 5]), Verdict::Pass); // runt frame

@@ -45,4 +45,5 @@ pub mod relay;
 pub mod relay_limit;
 pub mod session;
 pub mod sys;
+pub mod udp;
 pub mod xdp;

@@ -372,7 +372,7 @@ struct Live {
 }
 
 /// (name, help, labels) of every live family.
-const LIVE: [(&str, &str, &[&str]); 15] = [
+const LIVE: [(&str, &str, &[&str]); 19] = [
     (
         "s2cs_sessions",
         "Sessions in the control server, by state",
@@ -454,6 +454,28 @@ const LIVE: [(&str, &str, &[&str]); 15] = [
          AES-GCM record limit or when asked) and received (we followed the peer's), on both the \
          userspace and the kernel TLS path",
         &["direction"],
+    ),
+    (
+        "s2cs_session_udp_datagrams_total",
+        "UDP datagrams relayed by a running session, by direction (as for bytes)",
+        &["session", "role", "direction"],
+    ),
+    (
+        "s2cs_session_udp_bytes_total",
+        "Payload bytes of the UDP datagrams relayed by a running session, by direction",
+        &["session", "role", "direction"],
+    ),
+    (
+        "s2cs_session_udp_dropped_total",
+        "UDP datagrams a running session dropped, by reason (oversize: larger than the WAN path \
+         carries; rate: over the session's rate cap; backlog: its flow could not keep up or was \
+         not set up)",
+        &["session", "role", "reason"],
+    ),
+    (
+        "s2cs_session_udp_flows_active",
+        "Open UDP flows (one per sender address) of a running session",
+        &["session", "role"],
     ),
 ];
 
@@ -554,6 +576,40 @@ impl Collector for Live {
             }
             families.push((1, MetricType::COUNTER, bytes));
             families.push((2, MetricType::GAUGE, active));
+            let udp: Vec<_> = sessions
+                .iter()
+                .filter(|s| s.counters.udp.flows_total > 0 || s.counters.udp.flows_refused > 0)
+                .collect();
+            let (mut datagrams, mut udp_bytes, mut dropped, mut flows) =
+                (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            for s in &udp {
+                let u = &s.counters.udp;
+                let who = |extra: (&'static str, &'static str)| {
+                    [("session", s.label.as_str()), ("role", s.role), extra]
+                };
+                for (direction, n, b) in [
+                    ("to_target", u.datagrams_to_target, u.bytes_to_target),
+                    ("from_target", u.datagrams_from_target, u.bytes_from_target),
+                ] {
+                    datagrams.push(counter(&who(("direction", direction)), n));
+                    udp_bytes.push(counter(&who(("direction", direction)), b));
+                }
+                for (reason, n) in [
+                    ("oversize", u.dropped_oversize),
+                    ("rate", u.dropped_rate),
+                    ("backlog", u.dropped_backlog),
+                ] {
+                    dropped.push(counter(&who(("reason", reason)), n));
+                }
+                flows.push(gauge(
+                    &[("session", &s.label), ("role", s.role)],
+                    u.flows_active,
+                ));
+            }
+            families.push((15, MetricType::COUNTER, datagrams));
+            families.push((16, MetricType::COUNTER, udp_bytes));
+            families.push((17, MetricType::COUNTER, dropped));
+            families.push((18, MetricType::GAUGE, flows));
             families.push((3, MetricType::GAUGE, vec![gauge(&[], total_active)]));
             let (refused, max) = dp.relay_limit_counts();
             families.push((
@@ -717,6 +773,7 @@ mod tests {
             connections_total: 1,
             connections_active: 0,
             pinned_peer: None,
+            udp: control::UdpCounters::default(),
         });
         let observer = metrics.control_observer();
         observer.call_finished("req", control::CallCode::Ok, Duration::from_millis(3));

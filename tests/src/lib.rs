@@ -11,6 +11,8 @@
 //!   inside a namespace.
 //! - [`stream`]: a seeded pseudo-random byte source and a sink that verifies
 //!   every byte in order, with SHA-256 digests, bounded in bytes and time.
+//! - [`datagram`]: verifiable UDP datagrams (tag, sequence, SHA-256) and a
+//!   receiver that tallies intact, corrupt, stranger and lost ones.
 //! - [`wait`]: [`Deadline`], [`eventually`] and [`wait_for_port`] (poll, never
 //!   sleep blindly).
 //! - [`procfs`]: a process's open descriptors, memory and CPU time.
@@ -30,6 +32,7 @@
 #![deny(unsafe_code)]
 
 pub mod daemon;
+pub mod datagram;
 pub mod exec;
 pub mod gateway;
 pub mod leaks;

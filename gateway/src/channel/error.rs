@@ -207,6 +207,13 @@ pub enum ChannelError {
         #[source]
         source: io::Error,
     },
+    /// The QUIC connection of a datagram channel failed before the proof
+    /// was complete (handshake, certificate, idle, closed by the peer).
+    #[error("QUIC connection failed: {source}")]
+    Quic {
+        #[source]
+        source: quinn::ConnectionError,
+    },
     /// The channel configuration is unusable (files, certificates, names);
     /// the operator must fix it. Never counted as a peer failure.
     #[error("channel configuration: {reason}")]
@@ -226,6 +233,7 @@ impl ChannelError {
             ChannelError::ModeMismatch { .. } => FailureReason::ModeMismatch,
             ChannelError::PeerClosed => FailureReason::PeerClosed,
             ChannelError::Io { .. } => FailureReason::Io,
+            ChannelError::Quic { source } => quic_reason(source),
             ChannelError::Config { .. } => return None,
         })
     }
@@ -234,6 +242,28 @@ impl ChannelError {
         ChannelError::Config {
             reason: reason.into(),
         }
+    }
+}
+
+/// The counter of a QUIC connection that failed before its proof.
+fn quic_reason(err: &quinn::ConnectionError) -> FailureReason {
+    use quinn::ConnectionError as E;
+    // A TLS alert travels as a QUIC CRYPTO_ERROR: 0x100 + the alert.
+    let crypto = |code: u64| match code.checked_sub(0x100) {
+        // bad_certificate (42) .. certificate_unknown (46), unknown_ca (48)
+        Some(42..=46 | 48) => Some(FailureReason::Certificate),
+        Some(0..=0xff) => Some(FailureReason::Handshake),
+        _ => None,
+    };
+    match err {
+        E::TimedOut => FailureReason::Timeout,
+        E::TransportError(t) => crypto(u64::from(t.code)).unwrap_or(FailureReason::Handshake),
+        E::ConnectionClosed(close) => {
+            crypto(u64::from(close.error_code)).unwrap_or(FailureReason::PeerClosed)
+        }
+        E::ApplicationClosed(_) | E::Reset => FailureReason::PeerClosed,
+        E::VersionMismatch => FailureReason::NotTls,
+        E::LocallyClosed | E::CidsExhausted => FailureReason::Io,
     }
 }
 

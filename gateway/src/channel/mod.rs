@@ -34,7 +34,8 @@
 //! without sockets: records in, plaintext and control out), `traffic` (the
 //! TLS 1.3 traffic secrets: captured per connection, and the key schedule
 //! for key updates), `userspace` and
-//! `ktls` (the two TLS data paths), `sockets` (helpers), [`error`] (errors
+//! `ktls` (the two TLS data paths), [`quic`] (the datagram channel of UDP
+//! sessions: QUIC with the same TLS settings and proof), `sockets` (helpers), [`error`] (errors
 //! and counters). With the `fuzzing` feature `record`, `reader` and
 //! `traffic` are public, for the fuzz targets in `fuzz/`.
 pub mod args;
@@ -48,6 +49,7 @@ mod ktls_probe;
 mod mode;
 pub mod pem;
 pub mod proof;
+pub mod quic;
 #[cfg(feature = "fuzzing")]
 pub mod reader;
 #[cfg(not(feature = "fuzzing"))]
@@ -84,6 +86,16 @@ use crate::relay::{ConnCounters, DataPath, RelayEngine};
 use control::Role;
 use record::{Opener, Sealer, Secrets, Version};
 use traffic::SecretCapture;
+
+/// The TLS server name the CONS gateway verifies the PROD gateway's
+/// certificate against: the IP address it dialled (the PROD gateway's
+/// advertised listener address; IPv4-mapped IPv6 as IPv4). It matters only
+/// with CA verification, where the certificate must carry that address as
+/// an IP subject alternative name; pinning ignores names, and the mutual
+/// proof of the session secret authenticates the peer in every case.
+pub fn server_name(peer: SocketAddr) -> String {
+    peer.ip().to_canonical().to_string()
+}
 
 /// An authenticated gateway-to-gateway connection, ready to relay.
 pub struct Channel {

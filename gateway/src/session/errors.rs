@@ -44,6 +44,9 @@ pub enum SessionError {
         #[source]
         source: Box<XdpError>,
     },
+    /// The UDP side of the session's ports could not be set up.
+    #[error(transparent)]
+    Udp(#[from] crate::udp::UdpError),
 }
 
 impl From<SessionError> for DataPlaneError {

@@ -79,6 +79,7 @@ use crate::error_chain::error_chain;
 use crate::metrics::{DataPlaneView, Metrics, SessionSample};
 use crate::relay::{DataPath, RelayEngine};
 use crate::relay_limit::{DEFAULT_MAX_RELAYED, RelayLimit};
+use crate::udp::{UdpPlan, UdpRelay, UdpWan};
 use crate::xdp::{PeerNet, XdpGuard};
 use accept::accept_loop;
 use options::RESET_WAIT;
@@ -113,6 +114,9 @@ struct RunningSession {
     drain: Drain,
     /// Allow entries this session holds in the XDP guard.
     xdp_entries: Vec<(u16, Option<PeerNet>)>,
+    /// The UDP relay on the session's ports (none for legacy-secret
+    /// sessions).
+    udp: Option<UdpRelay>,
 }
 
 impl KernelDataPlane {
@@ -281,6 +285,21 @@ impl KernelDataPlane {
                 .map_err(|source| SessionError::Listener { addr, source })?;
             links.push((listener, link.target));
         }
+        // The same ports for UDP, bound now so that a taken port fails the
+        // start before anything else is set up.
+        let udp_wan = self.udp_wan(&plan.uid, plan.legacy_secret);
+        let mut udp_links = Vec::new();
+        if udp_wan.is_some() {
+            for (listener, target) in &links {
+                let addr = listener
+                    .local_addr()
+                    .map_err(|source| SessionError::Listener {
+                        addr: "?".to_owned(),
+                        source,
+                    })?;
+                udp_links.push((crate::udp::bind(addr)?, *target));
+            }
+        }
         if plan.legacy_secret {
             tracing::warn!(uid = %plan.uid, "this session's data-channel secret is derived from its uid (old client)");
         }
@@ -299,6 +318,28 @@ impl KernelDataPlane {
         }
         let (phase, _) = watch::channel(Phase::Running);
         let span = tracing::info_span!("session", uid = %plan.uid, role = %plan.role);
+        let udp = match udp_wan {
+            Some(wan) => {
+                let udp_plan = UdpPlan {
+                    uid: plan.uid.clone(),
+                    role: plan.role,
+                    links: udp_links,
+                    secret: plan.secret.clone(),
+                    rate_bytes_per_sec: plan.rate_bytes_per_sec,
+                    wan,
+                    max_flows: self.options.max_connections,
+                    idle: self.options.udp_flow_idle,
+                };
+                match UdpRelay::start(udp_plan, span.clone()) {
+                    Ok(relay) => Some(relay),
+                    Err(err) => {
+                        self.revoke_ports(&plan.uid, &xdp_entries);
+                        return Err(err.into());
+                    }
+                }
+            }
+            None => None,
+        };
         let shared = Arc::new(Shared {
             label: metrics_label(&plan.uid, plan.legacy_secret),
             metrics: self.metrics.clone(),
@@ -317,6 +358,7 @@ impl KernelDataPlane {
             relay_limit: Arc::clone(&self.relay_limit),
             legacy_secret: plan.legacy_secret,
             pinned_peer: Mutex::new(None),
+            udp: udp.as_ref().map(|relay| Arc::clone(relay.stats())),
             phase,
             limit: Arc::new(Semaphore::new(self.options.max_connections.max(1))),
             next_conn: AtomicU64::new(0),
@@ -348,9 +390,24 @@ impl KernelDataPlane {
                 accept_tasks,
                 drain,
                 xdp_entries,
+                udp,
             },
         );
         Ok(())
+    }
+
+    /// How a session's UDP datagrams cross the WAN; None: no UDP (legacy
+    /// secret, or a secure mode without its configuration).
+    fn udp_wan(&self, uid: &SessionId, legacy_secret: bool) -> Option<UdpWan> {
+        if legacy_secret {
+            tracing::warn!(%uid, "no UDP for this session: its data-channel secret is derived from its uid (old client), so anyone who knows the uid could prove it");
+            return None;
+        }
+        match (self.channel, &self.secure) {
+            (ChannelMode::Plain, _) => Some(UdpWan::Plain),
+            (_, Some(secure)) => Some(UdpWan::Quic(Arc::clone(&secure.quic))),
+            (_, None) => None,
+        }
     }
 
     async fn stop(&self, uid: &SessionId) {
@@ -362,8 +419,13 @@ impl KernelDataPlane {
             accept_tasks,
             drain,
             xdp_entries,
+            udp,
         } = running;
         shared.phase.send_replace(Phase::Stopping);
+        if let Some(udp) = udp {
+            // Datagrams have nothing to finish: the flows end now.
+            udp.stop().await;
+        }
         for task in accept_tasks {
             // Each loop drops its listener when it ends: the port is closed.
             let _ = task.await;
@@ -401,6 +463,9 @@ impl Drop for KernelDataPlane {
         for running in self.table().values() {
             running.shared.phase.send_replace(Phase::Stopping);
             running.drain.reset_now();
+            if let Some(udp) = &running.udp {
+                udp.stop_now();
+            }
         }
     }
 }

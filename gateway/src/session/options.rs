@@ -21,6 +21,8 @@ pub struct SessionOptions {
     pub max_connections: usize,
     /// Dead-peer detection on every WAN connection.
     pub wan_liveness: WanLiveness,
+    /// A UDP flow with no datagram either way for this long is closed.
+    pub udp_flow_idle: Duration,
 }
 
 impl Default for SessionOptions {
@@ -30,6 +32,7 @@ impl Default for SessionOptions {
             dial_timeout: Duration::from_secs(10),
             max_connections: 1024,
             wan_liveness: WanLiveness::default(),
+            udp_flow_idle: crate::udp::DEFAULT_FLOW_IDLE,
         }
     }
 }

@@ -254,7 +254,16 @@ impl Gateway {
                     engine: engine.clone(),
                     path,
                 };
-                Some(Arc::new(crate::session::SecureWan { config, caps }))
+                let quic = crate::channel::quic::QuicChannel::new(&config).map_err(|err| {
+                    ServeError::Config {
+                        reason: format!("secure data channel for UDP (QUIC): {err}"),
+                    }
+                })?;
+                Some(Arc::new(crate::session::SecureWan {
+                    config,
+                    caps,
+                    quic: Arc::new(quic),
+                }))
             }
         };
         let mut data_plane = KernelDataPlane::new(engine, path, mode, options)

@@ -57,6 +57,8 @@ pub(super) struct Shared {
     pub(super) legacy_secret: bool,
     /// With a legacy secret: the peer gateway the session is pinned to.
     pub(super) pinned_peer: Mutex<Option<IpAddr>>,
+    /// The counters of the session's UDP relay, if it has one.
+    pub(super) udp: Option<Arc<crate::udp::UdpStats>>,
     pub(super) metrics: Option<Arc<Metrics>>,
     /// The `session` label of its metrics (see [`metrics_label`]).
     pub(super) label: String,
@@ -133,6 +135,11 @@ impl Shared {
             connections_total: self.connections_total.load(Ordering::Relaxed),
             connections_active: table.open.len() as u64,
             pinned_peer: *self.pinned_peer(),
+            udp: self
+                .udp
+                .as_ref()
+                .map(|stats| stats.snapshot())
+                .unwrap_or_default(),
         }
     }
 

@@ -15,7 +15,6 @@
 
 use std::fmt;
 use std::io;
-use std::net::SocketAddr;
 
 use control::{SessionId, SessionSecret};
 use tokio::net::TcpStream;
@@ -56,17 +55,11 @@ pub enum Leg {
 pub struct SecureWan {
     pub config: crate::channel::ChannelConfig,
     pub caps: crate::channel::KernelCaps,
+    /// The datagram channel of UDP flows, on `config`'s TLS settings.
+    pub quic: std::sync::Arc<crate::channel::quic::QuicChannel>,
 }
 
-/// The TLS server name the CONS gateway verifies the PROD gateway's
-/// certificate against: the IP address it dialled (the PROD gateway's
-/// advertised listener address; IPv4-mapped IPv6 as IPv4). It matters only
-/// with CA verification, where the certificate must carry that address as
-/// an IP subject alternative name; pinning ignores names, and the mutual
-/// proof of the session secret authenticates the peer in every case.
-pub fn server_name(peer: SocketAddr) -> String {
-    peer.ip().to_canonical().to_string()
-}
+pub use crate::channel::server_name;
 
 /// Why a WAN connection could not become a [`Leg`].
 #[derive(Debug, thiserror::Error)]
@@ -148,6 +141,7 @@ pub async fn wan_leg(
 mod tests {
     use super::*;
     use rustls_pki_types::ServerName;
+    use std::net::SocketAddr;
 
     #[test]
     fn the_server_name_is_the_dialled_ip() {
