@@ -152,3 +152,74 @@ unsafe impl aya::Pod for XdpConfig {}
 // no padding), and every bit pattern is a valid value.
 #[allow(unsafe_code)]
 unsafe impl aya::Pod for AllowKey {}
+
+// ---------------------------------------------------------------------------
+// Kernel fast path of UDP flows (plaintext after authentication)
+// ---------------------------------------------------------------------------
+
+/// Name of the tc classifier that forwards the datagrams of authenticated
+/// UDP flows in the kernel.
+pub const UDP_FAST_PROG: &str = "udp_fastpath";
+/// Name of the hash map from a datagram's [`UdpFlowKey`] (as it arrives)
+/// to its [`UdpFlowAction`] (how it leaves).
+pub const UDP_FLOWS_MAP: &str = "UDP_FLOWS";
+/// Name of the per-CPU array of [`UdpFlowCounters`], indexed by an entry's
+/// [`UdpFlowAction::slot`].
+pub const UDP_COUNTERS_MAP: &str = "UDP_COUNTERS";
+/// Capacity of the flow map and of the counters: two entries per flow (one
+/// per direction).
+pub const MAX_UDP_FLOW_ENTRIES: u32 = 16_384;
+
+/// An IPv4 UDP datagram's addresses and ports as it arrives, all in network
+/// byte order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct UdpFlowKey {
+    pub saddr: [u8; 4],
+    pub daddr: [u8; 4],
+    pub sport: [u8; 2],
+    pub dport: [u8; 2],
+}
+
+/// How a matching datagram leaves: its new addresses and ports (network
+/// byte order), the interface it is sent out of, and where it is counted.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UdpFlowAction {
+    pub saddr: [u8; 4],
+    pub daddr: [u8; 4],
+    pub sport: [u8; 2],
+    pub dport: [u8; 2],
+    /// The interface (index, host order) whose egress the datagram goes to.
+    pub ifindex: u32,
+    /// This entry's index in [`UDP_COUNTERS_MAP`] (host order), unique
+    /// among installed entries.
+    pub slot: u32,
+}
+
+/// One flow entry's counters on one CPU: datagrams, and bytes of UDP
+/// payload.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UdpFlowCounters {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+#[cfg(feature = "user")]
+// SAFETY: UdpFlowKey is repr(C), Copy, u8 arrays only (alignment 1, no
+// padding), and every bit pattern is a valid value.
+#[allow(unsafe_code)]
+unsafe impl aya::Pod for UdpFlowKey {}
+
+#[cfg(feature = "user")]
+// SAFETY: UdpFlowAction is repr(C), Copy; 12 bytes of u8 arrays and two u32
+// (at offsets 12 and 16): no padding; every bit pattern is a valid value.
+#[allow(unsafe_code)]
+unsafe impl aya::Pod for UdpFlowAction {}
+
+#[cfg(feature = "user")]
+// SAFETY: UdpFlowCounters is repr(C), Copy, two u64 (no padding), and every
+// bit pattern is a valid value.
+#[allow(unsafe_code)]
+unsafe impl aya::Pod for UdpFlowCounters {}

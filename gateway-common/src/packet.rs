@@ -185,6 +185,50 @@ pub fn classify<P: Packet + ?Sized>(pkt: &P, first_port: u16, last_port: u16) ->
     Verdict::Check(key)
 }
 
+/// Where an IPv4 UDP datagram's headers are, and its flow key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Udp4 {
+    /// Offset of the IPv4 header.
+    pub l3: usize,
+    /// Offset of the UDP header.
+    pub l4: usize,
+    /// Addresses and ports as they arrive.
+    pub key: crate::UdpFlowKey,
+}
+
+/// The flow of an Ethernet frame carrying an unfragmented IPv4 UDP datagram
+/// (no VLAN tag: the fast path forwards between plain interfaces); `None`
+/// for anything else, which the fast path leaves to the kernel's stack.
+#[inline(always)]
+pub fn udp4_flow<P: Packet + ?Sized>(pkt: &P) -> Option<Udp4> {
+    let ethertype = u16::from_be_bytes(pkt.load::<2>(ETH_HLEN - 2)?);
+    if ethertype != ETH_P_IP {
+        return None;
+    }
+    let l3 = ETH_HLEN;
+    let head = pkt.load::<20>(l3)?;
+    let ihl = usize::from(head[0] & 0x0f) * 4;
+    if head[0] >> 4 != 4 || ihl < 20 || head[9] != IPPROTO_UDP {
+        return None;
+    }
+    // More fragments, or a fragment offset: not one whole datagram.
+    if u16::from_be_bytes([head[6], head[7]]) & 0x3fff != 0 {
+        return None;
+    }
+    let l4 = l3 + ihl;
+    let udp = pkt.load::<4>(l4)?;
+    Some(Udp4 {
+        l3,
+        l4,
+        key: crate::UdpFlowKey {
+            saddr: [head[12], head[13], head[14], head[15]],
+            daddr: [head[16], head[17], head[18], head[19]],
+            sport: [udp[0], udp[1]],
+            dport: [udp[2], udp[3]],
+        },
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -222,6 +266,37 @@ mod tests {
         assert_eq!(&key.addr[..4], &[10, 0, 0, 7]);
         assert!(key.addr[4..].iter().all(|b| *b == 0));
         assert_eq!(key._reserved, 0);
+    }
+
+    #[test]
+    fn the_fast_path_takes_whole_ipv4_udp_datagrams_only() {
+        let (mut p, _) = ipv4_tcp([10, 0, 0, 9], 5050);
+        assert_eq!(udp4_flow(&p[..]), None, "TCP");
+        p[23] = IPPROTO_UDP;
+        p[30..34].copy_from_slice(&[10, 0, 0, 1]);
+        p[34..36].copy_from_slice(&4242u16.to_be_bytes());
+        let flow = udp4_flow(&p[..]).expect("a UDP datagram");
+        assert_eq!((flow.l3, flow.l4), (14, 34));
+        assert_eq!(flow.key.saddr, [10, 0, 0, 9]);
+        assert_eq!(flow.key.daddr, [10, 0, 0, 1]);
+        assert_eq!(flow.key.sport, 4242u16.to_be_bytes());
+        assert_eq!(flow.key.dport, 5050u16.to_be_bytes());
+        // IP options move the UDP header.
+        let mut q = [0u8; 58];
+        q[..14].copy_from_slice(&p[..14]);
+        q[14..34].copy_from_slice(&p[14..34]);
+        q[14] = 0x46;
+        q[38..42].copy_from_slice(&p[34..38]);
+        assert_eq!(udp4_flow(&q[..]).map(|f| f.l4), Some(38));
+        // A first fragment (more fragments set) is not a whole datagram.
+        let mut frag = p;
+        frag[20] = 0x20;
+        assert_eq!(udp4_flow(&frag[..]), None);
+        // Truncated before the ports; not IPv4.
+        assert_eq!(udp4_flow(&p[..36]), None);
+        let mut v6 = p;
+        v6[12..14].copy_from_slice(&ETH_P_IPV6.to_be_bytes());
+        assert_eq!(udp4_flow(&v6[..]), None);
     }
 
     #[test]

@@ -9,6 +9,10 @@
 //! sockets of a pair, or teardown) the socket switches to passing its bytes to
 //! userspace for good, so nothing is ever dropped or reordered.
 //!
+//! `udp_fastpath` is a tc ingress program: datagrams of authenticated UDP
+//! flows (plaintext after authentication) are rewritten and sent on by the
+//! kernel; see its doc.
+//!
 //! `xdp_guard` is an XDP program on the gateway's WAN interface: it drops TCP
 //! packets addressed to the data-port range unless `XDP_ALLOW` (kept in step
 //! with the live sessions by userspace) allows their source for that port,
@@ -17,18 +21,21 @@
 #![no_main]
 
 use aya_ebpf::{
-    bindings::{sk_action, xdp_action},
-    helpers::bpf_get_socket_cookie,
-    macros::{map, stream_verdict, xdp},
+    bindings::{
+        BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_OK, TC_ACT_SHOT, sk_action, xdp_action,
+    },
+    helpers::{bpf_get_socket_cookie, bpf_redirect_neigh},
+    macros::{classifier, map, stream_verdict, xdp},
     maps::{Array, HashMap, LpmTrie, PerCpuArray, RingBuf, SockHash, lpm_trie::Key},
-    programs::{SkBuffContext, XdpContext},
+    programs::{SkBuffContext, TcContext, XdpContext},
 };
 use core::ptr::{read_volatile, write_volatile};
 use gateway_common::{
-    ALLOW_PREFIX_ADDR, AllowKey, FAMILY_V4, MAX_RELAYED_SOCKETS, MAX_XDP_ALLOW, NOTIFY_EVERY,
-    PASS_TO_USER, RelayEntry, XDP_STAT_ALLOWED, XDP_STAT_COUNT, XDP_STAT_MALFORMED,
-    XDP_STAT_NOT_ALLOWED, XdpConfig,
-    packet::{MAX_OFFSET, Packet, Verdict, classify},
+    ALLOW_PREFIX_ADDR, AllowKey, FAMILY_V4, MAX_RELAYED_SOCKETS, MAX_UDP_FLOW_ENTRIES,
+    MAX_XDP_ALLOW, NOTIFY_EVERY, PASS_TO_USER, RelayEntry, UdpFlowAction, UdpFlowCounters,
+    UdpFlowKey, XDP_STAT_ALLOWED, XDP_STAT_COUNT, XDP_STAT_MALFORMED, XDP_STAT_NOT_ALLOWED,
+    XdpConfig,
+    packet::{MAX_OFFSET, Packet, Verdict, classify, udp4_flow},
 };
 
 #[map(name = "SOCKS")]
@@ -200,6 +207,108 @@ fn count(index: u32) {
     if let Some(counter) = XDP_STATS.get_ptr_mut(index) {
         // SAFETY: the pointer is this CPU's slot of a live array value.
         unsafe { *counter += 1 };
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Kernel fast path of authenticated UDP flows
+// ---------------------------------------------------------------------------
+
+/// Flows userspace installed once the peer gateway proved the session
+/// secret: a datagram's addresses and ports as it arrives, to how it leaves.
+#[map(name = "UDP_FLOWS")]
+static UDP_FLOWS: HashMap<UdpFlowKey, UdpFlowAction> =
+    HashMap::with_max_entries(MAX_UDP_FLOW_ENTRIES, 0);
+
+/// Datagrams and payload bytes per installed entry (its `slot`), per CPU.
+#[map(name = "UDP_COUNTERS")]
+static UDP_COUNTERS: PerCpuArray<UdpFlowCounters> =
+    PerCpuArray::with_max_entries(MAX_UDP_FLOW_ENTRIES, 0);
+
+/// tc ingress program of the plaintext-after-authentication UDP path.
+///
+/// An IPv4 UDP datagram whose (source, destination, ports) is an installed
+/// flow gets the flow's new source and destination (IP and UDP checksums
+/// updated incrementally; a zero UDP checksum stays zero) and goes straight
+/// to the egress of the flow's interface (`bpf_redirect_neigh`: the kernel
+/// resolves the next hop's link address), without entering the socket
+/// layer. Everything else passes unchanged to the stack: other flows, other
+/// protocols, fragments, and datagrams of a flow from any other source,
+/// which is how the flow stays pinned to the peer that proved the secret.
+#[classifier]
+pub fn udp_fastpath(ctx: TcContext) -> i32 {
+    match try_udp_fastpath(&ctx) {
+        Ok(action) => action,
+        // A helper failed half-way through a rewrite: never forward a
+        // half-rewritten datagram.
+        Err(_) => TC_ACT_SHOT as i32,
+    }
+}
+
+#[inline(always)]
+fn try_udp_fastpath(ctx: &TcContext) -> Result<i32, i64> {
+    let Some(flow) = udp4_flow(&TcPacket(ctx)) else {
+        return Ok(TC_ACT_OK as i32);
+    };
+    // SAFETY: the value is plain data that userspace writes before it
+    // inserts the entry and never changes after; it is copied out at once.
+    let Some(a) = (unsafe { UDP_FLOWS.get(&flow.key) }).copied() else {
+        return Ok(TC_ACT_OK as i32);
+    };
+    let (l3, l4) = (flow.l3, flow.l4);
+    // Addresses: the IP header checksum, and the UDP checksum's pseudo
+    // header.
+    for (old, new) in [(flow.key.saddr, a.saddr), (flow.key.daddr, a.daddr)] {
+        let (old, new) = (
+            u64::from(u32::from_ne_bytes(old)),
+            u64::from(u32::from_ne_bytes(new)),
+        );
+        ctx.l3_csum_replace(l3 + 10, old, new, 4)?;
+        ctx.l4_csum_replace(
+            l4 + 6,
+            old,
+            new,
+            u64::from(BPF_F_PSEUDO_HDR | BPF_F_MARK_MANGLED_0) | 4,
+        )?;
+    }
+    ctx.store(l3 + 12, &a.saddr, 0)?;
+    ctx.store(l3 + 16, &a.daddr, 0)?;
+    // Ports: the UDP checksum.
+    for (old, new) in [(flow.key.sport, a.sport), (flow.key.dport, a.dport)] {
+        let (old, new) = (
+            u64::from(u16::from_ne_bytes(old)),
+            u64::from(u16::from_ne_bytes(new)),
+        );
+        ctx.l4_csum_replace(l4 + 6, old, new, u64::from(BPF_F_MARK_MANGLED_0) | 2)?;
+    }
+    ctx.store(l4, &a.sport, 0)?;
+    ctx.store(l4 + 2, &a.dport, 0)?;
+    let payload = u64::from(ctx.len()).saturating_sub((l4 + 8) as u64);
+    if let Some(counters) = UDP_COUNTERS.get_ptr_mut(a.slot) {
+        // SAFETY: this CPU's slot of a live array value; the program runs
+        // with migration disabled and nothing else on this CPU writes it.
+        unsafe {
+            (*counters).packets += 1;
+            (*counters).bytes += payload;
+        }
+    }
+    // SAFETY: a plain helper call; no parameters block (the kernel looks the
+    // next hop up from the rewritten destination).
+    let verdict = unsafe { bpf_redirect_neigh(a.ifindex, core::ptr::null_mut(), 0, 0) };
+    Ok(verdict as i32)
+}
+
+/// The packet behind a tc context, read with `bpf_skb_load_bytes` (which
+/// checks the bounds itself).
+struct TcPacket<'a>(&'a TcContext);
+
+impl Packet for TcPacket<'_> {
+    #[inline(always)]
+    fn load<const N: usize>(&self, offset: usize) -> Option<[u8; N]> {
+        if offset > MAX_OFFSET {
+            return None;
+        }
+        self.0.load::<[u8; N]>(offset).ok()
     }
 }
 

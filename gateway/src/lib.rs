@@ -46,4 +46,5 @@ pub mod relay_limit;
 pub mod session;
 pub mod sys;
 pub mod udp;
+pub mod udp_fastpath;
 pub mod xdp;

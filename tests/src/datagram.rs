@@ -98,6 +98,15 @@ impl Tally {
     }
 }
 
+/// Gives a test application's socket 8 MiB of receive buffer (forced past
+/// `net.core.rmem_max`; tests run as root), so that an application slower
+/// than the kernel path does not lose what it has not read yet.
+pub fn big_buffers(socket: &UdpSocket) -> std::io::Result<()> {
+    use nix::sys::socket::{setsockopt, sockopt};
+    setsockopt(socket, sockopt::RcvBufForce, &(8 << 20)).map_err(std::io::Error::from)?;
+    setsockopt(socket, sockopt::SndBufForce, &(8 << 20)).map_err(std::io::Error::from)
+}
+
 /// Receives on `socket` until `want` distinct datagrams of stream `tag`
 /// arrived, or nothing came for `quiet` after the first one, or `until`;
 /// tallies everything and returns the senders seen too.

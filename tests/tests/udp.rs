@@ -57,6 +57,7 @@ fn start_prod_app(
     socket
         .set_read_timeout(Some(Duration::from_millis(100)))
         .expect("timeout");
+    datagram::big_buffers(&socket).expect("ProdApp's buffers");
     let handle = std::thread::spawn(move || {
         let mut tally = Tally::default();
         let mut buf = vec![0u8; 65_536];
@@ -77,12 +78,22 @@ fn start_prod_app(
 /// ConsApp: sends COUNT datagrams of stream UP to `to`, paced, and tallies
 /// the replies; returns them and who they came from.
 fn run_cons_app(s: &Setup, to: SocketAddr) -> (Tally, std::collections::BTreeSet<SocketAddr>) {
-    let from = SocketAddr::new(s.topo.addr(Node::Cons, Link::LanB), 0);
+    run_cons_app_from(s, to, 0)
+}
+
+/// [`run_cons_app`] from UDP port `port` of ConsApp (0: any).
+fn run_cons_app_from(
+    s: &Setup,
+    to: SocketAddr,
+    port: u16,
+) -> (Tally, std::collections::BTreeSet<SocketAddr>) {
+    let from = SocketAddr::new(s.topo.addr(Node::Cons, Link::LanB), port);
     let socket = s
         .topo
         .run_in(Node::Cons, move || UdpSocket::bind(from))
         .expect("entering cons")
         .unwrap_or_else(|e| panic!("binding UDP in cons: {e}"));
+    datagram::big_buffers(&socket).expect("ConsApp's buffers");
     let sender = socket.try_clone().expect("clone");
     let send = std::thread::spawn(move || {
         for seq in 0..COUNT {
@@ -179,8 +190,10 @@ fn datagrams_cross_the_encrypted_channel_both_ways_and_no_stranger_reaches_proda
                 .client_endpoint(attacker_from)
                 .expect("attacker's endpoint");
             let name = target.ip().to_string();
-            let outcome = quic.connect(&endpoint, target, &name, &[0x42; 32]).await;
-            if let Ok(channel) = &outcome {
+            let outcome = quic
+                .connect(&endpoint, target, &name, &[0x42; 32], None)
+                .await;
+            if let Ok((channel, _)) = &outcome {
                 for seq in 0..50u64 {
                     let d = datagram::encode(ATTACK, seq, 500);
                     let _ = channel.conn.send_datagram(d.into());
@@ -261,5 +274,108 @@ fn datagrams_cross_a_plain_channel_both_ways() {
     assert!(
         number_after(&status, "datagrams=") >= COUNT * 9 / 10,
         "{status}"
+    );
+}
+
+#[test]
+fn after_the_proof_plaintext_datagrams_are_forwarded_by_the_kernel_for_the_pinned_peer_only() {
+    let topo = e2e::Topology::builder()
+        .attacker(true)
+        .build()
+        .unwrap_or_else(|e| panic!("cannot build the topology: {e:#}"));
+    let flags = |metrics: bool| {
+        let mut flags = vec!["--channel".to_owned(), "plaintext-after-auth".to_owned()];
+        if metrics {
+            flags.extend(["--metrics-listen".to_owned(), METRICS_ADDR.to_owned()]);
+        }
+        flags
+    };
+    let s = Setup::start_logging(topo, "info,gateway::udp=debug", flags(true), flags(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let (producer, prod_app) = start_prod_app(&s, Arc::clone(&stop));
+    let c = s.connect(&[producer], 0);
+    let target = c.prod_listeners[0];
+
+    const CONS_PORT: u16 = 40_000;
+    let (replies, repliers) = run_cons_app_from(&s, c.cons_listeners[0], CONS_PORT);
+    assert_delivery("replies at ConsApp", &replies, COUNT);
+    assert_eq!(
+        repliers.into_iter().collect::<Vec<_>>(),
+        vec![c.cons_listeners[0]],
+        "replies come from the port ConsApp sent to"
+    );
+    for gateway in [&s.gwa, &s.gwb] {
+        let log = gateway.log();
+        assert!(
+            log.contains("forwarded by the kernel"),
+            "the flow is forwarded by the kernel on {:?}:\n{log}",
+            gateway.node
+        );
+    }
+
+    // The attacker sends plain datagrams of the stream's own format to the
+    // live port: they come from an address that proved nothing.
+    let attacker_from = SocketAddr::new(s.topo.addr(Node::Attacker, Link::Wan), 0);
+    s.topo
+        .run_in(Node::Attacker, move || -> std::io::Result<()> {
+            let socket = UdpSocket::bind(attacker_from)?;
+            for seq in 0..200 {
+                socket.send_to(&datagram::encode(ATTACK, seq, 800), target)?;
+            }
+            Ok(())
+        })
+        .expect("entering the attacker")
+        .expect("the attacker sends");
+
+    // The kernel's counters reach status (read every half second).
+    let status = eventually(SECS_30, || {
+        let status = s.ask(Node::Gwa, "status", Some(&c.uid));
+        if status.contains("udp: datagrams=")
+            && number_after(&status, "udp: datagrams=") >= COUNT * 9 / 10
+        {
+            Ok(status)
+        } else {
+            Err(status)
+        }
+    })
+    .unwrap_or_else(|e| panic!("the PROD gateway counts the kernel's datagrams: {e:#}"));
+    eprintln!("{status}");
+
+    stop.store(true, Ordering::Relaxed);
+    let at_prod = join(prod_app);
+    assert_delivery("datagrams at ProdApp", &at_prod, COUNT);
+
+    // After release the kernel forwards nothing more for the flow: the
+    // same sender, to the same port, reaches no one.
+    s.release(&s.gwb, &c.uid);
+    s.release(&s.gwa, &c.uid);
+    let prod = s
+        .topo
+        .run_in(Node::Prod, move || UdpSocket::bind(producer))
+        .expect("entering prod")
+        .expect("ProdApp binds again");
+    let cons_port = c.cons_listeners[0];
+    let from = SocketAddr::new(s.topo.addr(Node::Cons, Link::LanB), CONS_PORT);
+    s.topo
+        .run_in(Node::Cons, move || -> std::io::Result<()> {
+            let socket = UdpSocket::bind(from)?;
+            for seq in 0..100 {
+                // ICMP port unreachable may fail later sends: ignored.
+                let _ = socket.send_to(&datagram::encode(UP, seq, 500), cons_port);
+            }
+            Ok(())
+        })
+        .expect("entering cons")
+        .expect("ConsApp sends after release");
+    let (after, _) = datagram::receive(
+        &prod,
+        UP,
+        1,
+        Duration::from_secs(1),
+        Deadline::after(Duration::from_secs(3)),
+    );
+    assert!(
+        after.seqs.is_empty() && after.strangers == 0,
+        "datagrams reached ProdApp after release: {after:?}"
     );
 }

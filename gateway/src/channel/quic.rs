@@ -14,6 +14,13 @@
 //! sends its proof; the PROD gateway checks it and only then answers with its
 //! own. The PROD gateway reads no datagram of a connection before its proof
 //! verified, and the whole exchange runs under the channel's proof deadline.
+//!
+//! In the plaintext-after-authentication mode the CONS gateway sets the
+//! proof's plaintext flag (covered by the MAC) and follows its proof with
+//! the UDP port its plain datagrams will come from; a PROD gateway with the
+//! kernel fast path answers with the same flag after it installed the flow
+//! (`crate::udp_fastpath`), one without it refuses (mode mismatch). The QUIC
+//! connection then stays open as the flow's liveness, carrying nothing.
 //! Failures are counted in the channel's [`ChannelFailures`], like the
 //! stream channel's.
 use std::io;
@@ -26,7 +33,9 @@ use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 
 use super::config::ChannelConfig;
 use super::error::{ChannelError, ChannelFailures, FailureReason};
-use super::proof::{self, EXPORTER_LABEL, EXPORTER_LEN, PROOF_LEN, ProofError};
+use super::proof::{
+    self, EXPORTER_LABEL, EXPORTER_LEN, FLAG_PLAINTEXT_AFTER_AUTH, PROOF_LEN, ProofError,
+};
 
 /// The ALPN of a datagram channel (never accepted on the stream channel's
 /// TCP listeners, nor the other way round).
@@ -131,35 +140,54 @@ impl QuicChannel {
         Ok(endpoint)
     }
 
-    /// PROD side: the handshake and the proof of one incoming connection.
-    /// On error the connection is closed and the failure counted.
+    /// PROD side: the handshake of one incoming connection and the check of
+    /// the CONS gateway's proof. In the plaintext mode (`allow_plain`, and
+    /// asked for by the peer) the peer also names the UDP port its plain
+    /// datagrams will come from. The caller sets the flow up, then answers
+    /// with [`Accepted::confirm`]. On error the connection is closed and
+    /// the failure counted.
     pub async fn accept(
         &self,
         incoming: quinn::Incoming,
         secret: &[u8; 32],
-    ) -> Result<DatagramChannel, ChannelError> {
+        allow_plain: bool,
+    ) -> Result<Accepted, ChannelError> {
         let peer = incoming.remote_address();
         let outcome = self
             .deadline(async {
                 let conn = incoming
                     .await
                     .map_err(|source| ChannelError::Quic { source })?;
-                prove(&conn, Role::Prod, secret).await?;
-                Ok(conn)
+                match check_cons_proof(&conn, secret, allow_plain).await {
+                    Ok(checked) => Ok((conn, checked)),
+                    Err(err) => {
+                        conn.close(quinn::VarInt::from_u32(CLOSE_BAD_PROOF), b"refused");
+                        Err(err)
+                    }
+                }
             })
             .await;
-        self.count(peer, Role::Prod, outcome)
+        let (conn, (plain_port, send, ours)) = self.count(peer, Role::Prod, outcome)?;
+        Ok(Accepted {
+            channel: DatagramChannel { conn },
+            plain_port,
+            send,
+            ours,
+        })
     }
 
     /// CONS side: dials `peer` from `endpoint`, verifies its certificate as
-    /// configured against `server_name`, and runs the proof.
+    /// configured against `server_name`, and runs the proof. With
+    /// `plain_port` it asks for the plaintext mode, its plain datagrams
+    /// coming from that UDP port; returns whether the peer agreed.
     pub async fn connect(
         &self,
         endpoint: &quinn::Endpoint,
         peer: SocketAddr,
         server_name: &str,
         secret: &[u8; 32],
-    ) -> Result<DatagramChannel, ChannelError> {
+        plain_port: Option<u16>,
+    ) -> Result<(DatagramChannel, bool), ChannelError> {
         let connecting = endpoint
             .connect(peer, server_name)
             .map_err(|e| ChannelError::config(format!("QUIC connect to {peer}: {e}")))?;
@@ -168,17 +196,23 @@ impl QuicChannel {
                 let conn = connecting
                     .await
                     .map_err(|source| ChannelError::Quic { source })?;
-                prove(&conn, Role::Cons, secret).await?;
-                Ok(conn)
+                match cons_prove(&conn, secret, plain_port).await {
+                    Ok(plain) => Ok((conn, plain)),
+                    Err(err) => {
+                        conn.close(quinn::VarInt::from_u32(CLOSE_BAD_PROOF), b"refused");
+                        Err(err)
+                    }
+                }
             })
             .await;
-        self.count(peer, Role::Cons, outcome)
+        let (conn, plain) = self.count(peer, Role::Cons, outcome)?;
+        Ok((DatagramChannel { conn }, plain))
     }
 
-    async fn deadline(
+    async fn deadline<T>(
         &self,
-        work: impl Future<Output = Result<quinn::Connection, ChannelError>>,
-    ) -> Result<quinn::Connection, ChannelError> {
+        work: impl Future<Output = Result<T, ChannelError>>,
+    ) -> Result<T, ChannelError> {
         tokio::time::timeout(self.proof_timeout, work)
             .await
             .unwrap_or(Err(ChannelError::Timeout {
@@ -186,17 +220,17 @@ impl QuicChannel {
             }))
     }
 
-    fn count(
+    fn count<T>(
         &self,
         peer: SocketAddr,
         role: Role,
-        outcome: Result<quinn::Connection, ChannelError>,
-    ) -> Result<DatagramChannel, ChannelError> {
+        outcome: Result<T, ChannelError>,
+    ) -> Result<T, ChannelError> {
         match outcome {
-            Ok(conn) => {
+            Ok(done) => {
                 self.failures.record_established();
-                tracing::debug!(%peer, ?role, max_payload = ?conn.max_datagram_size(), "datagram channel: peer proved the session secret");
-                Ok(DatagramChannel { conn })
+                tracing::debug!(%peer, ?role, "datagram channel: peer proved the session secret");
+                Ok(done)
             }
             Err(err) => {
                 if let Some(reason) = err.reason() {
@@ -214,6 +248,25 @@ impl QuicChannel {
                 Err(err)
             }
         }
+    }
+}
+
+/// A connection whose CONS gateway proved the secret; the PROD gateway's
+/// own proof is still to be sent ([`Accepted::confirm`]).
+pub struct Accepted {
+    pub channel: DatagramChannel,
+    /// Plaintext mode agreed: the UDP port the peer's plain datagrams come
+    /// from (its address is the connection's remote address).
+    pub plain_port: Option<u16>,
+    send: quinn::SendStream,
+    ours: [u8; PROOF_LEN],
+}
+
+impl Accepted {
+    /// Sends this gateway's proof: from now on the peer sends datagrams.
+    pub async fn confirm(mut self) -> Result<DatagramChannel, ChannelError> {
+        write_proof(&mut self.send, &self.ours).await?;
+        Ok(self.channel)
     }
 }
 
@@ -236,51 +289,88 @@ fn transport() -> quinn::TransportConfig {
     t
 }
 
-/// The mutual proof on a fresh connection (see the module's doc).
-async fn prove(
-    conn: &quinn::Connection,
-    role: Role,
-    secret: &[u8; 32],
-) -> Result<(), ChannelError> {
+fn exporter(conn: &quinn::Connection) -> Result<[u8; EXPORTER_LEN], ChannelError> {
     let mut exporter = [0u8; EXPORTER_LEN];
     conn.export_keying_material(&mut exporter, EXPORTER_LABEL, EXPORTER_CONTEXT)
         .map_err(|_| ChannelError::config("QUIC: exporting keying material failed"))?;
-    let ours = proof::compute(secret, role, 0, &exporter);
-    let lost = |source| ChannelError::Quic { source };
-    let checked = match role {
-        Role::Cons => {
-            let (mut send, mut recv) = conn.open_bi().await.map_err(lost)?;
-            write_proof(&mut send, &ours).await?;
-            let theirs = read_proof(&mut recv).await?;
-            check(secret, Role::Prod, &exporter, &theirs)
-        }
-        Role::Prod => {
-            let (mut send, mut recv) = conn.accept_bi().await.map_err(lost)?;
-            let theirs = read_proof(&mut recv).await?;
-            let checked = check(secret, Role::Cons, &exporter, &theirs);
-            if checked.is_ok() {
-                write_proof(&mut send, &ours).await?;
-            }
-            checked
-        }
-    };
-    if checked.is_err() {
-        conn.close(quinn::VarInt::from_u32(CLOSE_BAD_PROOF), b"bad proof");
-    }
-    checked
+    Ok(exporter)
 }
 
+fn flags_of(plain: bool) -> u8 {
+    if plain { FLAG_PLAINTEXT_AFTER_AUTH } else { 0 }
+}
+
+/// CONS side of the proof (see the module's doc): ours (and, asking for
+/// the plaintext mode, the port of our plain datagrams), then the PROD
+/// gateway's, whose flags say whether it agreed.
+async fn cons_prove(
+    conn: &quinn::Connection,
+    secret: &[u8; 32],
+    plain_port: Option<u16>,
+) -> Result<bool, ChannelError> {
+    let exporter = exporter(conn)?;
+    let flags = flags_of(plain_port.is_some());
+    let (mut send, mut recv) = conn
+        .open_bi()
+        .await
+        .map_err(|source| ChannelError::Quic { source })?;
+    let ours = proof::compute(secret, Role::Cons, flags, &exporter);
+    let mut message = ours.to_vec();
+    if let Some(port) = plain_port {
+        message.extend_from_slice(&port.to_be_bytes());
+    }
+    write_proof(&mut send, &message).await?;
+    let theirs = read_exact::<PROOF_LEN>(&mut recv).await?;
+    let their_flags = check(secret, Role::Prod, &exporter, &theirs)?;
+    expect_end(&mut recv).await?;
+    if their_flags != flags && their_flags != 0 {
+        return Err(ChannelError::BadProof {
+            detail: "the peer answered a mode it was not asked for",
+        });
+    }
+    Ok(their_flags == FLAG_PLAINTEXT_AFTER_AUTH)
+}
+
+/// PROD side: checks the CONS gateway's proof and prepares ours with the
+/// agreed flags. A CONS gateway asking for the plaintext mode where it is
+/// not allowed is refused (mode mismatch).
+async fn check_cons_proof(
+    conn: &quinn::Connection,
+    secret: &[u8; 32],
+    allow_plain: bool,
+) -> Result<(Option<u16>, quinn::SendStream, [u8; PROOF_LEN]), ChannelError> {
+    let exporter = exporter(conn)?;
+    let (send, mut recv) = conn
+        .accept_bi()
+        .await
+        .map_err(|source| ChannelError::Quic { source })?;
+    let theirs = read_exact::<PROOF_LEN>(&mut recv).await?;
+    let flags = check(secret, Role::Cons, &exporter, &theirs)?;
+    let plain_port = if flags == FLAG_PLAINTEXT_AFTER_AUTH {
+        if !allow_plain {
+            return Err(ChannelError::ModeMismatch {
+                ours: "has no kernel UDP path for plaintext after authentication",
+                theirs: "wants plaintext after authentication",
+            });
+        }
+        Some(u16::from_be_bytes(read_exact::<2>(&mut recv).await?))
+    } else {
+        None
+    };
+    expect_end(&mut recv).await?;
+    let ours = proof::compute(secret, Role::Prod, flags, &exporter);
+    Ok((plain_port, send, ours))
+}
+
+/// Verifies a proof; returns its flags.
 fn check(
     secret: &[u8; 32],
     from: Role,
     exporter: &[u8; EXPORTER_LEN],
     theirs: &[u8; PROOF_LEN],
-) -> Result<(), ChannelError> {
+) -> Result<u8, ChannelError> {
     match proof::verify(secret, from, exporter, theirs) {
-        Ok(0) => Ok(()),
-        Ok(_) => Err(ChannelError::BadProof {
-            detail: "flags on a datagram channel's proof",
-        }),
+        Ok(flags) => Ok(flags),
         Err(ProofError::Malformed) => Err(ChannelError::BadProof {
             detail: "malformed proof message",
         }),
@@ -290,42 +380,45 @@ fn check(
     }
 }
 
-async fn write_proof(
-    send: &mut quinn::SendStream,
-    ours: &[u8; PROOF_LEN],
-) -> Result<(), ChannelError> {
+async fn write_proof(send: &mut quinn::SendStream, message: &[u8]) -> Result<(), ChannelError> {
     let failed = |err: quinn::WriteError| match err {
         quinn::WriteError::ConnectionLost(source) => ChannelError::Quic { source },
         other => ChannelError::Io {
             source: io::Error::other(other),
         },
     };
-    send.write_all(ours).await.map_err(failed)?;
+    send.write_all(message).await.map_err(failed)?;
     send.finish().map_err(|e| ChannelError::Io {
         source: io::Error::other(e),
     })
 }
 
-/// Exactly one proof, then the end of the stream.
-async fn read_proof(recv: &mut quinn::RecvStream) -> Result<[u8; PROOF_LEN], ChannelError> {
-    let failed = |err: quinn::ReadError| match err {
+fn read_failed(err: quinn::ReadError) -> ChannelError {
+    match err {
         quinn::ReadError::ConnectionLost(source) => ChannelError::Quic { source },
         other => ChannelError::Io {
             source: io::Error::other(other),
         },
-    };
-    let mut theirs = [0u8; PROOF_LEN];
-    recv.read_exact(&mut theirs)
-        .await
-        .map_err(|err| match err {
-            quinn::ReadExactError::FinishedEarly(_) => ChannelError::BadProof {
-                detail: "malformed proof message",
-            },
-            quinn::ReadExactError::ReadError(e) => failed(e),
-        })?;
+    }
+}
+
+/// Exactly `N` bytes of the proof stream.
+async fn read_exact<const N: usize>(recv: &mut quinn::RecvStream) -> Result<[u8; N], ChannelError> {
+    let mut bytes = [0u8; N];
+    recv.read_exact(&mut bytes).await.map_err(|err| match err {
+        quinn::ReadExactError::FinishedEarly(_) => ChannelError::BadProof {
+            detail: "malformed proof message",
+        },
+        quinn::ReadExactError::ReadError(e) => read_failed(e),
+    })?;
+    Ok(bytes)
+}
+
+/// The end of the proof stream: nothing may follow the message.
+async fn expect_end(recv: &mut quinn::RecvStream) -> Result<(), ChannelError> {
     let mut extra = [0u8; 1];
-    match recv.read(&mut extra).await.map_err(failed)? {
-        None => Ok(theirs),
+    match recv.read(&mut extra).await.map_err(read_failed)? {
+        None => Ok(()),
         Some(_) => Err(ChannelError::BadProof {
             detail: "bytes after the proof",
         }),

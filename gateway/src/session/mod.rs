@@ -405,7 +405,12 @@ impl KernelDataPlane {
         }
         match (self.channel, &self.secure) {
             (ChannelMode::Plain, _) => Some(UdpWan::Plain),
-            (_, Some(secure)) => Some(UdpWan::Quic(Arc::clone(&secure.quic))),
+            (mode, Some(secure)) => Some(UdpWan::Quic {
+                channel: Arc::clone(&secure.quic),
+                fast: (mode == ChannelMode::PlaintextAfterAuth)
+                    .then(|| secure.udp_fast.clone())
+                    .flatten(),
+            }),
             (_, None) => None,
         }
     }

@@ -259,10 +259,22 @@ impl Gateway {
                         reason: format!("secure data channel for UDP (QUIC): {err}"),
                     }
                 })?;
+                let udp_fast = if mode == ChannelMode::PlaintextAfterAuth {
+                    match crate::udp_fastpath::UdpFastPath::load() {
+                        Ok(fast) => Some(fast),
+                        Err(err) => {
+                            tracing::warn!(error = %crate::error_chain::error_chain(&err), "no kernel path for UDP flows: in plaintext-after-auth mode they stay on the encrypted QUIC channel (see s2cs check)");
+                            None
+                        }
+                    }
+                } else {
+                    None
+                };
                 Some(Arc::new(crate::session::SecureWan {
                     config,
                     caps,
                     quic: Arc::new(quic),
+                    udp_fast,
                 }))
             }
         };

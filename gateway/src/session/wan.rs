@@ -57,6 +57,9 @@ pub struct SecureWan {
     pub caps: crate::channel::KernelCaps,
     /// The datagram channel of UDP flows, on `config`'s TLS settings.
     pub quic: std::sync::Arc<crate::channel::quic::QuicChannel>,
+    /// The kernel fast path of UDP flows (plaintext after authentication,
+    /// when the program could be loaded).
+    pub udp_fast: Option<std::sync::Arc<crate::udp_fastpath::UdpFastPath>>,
 }
 
 pub use crate::channel::server_name;

@@ -52,6 +52,16 @@ impl UdpStats {
         total.fetch_add(bytes as u64, Ordering::Relaxed);
     }
 
+    /// `datagrams` of `bytes` in all relayed in `direction` (by the kernel).
+    pub fn relayed_many(&self, direction: Direction, datagrams: u64, bytes: u64) {
+        let (count, total) = match direction {
+            Direction::ToTarget => (&self.datagrams_to_target, &self.bytes_to_target),
+            Direction::FromTarget => (&self.datagrams_from_target, &self.bytes_from_target),
+        };
+        count.fetch_add(datagrams, Ordering::Relaxed);
+        total.fetch_add(bytes, Ordering::Relaxed);
+    }
+
     /// One datagram dropped.
     pub fn dropped(&self, why: DropReason) {
         let counter = match why {

@@ -21,7 +21,9 @@ use tokio::task::JoinSet;
 use super::UdpShared;
 use super::counters::DropReason;
 use super::flow::{Port, relay_flow};
+use super::kernel_flow::{KernelFlow, run_kernel_flow};
 use crate::channel::quic::QuicChannel;
+use crate::udp_fastpath::{FastFlow, Rewrite, UdpFastPath};
 
 /// Datagrams a flow holds while it is set up or while its far end is busy.
 const BACKLOG: usize = 4096;
@@ -36,30 +38,101 @@ const STOP_WAIT: Duration = Duration::from_secs(2);
 pub(super) enum Toward {
     /// A UDP socket connected to the target.
     Plain,
-    /// A QUIC connection (the datagram channel) to the PROD gateway.
+    /// A QUIC connection (the datagram channel) to the PROD gateway; with
+    /// `fast`, the plaintext mode is asked for and, where the PROD gateway
+    /// agrees, the flow is forwarded by the kernel.
     Quic {
         channel: Arc<QuicChannel>,
         endpoint: quinn::Endpoint,
+        fast: Option<Arc<UdpFastPath>>,
     },
 }
 
+/// A flow's far end, once set up.
+enum Opened {
+    /// Relayed by this process.
+    Port(Port),
+    /// Forwarded by the kernel.
+    Kernel(FastFlow, quinn::Connection, UdpSocket),
+}
+
 impl Toward {
-    async fn open(&self, target: SocketAddr, shared: &UdpShared) -> Option<Port> {
+    /// Sets up the flow of `sender`, who sent to `local`, towards `target`.
+    async fn open(
+        &self,
+        target: SocketAddr,
+        shared: &UdpShared,
+        sender: SocketAddr,
+        local: SocketAddr,
+    ) -> Option<Opened> {
         match self {
             Toward::Plain => match connect_udp(target).await {
-                Ok(socket) => Some(Port::Connected(socket)),
+                Ok(socket) => Some(Opened::Port(Port::Connected(socket))),
                 Err(err) => {
                     tracing::warn!(%target, error = %err, "UDP: opening a socket to the target failed");
                     None
                 }
             },
-            Toward::Quic { channel, endpoint } => {
+            Toward::Quic {
+                channel,
+                endpoint,
+                fast,
+            } => {
                 let name = crate::channel::server_name(target);
-                channel
-                    .connect(endpoint, target, &name, shared.secret.expose())
+                let secret = shared.secret.expose();
+                let plain = match (fast, target, sender, local) {
+                    (
+                        Some(fast),
+                        SocketAddr::V4(target),
+                        SocketAddr::V4(sender),
+                        SocketAddr::V4(local),
+                    ) if !local.ip().is_unspecified() => Some((fast, target, sender, local)),
+                    _ => None,
+                };
+                let Some((fast, target4, sender, local)) = plain else {
+                    let (ch, _) = channel
+                        .connect(endpoint, target, &name, secret, None)
+                        .await
+                        .ok()?;
+                    return Some(Opened::Port(Port::Quic(ch.conn)));
+                };
+                let socket = match connect_udp(target).await {
+                    Ok(socket) => socket,
+                    Err(err) => {
+                        tracing::warn!(%target, error = %err, "UDP: opening the flow's WAN socket failed");
+                        return None;
+                    }
+                };
+                let SocketAddr::V4(wan) = socket.local_addr().ok()? else {
+                    return None;
+                };
+                let (ch, agreed) = channel
+                    .connect(endpoint, target, &name, secret, Some(wan.port()))
                     .await
-                    .ok()
-                    .map(|ch| Port::Quic(ch.conn))
+                    .ok()?;
+                if !agreed {
+                    return Some(Opened::Port(Port::Quic(ch.conn)));
+                }
+                let to_target = Rewrite {
+                    from: sender,
+                    to: local,
+                    new_from: wan,
+                    new_to: target4,
+                };
+                let from_target = Rewrite {
+                    from: target4,
+                    to: wan,
+                    new_from: local,
+                    new_to: sender,
+                };
+                match fast.install(to_target, from_target) {
+                    Ok(flow) => Some(Opened::Kernel(flow, ch.conn, socket)),
+                    Err(err) => {
+                        tracing::warn!(%sender, %target, error = %crate::error_chain::error_chain(&err), "UDP: installing a kernel flow failed");
+                        ch.conn.close(quinn::VarInt::from_u32(3), b"no kernel flow");
+                        None
+                    }
+                }
             }
         }
     }
@@ -103,6 +176,13 @@ pub(super) async fn run_front(
     mut stop: watch::Receiver<bool>,
 ) {
     let toward = Arc::new(toward);
+    let local = match socket.local_addr() {
+        Ok(local) => local,
+        Err(err) => {
+            tracing::warn!(error = %err, "UDP: a session socket has no address");
+            return;
+        }
+    };
     let epoch = Instant::now();
     let mut flows: HashMap<SocketAddr, FlowEntry> = HashMap::new();
     let mut tasks = JoinSet::new();
@@ -125,6 +205,7 @@ pub(super) async fn run_front(
                         Arc::clone(&toward),
                         Arc::clone(&socket),
                         sender,
+                        local,
                         target,
                         rx,
                         Arc::clone(&entry.last_active),
@@ -237,23 +318,38 @@ async fn flow_task(
     toward: Arc<Toward>,
     socket: Arc<UdpSocket>,
     sender: SocketAddr,
+    local: SocketAddr,
     target: SocketAddr,
     rx: mpsc::Receiver<Bytes>,
     last_active: Arc<AtomicU64>,
     epoch: Instant,
     mut stop: watch::Receiver<bool>,
 ) {
-    let far = tokio::select! {
+    let opened = tokio::select! {
         _ = stop.changed() => return,
-        far = toward.open(target, &shared) => far,
+        opened = toward.open(target, &shared, sender, local) => opened,
     };
-    let Some(far) = far else {
+    let Some(opened) = opened else {
         shared.stats.flow_refused();
         return;
     };
     shared.stats.flow_opened();
-    tracing::debug!(%sender, %target, "UDP: flow opened");
-    let near = Port::Front { rx, socket, sender };
-    relay_flow(Arc::clone(&shared), near, far, last_active, epoch, stop).await;
+    match opened {
+        Opened::Port(far) => {
+            tracing::debug!(%sender, %target, "UDP: flow opened");
+            let near = Port::Front { rx, socket, sender };
+            relay_flow(Arc::clone(&shared), near, far, last_active, epoch, stop).await;
+        }
+        Opened::Kernel(flow, conn, wan) => {
+            tracing::debug!(%sender, %target, "UDP: flow opened, forwarded by the kernel");
+            let k = KernelFlow {
+                flow,
+                conn,
+                socket: wan,
+                backlog: Some(rx),
+            };
+            run_kernel_flow(Arc::clone(&shared), k, last_active, epoch, stop).await;
+        }
+    }
     shared.stats.flow_closed();
 }

@@ -7,11 +7,15 @@
 //! PROD gateway's WAN port, where it becomes datagrams to ProdApp's target
 //! port; ProdApp's replies come back the same way to the sender's address.
 //! How a flow crosses the WAN ([`UdpWan`]):
-//! - [`UdpWan::Quic`] (channel modes `tls` and, for now,
-//!   `plaintext-after-auth`): one QUIC connection per flow with unreliable
-//!   DATAGRAM frames, authenticated by the session's mutual proof
-//!   ([`crate::channel::quic`]); the PROD gateway runs a QUIC endpoint on
-//!   its WAN port ([`wan_endpoint`]);
+//! - [`UdpWan::Quic`] (channel mode `tls`): one QUIC connection per flow
+//!   with unreliable DATAGRAM frames, authenticated by the session's mutual
+//!   proof ([`crate::channel::quic`]); the PROD gateway runs a QUIC endpoint
+//!   on its WAN port ([`wan_endpoint`]);
+//! - the same with a kernel fast path (`plaintext-after-auth`): after the
+//!   proof, both gateways install the flow in `udp_fastpath` (tc) and its
+//!   datagrams cross in plain UDP, forwarded by the kernel, never by this
+//!   process (`kernel_flow`); the QUIC connection stays as the flow's
+//!   liveness. IPv4 only; listeners on a specific address;
 //! - [`UdpWan::Plain`] (channel mode `plain`, tests and old peers only):
 //!   datagrams as they are, a flow per sender on both gateways.
 //!
@@ -30,6 +34,7 @@
 pub mod counters;
 mod flow;
 mod front;
+mod kernel_flow;
 mod rate;
 mod wan_endpoint;
 
@@ -49,6 +54,7 @@ use rate::RateCap;
 use wan_endpoint::run_endpoint;
 
 use crate::channel::quic::QuicChannel;
+use crate::udp_fastpath::UdpFastPath;
 
 /// A flow with no datagram either way for this long is closed.
 pub const DEFAULT_FLOW_IDLE: Duration = Duration::from_secs(60);
@@ -58,8 +64,13 @@ pub const DEFAULT_FLOW_IDLE: Duration = Duration::from_secs(60);
 pub enum UdpWan {
     /// Unencrypted, unauthenticated (`--channel plain`).
     Plain,
-    /// QUIC datagrams, authenticated by the session's mutual proof.
-    Quic(Arc<QuicChannel>),
+    /// QUIC datagrams, authenticated by the session's mutual proof; with
+    /// `fast` (plaintext after authentication), flows are forwarded by the
+    /// kernel once the proof is done, where both gateways can.
+    Quic {
+        channel: Arc<QuicChannel>,
+        fast: Option<Arc<UdpFastPath>>,
+    },
 }
 
 /// What one session's UDP relay needs.
@@ -171,13 +182,13 @@ impl UdpRelay {
                 source,
             })?;
             let task = match (&plan.wan, plan.role) {
-                (UdpWan::Quic(channel), Role::Prod) => {
+                (UdpWan::Quic { channel, fast }, Role::Prod) => {
                     let endpoint = channel
                         .server_endpoint(socket)
                         .map_err(|source| UdpError::Endpoint { addr, source })?;
-                    Ready::Endpoint(endpoint, Arc::clone(channel), target)
+                    Ready::Endpoint(endpoint, Arc::clone(channel), fast.clone(), target)
                 }
-                (UdpWan::Quic(channel), Role::Cons) => {
+                (UdpWan::Quic { channel, fast }, Role::Cons) => {
                     let any: SocketAddr = if target.is_ipv4() {
                         (Ipv4Addr::UNSPECIFIED, 0).into()
                     } else {
@@ -189,6 +200,7 @@ impl UdpRelay {
                     let toward = Toward::Quic {
                         channel: Arc::clone(channel),
                         endpoint,
+                        fast: fast.clone(),
                     };
                     Ready::Front(front_socket(socket, addr)?, target, toward)
                 }
@@ -204,8 +216,8 @@ impl UdpRelay {
                 let (shared, stopped) = (Arc::clone(&shared), stopped.clone());
                 let run = async move {
                     match task {
-                        Ready::Endpoint(endpoint, channel, target) => {
-                            run_endpoint(shared, endpoint, channel, target, stopped).await
+                        Ready::Endpoint(endpoint, channel, fast, target) => {
+                            run_endpoint(shared, endpoint, channel, fast, target, stopped).await
                         }
                         Ready::Front(socket, target, toward) => {
                             run_front(shared, socket, target, toward, stopped).await
@@ -242,14 +254,22 @@ impl UdpWan {
     fn as_str(&self) -> &'static str {
         match self {
             UdpWan::Plain => "plain",
-            UdpWan::Quic(_) => "quic",
+            UdpWan::Quic { fast: None, .. } => "quic",
+            UdpWan::Quic { fast: Some(_), .. } => {
+                "quic, then the kernel (plaintext after authentication)"
+            }
         }
     }
 }
 
 /// A link set up and ready to run.
 enum Ready {
-    Endpoint(quinn::Endpoint, Arc<QuicChannel>, SocketAddr),
+    Endpoint(
+        quinn::Endpoint,
+        Arc<QuicChannel>,
+        Option<Arc<UdpFastPath>>,
+        SocketAddr,
+    ),
     Front(Arc<tokio::net::UdpSocket>, SocketAddr, Toward),
 }
 

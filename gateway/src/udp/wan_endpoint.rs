@@ -6,7 +6,7 @@
 //! bounded number of handshakes at once; only a connection that proved the
 //! secret gets a socket connected to ProdApp, and only its datagrams are
 //! ever read. Each connection is one flow.
-use std::net::SocketAddr;
+use std::net::{SocketAddr, SocketAddrV4};
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
@@ -17,7 +17,9 @@ use tokio::task::JoinSet;
 use super::UdpShared;
 use super::flow::{Port, relay_flow};
 use super::front::{connect_udp, millis_since};
+use super::kernel_flow::{KernelFlow, run_kernel_flow};
 use crate::channel::quic::QuicChannel;
+use crate::udp_fastpath::{Rewrite, UdpFastPath};
 
 /// Handshakes (connections not yet proved) in progress at once per port.
 const MAX_HANDSHAKES: usize = 64;
@@ -29,10 +31,12 @@ pub(super) async fn run_endpoint(
     shared: Arc<UdpShared>,
     endpoint: quinn::Endpoint,
     channel: Arc<QuicChannel>,
+    fast: Option<Arc<UdpFastPath>>,
     target: SocketAddr,
     mut stop: watch::Receiver<bool>,
 ) {
     let epoch = Instant::now();
+    let endpoint_addr = endpoint.local_addr().ok();
     let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
     let mut tasks = JoinSet::new();
     loop {
@@ -59,36 +63,78 @@ pub(super) async fn run_endpoint(
             incoming.refuse();
             continue;
         };
-        let (shared, channel, stop) = (Arc::clone(&shared), Arc::clone(&channel), stop.clone());
+        let (shared, channel, fast, stop) = (
+            Arc::clone(&shared),
+            Arc::clone(&channel),
+            fast.clone(),
+            stop.clone(),
+        );
         tasks.spawn(async move {
             let peer = incoming.remote_address();
-            let accepted = channel.accept(incoming, shared.secret.expose()).await;
+            let accepted = channel
+                .accept(incoming, shared.secret.expose(), fast.is_some())
+                .await;
             drop(permit);
             let Ok(accepted) = accepted else {
                 shared.stats.flow_refused();
                 return;
             };
+            let conn = accepted.channel.conn.clone();
+            let refuse = |why: &'static [u8]| {
+                conn.close(quinn::VarInt::from_u32(2), why);
+                shared.stats.flow_refused();
+            };
             let far = match connect_udp(target).await {
                 Ok(socket) => socket,
                 Err(err) => {
                     tracing::warn!(%target, error = %err, "UDP: opening a socket to the target failed");
-                    accepted.conn.close(quinn::VarInt::from_u32(2), b"target unreachable");
-                    shared.stats.flow_refused();
+                    refuse(b"target unreachable");
                     return;
                 }
             };
+            let kernel = match (accepted.plain_port, &fast) {
+                (Some(port), Some(fast)) => match kernel_rewrites(&endpoint_addr, &conn, port, &far, target)
+                    .and_then(|(to, from)| fast.install(to, from).map_err(|e| crate::error_chain::error_chain(&e)))
+                {
+                    Ok(flow) => Some(flow),
+                    Err(err) => {
+                        tracing::warn!(%peer, %target, error = %err, "UDP: installing a kernel flow failed");
+                        refuse(b"no kernel flow");
+                        return;
+                    }
+                },
+                _ => None,
+            };
+            let Ok(channel) = accepted.confirm().await else {
+                shared.stats.flow_refused();
+                return;
+            };
             shared.stats.flow_opened();
-            tracing::debug!(%peer, %target, "UDP: flow opened");
             let last_active = Arc::new(AtomicU64::new(millis_since(epoch, Instant::now())));
-            relay_flow(
-                Arc::clone(&shared),
-                Port::Quic(accepted.conn),
-                Port::Connected(far),
-                last_active,
-                epoch,
-                stop,
-            )
-            .await;
+            match kernel {
+                Some(flow) => {
+                    tracing::debug!(%peer, %target, "UDP: flow opened, forwarded by the kernel");
+                    let k = KernelFlow {
+                        flow,
+                        conn: channel.conn,
+                        socket: far,
+                        backlog: None,
+                    };
+                    run_kernel_flow(Arc::clone(&shared), k, last_active, epoch, stop).await;
+                }
+                None => {
+                    tracing::debug!(%peer, %target, "UDP: flow opened");
+                    relay_flow(
+                        Arc::clone(&shared),
+                        Port::Quic(channel.conn),
+                        Port::Connected(far),
+                        last_active,
+                        epoch,
+                        stop,
+                    )
+                    .await;
+                }
+            }
             shared.stats.flow_closed();
         });
     }
@@ -99,4 +145,46 @@ pub(super) async fn run_endpoint(
     .await;
     drop(tasks);
     let _ = tokio::time::timeout(STOP_WAIT, endpoint.wait_idle()).await;
+}
+
+/// The two rewrites of a kernel flow on the PROD gateway: datagrams from the
+/// peer gateway's plain port to our WAN port go to ProdApp from the flow's
+/// LAN socket, and ProdApp's replies to that socket go back to the peer.
+fn kernel_rewrites(
+    endpoint: &Option<SocketAddr>,
+    conn: &quinn::Connection,
+    peer_port: u16,
+    far: &tokio::net::UdpSocket,
+    target: SocketAddr,
+) -> Result<(Rewrite, Rewrite), String> {
+    let v4 = |addr: SocketAddr| match addr {
+        SocketAddr::V4(a) => Ok(a),
+        SocketAddr::V6(a) => match a.ip().to_ipv4_mapped() {
+            Some(ip) => Ok(SocketAddrV4::new(ip, a.port())),
+            None => Err(format!("{a} is IPv6: the kernel UDP path is IPv4 only")),
+        },
+    };
+    let endpoint = endpoint.ok_or("the endpoint has no address")?;
+    let local_ip = match (endpoint.ip().is_unspecified(), conn.local_ip()) {
+        (false, _) => endpoint.ip(),
+        (true, Some(ip)) => ip,
+        (true, None) => return Err("the connection's local address is unknown".to_owned()),
+    };
+    let wan = v4(SocketAddr::new(local_ip, endpoint.port()))?;
+    let peer = v4(SocketAddr::new(conn.remote_address().ip(), peer_port))?;
+    let lan = v4(far.local_addr().map_err(|e| e.to_string())?)?;
+    let target = v4(target)?;
+    let to_target = Rewrite {
+        from: peer,
+        to: wan,
+        new_from: lan,
+        new_to: target,
+    };
+    let from_target = Rewrite {
+        from: target,
+        to: lan,
+        new_from: wan,
+        new_to: peer,
+    };
+    Ok((to_target, from_target))
 }
