@@ -153,10 +153,7 @@ pub(super) async fn relay_flow(
             Direction::FromTarget => &near,
         };
         let now = Instant::now();
-        last_active.store(
-            now.saturating_duration_since(epoch).as_millis() as u64,
-            Ordering::Relaxed,
-        );
+        last_active.store(millis_since(epoch, now), Ordering::Relaxed);
         if !shared.admit(direction, datagram.len(), now) {
             stats.dropped(DropReason::Rate);
             continue;
@@ -184,4 +181,9 @@ fn report_payload(stats: &super::counters::UdpStats, near: &Port, far: &Port) {
     if let Some(bytes) = near.max_payload().or_else(|| far.max_payload()) {
         stats.path_payload(bytes);
     }
+}
+
+/// Milliseconds from `epoch` to `now` (a flow's last-activity stamp).
+pub(super) fn millis_since(epoch: Instant, now: Instant) -> u64 {
+    now.saturating_duration_since(epoch).as_millis() as u64
 }

@@ -20,7 +20,7 @@ use tokio::task::JoinSet;
 
 use super::UdpShared;
 use super::counters::DropReason;
-use super::flow::{Port, relay_flow};
+use super::flow::{Port, millis_since, relay_flow};
 use super::kernel_flow::{KernelFlow, run_kernel_flow};
 use crate::channel::quic::QuicChannel;
 use crate::udp_fastpath::{FastFlow, Rewrite, UdpFastPath};
@@ -306,10 +306,6 @@ fn sweep_flows(flows: &mut HashMap<SocketAddr, FlowEntry>, shared: &UdpShared, e
             }
         }
     });
-}
-
-pub(super) fn millis_since(epoch: Instant, now: Instant) -> u64 {
-    now.saturating_duration_since(epoch).as_millis() as u64
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::UdpShared;
 use super::counters::Direction;
-use super::front::millis_since;
+use super::flow::millis_since;
 use crate::udp_fastpath::FastFlow;
 
 /// How often the kernel's counters are read.

@@ -15,8 +15,9 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
 use super::UdpShared;
+use super::flow::millis_since;
 use super::flow::{Port, relay_flow};
-use super::front::{connect_udp, millis_since};
+use super::front::connect_udp;
 use super::kernel_flow::{KernelFlow, run_kernel_flow};
 use crate::channel::quic::QuicChannel;
 use crate::udp_fastpath::{Rewrite, UdpFastPath};
