@@ -67,6 +67,8 @@ pub struct Report {
     pub plaintext_path: DataPath,
     /// How the encrypted gateway-to-gateway channel would be carried.
     pub channel_path: &'static str,
+    /// How UDP flows cross between gateways in each secure mode.
+    pub udp_path: &'static str,
     /// False when not even the userspace relay works: the gateway cannot run.
     pub can_run: bool,
     /// Host settings for 100 Gbit/s, with fixes (advice: never fails the check).
@@ -85,6 +87,7 @@ pub const XDP: &str = "XDP attach";
 pub const SPLICE: &str = "splice";
 pub const KTLS: &str = "kernel TLS";
 pub const TCP: &str = "TCP sockets";
+pub const UDP_FAST: &str = "UDP kernel path (tc)";
 
 /// Runs every default probe (no real interface is touched).
 pub fn run() -> Report {
@@ -185,6 +188,21 @@ pub fn run_with(options: &CheckOptions) -> Report {
     let ktls = probe(KTLS, probe_ktls);
     let ktls_ok = ktls.available;
     capabilities.push(ktls);
+    let udp_fast = if xdp_ok {
+        probe(UDP_FAST, probe_udp_fast)
+    } else {
+        Capability {
+            name: UDP_FAST,
+            available: false,
+            detail: need("the kernel UDP path", &privileges::XDP),
+        }
+    };
+    let udp_path = if udp_fast.available {
+        "QUIC datagrams (tls); the kernel, after the proof (plaintext-after-auth)"
+    } else {
+        "QUIC datagrams in every secure mode (no kernel UDP path here)"
+    };
+    capabilities.push(udp_fast);
     let mut ifaces = options.xdp_ifaces.clone();
     if options.xdp_all_ifaces {
         match nix::net::if_::if_nameindex() {
@@ -232,6 +250,7 @@ pub fn run_with(options: &CheckOptions) -> Report {
         xdp_interfaces,
         plaintext_path,
         channel_path,
+        udp_path,
         can_run,
         host_tuning: host_tuning::inspect(&HostRoot::default()),
     }
@@ -268,6 +287,10 @@ pub fn render(report: &Report) -> String {
     out.push_str(&format!(
         "data path: plaintext relay = {}; gateway-to-gateway channel = {}\n",
         report.plaintext_path, report.channel_path
+    ));
+    out.push_str(&format!(
+        "           UDP between gateways = {}\n",
+        report.udp_path
     ));
     out.push_str(&format!(
         "           --data-path auto is {}: {}\n",
@@ -385,6 +408,29 @@ fn probe_xdp() -> Result<String, String> {
     })
     .join()
     .map_err(|_| "the XDP probe thread panicked".to_string())?
+}
+
+/// Loads the UDP fast path and attaches it at tc ingress of `lo` in a
+/// private network namespace (so no real interface is touched).
+fn probe_udp_fast() -> Result<String, String> {
+    std::thread::spawn(|| -> Result<String, String> {
+        let fast = crate::udp_fastpath::UdpFastPath::load().map_err(|e| error_chain(&e))?;
+        if nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).is_err() {
+            return Ok(
+                "udp_fastpath accepted by the verifier (attaching not tried: the private \
+                       namespace needs CAP_SYS_ADMIN)"
+                    .to_owned(),
+            );
+        }
+        fast.attach("lo").map_err(|e| error_chain(&e))?;
+        Ok(
+            "udp_fastpath accepted by the verifier and attaches at tc ingress (lo, private \
+            namespace): flows of plaintext-after-auth sessions are forwarded by the kernel (IPv4)"
+                .to_owned(),
+        )
+    })
+    .join()
+    .map_err(|_| "the UDP fast path probe thread panicked".to_string())?
 }
 
 /// Attaches the (unconfigured, pass-all) guard to `iface` for an instant.

@@ -201,6 +201,12 @@ impl UdpFastPath {
         })
     }
 
+    /// Attaches the program at tc ingress of `iface` (as [`Self::install`]
+    /// does on first use; `s2cs check` tries it).
+    pub fn attach(&self, iface: &str) -> Result<(), FastPathError> {
+        self.lock().attach(iface)
+    }
+
     /// Installed entries (two per flow).
     pub fn entries(&self) -> usize {
         self.lock().slots.len()

@@ -4,14 +4,14 @@
 //! every kernel this project targets does.
 use std::process::Command;
 
-use gateway::check::{self, BPF_LOAD, SOCKMAP, SPLICE, TCP};
+use gateway::check::{self, BPF_LOAD, SOCKMAP, SPLICE, TCP, UDP_FAST};
 use gateway::relay::DataPath;
 
 #[test]
 fn the_ebpf_object_loads_and_relays_in_this_kernel() {
     let report = check::run();
     assert!(report.root, "this test must run as root");
-    for name in [TCP, BPF_LOAD, SOCKMAP, SPLICE] {
+    for name in [TCP, BPF_LOAD, SOCKMAP, SPLICE, UDP_FAST] {
         let cap = report
             .capability(name)
             .unwrap_or_else(|| panic!("no {name} in the report"));
@@ -22,6 +22,10 @@ fn the_ebpf_object_loads_and_relays_in_this_kernel() {
     assert!(report.can_run);
     let text = check::render(&report);
     assert!(text.contains("plaintext relay = splice"), "{text}");
+    assert!(
+        text.contains("UDP between gateways = QUIC datagrams (tls); the kernel"),
+        "{text}"
+    );
 }
 
 #[test]

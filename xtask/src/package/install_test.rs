@@ -361,7 +361,11 @@ fn check_capabilities(chroot: &DebianRoot, caps: &[String]) -> anyhow::Result<()
         "s2cs check holds {held:?}, the unit grants {want:?}"
     );
     ensure!(report["root"] == false, "s2cs check ran as root");
-    for name in ["BPF program load", "SockHash + sk_skb verdict"] {
+    for name in [
+        "BPF program load",
+        "SockHash + sk_skb verdict",
+        "UDP kernel path (tc)",
+    ] {
         let cap = report["capabilities"]
             .as_array()
             .and_then(|c| c.iter().find(|c| c["name"] == name))
