@@ -123,6 +123,9 @@ enum BenchCommand {
     /// CPU per refused connection, and a legitimate stream's throughput
     /// under each flood as a ratio of its throughput without.
     Flood(bench::FloodOpts),
+    /// UDP datagrams through a gateway pair (MTU 9000): the s2cs QUIC and
+    /// kernel paths vs routed direct, an nginx stream UDP pair and socat.
+    Udp(bench::UdpOpts),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -152,6 +155,10 @@ fn main() -> anyhow::Result<()> {
             what: Some(BenchCommand::Flood(opts)),
             ..
         } => bench::run_flood_bench(&workspace_root()?, &opts),
+        Command::Bench {
+            what: Some(BenchCommand::Udp(opts)),
+            ..
+        } => bench::run_udp_bench(&workspace_root()?, &opts),
         Command::Soak { minutes, seed } => soak::run(&workspace_root()?, minutes, seed),
         Command::Fuzz { secs, targets } => fuzz::run(&workspace_root()?, secs, &targets),
         Command::Demo { frames, frame_mib } => {

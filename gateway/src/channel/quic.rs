@@ -119,7 +119,7 @@ impl QuicChannel {
     /// A PROD session's endpoint on its WAN port (`socket`, already bound).
     pub fn server_endpoint(&self, socket: std::net::UdpSocket) -> io::Result<quinn::Endpoint> {
         quinn::Endpoint::new(
-            quinn::EndpointConfig::default(),
+            endpoint_config(),
             Some(self.server.clone()),
             socket,
             Arc::new(quinn::TokioRuntime),
@@ -131,7 +131,7 @@ impl QuicChannel {
         let socket = std::net::UdpSocket::bind(bind)?;
         let _ = socket2::SockRef::from(&socket).set_recv_buffer_size(4 << 20);
         let mut endpoint = quinn::Endpoint::new(
-            quinn::EndpointConfig::default(),
+            endpoint_config(),
             None,
             socket,
             Arc::new(quinn::TokioRuntime),
@@ -270,6 +270,16 @@ impl Accepted {
     }
 }
 
+/// Every endpoint accepts QUIC packets up to [`MAX_UDP_PAYLOAD`] (quinn's
+/// default, 1,472, would cap MTU discovery, and so datagrams, at a
+/// 1,500-byte path even between jumbo-frame hosts).
+fn endpoint_config() -> quinn::EndpointConfig {
+    let mut config = quinn::EndpointConfig::default();
+    // In range (1200..=65527) by construction.
+    let _ = config.max_udp_payload_size(MAX_UDP_PAYLOAD);
+    config
+}
+
 /// The transport settings of every datagram channel.
 fn transport() -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
@@ -282,9 +292,21 @@ fn transport() -> quinn::TransportConfig {
         IDLE_TIMEOUT_MS,
     ))));
     t.keep_alive_interval(Some(KEEP_ALIVE));
+    // BBR paces to the measured bottleneck instead of halving on every
+    // loss: datagram flows lose packets as UDP does, and a loss-based
+    // controller would starve them.
+    t.congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default()));
+    // Loss makes quinn suspect a black hole and fall back to `min_mtu`: at
+    // quinn's default (1,200) every datagram over ~1,150 bytes would then be
+    // dropped as oversize until the next search. Between DTNs a 1,500-byte
+    // path is the least there is.
+    t.min_mtu(INITIAL_UDP_PAYLOAD);
     t.initial_mtu(INITIAL_UDP_PAYLOAD);
     let mut mtu = quinn::MtuDiscoveryConfig::default();
     mtu.upper_bound(MAX_UDP_PAYLOAD);
+    // Search again soon after a suspected black hole (the default waits a
+    // minute), so jumbo datagrams are carried again within seconds.
+    mtu.black_hole_cooldown(Duration::from_secs(5));
     t.mtu_discovery_config(Some(mtu));
     t
 }

@@ -141,11 +141,17 @@ pub(super) async fn relay_flow(
             }
             d = near.recv(&mut near_buf) => match d {
                 Some(d) => (d, Direction::ToTarget),
-                None => break,
+                None => {
+                    tracing::debug!("UDP flow ends: its listener-side end is gone");
+                    break;
+                }
             },
             d = far.recv(&mut far_buf) => match d {
                 Some(d) => (d, Direction::FromTarget),
-                None => break,
+                None => {
+                    tracing::debug!("UDP flow ends: its target-side end is gone");
+                    break;
+                }
             },
         };
         let to = match direction {
@@ -166,7 +172,10 @@ pub(super) async fn relay_flow(
                 stats.dropped(DropReason::Oversize)
             }
             Err(SendFailure::Transient) => stats.dropped(DropReason::Backlog),
-            Err(SendFailure::Ended) => break,
+            Err(SendFailure::Ended) => {
+                tracing::debug!(?direction, "UDP flow ends: sending failed");
+                break;
+            }
         }
     }
     for port in [&near, &far] {

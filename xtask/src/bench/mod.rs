@@ -37,6 +37,7 @@ mod peers;
 pub mod report;
 pub mod tls;
 mod topo;
+pub mod udp;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -50,6 +51,7 @@ pub use common::{Machine, RunOpts};
 pub use flood::{FloodOpts, run_flood_bench};
 pub use report::{BenchReport, CaseResult};
 pub use tls::{TlsOpts, run_tls_bench};
+pub use udp::{UdpOpts, run_udp_bench};
 
 use peers::{CASES, Case, Kind};
 use topo::{BenchNet, Forwarding};

@@ -132,14 +132,19 @@ pub(super) struct PairNet {
 impl PairNet {
     /// Builds the topology; on error, whatever was created is removed again.
     pub(super) fn create() -> anyhow::Result<PairNet> {
+        PairNet::create_with_mtu(MTU)
+    }
+
+    /// [`PairNet::create`] with every link at `mtu`.
+    pub(super) fn create_with_mtu(mtu: u32) -> anyhow::Result<PairNet> {
         let mut plan = Lab::builder(NS_PREFIX)
             .namespace("cli")
             .namespace("gwb")
             .namespace("gwa")
             .namespace("srv")
-            .veth(Veth::new(("cli", "eth0"), ("gwb", "lan")).mtu(MTU))
-            .veth(Veth::new(("gwb", "wan"), ("gwa", "wan")).mtu(MTU))
-            .veth(Veth::new(("srv", "eth0"), ("gwa", "lan")).mtu(MTU))
+            .veth(Veth::new(("cli", "eth0"), ("gwb", "lan")).mtu(mtu))
+            .veth(Veth::new(("gwb", "wan"), ("gwa", "wan")).mtu(mtu))
+            .veth(Veth::new(("srv", "eth0"), ("gwa", "lan")).mtu(mtu))
             .address("cli", "eth0", (PAIR_CLIENT_ADDR, 24))
             .address("gwb", "lan", (PAIR_GWB_LAN, 24))
             .address("gwb", "wan", (PAIR_GWB_WAN, 24))

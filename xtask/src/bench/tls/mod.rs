@@ -38,7 +38,7 @@
 //! Needs root (namespaces). Only traffic inside the namespaces it creates.
 //! A default run (4 pairs x 2 stream counts x 5 s) takes about a minute
 //! plus the build.
-mod pairs;
+pub(super) mod pairs;
 mod report;
 
 use std::path::Path;

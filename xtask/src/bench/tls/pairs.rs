@@ -44,11 +44,11 @@ pub(super) fn ktls_stat(ns: &str) -> String {
 }
 
 /// A pair running in gwB and gwA; dropping it kills everything in both.
-pub(super) struct RunningPair<'a> {
+pub(in crate::bench) struct RunningPair<'a> {
     net: &'a PairNet,
     children: Vec<Child>,
     /// Where the consumer connects (gwB's LAN side).
-    pub(super) addr: SocketAddrV4,
+    pub(in crate::bench) addr: SocketAddrV4,
     /// Log files, for error messages.
     pub(super) logs: Vec<String>,
     /// `s2uc connect` setup times, seconds (s2cs only).
@@ -125,7 +125,7 @@ fn tail(path: &str) -> String {
 
 /// Two `s2cs serve` (PROD in gwA, CONS in gwB) and `sessions` x `s2uc
 /// connect` in gwB.
-pub(super) fn start_s2cs<'a>(
+pub(in crate::bench) fn start_s2cs<'a>(
     net: &'a PairNet,
     work: &Path,
     s2cs: &Path,
@@ -158,7 +158,10 @@ pub(super) fn start_s2cs<'a>(
             .args(["--channel", channel])
             .args(["--no-auth", "--allow", allow, "--state-dir"])
             .arg(&state)
-            .env("RUST_LOG", "warn")
+            .env(
+                "RUST_LOG",
+                std::env::var("S2CS_BENCH_LOG").unwrap_or_else(|_| "warn".to_owned()),
+            )
             .env("NO_COLOR", "1");
         let log = dir.join(format!("{name}.log"));
         pair.spawn(cmd, &log)?;
