@@ -7,9 +7,14 @@
 //! taken from the frame's own bytes; and the verdict depends only on the
 //! bytes the parser may read (at most `MAX_OFFSET` plus a header), so
 //! appending bytes after the frame never turns a Check into a Pass.
+//!
+//! The UDP fast path's parser (`packet::udp4_flow`, run by `udp_fastpath`)
+//! gets the same frame: a flow is found only in an IPv4 frame, its header
+//! offsets lie inside the frame and its addresses and ports are the frame's
+//! own bytes at those offsets; appending bytes never changes it.
 #![no_main]
 
-use gateway_common::packet::{MAX_OFFSET, Verdict, classify};
+use gateway_common::packet::{MAX_OFFSET, Verdict, classify, udp4_flow};
 use gateway_common::{FAMILY_V4, FAMILY_V6};
 use libfuzzer_sys::fuzz_target;
 
@@ -19,6 +24,18 @@ fuzz_target!(|data: &[u8]| {
     };
     let first = u16::from_be_bytes([ports[0], ports[1]]);
     let last = u16::from_be_bytes([ports[2], ports[3]]);
+    let flow = udp4_flow(frame);
+    if let Some(flow) = flow {
+        assert_eq!(&frame[12..14], &[0x08, 0x00], "not IPv4");
+        assert!(flow.l4 + 4 <= frame.len(), "UDP header beyond the frame");
+        assert_eq!(&frame[flow.l3 + 12..flow.l3 + 16], &flow.key.saddr);
+        assert_eq!(&frame[flow.l3 + 16..flow.l3 + 20], &flow.key.daddr);
+        assert_eq!(&frame[flow.l4..flow.l4 + 2], &flow.key.sport);
+        assert_eq!(&frame[flow.l4 + 2..flow.l4 + 4], &flow.key.dport);
+        let mut longer = frame.to_vec();
+        longer.resize(frame.len() + 64, 0xee);
+        assert_eq!(udp4_flow(&longer[..]), Some(flow), "appending bytes changed the flow");
+    }
     let verdict = classify(frame, first, last);
     if let Verdict::Check(key) = verdict {
         let port = u16::from_be_bytes(key.port);
