@@ -73,6 +73,17 @@ pub struct Rewrite {
 }
 
 impl Rewrite {
+    /// The other direction of the same flow: what arrives where this one
+    /// leaves to goes back where this one came from.
+    pub fn reversed(&self) -> Rewrite {
+        Rewrite {
+            from: self.new_to,
+            to: self.new_from,
+            new_from: self.to,
+            new_to: self.from,
+        }
+    }
+
     fn key(&self) -> UdpFlowKey {
         UdpFlowKey {
             saddr: self.from.ip().octets(),
@@ -164,14 +175,12 @@ impl UdpFastPath {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Installs a flow: `to_target` and `from_target` rewrites. Each
-    /// direction arrives on the interface holding its `to` address and
-    /// leaves by the interface facing its `new_to`. All or nothing.
-    pub fn install(
-        self: &Arc<Self>,
-        to_target: Rewrite,
-        from_target: Rewrite,
-    ) -> Result<FastFlow, FastPathError> {
+    /// Installs a flow: `to_target` and its mirror for the replies
+    /// ([`Rewrite::reversed`]). Each direction arrives on the interface
+    /// holding its `to` address and leaves by the interface facing its
+    /// `new_to`. All or nothing.
+    pub fn install(self: &Arc<Self>, to_target: Rewrite) -> Result<FastFlow, FastPathError> {
+        let from_target = to_target.reversed();
         let mut planned = Vec::with_capacity(2);
         for rewrite in [to_target, from_target] {
             let (ingress, _) = interface_holding(*rewrite.to.ip())?;

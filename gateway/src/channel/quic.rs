@@ -158,13 +158,8 @@ impl QuicChannel {
                 let conn = incoming
                     .await
                     .map_err(|source| ChannelError::Quic { source })?;
-                match check_cons_proof(&conn, secret, allow_plain).await {
-                    Ok(checked) => Ok((conn, checked)),
-                    Err(err) => {
-                        conn.close(quinn::VarInt::from_u32(CLOSE_BAD_PROOF), b"refused");
-                        Err(err)
-                    }
-                }
+                let checked = check_cons_proof(&conn, secret, allow_plain).await;
+                Ok((conn.clone(), refuse_on_error(&conn, checked)?))
             })
             .await;
         let (conn, (plain_port, send, ours)) = self.count(peer, Role::Prod, outcome)?;
@@ -196,13 +191,8 @@ impl QuicChannel {
                 let conn = connecting
                     .await
                     .map_err(|source| ChannelError::Quic { source })?;
-                match cons_prove(&conn, secret, plain_port).await {
-                    Ok(plain) => Ok((conn, plain)),
-                    Err(err) => {
-                        conn.close(quinn::VarInt::from_u32(CLOSE_BAD_PROOF), b"refused");
-                        Err(err)
-                    }
-                }
+                let plain = cons_prove(&conn, secret, plain_port).await;
+                Ok((conn.clone(), refuse_on_error(&conn, plain)?))
             })
             .await;
         let (conn, plain) = self.count(peer, Role::Cons, outcome)?;
@@ -309,6 +299,17 @@ fn transport() -> quinn::TransportConfig {
     mtu.black_hole_cooldown(Duration::from_secs(5));
     t.mtu_discovery_config(Some(mtu));
     t
+}
+
+/// Closes `conn` when its proof exchange failed (the peer learns at once).
+fn refuse_on_error<T>(
+    conn: &quinn::Connection,
+    outcome: Result<T, ChannelError>,
+) -> Result<T, ChannelError> {
+    if outcome.is_err() {
+        conn.close(quinn::VarInt::from_u32(CLOSE_BAD_PROOF), b"refused");
+    }
+    outcome
 }
 
 fn exporter(conn: &quinn::Connection) -> Result<[u8; EXPORTER_LEN], ChannelError> {

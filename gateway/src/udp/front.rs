@@ -119,13 +119,7 @@ impl Toward {
                     new_from: wan,
                     new_to: target4,
                 };
-                let from_target = Rewrite {
-                    from: target4,
-                    to: wan,
-                    new_from: local,
-                    new_to: sender,
-                };
-                match fast.install(to_target, from_target) {
+                match fast.install(to_target) {
                     Ok(flow) => Some(Opened::Kernel(flow, ch.conn, socket)),
                     Err(err) => {
                         tracing::warn!(%sender, %target, error = %crate::error_chain::error_chain(&err), "UDP: installing a kernel flow failed");

@@ -94,8 +94,8 @@ pub(super) async fn run_endpoint(
                 }
             };
             let kernel = match (accepted.plain_port, &fast) {
-                (Some(port), Some(fast)) => match kernel_rewrites(&endpoint_addr, &conn, port, &far, target)
-                    .and_then(|(to, from)| fast.install(to, from).map_err(|e| crate::error_chain::error_chain(&e)))
+                (Some(port), Some(fast)) => match kernel_rewrite(&endpoint_addr, &conn, port, &far, target)
+                    .and_then(|to_target| fast.install(to_target).map_err(|e| crate::error_chain::error_chain(&e)))
                 {
                     Ok(flow) => Some(flow),
                     Err(err) => {
@@ -148,16 +148,16 @@ pub(super) async fn run_endpoint(
     let _ = tokio::time::timeout(STOP_WAIT, endpoint.wait_idle()).await;
 }
 
-/// The two rewrites of a kernel flow on the PROD gateway: datagrams from the
+/// The rewrite of a kernel flow on the PROD gateway: datagrams from the
 /// peer gateway's plain port to our WAN port go to ProdApp from the flow's
-/// LAN socket, and ProdApp's replies to that socket go back to the peer.
-fn kernel_rewrites(
+/// LAN socket (ProdApp's replies take its mirror back to the peer).
+fn kernel_rewrite(
     endpoint: &Option<SocketAddr>,
     conn: &quinn::Connection,
     peer_port: u16,
     far: &tokio::net::UdpSocket,
     target: SocketAddr,
-) -> Result<(Rewrite, Rewrite), String> {
+) -> Result<Rewrite, String> {
     let v4 = |addr: SocketAddr| match addr {
         SocketAddr::V4(a) => Ok(a),
         SocketAddr::V6(a) => match a.ip().to_ipv4_mapped() {
@@ -175,17 +175,10 @@ fn kernel_rewrites(
     let peer = v4(SocketAddr::new(conn.remote_address().ip(), peer_port))?;
     let lan = v4(far.local_addr().map_err(|e| e.to_string())?)?;
     let target = v4(target)?;
-    let to_target = Rewrite {
+    Ok(Rewrite {
         from: peer,
         to: wan,
         new_from: lan,
         new_to: target,
-    };
-    let from_target = Rewrite {
-        from: target,
-        to: lan,
-        new_from: wan,
-        new_to: peer,
-    };
-    Ok((to_target, from_target))
+    })
 }
