@@ -136,6 +136,28 @@ impl CaseResult {
     }
 }
 
+/// The items of `all` that `names` asks for, in `all`'s order (every item
+/// when `names` is empty); an unknown name is an error listing the known
+/// ones (`kind`: "case", "pair").
+pub fn select_by_name<T>(
+    all: &'static [T],
+    names: &[String],
+    name: fn(&T) -> &'static str,
+    kind: &str,
+) -> anyhow::Result<Vec<&'static T>> {
+    if let Some(unknown) = names
+        .iter()
+        .find(|n| !all.iter().any(|item| name(item) == *n))
+    {
+        let known: Vec<&str> = all.iter().map(name).collect();
+        anyhow::bail!("unknown {kind} {unknown:?}; known: {}", known.join(", "));
+    }
+    Ok(all
+        .iter()
+        .filter(|item| names.is_empty() || names.iter().any(|n| n == name(item)))
+        .collect())
+}
+
 /// Writes a suite's JSON and Markdown, prints its table and says where
 /// everything went (`work` holds the raw output and logs).
 pub fn write_report(

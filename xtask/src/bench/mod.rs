@@ -267,19 +267,7 @@ impl Drop for IperfServer {
 }
 
 fn select_cases(names: &[String]) -> anyhow::Result<Vec<&'static Case>> {
-    if names.is_empty() {
-        return Ok(CASES.iter().collect());
-    }
-    for name in names {
-        if !CASES.iter().any(|c| c.name == name) {
-            let known: Vec<&str> = CASES.iter().map(|c| c.name).collect();
-            bail!("unknown case {name:?}; known: {}", known.join(", "));
-        }
-    }
-    Ok(CASES
-        .iter()
-        .filter(|c| names.iter().any(|n| n == c.name))
-        .collect())
+    common::select_by_name(CASES, names, |c| c.name, "case")
 }
 
 fn require_root() -> anyhow::Result<()> {

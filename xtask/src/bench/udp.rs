@@ -382,6 +382,28 @@ impl Drop for Routes<'_> {
     }
 }
 
+/// The two relays of a peer pair: (namespace, name, where it listens, where
+/// it relays to): gwB from the consumer to gwA, gwA on to the producer.
+fn hops(
+    net: &PairNet,
+    server: SocketAddrV4,
+) -> [(&str, &'static str, SocketAddrV4, SocketAddrV4); 2] {
+    [
+        (
+            &net.gwb,
+            "gwb",
+            SocketAddrV4::new(PAIR_GWB_LAN, CONS_PORT),
+            SocketAddrV4::new(PAIR_GWA_WAN, WAN_PORT),
+        ),
+        (
+            &net.gwa,
+            "gwa",
+            SocketAddrV4::new(PAIR_GWA_WAN, WAN_PORT),
+            server,
+        ),
+    ]
+}
+
 /// A peer relay pair (nginx or socat) in gwB and gwA; killed on drop.
 struct Relays<'a> {
     net: &'a PairNet,
@@ -396,21 +418,7 @@ impl<'a> Relays<'a> {
             net,
             children: Vec::new(),
         };
-        let hops = [
-            (
-                &net.gwb,
-                "gwb",
-                SocketAddrV4::new(PAIR_GWB_LAN, CONS_PORT),
-                SocketAddrV4::new(PAIR_GWA_WAN, WAN_PORT),
-            ),
-            (
-                &net.gwa,
-                "gwa",
-                SocketAddrV4::new(PAIR_GWA_WAN, WAN_PORT),
-                server,
-            ),
-        ];
-        for (ns, name, listen, to) in hops {
+        for (ns, name, listen, to) in hops(net, server) {
             let prefix = work.join(format!("nginx-{name}"));
             std::fs::create_dir_all(&prefix)
                 .with_context(|| format!("creating {}", prefix.display()))?;
@@ -437,21 +445,7 @@ impl<'a> Relays<'a> {
             net,
             children: Vec::new(),
         };
-        let hops = [
-            (
-                &net.gwb,
-                "gwb",
-                SocketAddrV4::new(PAIR_GWB_LAN, CONS_PORT),
-                SocketAddrV4::new(PAIR_GWA_WAN, WAN_PORT),
-            ),
-            (
-                &net.gwa,
-                "gwa",
-                SocketAddrV4::new(PAIR_GWA_WAN, WAN_PORT),
-                server,
-            ),
-        ];
-        for (ns, name, listen, to) in hops {
+        for (ns, name, listen, to) in hops(net, server) {
             let (port, ip) = (listen.port(), listen.ip());
             for (proto, args) in [
                 (
@@ -618,17 +612,8 @@ fn table(rows: &[Row], goals: &[(String, bool)], failures: &[(String, String)]) 
 }
 
 fn select(names: &[String]) -> anyhow::Result<Vec<Case>> {
-    for name in names {
-        if !CASES.iter().any(|c| c.name == name) {
-            let known: Vec<&str> = CASES.iter().map(|c| c.name).collect();
-            bail!("unknown case {name:?}; known: {}", known.join(", "));
-        }
-    }
-    Ok(CASES
-        .iter()
-        .filter(|c| names.is_empty() || names.iter().any(|n| n == c.name))
-        .copied()
-        .collect())
+    let chosen = super::common::select_by_name(CASES, names, |c| c.name, "case")?;
+    Ok(chosen.into_iter().copied().collect())
 }
 
 #[cfg(test)]

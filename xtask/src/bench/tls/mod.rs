@@ -291,17 +291,8 @@ fn run_pair(
 }
 
 fn select(names: &[String]) -> anyhow::Result<Vec<PairCase>> {
-    for name in names {
-        if !PAIRS.iter().any(|p| p.name == name) {
-            let known: Vec<&str> = PAIRS.iter().map(|p| p.name).collect();
-            bail!("unknown pair {name:?}; known: {}", known.join(", "));
-        }
-    }
-    Ok(PAIRS
-        .iter()
-        .filter(|p| names.is_empty() || names.iter().any(|n| n == p.name))
-        .copied()
-        .collect())
+    let chosen = super::common::select_by_name(PAIRS, names, |p| p.name, "pair")?;
+    Ok(chosen.into_iter().copied().collect())
 }
 
 #[cfg(test)]
