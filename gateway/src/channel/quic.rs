@@ -43,12 +43,22 @@ pub const DATAGRAM_ALPN: &[u8] = b"s2cs-datagram/1";
 /// Exporter context: a datagram channel's proof differs from a stream
 /// channel's even under the same secret.
 const EXPORTER_CONTEXT: &[u8] = b"s2cs datagram channel";
-/// The largest UDP payload MTU discovery tries: a 9000-byte jumbo frame less
-/// the IPv4 and UDP headers.
+/// The largest UDP payload a datagram channel sends or takes: a 9000-byte
+/// jumbo frame less the IPv4 and UDP headers.
 pub const MAX_UDP_PAYLOAD: u16 = 8972;
-/// The UDP payload sent before MTU discovery has run: what a 1500-byte
-/// Ethernet path carries under IPv6 (black-hole detection lowers it if not).
-const INITIAL_UDP_PAYLOAD: u16 = 1452;
+/// The UDP payload a connection starts with and never goes under when the
+/// kernel cannot tell its route's MTU (IPv6): what a 1500-byte Ethernet
+/// path carries under IPv6.
+const FALLBACK_UDP_PAYLOAD: u16 = 1452;
+/// QUIC's own floor (RFC 9000 section 14).
+const QUIC_MIN_UDP_PAYLOAD: u16 = 1200;
+/// IPv4 and UDP headers: a route MTU less these is the UDP payload.
+const IPV4_UDP_HEADERS: u16 = 28;
+/// The largest packet quinn may batch into one UDP GSO send: it batches up
+/// to 10 packets, and the kernel takes at most 64 KiB per send (IP and UDP
+/// headers included) and fails a larger one with EMSGSIZE, which quinn
+/// drops silently: every packet of the batch is lost.
+const GSO_MAX_UDP_PAYLOAD: u16 = 6_500;
 /// A flow's QUIC connection closes after this long without a packet; the
 /// keep-alives below hold a live flow's connection open.
 const IDLE_TIMEOUT_MS: u32 = 30_000;
@@ -76,7 +86,7 @@ impl DatagramChannel {
 /// The QUIC side of a [`ChannelConfig`], shared by every UDP session.
 pub struct QuicChannel {
     server: quinn::ServerConfig,
-    client: quinn::ClientConfig,
+    client_tls: Arc<QuicClientConfig>,
     proof_timeout: Duration,
     failures: Arc<ChannelFailures>,
 }
@@ -92,13 +102,12 @@ impl std::fmt::Debug for QuicChannel {
 impl QuicChannel {
     /// The QUIC configurations on `cfg`'s TLS settings.
     pub fn new(cfg: &ChannelConfig) -> Result<Self, ChannelError> {
-        let transport = Arc::new(transport());
         let mut server_tls = (*cfg.server).clone();
         server_tls.alpn_protocols = vec![DATAGRAM_ALPN.to_vec()];
         let server_tls = QuicServerConfig::try_from(Arc::new(server_tls))
             .map_err(|e| ChannelError::config(format!("QUIC server TLS: {e}")))?;
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(server_tls));
-        server.transport_config(Arc::clone(&transport));
+        server.transport_config(Arc::new(transport(None)));
         // The peer stays at the address that proved the secret.
         server.migration(false);
 
@@ -106,11 +115,9 @@ impl QuicChannel {
         client_tls.alpn_protocols = vec![DATAGRAM_ALPN.to_vec()];
         let client_tls = QuicClientConfig::try_from(Arc::new(client_tls))
             .map_err(|e| ChannelError::config(format!("QUIC client TLS: {e}")))?;
-        let mut client = quinn::ClientConfig::new(Arc::new(client_tls));
-        client.transport_config(transport);
         Ok(QuicChannel {
             server,
-            client,
+            client_tls: Arc::new(client_tls),
             proof_timeout: cfg.proof_timeout,
             failures: Arc::clone(&cfg.failures),
         })
@@ -130,35 +137,37 @@ impl QuicChannel {
     pub fn client_endpoint(&self, bind: SocketAddr) -> io::Result<quinn::Endpoint> {
         let socket = std::net::UdpSocket::bind(bind)?;
         let _ = socket2::SockRef::from(&socket).set_recv_buffer_size(4 << 20);
-        let mut endpoint = quinn::Endpoint::new(
+        quinn::Endpoint::new(
             endpoint_config(),
             None,
             socket,
             Arc::new(quinn::TokioRuntime),
-        )?;
-        endpoint.set_default_client_config(self.client.clone());
-        Ok(endpoint)
+        )
     }
 
     /// PROD side: the handshake of one incoming connection and the check of
-    /// the CONS gateway's proof. In the plaintext mode (`allow_plain`, and
-    /// asked for by the peer) the peer also names the UDP port its plain
-    /// datagrams will come from. The caller sets the flow up, then answers
+    /// the CONS gateway's proof. In the plaintext mode (asked for by the
+    /// peer, and allowed by `plain`) the peer also names the UDP port its
+    /// plain datagrams will come from. The caller sets the flow up, then answers
     /// with [`Accepted::confirm`]. On error the connection is closed and
     /// the failure counted.
     pub async fn accept(
         &self,
         incoming: quinn::Incoming,
         secret: &[u8; 32],
-        allow_plain: bool,
+        plain: PlainDatagrams,
     ) -> Result<Accepted, ChannelError> {
         let peer = incoming.remote_address();
+        let mut server = self.server.clone();
+        server.transport_config(Arc::new(transport(route_udp_payload(peer))));
         let outcome = self
             .deadline(async {
                 let conn = incoming
+                    .accept_with(Arc::new(server))
+                    .map_err(|source| ChannelError::Quic { source })?
                     .await
                     .map_err(|source| ChannelError::Quic { source })?;
-                let checked = check_cons_proof(&conn, secret, allow_plain).await;
+                let checked = check_cons_proof(&conn, secret, plain).await;
                 Ok((conn.clone(), refuse_on_error(&conn, checked)?))
             })
             .await;
@@ -183,8 +192,10 @@ impl QuicChannel {
         secret: &[u8; 32],
         plain_port: Option<u16>,
     ) -> Result<(DatagramChannel, bool), ChannelError> {
+        let mut client = quinn::ClientConfig::new(Arc::clone(&self.client_tls) as _);
+        client.transport_config(Arc::new(transport(route_udp_payload(peer))));
         let connecting = endpoint
-            .connect(peer, server_name)
+            .connect_with(client, peer, server_name)
             .map_err(|e| ChannelError::config(format!("QUIC connect to {peer}: {e}")))?;
         let outcome = self
             .deadline(async {
@@ -241,6 +252,19 @@ impl QuicChannel {
     }
 }
 
+/// What a PROD gateway answers a CONS gateway asking for plaintext
+/// datagrams after the proof.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PlainDatagrams {
+    /// Agreed: the flow goes to the kernel fast path.
+    Allow,
+    /// Answered without the flag: the flow's datagrams stay in QUIC (a
+    /// rate-capped session, whose cap only userspace applies).
+    Decline,
+    /// Refused as a mode mismatch (no kernel path here, or another mode).
+    Refuse,
+}
+
 /// A connection whose CONS gateway proved the secret; the PROD gateway's
 /// own proof is still to be sent ([`Accepted::confirm`]).
 pub struct Accepted {
@@ -270,8 +294,38 @@ fn endpoint_config() -> quinn::EndpointConfig {
     config
 }
 
-/// The transport settings of every datagram channel.
-fn transport() -> quinn::TransportConfig {
+/// The UDP payload the kernel's route to `peer` carries: its MTU (the
+/// interface's, a route's `mtu`, or a path MTU learned from ICMP) less the
+/// IPv4 and UDP headers, within what QUIC and our endpoints take. None for
+/// IPv6, or a route the kernel cannot tell.
+pub fn route_udp_payload(peer: SocketAddr) -> Option<u16> {
+    let SocketAddr::V4(_) = peer else {
+        return None;
+    };
+    let route_mtu =
+        std::net::UdpSocket::bind((std::net::Ipv4Addr::UNSPECIFIED, 0)).and_then(|socket| {
+            // Connecting a UDP socket sends nothing: it picks the route.
+            socket.connect(peer)?;
+            nix::sys::socket::getsockopt(&socket, nix::sys::socket::sockopt::IpMtu)
+                .map_err(io::Error::from)
+        });
+    match route_mtu {
+        Ok(mtu) => Some(
+            u16::try_from(mtu)
+                .unwrap_or(u16::MAX)
+                .saturating_sub(IPV4_UDP_HEADERS)
+                .clamp(QUIC_MIN_UDP_PAYLOAD, MAX_UDP_PAYLOAD),
+        ),
+        Err(err) => {
+            tracing::debug!(%peer, error = %err, "datagram channel: route MTU unknown");
+            None
+        }
+    }
+}
+
+/// The transport settings of a datagram channel whose route carries UDP
+/// payloads of `route_payload` bytes (None: unknown, so discovered).
+fn transport(route_payload: Option<u16>) -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
     // One stream: the proof's. None of the peer's own.
     t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(1));
@@ -286,18 +340,27 @@ fn transport() -> quinn::TransportConfig {
     // loss: datagram flows lose packets as UDP does, and a loss-based
     // controller would starve them.
     t.congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default()));
-    // Loss makes quinn suspect a black hole and fall back to `min_mtu`: at
-    // quinn's default (1,200) every datagram over ~1,150 bytes would then be
-    // dropped as oversize until the next search. Between DTNs a 1,500-byte
-    // path is the least there is.
-    t.min_mtu(INITIAL_UDP_PAYLOAD);
-    t.initial_mtu(INITIAL_UDP_PAYLOAD);
-    let mut mtu = quinn::MtuDiscoveryConfig::default();
-    mtu.upper_bound(MAX_UDP_PAYLOAD);
-    // Search again soon after a suspected black hole (the default waits a
-    // minute), so jumbo datagrams are carried again within seconds.
-    mtu.black_hole_cooldown(Duration::from_secs(5));
-    t.mtu_discovery_config(Some(mtu));
+    // Packets start at the route's MTU and never go under it. Congestion
+    // loss of large packets makes quinn suspect an MTU black hole and fall
+    // back to `min_mtu`; at quinn's default (1,200) every datagram larger
+    // than that would then be dropped as oversize until the next search,
+    // which on a jumbo-frame path stalled 8,900-byte datagrams for seconds
+    // at a time. The operator sets a path narrower than its ends' interfaces
+    // as the route's MTU (`ip route ... mtu N`), which is read here.
+    // Where the route's MTU is unknown (IPv6), packets start at
+    // [`FALLBACK_UDP_PAYLOAD`] and discovery searches above it, up to what
+    // GSO batches carry.
+    let floor = route_payload.unwrap_or(FALLBACK_UDP_PAYLOAD);
+    t.min_mtu(floor);
+    t.initial_mtu(floor);
+    t.mtu_discovery_config(route_payload.is_none().then(|| {
+        let mut mtu = quinn::MtuDiscoveryConfig::default();
+        mtu.upper_bound(GSO_MAX_UDP_PAYLOAD);
+        mtu.black_hole_cooldown(Duration::from_secs(5));
+        mtu
+    }));
+    // Jumbo packets go one per send: ten of them overflow a GSO send.
+    t.enable_segmentation_offload(floor <= GSO_MAX_UDP_PAYLOAD);
     t
 }
 
@@ -355,12 +418,12 @@ async fn cons_prove(
 }
 
 /// PROD side: checks the CONS gateway's proof and prepares ours with the
-/// agreed flags. A CONS gateway asking for the plaintext mode where it is
-/// not allowed is refused (mode mismatch).
+/// agreed flags. A CONS gateway asking for the plaintext mode is refused
+/// (mode mismatch) or declined (answered without the flag) as `plain` says.
 async fn check_cons_proof(
     conn: &quinn::Connection,
     secret: &[u8; 32],
-    allow_plain: bool,
+    plain: PlainDatagrams,
 ) -> Result<(Option<u16>, quinn::SendStream, [u8; PROOF_LEN]), ChannelError> {
     let exporter = exporter(conn)?;
     let (send, mut recv) = conn
@@ -369,19 +432,23 @@ async fn check_cons_proof(
         .map_err(|source| ChannelError::Quic { source })?;
     let theirs = read_exact::<PROOF_LEN>(&mut recv).await?;
     let flags = check(secret, Role::Cons, &exporter, &theirs)?;
-    let plain_port = if flags == FLAG_PLAINTEXT_AFTER_AUTH {
-        if !allow_plain {
+    let (plain_port, answer) = if flags == FLAG_PLAINTEXT_AFTER_AUTH {
+        if plain == PlainDatagrams::Refuse {
             return Err(ChannelError::ModeMismatch {
                 ours: "has no kernel UDP path for plaintext after authentication",
                 theirs: "wants plaintext after authentication",
             });
         }
-        Some(u16::from_be_bytes(read_exact::<2>(&mut recv).await?))
+        let port = u16::from_be_bytes(read_exact::<2>(&mut recv).await?);
+        match plain {
+            PlainDatagrams::Allow => (Some(port), flags),
+            _ => (None, 0),
+        }
     } else {
-        None
+        (None, flags)
     };
     expect_end(&mut recv).await?;
-    let ours = proof::compute(secret, Role::Prod, flags, &exporter);
+    let ours = proof::compute(secret, Role::Prod, answer, &exporter);
     Ok((plain_port, send, ours))
 }
 
@@ -445,5 +512,44 @@ async fn expect_end(recv: &mut quinn::RecvStream) -> Result<(), ChannelError> {
         Some(_) => Err(ChannelError::BadProof {
             detail: "bytes after the proof",
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn route_payload_is_the_routes_mtu_less_headers_within_quic_bounds() {
+        // Loopback's MTU (65,536) is beyond what our endpoints take.
+        let lo = route_udp_payload("127.0.0.1:9".parse().unwrap());
+        assert_eq!(lo, Some(MAX_UDP_PAYLOAD));
+        // IPv6 routes are not read: the fallback floor and discovery apply.
+        assert_eq!(route_udp_payload("[::1]:9".parse().unwrap()), None);
+    }
+
+    #[test]
+    fn a_known_route_fixes_the_packet_size_and_an_unknown_one_is_discovered() {
+        let known = transport(Some(8_972));
+        let unknown = transport(None);
+        // TransportConfig exposes no getters: its Debug output names them.
+        let known = format!("{known:?}");
+        let unknown = format!("{unknown:?}");
+        assert!(known.contains("min_mtu: 8972"), "{known}");
+        assert!(known.contains("mtu_discovery_config: None"), "{known}");
+        assert!(unknown.contains("min_mtu: 1452"), "{unknown}");
+        assert!(unknown.contains("upper_bound: 6500"), "{unknown}");
+        // Ten jumbo packets would overflow one GSO send: one per send.
+        assert!(
+            known.contains("enable_segmentation_offload: false"),
+            "{known}"
+        );
+        assert!(
+            format!("{:?}", transport(Some(1_472))).contains("enable_segmentation_offload: true")
+        );
+        assert!(
+            unknown.contains("enable_segmentation_offload: true"),
+            "{unknown}"
+        );
     }
 }
