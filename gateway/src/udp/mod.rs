@@ -129,6 +129,12 @@ impl UdpShared {
         };
         cap.as_ref().is_none_or(|cap| cap.admit(len, now))
     }
+
+    /// Whether the session has a rate cap: its flows then stay off the
+    /// kernel fast path, which forwards without one.
+    fn capped(&self) -> bool {
+        self.to_target.is_some() || self.from_target.is_some()
+    }
 }
 
 /// A running session's UDP relay.
@@ -173,6 +179,9 @@ impl UdpRelay {
             max_flows: plan.max_flows.max(1),
             idle: plan.idle,
         });
+        if shared.capped() && matches!(plan.wan, UdpWan::Quic { fast: Some(_), .. }) {
+            tracing::info!(parent: &span, uid = %plan.uid, "UDP: the session's rate cap keeps its datagrams in QUIC (the kernel path forwards without a cap)");
+        }
         let (stop, stopped) = watch::channel(false);
         // Set everything up first, so that an error leaves nothing running.
         let mut ready = Vec::with_capacity(plan.links.len());

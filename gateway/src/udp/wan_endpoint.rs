@@ -19,7 +19,7 @@ use super::flow::millis_since;
 use super::flow::{Port, relay_flow};
 use super::front::connect_udp;
 use super::kernel_flow::{KernelFlow, run_kernel_flow};
-use crate::channel::quic::QuicChannel;
+use crate::channel::quic::{PlainDatagrams, QuicChannel};
 use crate::udp_fastpath::{Rewrite, UdpFastPath};
 
 /// Handshakes (connections not yet proved) in progress at once per port.
@@ -73,7 +73,7 @@ pub(super) async fn run_endpoint(
         tasks.spawn(async move {
             let peer = incoming.remote_address();
             let accepted = channel
-                .accept(incoming, shared.secret.expose(), fast.is_some())
+                .accept(incoming, shared.secret.expose(), plain_policy(fast.is_some(), shared.capped()))
                 .await;
             drop(permit);
             let Ok(accepted) = accepted else {
@@ -151,6 +151,17 @@ pub(super) async fn run_endpoint(
 /// The rewrite of a kernel flow on the PROD gateway: datagrams from the
 /// peer gateway's plain port to our WAN port go to ProdApp from the flow's
 /// LAN socket (ProdApp's replies take its mirror back to the peer).
+/// How this PROD gateway answers a CONS gateway asking for the kernel
+/// path: only with the program loaded, and only for an uncapped session
+/// (a capped one keeps its datagrams in QUIC, where the cap applies).
+fn plain_policy(kernel_path: bool, capped: bool) -> PlainDatagrams {
+    match (kernel_path, capped) {
+        (true, false) => PlainDatagrams::Allow,
+        (true, true) => PlainDatagrams::Decline,
+        (false, _) => PlainDatagrams::Refuse,
+    }
+}
+
 fn kernel_rewrite(
     endpoint: &Option<SocketAddr>,
     conn: &quinn::Connection,
