@@ -5,7 +5,9 @@
 //! from the byte counters of two successive events. An event without
 //! counters (the data plane no longer runs the session, e.g. the last event
 //! after a release) shows the last totals seen, with no open connection,
-//! rather than zeros.
+//! rather than zeros. A session that carried UDP datagrams gets a second
+//! part, `udp:`, with datagrams each way, open/total flows, drops and the
+//! datagram throughput.
 
 use crate::proto::{Counters, WatchEvent};
 
@@ -16,8 +18,8 @@ const REDRAW: &str = "\r\x1b[2K";
 #[derive(Debug)]
 pub struct WatchView {
     terminal: bool,
-    /// (unix millis, total bytes) of the previous event.
-    last: Option<(u64, u64)>,
+    /// (unix millis, total TCP bytes, total UDP bytes) of the previous event.
+    last: Option<(u64, u64, u64)>,
     /// The last counters an event carried.
     counters: Option<Counters>,
 }
@@ -40,22 +42,26 @@ impl WatchView {
             (Some(c), _) => c,
             (None, Some(last)) => Counters {
                 connections_active: 0,
+                udp_flows_active: 0,
                 ..last
             },
             (None, None) => Counters::default(),
         };
         self.counters = Some(c);
         let total = c.bytes_to_target.saturating_add(c.bytes_from_target);
-        let mbps = match self.last {
-            Some((t0, b0)) if ev.unix_millis > t0 => {
-                total.saturating_sub(b0) as f64 * 8.0
-                    / ((ev.unix_millis - t0) as f64 / 1000.0)
-                    / 1e6
+        let udp_total = c
+            .udp_bytes_to_target
+            .saturating_add(c.udp_bytes_from_target);
+        let (mbps, udp_mbps) = match self.last {
+            Some((t0, b0, u0)) if ev.unix_millis > t0 => {
+                let secs = (ev.unix_millis - t0) as f64 / 1000.0;
+                let rate = |now: u64, then: u64| now.saturating_sub(then) as f64 * 8.0 / secs / 1e6;
+                (rate(total, b0), rate(udp_total, u0))
             }
-            _ => 0.0,
+            _ => (0.0, 0.0),
         };
-        self.last = Some((ev.unix_millis, total));
-        format!(
+        self.last = Some((ev.unix_millis, total, udp_total));
+        let mut line = format!(
             "{} {} to_target={} from_target={} conns={}/{} {:.1} Mbit/s",
             ev.uid,
             ev.state,
@@ -64,7 +70,20 @@ impl WatchView {
             c.connections_active,
             c.connections_total,
             mbps
-        )
+        );
+        if c.udp_flows_total > 0 || c.udp_flows_refused > 0 || c.udp_datagrams_to_target > 0 {
+            let dropped = c.udp_dropped_oversize + c.udp_dropped_rate + c.udp_dropped_backlog;
+            line.push_str(&format!(
+                " | udp: datagrams={}/{} flows={}/{} dropped={} {:.1} Mbit/s",
+                c.udp_datagrams_to_target,
+                c.udp_datagrams_from_target,
+                c.udp_flows_active,
+                c.udp_flows_total,
+                dropped,
+                udp_mbps
+            ));
+        }
+        line
     }
 
     /// What to write for `ev`: the line redrawn in place on a terminal, a
@@ -164,6 +183,50 @@ mod tests {
         assert_eq!(
             WatchView::new(false).line(&none),
             "u-1 RELEASED to_target=0 from_target=0 conns=0/0 0.0 Mbit/s"
+        );
+    }
+
+    #[test]
+    fn a_session_with_datagrams_shows_its_udp_part_and_rate() {
+        let mut v = WatchView::new(false);
+        let udp = |millis: u64, datagrams: u64, bytes: u64, active: u64| WatchEvent {
+            uid: "u-1".into(),
+            state: "ACTIVE".into(),
+            counters: Some(Counters {
+                udp_datagrams_to_target: datagrams,
+                udp_datagrams_from_target: datagrams / 2,
+                udp_bytes_to_target: bytes,
+                udp_flows_total: 1,
+                udp_flows_active: active,
+                udp_dropped_oversize: 2,
+                udp_dropped_rate: 1,
+                ..Counters::default()
+            }),
+            unix_millis: millis,
+        };
+        v.line(&udp(1_000, 10, 1_000, 1));
+        // 2 MB of datagrams in 2 s is 8 Mbit/s; TCP moved nothing.
+        assert_eq!(
+            v.line(&udp(3_000, 2_010, 2_001_000, 1)),
+            "u-1 ACTIVE to_target=0 from_target=0 conns=0/0 0.0 Mbit/s \
+             | udp: datagrams=2010/1005 flows=1/1 dropped=3 8.0 Mbit/s"
+        );
+        // After the session ends no flow is open any more.
+        let none = WatchEvent {
+            uid: "u-1".into(),
+            state: "RELEASED".into(),
+            counters: None,
+            unix_millis: 4_000,
+        };
+        assert!(
+            v.line(&none)
+                .ends_with("| udp: datagrams=2010/1005 flows=0/1 dropped=3 0.0 Mbit/s"),
+        );
+        // A TCP-only session shows no UDP part.
+        assert!(
+            !WatchView::new(false)
+                .line(&event(1, 1, 1, 1, 1))
+                .contains("udp")
         );
     }
 }
