@@ -69,6 +69,10 @@ pub struct Tally {
     pub corrupt: u64,
     /// Intact datagrams of another stream (tag).
     pub strangers: u64,
+    /// Datagrams that arrived after one with a higher sequence number.
+    pub late: u64,
+    /// The highest sequence number seen so far.
+    highest: Option<u64>,
 }
 
 impl Tally {
@@ -79,6 +83,10 @@ impl Tally {
                 if !self.seqs.insert(seq) {
                     self.duplicates += 1;
                 }
+                if self.highest.is_some_and(|highest| seq < highest) {
+                    self.late += 1;
+                }
+                self.highest = self.highest.max(Some(seq));
                 Some(seq)
             }
             Received::Ok { .. } => {
@@ -159,5 +167,15 @@ mod tests {
             (1, 1, 1, 1)
         );
         assert_eq!(t.lost(10), 9);
+    }
+
+    #[test]
+    fn datagrams_overtaken_by_later_ones_are_counted_late() {
+        let mut t = Tally::default();
+        for seq in [0, 1, 3, 2, 4, 0, 5] {
+            t.add(7, &encode(7, seq, 64));
+        }
+        // 2 after 3, and 0 (a duplicate) after 4.
+        assert_eq!((t.late, t.duplicates, t.seqs.len()), (2, 1, 6));
     }
 }

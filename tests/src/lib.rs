@@ -16,11 +16,14 @@
 //! - [`wait`]: [`Deadline`], [`eventually`] and [`wait_for_port`] (poll, never
 //!   sleep blindly).
 //! - [`procfs`]: a process's open descriptors, memory and CPU time.
+//! - [`wire`]: capturing a namespace's UDP datagrams off the wire and
+//!   sending datagrams from spoofed sources (attack tests).
 //! - [`daemon`]: the workspace's binaries ([`Bin`]: `s2cs`, `s2uc`), a
 //!   [`Daemon`] in a namespace whose output is printed when a test fails, and
 //!   [`S2uc`] to run the client.
 //! - [`gateway`]: `s2cs serve` as the suites run it ([`Gateway`]) and the
 //!   `s2uc connect` / `status` / `release` commands against it.
+//! - [`impair`]: a lossy, reordering WAN (nftables and HTB; no netem here).
 //! - [`leaks`]: every daemon's and client's output scanned for secrets.
 //! - `sys` (private): the crate's only `unsafe` code ([`tcp_state`] is its
 //!   public part).
@@ -35,12 +38,14 @@ pub mod daemon;
 pub mod datagram;
 pub mod exec;
 pub mod gateway;
+pub mod impair;
 pub mod leaks;
 pub mod netns;
 pub mod procfs;
 pub mod stream;
 mod sys;
 pub mod wait;
+pub mod wire;
 
 pub use daemon::{Bin, Daemon, S2uc};
 pub use exec::{NsChild, NsThread};

@@ -61,3 +61,25 @@ pub fn tcp_state(socket: &std::net::TcpStream) -> io::Result<u8> {
     }
     Ok(info[0])
 }
+
+/// Makes a packet socket prefix every frame it reads with a
+/// `virtio_net_hdr` (PACKET_VNET_HDR), which carries the segment size of a
+/// UDP GSO frame (one frame holding several datagrams, as QUIC sends them).
+pub(crate) fn packet_vnet_hdr(socket: &impl AsRawFd) -> io::Result<()> {
+    let on: nix::libc::c_int = 1;
+    // SAFETY: setsockopt reads `size_of::<c_int>()` bytes from `on`, which
+    // lives across the call; the descriptor is borrowed from a live socket.
+    let rc = unsafe {
+        nix::libc::setsockopt(
+            socket.as_raw_fd(),
+            nix::libc::SOL_PACKET,
+            nix::libc::PACKET_VNET_HDR,
+            (&on as *const nix::libc::c_int).cast(),
+            std::mem::size_of::<nix::libc::c_int>() as nix::libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}

@@ -14,15 +14,26 @@
 //! against what was sent. In the default (encrypted) mode, an attacker on
 //! the WAN sends datagrams to the session's live port and runs a QUIC
 //! handshake with a wrong secret: nothing reaches ProdApp, and the refusal
-//! is counted. Needs root. Every wait is bounded.
+//! is counted. An on-path observer captures a live flow's packets (a tap
+//! at gwb, `e2e::wire`) and the attacker replays them, from the flow's own
+//! source address and from spoofed ones: ProdApp receives no datagram
+//! twice and no new flow opens. On a WAN that drops and reorders
+//! (`e2e::impair`: nftables and HTB, as this kernel has no netem) every
+//! datagram that arrives is intact and arrives once, and the loss is
+//! counted against what was sent. iperf3 -u runs unchanged through the
+//! pair both ways. A rate-capped session in the plaintext mode stays off
+//! the kernel path, and its cap drops (and counts) what exceeds it. Needs
+//! root. Every wait is bounded.
 mod support;
 
-use std::net::{SocketAddr, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use e2e::datagram::{self, Tally};
+use e2e::impair::{Impairment, impair_udp_egress};
+use e2e::wire::{self, Capture};
 use e2e::{Deadline, Link, Node, eventually};
 use gateway::channel::quic::QuicChannel;
 use gateway::channel::{ChannelConfig, ChannelSettings};
@@ -260,6 +271,154 @@ fn datagrams_cross_the_encrypted_channel_both_ways_and_no_stranger_reaches_proda
 }
 
 #[test]
+fn datagrams_cross_a_lossy_reordering_wan_intact_with_the_loss_counted() {
+    let s = Setup::new(false, &[], &[]);
+    // Both gateways' outgoing UDP on the WAN: 3% dropped, half the rest
+    // queued in a 50 Mbit/s class (late, so overtaken by later packets).
+    let how = Impairment {
+        loss_percent: 3,
+        slow_mbit: 50,
+    };
+    for node in [Node::Gwa, Node::Gwb] {
+        impair_udp_egress(&s.topo, node, Link::Wan, how)
+            .unwrap_or_else(|e| panic!("impairing {node}'s WAN: {e:#}"));
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let (producer, prod_app) = start_prod_app(&s, Arc::clone(&stop));
+    let c = s.connect(&[producer], 0);
+    let (replies, _) = run_cons_app(&s, c.cons_listeners[0]);
+    stop.store(true, Ordering::Relaxed);
+    let at_prod = join(prod_app);
+    let status = s.ask(Node::Gwb, "status", Some(&c.uid));
+    eprintln!(
+        "gwb: {status}\ngwa: {}",
+        s.ask(Node::Gwa, "status", Some(&c.uid))
+    );
+    for (what, tally, sent) in [
+        ("ProdApp", &at_prod, COUNT),
+        ("ConsApp", &replies, at_prod.seqs.len() as u64),
+    ] {
+        let lost = tally.lost(sent);
+        eprintln!(
+            "{what}: {} of {sent} arrived, {lost} lost, {} late, {} duplicates",
+            tally.seqs.len(),
+            tally.late,
+            tally.duplicates
+        );
+        assert_eq!(tally.corrupt, 0, "{what}: corrupted datagrams");
+        assert_eq!(tally.strangers, 0, "{what}: datagrams of another stream");
+        assert_eq!(tally.duplicates, 0, "{what}: datagrams delivered twice");
+        assert!(lost * 4 <= sent, "{what}: {lost} of {sent} lost");
+    }
+    // The WAN did lose and reorder (the test saw what it claims to test).
+    assert!(at_prod.lost(COUNT) > 0, "the impaired WAN lost nothing");
+    assert!(
+        at_prod.late + replies.late > 0,
+        "the impaired WAN reordered nothing"
+    );
+    // ConsApp's LAN is not impaired: the CONS gateway counts what it took,
+    // and ProdApp got no more than that.
+    let taken = number_after(&status, "udp: datagrams=");
+    assert!(taken >= COUNT * 9 / 10, "{status}");
+    assert!(at_prod.seqs.len() as u64 <= taken, "{status}");
+}
+
+#[test]
+fn replayed_and_spoofed_packets_of_a_captured_flow_deliver_nothing_twice() {
+    let s = Setup::new(true, &[], &[]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let (producer, prod_app) = start_prod_app(&s, Arc::clone(&stop));
+    let c = s.connect(&[producer], 0);
+    let target = match c.prod_listeners[0] {
+        SocketAddr::V4(v4) => v4,
+        other => panic!("an IPv4 session port, not {other}"),
+    };
+    let gwb_wan = match s.topo.addr(Node::Gwb, Link::Wan) {
+        std::net::IpAddr::V4(v4) => v4,
+        other => panic!("gwb's WAN address is IPv4, not {other}"),
+    };
+
+    // A tap at gwb records the flow's packets as they leave for gwa.
+    let capture = s
+        .topo
+        .run_in(Node::Gwb, move || Capture::start(gwb_wan, target))
+        .expect("entering gwb")
+        .unwrap_or_else(|e| panic!("opening the capture at gwb: {e}"));
+    let (replies, _) = run_cons_app(&s, c.cons_listeners[0]);
+    assert_delivery("replies at ConsApp", &replies, COUNT);
+    let seen = capture.stop().unwrap_or_else(|e| panic!("capture: {e}"));
+    let captured = seen.datagrams;
+    // Every datagram crossed in some packet: the capture saw the flow.
+    assert!(
+        captured.len() as u64 >= COUNT / 4,
+        "the tap saw {} packets of the flow in {} frames",
+        captured.len(),
+        seen.frames
+    );
+    let initial = captured
+        .iter()
+        .find(|d| d.payload.first().is_some_and(|b| b & 0xc0 == 0xc0))
+        .cloned()
+        .expect("the capture holds the flow's QUIC Initial");
+    let flows_before = number_after(&s.ask(Node::Gwa, "status", Some(&c.uid)), "flows=");
+
+    // The attacker replays it all: from the flow's own address and port
+    // (while its connection lives), and the handshake's first packet from
+    // spoofed sources on the WAN.
+    let mut attack = captured.clone();
+    for host in 70..80u8 {
+        let mut spoofed = initial.clone();
+        spoofed.from = SocketAddrV4::new(Ipv4Addr::new(10, 2, 0, host), 40_000 + u16::from(host));
+        attack.push(spoofed);
+    }
+    // A second tap, at gwa, proves the replayed packets reached it.
+    let at_gwa = s
+        .topo
+        .run_in(Node::Gwa, move || Capture::start(gwb_wan, target))
+        .expect("entering gwa")
+        .unwrap_or_else(|e| panic!("opening the capture at gwa: {e}"));
+    let sent = s
+        .topo
+        .run_in(Node::Attacker, move || wire::send_spoofed(&attack))
+        .expect("entering the attacker")
+        .unwrap_or_else(|e| panic!("the attacker's raw socket: {e}"));
+    assert!(sent >= captured.len(), "the attacker sent {sent} packets");
+
+    // What arrives at ProdApp within a while: nothing twice, nothing new.
+    std::thread::sleep(Duration::from_secs(2));
+    let replayed = at_gwa
+        .stop()
+        .unwrap_or_else(|e| panic!("capture at gwa: {e}"))
+        .datagrams
+        .len();
+    eprintln!(
+        "captured {} packets of the flow; the attacker sent {sent}; {replayed} of the flow's reached gwa",
+        captured.len()
+    );
+    assert!(
+        replayed >= captured.len(),
+        "only {replayed} replayed packets reached gwa"
+    );
+    stop.store(true, Ordering::Relaxed);
+    let at_prod = join(prod_app);
+    assert_delivery("datagrams at ProdApp", &at_prod, COUNT);
+    assert_eq!(
+        at_prod.duplicates, 0,
+        "replayed datagrams were delivered again"
+    );
+    assert!(
+        at_prod.seqs.iter().all(|&seq| seq < COUNT),
+        "a datagram ConsApp never sent arrived"
+    );
+    let status = s.ask(Node::Gwa, "status", Some(&c.uid));
+    assert_eq!(
+        number_after(&status, "flows="),
+        flows_before,
+        "a replayed or spoofed handshake opened a flow: {status}"
+    );
+}
+
+#[test]
 fn datagrams_cross_a_plain_channel_both_ways() {
     let s = Setup::new(false, &["--channel", "plain"], &["--channel", "plain"]);
     let stop = Arc::new(AtomicBool::new(false));
@@ -378,4 +537,116 @@ fn after_the_proof_plaintext_datagrams_are_forwarded_by_the_kernel_for_the_pinne
         after.seqs.is_empty() && after.strangers == 0,
         "datagrams reached ProdApp after release: {after:?}"
     );
+}
+
+/// One `iperf3 -c -u` run from ConsApp's namespace to `to` (`reverse`:
+/// ProdApp's iperf3 sends, as with `-R`), 3 s at 50 Mbit/s of 1,200-byte
+/// datagrams; its JSON report.
+fn iperf3_udp(s: &Setup, to: SocketAddr, reverse: bool) -> Result<serde_json::Value, String> {
+    let mut cmd = std::process::Command::new("iperf3");
+    cmd.args(["-c", &to.ip().to_string(), "-p", &to.port().to_string()])
+        .args(["-u", "-b", "50M", "-l", "1200", "-t", "3", "-J"]);
+    if reverse {
+        cmd.arg("-R");
+    }
+    let out = s
+        .topo
+        .output(Node::Cons, cmd, Duration::from_secs(60))
+        .map_err(|e| format!("iperf3 -c: {e:#}"))?;
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| {
+        format!(
+            "iperf3 -c printed no JSON ({e}): {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })?;
+    match report.get("error") {
+        Some(err) => Err(format!("iperf3 -c: {err}")),
+        None => Ok(report),
+    }
+}
+
+#[test]
+fn iperf3_udp_runs_unchanged_through_the_gateways_both_ways() {
+    let s = Setup::new(false, &[], &[]);
+    let producer = s.topo.sockaddr(Node::Prod, Link::LanA, PRODUCER_PORT);
+    let mut server = std::process::Command::new("iperf3");
+    server.args(["-s", "-B", &producer.ip().to_string()]);
+    server.args(["-p", &producer.port().to_string()]);
+    server.stdout(std::process::Stdio::null());
+    let _server = s
+        .topo
+        .spawn(Node::Prod, server)
+        .unwrap_or_else(|e| panic!("starting iperf3 -s in prod: {e:#}"));
+    let c = s.connect(&[producer], 0);
+    let cons_port = c.cons_listeners[0];
+    for reverse in [false, true] {
+        // The first run may find iperf3 -s still starting: retried.
+        let report = eventually(SECS_30, || iperf3_udp(&s, cons_port, reverse))
+            .unwrap_or_else(|e| panic!("iperf3 -u (reverse: {reverse}) through the pair: {e:#}"));
+        let sum = &report["end"]["sum"];
+        let packets = sum["packets"].as_u64().unwrap_or(0);
+        let lost = sum["lost_packets"].as_u64().unwrap_or(u64::MAX);
+        eprintln!("iperf3 -u (reverse: {reverse}): {packets} datagrams, {lost} lost");
+        // 3 s at 50 Mbit/s of 1,200 B is about 15,600 datagrams.
+        assert!(
+            packets >= 5_000,
+            "iperf3 counted {packets} datagrams: {sum}"
+        );
+        assert!(
+            lost * 10 <= packets,
+            "iperf3 lost {lost} of {packets}: {sum}"
+        );
+    }
+    let status = s.ask(Node::Gwb, "status", Some(&c.uid));
+    assert!(
+        number_after(&status, "udp: datagrams=") >= 10_000,
+        "{status}"
+    );
+}
+
+#[test]
+fn a_rate_capped_session_keeps_its_datagrams_off_the_kernel_path_under_its_cap() {
+    let topo = e2e::Topology::builder()
+        .build()
+        .unwrap_or_else(|e| panic!("cannot build the topology: {e:#}"));
+    let flags = || vec!["--channel".to_owned(), "plaintext-after-auth".to_owned()];
+    let s = Setup::start_logging(topo, "info,gateway::udp=debug", flags(), flags());
+    let stop = Arc::new(AtomicBool::new(false));
+    let (producer, prod_app) = start_prod_app(&s, Arc::clone(&stop));
+    // 1 Mbit/s: ConsApp's burst (about 1.9 MB at once) is far over it.
+    let c = s.connect(&[producer], 1);
+    let (replies, _) = run_cons_app(&s, c.cons_listeners[0]);
+    stop.store(true, Ordering::Relaxed);
+    let at_prod = join(prod_app);
+    for (what, tally) in [("ProdApp", &at_prod), ("ConsApp", &replies)] {
+        assert_eq!(tally.corrupt, 0, "{what}: corrupted datagrams");
+        assert_eq!(tally.strangers, 0, "{what}: datagrams of another stream");
+    }
+    // What the cap let through arrived; the rest was dropped and counted.
+    assert!(!at_prod.seqs.is_empty(), "nothing reached ProdApp");
+    assert!(
+        (at_prod.seqs.len() as u64) < COUNT / 2,
+        "{} of {COUNT} datagrams passed a 1 Mbit/s cap in a burst",
+        at_prod.seqs.len()
+    );
+    let status = s.ask(Node::Gwb, "status", Some(&c.uid));
+    let udp = status
+        .split("udp:")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no udp line: {status}"));
+    assert!(number_after(udp, "rate ") > 0, "{status}");
+    for gateway in [&s.gwa, &s.gwb] {
+        let log = gateway.log();
+        assert!(
+            !log.contains("forwarded by the kernel"),
+            "a capped flow went to the kernel path on {:?}:\n{log}",
+            gateway.node
+        );
+        assert!(
+            log.contains("rate cap keeps its datagrams in QUIC"),
+            "{:?} does not say why the kernel path is not used:\n{log}",
+            gateway.node
+        );
+    }
 }

@@ -15,6 +15,8 @@ use crate::cmd;
 const DEBIAN_PACKAGES: &[&str] = &[
     "iproute2",
     "iperf3",
+    // A lossy, reordering WAN for the UDP tests (no netem in some kernels).
+    "nftables",
     "haproxy",
     "socat",
     "stunnel4",
