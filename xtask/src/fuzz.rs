@@ -70,7 +70,7 @@ pub fn run(root: &Path, secs: u64, targets: &[String]) -> anyhow::Result<()> {
         }
         targets.iter().map(String::as_str).collect()
     };
-    let results = run_each(root, secs, &chosen)?;
+    let results = run_each(root, secs, &chosen, Build::Full)?;
     let failed: Vec<&str> = results
         .iter()
         .filter(|(_, r)| r.is_err())
@@ -82,6 +82,17 @@ pub fn run(root: &Path, secs: u64, targets: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How the targets are compiled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Build {
+    /// Fully optimised, with line tables for crash reports: long runs.
+    Full,
+    /// Lightly optimised, no debug info: the few seconds of a smoke run,
+    /// where compiling the dependency tree with sanitizer instrumentation
+    /// is most of the time. Same checks (ASan, debug assertions).
+    Smoke,
+}
+
 /// Builds once, then runs each target for `secs`, printing each outcome and
 /// a table of execution rates; the build failing is an error, a target
 /// failing is its result.
@@ -89,9 +100,10 @@ pub fn run_each(
     root: &Path,
     secs: u64,
     targets: &[&str],
+    how: Build,
 ) -> anyhow::Result<Vec<(String, anyhow::Result<RunStats>)>> {
     ensure_cargo_fuzz()?;
-    build(root)?;
+    build(root, how)?;
     let mut results = Vec::new();
     for target in targets {
         let result = run_one(root, target, secs);
@@ -125,20 +137,33 @@ fn fuzz_dir(root: &Path) -> PathBuf {
 }
 
 /// One build of every target: release, debug assertions and overflow checks
-/// on, AddressSanitizer (cargo fuzz's default).
-fn build(root: &Path) -> anyhow::Result<()> {
-    println!("fuzz: building the targets (nightly, libFuzzer, ASan, debug assertions) ...");
-    cmd::run(
-        Command::new("cargo")
-            .args([
-                "+nightly",
-                "fuzz",
-                "build",
-                "--release",
-                "--debug-assertions",
-            ])
-            .current_dir(fuzz_dir(root)),
-    )
+/// on, AddressSanitizer (cargo fuzz's default); a smoke build at opt-level 1
+/// without debug info.
+fn build(root: &Path, how: Build) -> anyhow::Result<()> {
+    println!(
+        "fuzz: building the targets (nightly, libFuzzer, ASan, debug assertions{}) ...",
+        if how == Build::Smoke {
+            ", opt-level 1"
+        } else {
+            ""
+        }
+    );
+    let mut command = Command::new("cargo");
+    command
+        .args([
+            "+nightly",
+            "fuzz",
+            "build",
+            "--release",
+            "--debug-assertions",
+        ])
+        .current_dir(fuzz_dir(root));
+    if how == Build::Smoke {
+        command
+            .env("CARGO_PROFILE_RELEASE_OPT_LEVEL", "1")
+            .env("CARGO_PROFILE_RELEASE_DEBUG", "false");
+    }
+    cmd::run(&mut command)
 }
 
 fn run_one(root: &Path, target: &str, secs: u64) -> anyhow::Result<RunStats> {

@@ -180,7 +180,7 @@ const FUZZ_SMOKE_SECS: u64 = 15;
 /// regressions: a crash (or a regression coming back) fails the suite.
 fn fuzz_smoke(root: &Path, failures: &mut Failures) -> anyhow::Result<Tally> {
     println!("xtask test: fuzz smoke ({FUZZ_SMOKE_SECS} s per target) ...");
-    let results = fuzz::run_each(root, FUZZ_SMOKE_SECS, fuzz::TARGETS)
+    let results = fuzz::run_each(root, FUZZ_SMOKE_SECS, fuzz::TARGETS, fuzz::Build::Smoke)
         .context("stage `fuzz smoke` failed")?;
     for (target, result) in &results {
         if let Err(err) = result {
