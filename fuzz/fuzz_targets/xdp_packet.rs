@@ -34,7 +34,11 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(&frame[flow.l4 + 2..flow.l4 + 4], &flow.key.dport);
         let mut longer = frame.to_vec();
         longer.resize(frame.len() + 64, 0xee);
-        assert_eq!(udp4_flow(&longer[..]), Some(flow), "appending bytes changed the flow");
+        assert_eq!(
+            udp4_flow(&longer[..]),
+            Some(flow),
+            "appending bytes changed the flow"
+        );
     }
     let verdict = classify(frame, first, last);
     if let Verdict::Check(key) = verdict {

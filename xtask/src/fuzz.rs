@@ -22,6 +22,7 @@ pub const TARGETS: &[&str] = &[
     "operator_inputs",
     "server_config",
     "xdp_packet",
+    "client_inputs",
 ];
 
 /// cargo-fuzz, pinned to a version that builds with this machine's toolchains.

@@ -294,46 +294,68 @@ impl LoginFlow {
     }
 
     fn code_from(&self, pasted: &str) -> Result<Zeroizing<String>, ClientError> {
-        let pasted = pasted.trim();
-        if pasted.is_empty() {
-            return Err(ClientError::Invalid(
-                "no authorization code given: paste the code the sign-in page shows".into(),
-            ));
-        }
-        let code = if pasted.starts_with("https://") || pasted.starts_with("http://") {
-            let url = oauth2::url::Url::parse(pasted)
-                .map_err(|e| ClientError::Invalid(format!("the pasted URL does not parse: {e}")))?;
-            let query = |name: &str| {
-                url.query_pairs()
-                    .find(|(k, _)| k == name)
-                    .map(|(_, v)| Zeroizing::new(v.into_owned()))
-            };
-            if let Some(error) = query("error") {
-                return Err(ClientError::Invalid(format!(
-                    "the authorization server refused the sign-in: {}",
-                    error.as_str()
-                )));
-            }
-            let state = query("state").map(|s| s.to_string()).unwrap_or_default();
-            let expected = self.state.secret().as_bytes();
-            if !bool::from(subtle::ConstantTimeEq::ct_eq(state.as_bytes(), expected)) {
-                return Err(ClientError::Invalid(
-                    "the pasted URL belongs to another sign-in (its state differs): paste the URL of this login's page".into(),
-                ));
-            }
-            query("code").ok_or_else(|| {
-                ClientError::Invalid("the pasted URL holds no code= parameter".into())
-            })?
-        } else {
-            Zeroizing::new(pasted.to_owned())
-        };
-        if code.chars().any(|c| !c.is_ascii_graphic()) {
-            return Err(ClientError::Invalid(
-                "the authorization code has spaces or non-ASCII characters: paste it exactly as shown".into(),
-            ));
-        }
-        Ok(code)
+        code_from_pasted(pasted, self.state.secret().as_bytes())
     }
+}
+
+/// The authorization code in what the user pasted after signing in: the
+/// code alone, or the whole URL the server redirected to, whose `state`
+/// must equal `expected_state` (compared in constant time) and which must
+/// not carry an `error`. Text from the user's clipboard: every refusal says
+/// what to paste instead.
+pub fn code_from_pasted(
+    pasted: &str,
+    expected_state: &[u8],
+) -> Result<Zeroizing<String>, ClientError> {
+    let pasted = pasted.trim();
+    if pasted.is_empty() {
+        return Err(ClientError::Invalid(
+            "no authorization code given: paste the code the sign-in page shows".into(),
+        ));
+    }
+    let code = if pasted.starts_with("https://") || pasted.starts_with("http://") {
+        let url = oauth2::url::Url::parse(pasted)
+            .map_err(|e| ClientError::Invalid(format!("the pasted URL does not parse: {e}")))?;
+        let query = |name: &str| {
+            url.query_pairs()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| Zeroizing::new(v.into_owned()))
+        };
+        if let Some(error) = query("error") {
+            return Err(ClientError::Invalid(format!(
+                "the authorization server refused the sign-in: {}",
+                error.as_str()
+            )));
+        }
+        let state = query("state").map(|s| s.to_string()).unwrap_or_default();
+        if !bool::from(subtle::ConstantTimeEq::ct_eq(
+            state.as_bytes(),
+            expected_state,
+        )) {
+            return Err(ClientError::Invalid(
+                "the pasted URL belongs to another sign-in (its state differs): paste the URL of this login's page".into(),
+            ));
+        }
+        let code = query("code").ok_or_else(|| {
+            ClientError::Invalid("the pasted URL holds no code= parameter".into())
+        })?;
+        if code.is_empty() {
+            return Err(ClientError::Invalid(
+                "the pasted URL's code= parameter is empty: paste the URL of this login's page"
+                    .into(),
+            ));
+        }
+        code
+    } else {
+        Zeroizing::new(pasted.to_owned())
+    };
+    if code.chars().any(|c| !c.is_ascii_graphic()) {
+        return Err(ClientError::Invalid(
+            "the authorization code has spaces or non-ASCII characters: paste it exactly as shown"
+                .into(),
+        ));
+    }
+    Ok(code)
 }
 
 /// A failed token request as one readable error: the server's OAuth error
@@ -424,6 +446,9 @@ mod tests {
         let good = format!("https://auth.example.org/v2/web/auth-code?code=abc123&state={state}");
         assert_eq!(f.code_from(&good).expect("code").as_str(), "abc123");
         assert_eq!(f.code_from("  abc123\n").expect("code").as_str(), "abc123");
+        let empty = format!("http://localhost/cb?code=&state={}", f.state.secret());
+        let e = f.code_from(&empty).expect_err("an empty code");
+        assert!(e.to_string().contains("code= parameter is empty"), "{e}");
         let other = "https://auth.example.org/v2/web/auth-code?code=abc123&state=someone-else";
         let e = f.code_from(other).expect_err("another login's URL");
         assert!(e.to_string().contains("state differs"), "{e}");

@@ -36,12 +36,22 @@ impl LoginStore {
             context: format!("reading the login store {}", path.display()),
             source: e,
         })?;
-        serde_json::from_str(&text).map_err(|e| {
+        LoginStore::from_json(&text).map_err(|e| {
             ClientError::Invalid(format!(
                 "the login store {} does not parse ({e}): remove it and run s2uc login",
                 path.display()
             ))
         })
+    }
+
+    /// The store in `text` (the file's contents).
+    pub fn from_json(text: &str) -> Result<LoginStore, serde_json::Error> {
+        serde_json::from_str(text)
+    }
+
+    /// The store as the file holds it.
+    pub fn to_json(&self) -> Result<String, serde_json::Error> {
+        serde_json::to_string_pretty(self)
     }
 
     /// Writes the store (mode 0600); an empty store removes the file.
@@ -56,7 +66,8 @@ impl LoginStore {
                 }),
             };
         }
-        let text = serde_json::to_string_pretty(self)
+        let text = self
+            .to_json()
             .map_err(|e| ClientError::Invalid(format!("cannot encode the login store: {e}")))?;
         write_private_file(path, text.as_bytes())
     }
