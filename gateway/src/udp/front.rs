@@ -80,8 +80,6 @@ impl Toward {
             } => {
                 let name = crate::channel::server_name(target);
                 let secret = shared.secret.expose();
-                // A capped session stays in QUIC, where the cap applies.
-                let fast = fast.as_ref().filter(|_| !shared.capped());
                 let plain = match (fast, target, sender, local) {
                     (
                         Some(fast),

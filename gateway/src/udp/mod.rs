@@ -206,10 +206,12 @@ impl UdpRelay {
                     let endpoint = channel
                         .client_endpoint(any)
                         .map_err(|source| UdpError::Endpoint { addr: any, source })?;
+                    // A capped session stays in QUIC, where the cap applies:
+                    // its CONS gateway does not ask for the kernel path.
                     let toward = Toward::Quic {
                         channel: Arc::clone(channel),
                         endpoint,
-                        fast: fast.clone(),
+                        fast: fast.clone().filter(|_| !shared.capped()),
                     };
                     Ready::Front(front_socket(socket, addr)?, target, toward)
                 }

@@ -39,6 +39,7 @@ pub(super) async fn run_endpoint(
     let epoch = Instant::now();
     let endpoint_addr = endpoint.local_addr().ok();
     let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+    let plain = plain_policy(fast.is_some(), shared.capped());
     let mut tasks = JoinSet::new();
     loop {
         let incoming = tokio::select! {
@@ -73,7 +74,7 @@ pub(super) async fn run_endpoint(
         tasks.spawn(async move {
             let peer = incoming.remote_address();
             let accepted = channel
-                .accept(incoming, shared.secret.expose(), plain_policy(fast.is_some(), shared.capped()))
+                .accept(incoming, shared.secret.expose(), plain)
                 .await;
             drop(permit);
             let Ok(accepted) = accepted else {
@@ -148,9 +149,6 @@ pub(super) async fn run_endpoint(
     let _ = tokio::time::timeout(STOP_WAIT, endpoint.wait_idle()).await;
 }
 
-/// The rewrite of a kernel flow on the PROD gateway: datagrams from the
-/// peer gateway's plain port to our WAN port go to ProdApp from the flow's
-/// LAN socket (ProdApp's replies take its mirror back to the peer).
 /// How this PROD gateway answers a CONS gateway asking for the kernel
 /// path: only with the program loaded, and only for an uncapped session
 /// (a capped one keeps its datagrams in QUIC, where the cap applies).
@@ -162,6 +160,9 @@ fn plain_policy(kernel_path: bool, capped: bool) -> PlainDatagrams {
     }
 }
 
+/// The rewrite of a kernel flow on the PROD gateway: datagrams from the
+/// peer gateway's plain port to our WAN port go to ProdApp from the flow's
+/// LAN socket (ProdApp's replies take its mirror back to the peer).
 fn kernel_rewrite(
     endpoint: &Option<SocketAddr>,
     conn: &quinn::Connection,
