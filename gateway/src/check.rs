@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::channel::record_speed::{self, RecordSpeed};
 use crate::ebpf::KernelRelay;
 use crate::error_chain::error_chain;
 use crate::host_tuning::{self, HostRoot, Tuning};
@@ -73,6 +74,11 @@ pub struct Report {
     pub can_run: bool,
     /// Host settings for 100 Gbit/s, with fixes (advice: never fails the check).
     pub host_tuning: Vec<Tuning>,
+    /// How fast one core seals and opens channel records in userspace, per
+    /// suite (what the channel costs where the kernel has no TLS).
+    pub record_speed: Vec<RecordSpeed>,
+    /// Why a suite's speed could not be measured.
+    pub record_speed_errors: Vec<String>,
 }
 
 impl Report {
@@ -242,6 +248,7 @@ pub fn run_with(options: &CheckOptions) -> Report {
     } else {
         "userspace TLS (rustls)"
     };
+    let (record_speed, record_speed_errors) = measure_record_speed();
     Report {
         kernel,
         root,
@@ -253,7 +260,30 @@ pub fn run_with(options: &CheckOptions) -> Report {
         udp_path,
         can_run,
         host_tuning: host_tuning::inspect(&HostRoot::default()),
+        record_speed,
+        record_speed_errors,
     }
+}
+
+/// Plaintext sealed and opened per suite: enough for a stable figure, little
+/// enough to keep `s2cs check` quick (tens of milliseconds per suite).
+const RECORD_SPEED_BYTES: usize = 64 << 20;
+
+fn measure_record_speed() -> (Vec<RecordSpeed>, Vec<String>) {
+    let mut speeds = Vec::new();
+    let mut errors = Vec::new();
+    for cipher in record_speed::MEASURED {
+        match record_speed::measure(cipher, RECORD_SPEED_BYTES) {
+            Ok(speed) => speeds.push(speed),
+            Err(err) => errors.push(format!("{}: {err}", record_speed::suite_name(cipher))),
+        }
+    }
+    (speeds, errors)
+}
+
+/// One core's share per 10 Gbit/s (1.25 GB/s) at `gb_per_s`.
+fn cores_per_10_gbit(gb_per_s: f64) -> f64 {
+    1.25 / gb_per_s.max(1e-9)
 }
 
 /// Prints the report for a person.
@@ -299,6 +329,21 @@ pub fn render(report: &Report) -> String {
     ));
     if report.capability(SOCKMAP).is_some_and(|c| c.available) {
         out.push_str("           the in-kernel sockmap relay works here (--data-path sockmap)\n");
+    }
+    out.push_str("userspace TLS record layer on one core (the channel's cost where the kernel has no TLS):\n");
+    for speed in &report.record_speed {
+        out.push_str(&format!(
+            "  {:<32} seals {:.2} GB/s, opens {:.2} GB/s: 10 Gbit/s takes {:.2} of a core to seal \
+             and {:.2} to open\n",
+            speed.suite,
+            speed.seal_gb_per_s,
+            speed.open_gb_per_s,
+            cores_per_10_gbit(speed.seal_gb_per_s),
+            cores_per_10_gbit(speed.open_gb_per_s),
+        ));
+    }
+    for err in &report.record_speed_errors {
+        out.push_str(&format!("  not measured: {err}\n"));
     }
     let untuned = report.host_tuning.iter().filter(|t| !t.ok).count();
     out.push_str(&format!(

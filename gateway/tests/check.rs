@@ -23,6 +23,10 @@ fn the_ebpf_object_loads_and_relays_in_this_kernel() {
     let text = check::render(&report);
     assert!(text.contains("plaintext relay = splice"), "{text}");
     assert!(
+        text.contains("TLS13_AES_128_GCM_SHA256") && text.contains("of a core to seal"),
+        "{text}"
+    );
+    assert!(
         text.contains("UDP between gateways = QUIC datagrams (tls); the kernel"),
         "{text}"
     );
@@ -42,6 +46,20 @@ fn the_binary_reports_json_and_exit_status() {
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
     assert_eq!(report["plaintext_path"], "splice");
     assert_eq!(report["can_run"], true);
+    // The userspace record layer's speed, per suite, for the bench's bound.
+    let speeds = report["record_speed"].as_array().expect("record_speed");
+    let suites: Vec<&str> = speeds.iter().filter_map(|s| s["suite"].as_str()).collect();
+    assert_eq!(
+        suites,
+        ["TLS13_AES_128_GCM_SHA256", "TLS13_CHACHA20_POLY1305_SHA256"]
+    );
+    for speed in speeds {
+        for side in ["seal_gb_per_s", "open_gb_per_s"] {
+            let rate = speed[side].as_f64().unwrap_or(0.0);
+            assert!(rate > 0.0 && rate.is_finite(), "{side}: {speed}");
+        }
+    }
+    assert_eq!(report["record_speed_errors"], serde_json::json!([]));
 }
 
 /// Without root the BPF checks fail with a message that says why and what to
