@@ -42,6 +42,7 @@ pub(super) mod pairs;
 mod report;
 
 use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use anyhow::{Context, bail};
@@ -53,7 +54,7 @@ use super::{IperfServer, Machine, RunOpts, interrupted, peers};
 
 use pairs::{ktls_stat, make_cert, start_haproxy, start_s2cs, start_ssh, start_stunnel};
 pub use report::TlsReport;
-use report::median;
+use report::{RecordCost, median};
 
 /// Options of `bench tls`.
 #[derive(Clone, Debug, clap::Args)]
@@ -142,8 +143,11 @@ const TLS_PORT: u16 = 7443;
 const CONTROL_PORT: u16 = 5000;
 /// s2cs session listener ports.
 const PORT_RANGE: &str = "5100-5199";
-/// TLS 1.3 suite of every pair (baselines.md: AES-256-GCM).
+/// TLS 1.3 suite of every peer pair (baselines.md: AES-256-GCM).
 const SUITE: &str = "TLS_AES_256_GCM_SHA384";
+/// The suite the s2cs pair negotiates (its first preference), as `s2cs
+/// check` names it.
+const OURS_SUITE: &str = "TLS13_AES_128_GCM_SHA256";
 
 /// Installs this suite's missing peers with apt-get, unless `no_install`.
 pub fn ensure_installed(no_install: bool) -> anyhow::Result<()> {
@@ -278,16 +282,42 @@ fn run_pair(
             .push(CaseResult::from_run(pair.name, pair.label, streams, &run));
     }
     if pair.kind == PairKind::S2cs("tls") {
-        report.ktls = gateways
+        let stats: Vec<(String, bool)> = gateways.iter().map(|ns| ktls_stat(ns)).collect();
+        report.ktls = stats
             .iter()
             .zip(["gwB", "gwA"])
-            .map(|(ns, name)| format!("{name}: {}", ktls_stat(ns)))
+            .map(|((text, _), name)| format!("{name}: {text}"))
             .collect::<Vec<_>>()
             .join("; ");
+        if !stats.iter().any(|(_, used)| *used) {
+            report.record_cost = record_cost(s2cs);
+        }
     }
     drop(running);
     drop(server);
     Ok(())
+}
+
+/// What one core's AES-128-GCM (the pair's suite) costs in the record
+/// layer, from `s2cs check --json`; None (with a note) when it cannot run.
+fn record_cost(s2cs: &Path) -> Option<RecordCost> {
+    let read = || -> anyhow::Result<RecordCost> {
+        let out = Command::new(s2cs)
+            .args(["check", "--json"])
+            .stdin(Stdio::null())
+            .output()
+            .with_context(|| format!("running {} check --json", s2cs.display()))?;
+        let report: serde_json::Value =
+            serde_json::from_slice(&out.stdout).context("s2cs check printed no JSON report")?;
+        RecordCost::from_check(&report, OURS_SUITE)
+    };
+    match read() {
+        Ok(cost) => Some(cost),
+        Err(err) => {
+            eprintln!("bench: the record layer's own cost is not known: {err:#}");
+            None
+        }
+    }
 }
 
 fn select(names: &[String]) -> anyhow::Result<Vec<PairCase>> {

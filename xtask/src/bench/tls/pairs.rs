@@ -16,8 +16,8 @@ use super::super::{interrupted, peers};
 use super::{CONTROL_PORT, PLAIN_PORT, PORT_RANGE, SUITE, TLS_PORT};
 
 /// The non-zero kernel TLS counters of namespace `ns` (`/proc/net/tls_stat`),
-/// or why there are none: whether the s2cs pair ran on kTLS.
-pub(super) fn ktls_stat(ns: &str) -> String {
+/// or why there are none, and whether any connection there used kernel TLS.
+pub(super) fn ktls_stat(ns: &str) -> (String, bool) {
     let out = topo::ns_command(ns, "cat")
         .arg("/proc/net/tls_stat")
         .stdin(Stdio::null())
@@ -34,12 +34,15 @@ pub(super) fn ktls_stat(ns: &str) -> String {
                 .map(|(k, v)| format!("{k}={v}"))
                 .collect();
             if counters.is_empty() {
-                "kernel TLS available, not used".into()
+                ("kernel TLS available, not used".into(), false)
             } else {
-                format!("kernel TLS {}", counters.join(" "))
+                (format!("kernel TLS {}", counters.join(" ")), true)
             }
         }
-        _ => "no kernel TLS (no /proc/net/tls_stat: tls module not loaded), userspace TLS".into(),
+        _ => (
+            "no kernel TLS (no /proc/net/tls_stat: tls module not loaded), userspace TLS".into(),
+            false,
+        ),
     }
 }
 

@@ -4,6 +4,7 @@
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
+use anyhow::Context;
 use serde_json::json;
 
 use super::super::report::{CaseResult, Goal, goals_and_failures_json, measured_json};
@@ -33,11 +34,64 @@ pub struct TlsReport {
     pub setup_times_s: Vec<f64>,
     /// Whether the s2cs pair's channel ran on kernel TLS (per gateway).
     pub ktls: String,
+    /// One core's cost of the userspace record layer's suite, when the pair
+    /// ran it (for the bound on its share of the ceiling).
+    pub record_cost: Option<RecordCost>,
     pub duration_s: u32,
     /// Where it ran and how busy the machine was.
     pub machine: super::super::Machine,
     pub json_path: PathBuf,
     pub markdown_path: PathBuf,
+}
+
+/// One core's speed sealing and opening records with one suite, as `s2cs
+/// check --json` measured it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RecordCost {
+    pub suite: String,
+    pub seal_gb_per_s: f64,
+    pub open_gb_per_s: f64,
+}
+
+impl RecordCost {
+    /// The `record_speed` entry of `suite` in an `s2cs check --json` report.
+    pub fn from_check(check: &serde_json::Value, suite: &str) -> anyhow::Result<Self> {
+        let entry = check["record_speed"]
+            .as_array()
+            .and_then(|all| all.iter().find(|e| e["suite"] == suite))
+            .with_context(|| {
+                format!(
+                    "s2cs check measured no {suite} (errors: {})",
+                    check["record_speed_errors"]
+                )
+            })?;
+        let rate = |side: &str| {
+            entry[side]
+                .as_f64()
+                .filter(|r| *r > 0.0 && r.is_finite())
+                .with_context(|| format!("s2cs check: {suite} has no valid {side}"))
+        };
+        Ok(RecordCost {
+            suite: suite.to_owned(),
+            seal_gb_per_s: rate("seal_gb_per_s")?,
+            open_gb_per_s: rate("open_gb_per_s")?,
+        })
+    }
+
+    /// CPU seconds per GB through a pair: one gateway seals, the other opens.
+    pub fn pair_cpu_s_per_gb(&self) -> f64 {
+        1.0 / self.seal_gb_per_s + 1.0 / self.open_gb_per_s
+    }
+
+    /// The most any userspace record layer could move, in Gbit/s and as a
+    /// share of the ceiling: the ceiling's machine CPU per GB plus this
+    /// suite's own, on `cpus` busy cores (before the layer's copies).
+    pub fn bound(&self, ceiling: &CaseResult, cpus: usize) -> (f64, f64) {
+        let per_gb = ceiling.machine_cpu_per_gb() + self.pair_cpu_s_per_gb();
+        let gbit = cpus as f64 / per_gb * 8.0;
+        let share = (gbit / ceiling.gbit_per_s.max(1e-9)).min(1.0);
+        (gbit.min(ceiling.gbit_per_s), share)
+    }
 }
 
 impl TlsReport {
@@ -167,6 +221,24 @@ impl TlsReport {
                     );
                 }
                 lines.push(line);
+                if let Some(cost) = self.record_cost.as_ref().filter(|_| self.machine.cpus > 0) {
+                    let (gbit, share) = cost.bound(ceiling, self.machine.cpus);
+                    lines.push(format!(
+                        "P{}: bound: {} alone costs {:.2} s of CPU per GB through the pair (one core \
+                         seals {:.2}, opens {:.2} GB/s); with the ceiling's {:.2} s/GB on {} cores, \
+                         no userspace record layer moves more than {:.2} Gbit/s = {:.0}% of the \
+                         ceiling, before its copies",
+                        ours.streams,
+                        cost.suite,
+                        cost.pair_cpu_s_per_gb(),
+                        cost.seal_gb_per_s,
+                        cost.open_gb_per_s,
+                        ceiling.machine_cpu_per_gb(),
+                        self.machine.cpus,
+                        gbit,
+                        share * 100.0
+                    ));
+                }
             }
         }
         for (case, why) in &self.failures {
@@ -285,6 +357,12 @@ impl TlsReport {
                 "sessions": self.setup_times_s,
             },
             "s2cs_channel": self.ktls,
+            "record_cost": self.record_cost.as_ref().map(|c| json!({
+                "suite": c.suite,
+                "seal_gb_per_s": c.seal_gb_per_s,
+                "open_gb_per_s": c.open_gb_per_s,
+                "pair_cpu_s_per_gb": c.pair_cpu_s_per_gb(),
+            })),
             "results": results,
             "goals": goals,
             "goals_met": self.goals_met(),
@@ -325,6 +403,54 @@ mod tests {
         report.results[0].gbit_per_s = 10.0;
         report.check_goals();
         assert!(report.goals_met());
+    }
+
+    /// The bound adds the suite's cost to the ceiling's machine CPU per GB:
+    /// 8 Gbit/s in 5 s is 5 GB for 6 s of CPU (1.2 s/GB); sealing and opening
+    /// at 5 GB/s add 0.4 s/GB, so 2 cores move at most 2 / 1.6 GB/s = 10
+    /// Gbit/s, capped at the ceiling itself; 1 core at most 5 Gbit/s (62%).
+    #[test]
+    fn record_cost_from_check_and_the_bound_it_gives() {
+        let check = json!({
+            "record_speed": [
+                {"suite": "TLS13_AES_128_GCM_SHA256", "seal_gb_per_s": 5.0, "open_gb_per_s": 5.0},
+                {"suite": "TLS13_CHACHA20_POLY1305_SHA256", "seal_gb_per_s": 1.0, "open_gb_per_s": 1.0}
+            ],
+            "record_speed_errors": []
+        });
+        let cost = RecordCost::from_check(&check, "TLS13_AES_128_GCM_SHA256").expect("cost");
+        assert!((cost.pair_cpu_s_per_gb() - 0.4).abs() < 1e-9);
+        let ceiling = row(CEILING, 1, 8.0);
+        let (gbit, share) = cost.bound(&ceiling, 2);
+        assert!((gbit - 8.0).abs() < 1e-9 && (share - 1.0).abs() < 1e-9);
+        let (gbit, share) = cost.bound(&ceiling, 1);
+        assert!((gbit - 5.0).abs() < 1e-9 && (share - 0.625).abs() < 1e-9);
+
+        let missing = RecordCost::from_check(&check, "TLS13_AES_256_GCM_SHA384").unwrap_err();
+        assert!(format!("{missing:#}").contains("measured no TLS13_AES_256_GCM_SHA384"));
+        let broken =
+            json!({"record_speed": [{"suite": "X", "seal_gb_per_s": 0.0, "open_gb_per_s": 1.0}]});
+        let err = RecordCost::from_check(&broken, "X").unwrap_err();
+        assert!(
+            format!("{err:#}").contains("no valid seal_gb_per_s"),
+            "{err:#}"
+        );
+
+        let mut report = TlsReport {
+            results: vec![row(OURS, 1, 5.0), ceiling],
+            record_cost: Some(cost),
+            ..TlsReport::default()
+        };
+        report.machine.cpus = 1;
+        let text = report.table();
+        assert!(
+            text.contains("P1: bound: TLS13_AES_128_GCM_SHA256 alone costs 0.40 s"),
+            "{text}"
+        );
+        assert!(
+            text.contains("no userspace record layer moves more than 5.00 Gbit/s = 62%"),
+            "{text}"
+        );
     }
 
     #[test]
