@@ -2,7 +2,8 @@
 //! capability the gateway can use, by really doing each thing once (load the
 //! programs, relay a byte in the kernel, attach XDP in a private namespace,
 //! splice, set the TLS upper-layer protocol) and reports which data paths the
-//! gateway would pick.
+//! gateway would pick. It also times the userspace record layer per suite
+//! ([`crate::channel::record_speed`]), the channel's cost without kernel TLS.
 //!
 //! With [`CheckOptions::xdp_ifaces`] (or `xdp_all_ifaces`), the XDP guard is
 //! also attached for an instant to each named interface (native mode first,
