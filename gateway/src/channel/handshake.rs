@@ -175,7 +175,8 @@ fn take_keys(
     Secrets::from_rustls(version, extracted, traffic).map_err(general)
 }
 
-fn suite_name(suite: rustls::CipherSuite) -> &'static str {
+/// The name logs, metrics and `s2cs check` give a negotiated suite.
+pub(super) fn suite_name(suite: rustls::CipherSuite) -> &'static str {
     use rustls::CipherSuite as C;
     match suite {
         C::TLS13_AES_128_GCM_SHA256 => "TLS13_AES_128_GCM_SHA256",

@@ -41,13 +41,14 @@ pub enum RecordSpeedError {
     Record(&'static str),
 }
 
-/// The TLS 1.3 name of a suite.
+/// The TLS 1.3 name of a suite, as the handshake names a negotiated one.
 pub(crate) fn suite_name(cipher: Cipher) -> &'static str {
-    match cipher {
-        Cipher::Aes128Gcm => "TLS13_AES_128_GCM_SHA256",
-        Cipher::Aes256Gcm => "TLS13_AES_256_GCM_SHA384",
-        Cipher::Chacha20Poly1305 => "TLS13_CHACHA20_POLY1305_SHA256",
-    }
+    use rustls::CipherSuite as C;
+    super::handshake::suite_name(match cipher {
+        Cipher::Aes128Gcm => C::TLS13_AES_128_GCM_SHA256,
+        Cipher::Aes256Gcm => C::TLS13_AES_256_GCM_SHA384,
+        Cipher::Chacha20Poly1305 => C::TLS13_CHACHA20_POLY1305_SHA256,
+    })
 }
 
 /// Rounds a measurement is split into; the fastest round of each side is
