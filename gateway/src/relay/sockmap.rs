@@ -199,7 +199,7 @@ async fn direction(
         let redirected_now = entry_of(pair, source).redirected_bytes;
         let moving = last_redirected != Some(redirected_now);
         last_redirected = Some(redirected_now);
-        let tick = if gate.clamped || backlog > BACKLOG_LOW || moving {
+        let tick = if gate.is_closed() || backlog > BACKLOG_LOW || moving {
             FLOW_TICK
         } else {
             IDLE_TICK
@@ -366,10 +366,20 @@ fn check_not_duplicated(
 /// WAN, a paced session, a slow consumer). While more than [`BACKLOG_HIGH`]
 /// bytes wait in the kernel between the two sockets, the source's advertised
 /// window is clamped to the minimum, and reopened below [`BACKLOG_LOW`].
+///
+/// The kernel's receive-buffer autotuning raises the clamp whenever it grows
+/// the buffer ("make the window clamp follow along" in
+/// `tcp_rcv_space_adjust`), and the verdict program consumes bytes as fast as
+/// they come, so it does grow it. A closed gate therefore checks its clamp on
+/// every tick and lowers it again, keeping the kernel's raise for when it
+/// reopens.
 #[derive(Default)]
 struct FlowGate {
-    clamped: bool,
-    /// The clamp the socket had before we closed it.
+    /// The clamp the kernel applied when we closed the gate (our request of 1
+    /// raised to its minimum); `None` while the gate is open.
+    closed_clamp: Option<u32>,
+    /// The clamp to restore on reopening: the socket's before we closed the
+    /// gate, or the kernel's autotuning raise while it was closed.
     saved: u32,
 }
 
@@ -381,27 +391,52 @@ const BACKLOG_LOW: u64 = 2 << 20;
 const FLOW_TICK: Duration = Duration::from_millis(2);
 
 impl FlowGate {
+    fn is_closed(&self) -> bool {
+        self.closed_clamp.is_some()
+    }
+
     fn update(&mut self, from: &TcpStream, backlog: u64) -> io::Result<()> {
-        if !self.clamped && backlog > BACKLOG_HIGH {
-            self.saved = sys::tcp_window_clamp(from.as_fd())?;
-            // The kernel raises 1 to its minimum window (SOCK_MIN_RCVBUF / 2).
-            sys::set_tcp_window_clamp(from.as_fd(), 1)?;
-            self.clamped = true;
-            tracing::debug!(backlog, saved = self.saved, "flow gate closed");
-        } else if self.clamped && backlog < BACKLOG_LOW {
-            tracing::debug!(backlog, "flow gate opened");
-            self.open(from)?;
+        match self.closed_clamp {
+            None if backlog > BACKLOG_HIGH => {
+                self.saved = sys::tcp_window_clamp(from.as_fd())?;
+                self.closed_clamp = Some(clamp_to_minimum(from)?);
+                tracing::debug!(backlog, saved = self.saved, "flow gate closed");
+            }
+            Some(_) if backlog < BACKLOG_LOW => {
+                tracing::debug!(backlog, "flow gate opened");
+                self.open(from)?;
+            }
+            Some(closed) => {
+                let now = sys::tcp_window_clamp(from.as_fd())?;
+                if now > closed {
+                    self.saved = self.saved.max(now);
+                    self.closed_clamp = Some(clamp_to_minimum(from)?);
+                    tracing::debug!(
+                        backlog,
+                        raised = now,
+                        "flow gate closed again after autotuning"
+                    );
+                }
+            }
+            None => {}
         }
         Ok(())
     }
 
     fn open(&mut self, from: &TcpStream) -> io::Result<()> {
-        if self.clamped {
+        if self.closed_clamp.take().is_some() {
             sys::set_tcp_window_clamp(from.as_fd(), self.saved.max(1))?;
-            self.clamped = false;
         }
         Ok(())
     }
+}
+
+/// Clamps the socket's window to the kernel's minimum and returns the clamp
+/// the kernel applied.
+fn clamp_to_minimum(socket: &TcpStream) -> io::Result<u32> {
+    // The kernel raises 1 to its minimum window (SOCK_MIN_RCVBUF / 2).
+    sys::set_tcp_window_clamp(socket.as_fd(), 1)?;
+    sys::tcp_window_clamp(socket.as_fd())
 }
 
 /// Total bytes ever written into `socket`: acknowledged plus still queued.
