@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use gateway::ebpf::KernelRelay;
 use gateway::proxy::{self, ProxyPlan, ProxyStats};
-use gateway::relay::{DataPath, RelayEngine};
+use gateway::relay::{DataPath, RelayEngine, SOCKMAP_GATE_THRESHOLD};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
@@ -418,14 +418,13 @@ async fn slow_consumer(path: DataPath) {
 /// What the relay may hold when it applies back-pressure to a fast sender:
 /// its send buffer toward the consumer (`tcp_wmem` max), the window its
 /// source socket advertised before the flow gate closed (`tcp_rmem` max: TCP
-/// does not take back an advertised window), the sockmap gate's threshold
-/// (8 MiB), and what a sender pushes through loopback while the gate's task
+/// does not take back an advertised window), the sockmap gate's threshold,
+/// and what a sender pushes through loopback while the gate's task
 /// waits for a core on a loaded machine (16 MiB). A relay without flow
 /// control holds the whole stream instead.
 fn relay_allowance() -> u64 {
-    const GATE_THRESHOLD: u64 = 8 << 20;
     const REACTION: u64 = 16 << 20;
-    tcp_buffer_max("tcp_wmem") + tcp_buffer_max("tcp_rmem") + GATE_THRESHOLD + REACTION
+    tcp_buffer_max("tcp_wmem") + tcp_buffer_max("tcp_rmem") + SOCKMAP_GATE_THRESHOLD + REACTION
 }
 
 /// The largest buffer the kernel grows a TCP socket's send or receive

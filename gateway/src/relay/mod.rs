@@ -69,6 +69,10 @@ impl FromStr for DataPath {
     }
 }
 
+/// Bytes waiting in the kernel between a pair's sockets above which the
+/// sockmap path's flow gate makes the sender wait.
+pub use sockmap::BACKLOG_HIGH as SOCKMAP_GATE_THRESHOLD;
+
 /// The path `--data-path auto` picks for plaintext legs: splice, without
 /// loading the kernel relay.
 pub const AUTO_PATH: DataPath = DataPath::Splice;

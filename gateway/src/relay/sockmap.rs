@@ -384,7 +384,7 @@ struct FlowGate {
 }
 
 /// Bytes waiting in the kernel between the sockets that close the gate.
-const BACKLOG_HIGH: u64 = 8 << 20;
+pub const BACKLOG_HIGH: u64 = 8 << 20;
 /// ... and that reopen it.
 const BACKLOG_LOW: u64 = 2 << 20;
 /// Poll interval while bytes are moving or the gate is closed.
