@@ -30,12 +30,19 @@
 // each with a SAFETY note.
 #![deny(unsafe_code)]
 
+// The fuzz checks (fuzz/checks) name this crate as `gateway`, as the fuzz
+// crate does; the replay tests include them here.
+#[cfg(test)]
+extern crate self as gateway;
+
 pub mod admission;
 pub mod channel;
 pub mod check;
 pub mod drain;
 pub mod ebpf;
 pub mod error_chain;
+#[cfg(test)]
+mod fuzz_replay;
 pub mod host_tuning;
 pub mod metrics;
 pub mod privileges;

@@ -54,17 +54,17 @@ pub mod quic;
 #[cfg(feature = "fuzzing")]
 pub mod reader;
 #[cfg(not(feature = "fuzzing"))]
-mod reader;
+pub(crate) mod reader;
 #[cfg(feature = "fuzzing")]
 pub mod record;
 #[cfg(not(feature = "fuzzing"))]
-mod record;
+pub(crate) mod record;
 pub mod record_speed;
 mod sockets;
 #[cfg(feature = "fuzzing")]
 pub mod traffic;
 #[cfg(not(feature = "fuzzing"))]
-mod traffic;
+pub(crate) mod traffic;
 mod userspace;
 
 use std::fmt;
