@@ -255,6 +255,17 @@ mod tests {
             .arg("30")
             .spawn()
             .expect("spawn sleep");
+        // `ip netns exec` enters the namespace after it starts: wait until
+        // the process is in it, or dropping the net may come first.
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while !ns_pids(&net.relay).expect("pids").contains(&sleep.id()) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "sleep never entered {}",
+                net.relay
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
         drop(net);
         let status = sleep.wait().expect("wait");
         assert!(!status.success(), "{status:?}");
