@@ -19,8 +19,8 @@ if [ "$role" = gateway ]; then
   fi
   export PATH="$HOME/.cargo/bin:$PATH"
   cd /vagrant
-  cargo xtask setup
-  cargo build --release -p gateway -p control
+  cargo xtask setup demo
+  cargo build --release -p gateway --bin s2cs -p control --bin s2uc
   install -m 0755 target/release/s2cs target/release/s2uc /usr/local/bin/
   s2cs check
 fi

@@ -64,3 +64,14 @@ pub fn is_root() -> bool {
 pub fn own_exe() -> std::path::PathBuf {
     std::path::PathBuf::from(format!("/proc/{}/exe", std::process::id()))
 }
+
+/// A `cargo install` of a build tool, compiled for build time rather than
+/// speed: bpf-linker links a few small eBPF objects with nightly's own
+/// (already optimised) LLVM, so its Rust code at opt-level 0 costs nothing
+/// measurable while its build takes 27 s instead of 46 s on 2 cores.
+pub fn quick_install(cargo: &mut Command) -> &mut Command {
+    cargo
+        .env("CARGO_PROFILE_RELEASE_OPT_LEVEL", "0")
+        .env("CARGO_PROFILE_RELEASE_DEBUG", "false")
+        .env("CARGO_PROFILE_RELEASE_CODEGEN_UNITS", "256")
+}

@@ -4,8 +4,10 @@
 //! committed seeds (`fuzz/seeds/T`), its crash regressions
 //! (`fuzz/regressions/T`, every input that ever crashed it) and its working
 //! corpus (`fuzz/corpus/T`, not committed). A crash fails the command and
-//! names the saved input and how to replay it. `cargo xtask test` runs every
-//! target briefly as a smoke test; long runs are this command's.
+//! names the saved input and how to replay it. `cargo xtask test` does not
+//! build these: it replays every target's seeds and regressions through the
+//! same checks (`fuzz/checks/T.rs`) in the ordinary test build
+//! (gateway/src/fuzz_replay.rs); searching is this command's.
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
@@ -45,7 +47,7 @@ pub fn ensure_cargo_fuzz() -> anyhow::Result<String> {
     if current.contains(CARGO_FUZZ_VERSION) {
         return Ok(format!("cargo-fuzz {CARGO_FUZZ_VERSION} already installed"));
     }
-    cmd::run(Command::new("cargo").args([
+    cmd::run(cmd::quick_install(&mut Command::new("cargo")).args([
         "install",
         "cargo-fuzz",
         "--locked",
@@ -71,7 +73,7 @@ pub fn run(root: &Path, secs: u64, targets: &[String]) -> anyhow::Result<()> {
         }
         targets.iter().map(String::as_str).collect()
     };
-    let results = run_each(root, secs, &chosen, Build::Full)?;
+    let results = run_each(root, secs, &chosen)?;
     let failed: Vec<&str> = results
         .iter()
         .filter(|(_, r)| r.is_err())
@@ -83,17 +85,6 @@ pub fn run(root: &Path, secs: u64, targets: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// How the targets are compiled.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Build {
-    /// Fully optimised, with line tables for crash reports: long runs.
-    Full,
-    /// Lightly optimised, no debug info: the few seconds of a smoke run,
-    /// where compiling the dependency tree with sanitizer instrumentation
-    /// is most of the time. Same checks (ASan, debug assertions).
-    Smoke,
-}
-
 /// Builds once, then runs each target for `secs`, printing each outcome and
 /// a table of execution rates; the build failing is an error, a target
 /// failing is its result.
@@ -101,10 +92,9 @@ pub fn run_each(
     root: &Path,
     secs: u64,
     targets: &[&str],
-    how: Build,
 ) -> anyhow::Result<Vec<(String, anyhow::Result<RunStats>)>> {
     ensure_cargo_fuzz()?;
-    build(root, how)?;
+    build(root)?;
     let mut results = Vec::new();
     for target in targets {
         let result = run_one(root, target, secs);
@@ -137,34 +127,22 @@ fn fuzz_dir(root: &Path) -> PathBuf {
     root.join("fuzz")
 }
 
-/// One build of every target: release, debug assertions and overflow checks
-/// on, AddressSanitizer (cargo fuzz's default); a smoke build at opt-level 1
-/// without debug info.
-fn build(root: &Path, how: Build) -> anyhow::Result<()> {
-    println!(
-        "fuzz: building the targets (nightly, libFuzzer, ASan, debug assertions{}) ...",
-        if how == Build::Smoke {
-            ", opt-level 1"
-        } else {
-            ""
-        }
-    );
-    let mut command = Command::new("cargo");
-    command
-        .args([
-            "+nightly",
-            "fuzz",
-            "build",
-            "--release",
-            "--debug-assertions",
-        ])
-        .current_dir(fuzz_dir(root));
-    if how == Build::Smoke {
-        command
-            .env("CARGO_PROFILE_RELEASE_OPT_LEVEL", "1")
-            .env("CARGO_PROFILE_RELEASE_DEBUG", "false");
-    }
-    cmd::run(&mut command)
+/// One build of every target: release with line tables for crash reports,
+/// debug assertions and overflow checks on, AddressSanitizer (cargo fuzz's
+/// default).
+fn build(root: &Path) -> anyhow::Result<()> {
+    println!("fuzz: building the targets (nightly, libFuzzer, ASan, debug assertions) ...");
+    cmd::run(
+        Command::new("cargo")
+            .args([
+                "+nightly",
+                "fuzz",
+                "build",
+                "--release",
+                "--debug-assertions",
+            ])
+            .current_dir(fuzz_dir(root)),
+    )
 }
 
 fn run_one(root: &Path, target: &str, secs: u64) -> anyhow::Result<RunStats> {

@@ -30,9 +30,15 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Install what building and testing need: nightly rust-src, bpf-linker,
-    /// Debian packages, Python grpcio (idempotent).
-    Setup,
+    /// Install what a purpose needs (idempotent): the eBPF toolchain
+    /// (nightly rust-src, bpf-linker) for all, and the Debian packages,
+    /// Python grpcio or cargo-fuzz of each; no purpose prepares for all.
+    /// Every other command sets up its own purpose by itself.
+    Setup {
+        /// What to prepare for.
+        #[arg(value_enum)]
+        purposes: Vec<setup::Purpose>,
+    },
     /// Run setup, lints and every test: unit, end-to-end in network
     /// namespaces, and the kernel-TLS tests in VMs.
     Test {
@@ -128,10 +134,32 @@ enum BenchCommand {
     Udp(bench::UdpOpts),
 }
 
+impl Command {
+    /// What the machine must be set up for before this command runs (`test`
+    /// and `demo` set up by themselves, as timed steps of their own).
+    fn setup_purpose(&self) -> Option<setup::Purpose> {
+        match self {
+            Command::Setup { .. }
+            | Command::Test { .. }
+            | Command::Demo { .. }
+            | Command::DemoApp { .. } => None,
+            Command::VmTest { .. } => Some(setup::Purpose::Vm),
+            Command::Bench { .. } => Some(setup::Purpose::Bench),
+            // The soak drives the end-to-end harness (namespaces, nftables).
+            Command::Soak { .. } => Some(setup::Purpose::Test),
+            Command::Fuzz { .. } => Some(setup::Purpose::Fuzz),
+            Command::Package(_) => Some(setup::Purpose::Package),
+        }
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Some(purpose) = cli.command.setup_purpose() {
+        setup::run(&[purpose])?;
+    }
     match cli.command {
-        Command::Setup => setup::run(&workspace_root()?),
+        Command::Setup { purposes } => setup::run(&purposes),
         Command::Package(opts) => {
             let root = workspace_root()?;
             let deb = package::build(&root, &opts)?;
@@ -141,7 +169,11 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Test { no_vm, cargo_args } => test::run(&workspace_root()?, !no_vm, &cargo_args),
-        Command::VmTest { kernels } => test::vm_stage(&workspace_root()?, &kernels).map(drop),
+        Command::VmTest { kernels } => {
+            let root = workspace_root()?;
+            let lints = test::LintedBuild::new(&root)?;
+            test::vm_stage(&root, &kernels, &lints).map(drop)
+        }
         Command::Bench { what: None, all } => bench::run_all(&workspace_root()?, &all).map(drop),
         Command::Bench {
             what: Some(BenchCommand::Relay(opts)),

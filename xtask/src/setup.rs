@@ -1,72 +1,157 @@
-//! `cargo xtask setup`: installs, idempotently, everything the build and the
-//! tests need on a fresh Debian machine with rustup's stable and nightly
-//! toolchains: nightly's rust-src (for -Z build-std=core), bpf-linker built
-//! against nightly's own LLVM (no prebuilt binary can be downloaded here),
-//! the Debian packages the tests and benchmarks use, and Python's grpcio for
-//! the independent wire-compatibility client.
+//! `cargo xtask setup [PURPOSE...]`: installs, idempotently, what one
+//! purpose needs on a fresh Debian machine with rustup's stable and nightly
+//! toolchains, and nothing more: the demo needs the eBPF toolchain (nightly's
+//! rust-src for -Z build-std=core, bpf-linker built against nightly's own
+//! LLVM, since no prebuilt binary can be downloaded here) and iproute2; the
+//! tests add the Debian packages and Python's grpcio they drive; benchmarks
+//! their peers (HAProxy, nginx, stunnel, ...); fuzzing cargo-fuzz; the VM
+//! tests qemu and busybox; the package its install test's debootstrap.
+//! Every command of `cargo xtask` asks for its own purpose; `setup` without
+//! one prepares for all of them.
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Instant;
 
 use anyhow::{Context as _, bail};
 
 use crate::cmd;
 
-/// Debian packages the tests, VM tests, benchmarks and demo use.
-const DEBIAN_PACKAGES: &[&str] = &[
-    "iproute2",
-    "iperf3",
-    // A lossy, reordering WAN for the UDP tests (no netem in some kernels).
-    "nftables",
-    "haproxy",
-    "socat",
-    "stunnel4",
-    "nginx-light",
-    "libnginx-mod-stream",
-    "openssh-client",
-    "openssh-server",
-    "qemu-system-x86",
-    "busybox-static",
-    "kmod",
-    "xz-utils",
-    "zstd",
-    "ruby",
-    "libc6-dev",
-    "python3-pip",
-    // promtool, which checks the operators' alert rules and dashboard queries.
-    "prometheus",
-    // The package's install test: a fresh Debian root to install it into.
-    "debootstrap",
-];
+/// What a machine is being prepared for: each `cargo xtask` command asks
+/// for its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Purpose {
+    /// `cargo xtask demo`: build the gateway, run namespaces.
+    Demo,
+    /// `cargo xtask test`: every test stage, the package and VM stages included.
+    Test,
+    /// `cargo xtask bench` and `soak`: the peers measured beside us.
+    Bench,
+    /// `cargo xtask fuzz`: cargo-fuzz on nightly.
+    Fuzz,
+    /// `cargo xtask vm-test`: Debian kernels under qemu.
+    Vm,
+    /// `cargo xtask package`: the .deb and its install test.
+    Package,
+}
+
+impl Purpose {
+    pub const ALL: [Purpose; 6] = [
+        Purpose::Demo,
+        Purpose::Test,
+        Purpose::Bench,
+        Purpose::Fuzz,
+        Purpose::Vm,
+        Purpose::Package,
+    ];
+
+    /// The Debian packages this purpose runs (each line says what for).
+    pub fn debian_packages(self) -> &'static [&'static str] {
+        match self {
+            // Network namespaces and veth pairs; the C library to link with.
+            Purpose::Demo => &["iproute2", "libc6-dev"],
+            Purpose::Test => &[
+                "iproute2",
+                "libc6-dev",
+                // UDP tests: iperf3 -u through a gateway pair; a lossy,
+                // reordering WAN with nftables (no netem in this kernel).
+                "iperf3",
+                "nftables",
+                // promtool checks the operators' alert rules and dashboard queries.
+                "prometheus",
+                // The Vagrantfile's syntax check.
+                "ruby",
+                // pip for grpcio: SciStream's own client, unchanged.
+                "python3-pip",
+                // The package and VM stages of the test run.
+                "debootstrap",
+                "qemu-system-x86",
+                "busybox-static",
+                "kmod",
+                "xz-utils",
+                "zstd",
+            ],
+            Purpose::Bench => &[
+                "iproute2",
+                "libc6-dev",
+                "iperf3",
+                "haproxy",
+                "socat",
+                "stunnel4",
+                "nginx-light",
+                "libnginx-mod-stream",
+                "openssh-client",
+                "openssh-server",
+            ],
+            Purpose::Fuzz => &["libc6-dev"],
+            Purpose::Vm => &[
+                "libc6-dev",
+                "qemu-system-x86",
+                "busybox-static",
+                "kmod",
+                "xz-utils",
+                "zstd",
+            ],
+            Purpose::Package => &["libc6-dev", "debootstrap"],
+        }
+    }
+}
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
-pub fn run(root: &Path) -> anyhow::Result<()> {
+/// Prepares the machine for every purpose in `purposes` (all of them when
+/// empty), printing each step with what it is for and how long it took.
+pub fn run(purposes: &[Purpose]) -> anyhow::Result<()> {
+    let purposes: Vec<Purpose> = if purposes.is_empty() {
+        Purpose::ALL.to_vec()
+    } else {
+        purposes.to_vec()
+    };
+    let started = Instant::now();
+    // Every purpose builds the gateway (the fuzz targets link it too), whose
+    // build script compiles the eBPF programs on nightly with bpf-linker.
     step(
         "nightly toolchain with rust-src (builds the eBPF programs)",
         nightly_rust_src,
     )?;
     step("bpf-linker linked against nightly's LLVM", bpf_linker)?;
-    step(
-        "cargo-fuzz (coverage-guided fuzzing)",
-        crate::fuzz::ensure_cargo_fuzz,
-    )?;
-    step(
-        "Debian packages for tests, VM tests and benchmarks",
-        debian_packages,
-    )?;
-    step(
-        "Python grpcio (independent wire-compatibility client)",
-        python_grpcio,
-    )?;
-    let _ = root;
-    println!("setup: done");
+    if purposes.contains(&Purpose::Fuzz) {
+        step(
+            "cargo-fuzz (coverage-guided fuzzing)",
+            crate::fuzz::ensure_cargo_fuzz,
+        )?;
+    }
+    let mut packages: Vec<&str> = Vec::new();
+    for purpose in &purposes {
+        for pkg in purpose.debian_packages() {
+            if !packages.contains(pkg) {
+                packages.push(pkg);
+            }
+        }
+    }
+    step("Debian packages", || debian_packages(&packages))?;
+    if purposes.contains(&Purpose::Test) {
+        step(
+            "Python grpcio (independent wire-compatibility client)",
+            python_grpcio,
+        )?;
+    }
+    println!(
+        "setup: ready for {} in {:.0} s",
+        purposes
+            .iter()
+            .map(|p| format!("{p:?}").to_lowercase())
+            .collect::<Vec<_>>()
+            .join(", "),
+        started.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 
 fn step(what: &str, f: impl FnOnce() -> anyhow::Result<String>) -> anyhow::Result<()> {
     println!("setup: {what} ...");
+    let started = Instant::now();
     let done = f().with_context(|| format!("setup step failed: {what}"))?;
-    println!("setup:   {done}");
+    println!("setup:   {done} ({:.0} s)", started.elapsed().as_secs_f64());
     Ok(())
 }
 
@@ -163,10 +248,10 @@ fn bpf_linker() -> anyhow::Result<String> {
             .with_context(|| format!("linking {}", link.display()))?;
     }
     println!(
-        "setup:   building bpf-linker {BPF_LINKER_VERSION} against LLVM {major} (about a minute)"
+        "setup:   building bpf-linker {BPF_LINKER_VERSION} against LLVM {major} (about half a minute)"
     );
     cmd::run(
-        Command::new("cargo")
+        cmd::quick_install(&mut Command::new("cargo"))
             .args([
                 "install",
                 "bpf-linker",
@@ -185,7 +270,7 @@ fn bpf_linker() -> anyhow::Result<String> {
         // --locked can fail when the lock file pins something this toolchain
         // cannot build; retry with fresh resolution.
         cmd::run(
-            Command::new("cargo")
+            cmd::quick_install(&mut Command::new("cargo"))
                 .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION])
                 .args([
                     "--no-default-features",
@@ -198,8 +283,8 @@ fn bpf_linker() -> anyhow::Result<String> {
     Ok(format!("installed bpf-linker {BPF_LINKER_VERSION}"))
 }
 
-fn debian_packages() -> anyhow::Result<String> {
-    let missing: Vec<&str> = DEBIAN_PACKAGES
+fn debian_packages(wanted: &[&str]) -> anyhow::Result<String> {
+    let missing: Vec<&str> = wanted
         .iter()
         .copied()
         .filter(|pkg| {
@@ -250,4 +335,22 @@ fn python_grpcio() -> anyhow::Result<String> {
         .or_else(|_| pip(&["--break-system-packages"]))
         .context("pip could not install grpcio and grpcio-tools")?;
     Ok("installed grpcio and grpcio-tools".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Purpose;
+
+    #[test]
+    fn the_test_run_has_what_its_package_and_vm_stages_need() {
+        let test = Purpose::Test.debian_packages();
+        for purpose in [Purpose::Vm, Purpose::Package] {
+            for pkg in purpose.debian_packages() {
+                assert!(
+                    test.contains(pkg),
+                    "`cargo xtask test` runs the {purpose:?} stage but does not install {pkg}"
+                );
+            }
+        }
+    }
 }

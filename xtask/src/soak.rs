@@ -11,14 +11,13 @@ use anyhow::{Context as _, anyhow, bail};
 use plotters::prelude::*;
 use serde_json::Value;
 
-use crate::{cmd, setup};
+use crate::cmd;
 
 /// Runs the soak for `minutes` with `seed` and writes its chart.
 pub fn run(root: &Path, minutes: f64, seed: u64) -> anyhow::Result<()> {
     if !(minutes.is_finite() && minutes > 0.0) {
         bail!("--minutes must be a positive number, got {minutes}");
     }
-    setup::run(root)?;
     if !cmd::is_root() {
         bail!("the soak builds network namespaces and loads eBPF programs: run it as root");
     }

@@ -1,7 +1,11 @@
 //! `cargo xtask test`: the one command that proves the project on a machine:
-//! setup, formatting and lints, every cargo test (unit, loopback, and the
-//! end-to-end suites in network namespaces, which need root), a short run of
-//! every fuzz target, then the kernel TLS tests in VMs. It ends with one line counting every test it ran.
+//! setup, formatting, one build of every target that is also the lint pass
+//! (clippy runs as the workspace's rustc wrapper, so lints, binaries and
+//! tests come out of a single compilation), every cargo test (unit, the fuzz
+//! targets' committed corpus replayed, loopback, and the end-to-end suites in
+//! network namespaces, which need root), the package's install test, then
+//! the kernel TLS tests in VMs from the same build. It ends with one line
+//! counting every test it ran and the time of each stage.
 use std::io::{BufRead as _, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -9,7 +13,7 @@ use std::time::Instant;
 
 use anyhow::{Context as _, bail};
 
-use crate::{cmd, fuzz, setup, vm};
+use crate::{cmd, setup, vm};
 
 /// Passed and failed counts, summed over stages.
 #[derive(Default, Clone, Copy)]
@@ -39,7 +43,7 @@ impl Failures {
 pub fn run(root: &Path, with_vm: bool, cargo_args: &[String]) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut laps = Laps::default();
-    setup::run(root)?;
+    setup::run(&[setup::Purpose::Test])?;
     laps.mark("setup");
     if !cmd::is_root() {
         bail!(
@@ -55,26 +59,23 @@ pub fn run(root: &Path, with_vm: bool, cargo_args: &[String]) -> anyhow::Result<
         )
     })?;
     laps.mark("formatting");
-    stage("lints", || {
+    let lints = LintedBuild::new(root)?;
+    stage("build and lints", || {
+        // Every target the tests run, linted as it compiles: what `cargo
+        // clippy --all-targets -- -D warnings` checks, without a second
+        // (check-mode) compilation of the workspace and its dependencies.
         cmd::run(
-            Command::new("cargo")
-                .args(["clippy", "--all-targets", "--", "-D", "warnings"])
+            lints
+                .apply(&mut Command::new("cargo"))
+                .args(["test", "--all-targets", "--no-run"])
                 .current_dir(root),
         )
     })?;
-    laps.mark("lints");
-    stage("build", || {
-        cmd::run(
-            Command::new("cargo")
-                .args(["build", "--bins"])
-                .current_dir(root),
-        )
-    })?;
-    laps.mark("build");
+    laps.mark("build and lints");
     let leaks = root.join("target/e2e-leaks");
     let _ = std::fs::remove_dir_all(&leaks);
     let mut failures = Failures::default();
-    let mut tally = cargo_tests(root, cargo_args, &mut failures)?;
+    let mut tally = cargo_tests(root, &lints, cargo_args, &mut failures)?;
     laps.mark("cargo test");
     let found = secrets_in_logs(&leaks)?;
     if !found.is_empty() {
@@ -91,13 +92,9 @@ pub fn run(root: &Path, with_vm: bool, cargo_args: &[String]) -> anyhow::Result<
         tally.passed += u64::from(installed.is_ok());
         tally.failed += u64::from(installed.is_err());
         laps.mark("package install");
-        let fuzz = fuzz_smoke(root, &mut failures)?;
-        tally.passed += fuzz.passed;
-        tally.failed += fuzz.failed;
-        laps.mark("fuzz smoke");
     }
     if with_vm {
-        let vm = vm_stage(root, &[])?;
+        let vm = vm_stage(root, &[], &lints)?;
         if vm.failed > 0 {
             failures.note("kernel-TLS VMs (see `test vm::... FAILED` above)");
         }
@@ -173,25 +170,37 @@ fn secrets_in_logs(dir: &Path) -> anyhow::Result<Vec<String>> {
     Ok(found)
 }
 
-/// Seconds each fuzz target runs in the smoke stage.
-const FUZZ_SMOKE_SECS: u64 = 15;
+/// The environment under which `cargo` compiles the workspace's own crates
+/// with clippy's driver in place of rustc (as `cargo clippy` does, but in a
+/// full build): lints are reported, and with `-D warnings` fail the build,
+/// while the output is the same binaries. Every cargo command of the run
+/// uses it, so none recompiles what another built.
+pub struct LintedBuild {
+    driver: std::path::PathBuf,
+}
 
-/// Every fuzz target for a few seconds over its seeds and crash
-/// regressions: a crash (or a regression coming back) fails the suite.
-fn fuzz_smoke(root: &Path, failures: &mut Failures) -> anyhow::Result<Tally> {
-    println!("xtask test: fuzz smoke ({FUZZ_SMOKE_SECS} s per target) ...");
-    let results = fuzz::run_each(root, FUZZ_SMOKE_SECS, fuzz::TARGETS, fuzz::Build::Smoke)
-        .context("stage `fuzz smoke` failed")?;
-    for (target, result) in &results {
-        if let Err(err) = result {
-            failures.note(format!("fuzz target {target}: {err:#}"));
-        }
+impl LintedBuild {
+    /// Finds the stable toolchain's `clippy-driver` (the `clippy` component
+    /// of rust-toolchain.toml).
+    pub fn new(root: &Path) -> anyhow::Result<Self> {
+        let path = cmd::output(
+            Command::new("rustup")
+                .args(["which", "clippy-driver"])
+                .current_dir(root),
+        )
+        .context("finding clippy-driver (rustup component add clippy)")?;
+        Ok(LintedBuild {
+            driver: path.trim().into(),
+        })
     }
-    let failed = results.iter().filter(|(_, r)| r.is_err()).count() as u64;
-    Ok(Tally {
-        passed: results.len() as u64 - failed,
-        failed,
-    })
+
+    /// Sets the wrapper and clippy's arguments (`-D warnings`) on `command`.
+    pub fn apply<'c>(&self, command: &'c mut Command) -> &'c mut Command {
+        command.env("RUSTC_WORKSPACE_WRAPPER", &self.driver).env(
+            "CLIPPY_ARGS",
+            "-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__",
+        )
+    }
 }
 
 /// The .deb from the binaries the build stage made (the dev profile is
@@ -218,9 +227,15 @@ fn stage(name: &str, f: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<(
 
 /// Runs `cargo test` over the default members, echoing its output and
 /// summing its "test result" lines.
-fn cargo_tests(root: &Path, extra: &[String], failures: &mut Failures) -> anyhow::Result<Tally> {
+fn cargo_tests(
+    root: &Path,
+    lints: &LintedBuild,
+    extra: &[String],
+    failures: &mut Failures,
+) -> anyhow::Result<Tally> {
     println!("xtask test: cargo test ...");
     let mut command = Command::new("cargo");
+    lints.apply(&mut command);
     // Every test binary runs even when an earlier one failed, so the tally
     // and the report cover the whole suite.
     command
@@ -274,7 +289,7 @@ fn parse_result_line(line: &str) -> Option<(u64, u64)> {
 }
 
 /// Boots each kernel under qemu and runs the kernel-TLS tests inside.
-pub fn vm_stage(root: &Path, names: &[String]) -> anyhow::Result<Tally> {
+pub fn vm_stage(root: &Path, names: &[String], lints: &LintedBuild) -> anyhow::Result<Tally> {
     let kernels: Vec<vm::KernelSpec> = if names.is_empty() {
         vm::DEFAULT_KERNELS.to_vec()
     } else {
@@ -292,7 +307,12 @@ pub fn vm_stage(root: &Path, names: &[String]) -> anyhow::Result<Tally> {
     println!(
         "xtask vm-test: building the kernel-TLS selftest (two gateways in one binary; its libraries go into the VM) ..."
     );
-    let selftest = vm::build_ktls_selftest(root).context("building the kTLS selftest")?;
+    // The example comes out of the test build (same wrapper, so nothing
+    // compiles again here after `cargo xtask test`'s build stage).
+    let selftest = vm::build_ktls_selftest(root, |command| {
+        lints.apply(command);
+    })
+    .context("building the kTLS selftest")?;
     for spec in &kernels {
         println!(
             "xtask vm-test: kernel {} (Debian {}) ...",

@@ -47,11 +47,16 @@ impl Selftest {
 }
 
 /// Builds `ktls_selftest` in the workspace's own target directory and
-/// profile (so only the example itself is compiled after the test build)
-/// and lists the libraries it links (`ldd`).
-pub fn build_ktls_selftest(workspace: &Path) -> Result<Selftest> {
+/// profile, with the environment `environment` sets (the test run's lint
+/// wrapper, so nothing compiles again after its build stage), and lists the
+/// libraries it links (`ldd`).
+pub fn build_ktls_selftest(
+    workspace: &Path,
+    environment: impl FnOnce(&mut Command),
+) -> Result<Selftest> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
+    environment(&mut cmd);
     cmd.current_dir(workspace)
         .args(["build", "-p", "gateway", "--example", "ktls_selftest"]);
     host::run(&mut cmd).context(

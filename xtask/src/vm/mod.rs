@@ -9,7 +9,7 @@
 //! ```text
 //! let cache = vm::default_cache_dir(workspace_root);
 //! let kernel = vm::prepare_kernel(&vm::KERNELS[0], &cache)?;          // cached after the first call
-//! let selftest = vm::build_ktls_selftest(workspace_root)?;            // gateway's ktls_selftest example
+//! let selftest = vm::build_ktls_selftest(workspace_root, |_| {})?;    // gateway's ktls_selftest example
 //! let out = vm::run_in_vm(&kernel, &selftest.vm_files(),
 //!                         "ktls_selftest probe", Duration::from_secs(60))?;
 //! out.ensure_success()?;
