@@ -7,6 +7,12 @@
 //! bytes, time, throughput, the data path each gateway used, the gateways'
 //! CPU time, and the proof that the producer's network cannot reach the
 //! consumer directly. Everything is removed afterwards, also on Ctrl-C.
+//!
+//! It runs in four timed steps, each saying what it is for: install (only
+//! what the demo needs: the eBPF toolchain and iproute2), build (only the
+//! two binaries it runs, in the `demo` profile chosen for build time as
+//! much as for speed), set up (namespaces, gateways, the session) and
+//! stream.
 pub mod app;
 pub(crate) mod netns;
 
@@ -44,19 +50,87 @@ impl Drop for Gateway {
     }
 }
 
+/// The cargo profile the demo builds its binaries in (Cargo.toml says why).
+const PROFILE: &str = "demo";
+
+/// The demo's steps, each timed and announced with what it is for.
+struct Steps {
+    started: Instant,
+    current: Option<(&'static str, Instant)>,
+    done: Vec<(&'static str, f64)>,
+}
+
+impl Steps {
+    fn new() -> Self {
+        Steps {
+            started: Instant::now(),
+            current: None,
+            done: Vec::new(),
+        }
+    }
+
+    fn begin(&mut self, name: &'static str, what_for: &str) {
+        self.finish();
+        println!("demo: [{}/4] {name}: {what_for}", self.done.len() + 1);
+        self.current = Some((name, Instant::now()));
+    }
+
+    fn finish(&mut self) {
+        if let Some((name, since)) = self.current.take() {
+            let secs = since.elapsed().as_secs_f64();
+            println!(
+                "demo: [{}/4] {name} done in {secs:.0} s",
+                self.done.len() + 1
+            );
+            self.done.push((name, secs));
+        }
+    }
+
+    fn summary(&mut self) -> String {
+        self.finish();
+        let steps: Vec<String> = self
+            .done
+            .iter()
+            .map(|(name, secs)| format!("{name} {secs:.0} s"))
+            .collect();
+        format!(
+            "{:.0} s in all ({})",
+            self.started.elapsed().as_secs_f64(),
+            steps.join(", ")
+        )
+    }
+}
+
 pub fn run(root: &Path, opts: &DemoOpts) -> anyhow::Result<()> {
     if !cmd::is_root() {
         bail!("the demo builds network namespaces and loads eBPF programs: run it as root");
     }
-    setup::run(root)?;
-    println!("demo: building s2cs and s2uc (release) ...");
+    let mut steps = Steps::new();
+    steps.begin(
+        "install",
+        "the eBPF toolchain (nightly rust-src, bpf-linker) that compiles the gateway's kernel \
+         programs, and iproute2 for the namespaces; nothing else",
+    );
+    setup::run(&[setup::Purpose::Demo])?;
+    steps.begin(
+        "build",
+        "s2cs (the gateway, with its eBPF programs) and s2uc (the user's client), nothing else",
+    );
     cmd::run(
         Command::new("cargo")
-            .args(["build", "--release", "-p", "gateway", "-p", "control"])
+            .args(["build", "--profile", PROFILE])
+            .args([
+                "-p", "gateway", "--bin", "s2cs", "-p", "control", "--bin", "s2uc",
+            ])
             .current_dir(root),
     )?;
-    let bin = root.join("target/release");
+    let bin = root.join("target").join(PROFILE);
     let me = cmd::own_exe();
+    steps.begin(
+        "set up",
+        "a producer LAN, two gateways and a consumer LAN in network namespaces, a gateway on each \
+         side, a producer, and the session that joins them (s2uc connect)",
+    );
     ctrlc::set_handler(|| {
         eprintln!("\ndemo: interrupted; cleaning up");
         netns::cleanup_all();
@@ -101,6 +175,10 @@ pub fn run(root: &Path, opts: &DemoOpts) -> anyhow::Result<()> {
         connect.uid, connect.setup_time, connect.listener
     );
 
+    steps.begin(
+        "stream",
+        "the consumer reads every frame through both gateways and checks each one",
+    );
     let started = Instant::now();
     let cpu_before = [cpu_seconds(&gwa.child), cpu_seconds(&gwb.child)];
     let mut consumer = exec_in("cons", &me)
@@ -167,12 +245,23 @@ pub fn run(root: &Path, opts: &DemoOpts) -> anyhow::Result<()> {
         "isolation   producer -> consumer directly: {}",
         direct.trim()
     );
+    println!("demo time   {}", steps.summary());
     println!("======================================================");
     if !consumer_ok || summary.is_none() {
         bail!("the consumer did not verify every frame");
     }
+    println!("{NEXT_STEPS}");
     Ok(())
 }
+
+/// What to try next with one's own application (README says the same).
+const NEXT_STEPS: &str = "\
+Next, with your own application (README, \"Your own stream\"):
+  1. on each gateway host:  s2cs serve --control-listen IP:5000 --listener-ip LAN_IP --port-range 5100-5199
+  2. start your producer, listening (e.g. on 10.1.0.2:7000 in the producer's LAN)
+  3. on the consumer's side: s2uc connect --prod-s2cs PROD_GW:5000 --cons-s2cs CONS_GW:5000 \\
+       --prod-cert prod.pem --cons-cert cons.pem --producer 10.1.0.2:7000
+  4. point your consumer at the address printed as `consumer connects to:`";
 
 fn tempdir() -> anyhow::Result<PathBuf> {
     let dir = std::env::temp_dir().join(format!("s2demo-{}", std::process::id()));
