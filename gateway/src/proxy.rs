@@ -117,7 +117,7 @@ async fn serve(
             Ok(server) => server,
             Err(err) => {
                 // Tell the client at once (RST) rather than with a clean FIN.
-                let _ = socket2::SockRef::from(&client).set_linger(Some(Duration::ZERO));
+                crate::sockets::reset_on_close(&client);
                 return Err(format!("dialling {}: {err}", plan.target));
             }
         };

@@ -7,7 +7,10 @@ use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use tokio::net::TcpStream;
+
 use crate::relay::RelayError;
+use crate::sockets::{self, Reported};
 
 /// Why a channel could not be established, in categories worth counting.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -307,4 +310,13 @@ pub enum ChannelRelayError {
     /// The plaintext relay (opt-in plaintext channel) failed.
     #[error(transparent)]
     Plain(#[from] RelayError),
+}
+
+/// Resolves with the first error (RST, timeout) reported on either socket
+/// of a channel connection, as the relay's error.
+pub(super) async fn first_error(lan: &TcpStream, wan: &TcpStream) -> ChannelRelayError {
+    match sockets::first_error(lan, wan).await {
+        Reported::First(source) => ChannelRelayError::Lan { source },
+        Reported::Second(source) => ChannelRelayError::Channel { source },
+    }
 }

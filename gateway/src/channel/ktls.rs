@@ -48,12 +48,13 @@ use tokio::io::Interest;
 use tokio::net::TcpStream;
 
 use super::error::ChannelRelayError;
+use super::error::first_error;
 use super::key_updates::KeyUpdates;
 use super::reader::{Control, control_record};
 use super::record::{Cipher, DirectionKeys, HANDSHAKE_KEY_UPDATE, Secrets, Version};
-use super::sockets::{first_error, shutdown_write};
 use super::traffic::TrafficSecret;
 use super::userspace::CLOSE_NOTIFY;
+use crate::sockets::shutdown_write;
 use crate::sys::{self, KtlsCipher, KtlsDirection, KtlsSuite, Pipe};
 
 /// Pipe buffer per direction.
@@ -425,7 +426,7 @@ async fn ktls_to_lan(
                         return Err(ChannelRelayError::Truncated);
                     }
                     // Data after all (splice refused for another reason).
-                    super::sockets::write_all(lan, &record[..n])
+                    crate::sockets::write_all(lan, &record[..n])
                         .await
                         .map_err(lan_err)?;
                     counter.fetch_add(n as u64, Ordering::Relaxed);

@@ -36,7 +36,7 @@
 //! TLS 1.3 traffic secrets: captured per connection, and the key schedule
 //! for key updates), `userspace` and
 //! `ktls` (the two TLS data paths), [`quic`] (the datagram channel of UDP
-//! sessions: QUIC with the same TLS settings and proof), `sockets` (helpers), [`error`] (errors
+//! sessions: QUIC with the same TLS settings and proof), [`error`] (errors
 //! and counters). With the `fuzzing` feature `record`, `reader` and
 //! `traffic` are public, for the fuzz targets in `fuzz/`.
 pub mod args;
@@ -60,7 +60,6 @@ pub mod record;
 #[cfg(not(feature = "fuzzing"))]
 pub(crate) mod record;
 pub mod record_speed;
-mod sockets;
 #[cfg(feature = "fuzzing")]
 pub mod traffic;
 #[cfg(not(feature = "fuzzing"))]
@@ -158,13 +157,13 @@ impl Channel {
             let rec = sealer
                 .seal_to_vec(record::CONTENT_APPLICATION_DATA, chunk)
                 .map_err(|e| std::io::Error::other(e.as_str()))?;
-            sockets::write_all(&self.tcp, &rec).await?;
+            crate::sockets::write_all(&self.tcp, &rec).await?;
         }
         let alert = sealer
             .seal_to_vec(record::CONTENT_ALERT, &[2, description])
             .map_err(|e| std::io::Error::other(e.as_str()))?;
-        sockets::write_all(&self.tcp, &alert).await?;
-        sockets::shutdown_write(&self.tcp)
+        crate::sockets::write_all(&self.tcp, &alert).await?;
+        crate::sockets::shutdown_write(&self.tcp)
     }
 }
 
@@ -402,8 +401,8 @@ pub async fn relay_channel(
                 format!("the kernel refused the keys ({err}); userspace TLS"),
             ),
             Err(ktls::EnableError::Broken(err)) => {
-                sockets::reset(&lan);
-                sockets::reset(&tcp);
+                crate::sockets::reset_on_close(&lan);
+                crate::sockets::reset_on_close(&tcp);
                 tracing::warn!(?peer, error = %err, "channel: kernel TLS took the TX key but refused the RX key");
                 return Err(ChannelRelayError::Channel { source: err });
             }
@@ -444,8 +443,8 @@ pub async fn relay_channel(
             Ok(path)
         }
         Err(err) => {
-            sockets::reset(&lan);
-            sockets::reset(&tcp);
+            crate::sockets::reset_on_close(&lan);
+            crate::sockets::reset_on_close(&tcp);
             tracing::info!(?peer, %path, error = %err, "channel: connection reset");
             Err(err)
         }

@@ -26,10 +26,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use tokio::net::TcpStream;
 
 use super::error::ChannelRelayError;
+use super::error::first_error;
 use super::key_updates::KeyUpdates;
 use super::reader::{RecordReader, record_err};
 use super::record::{CONTENT_ALERT, CONTENT_APPLICATION_DATA, MAX_PLAINTEXT, Opener, Sealer};
-use super::sockets::{first_error, shutdown_write, write_all, write_all_vectored};
+use crate::sockets::{shutdown_write, write_all, write_all_vectored};
 
 /// Record slots filled per LAN read (16 x 16 KiB = 256 KiB of plaintext).
 pub const SLOTS: usize = 16;

@@ -5,8 +5,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::net::TcpStream;
 
-use super::watch::{both_directions, shutdown_write, write_all};
+use super::watch::both_directions;
 use super::{ConnCounters, RelayError};
+use crate::sockets::{shutdown_write, write_all};
 
 /// Read buffer per direction: large enough for 100 Gbit/s-class batching.
 const BUFFER: usize = 256 * 1024;

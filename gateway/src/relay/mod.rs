@@ -206,8 +206,8 @@ impl RelayEngine {
             }
         };
         if outcome.is_err() {
-            watch::reset(&client);
-            watch::reset(&server);
+            crate::sockets::reset_on_close(&client);
+            crate::sockets::reset_on_close(&server);
         }
         // The path really taken: sockmap falls back for connections the
         // kernel cannot take (see `sockmap.rs`).

@@ -37,9 +37,10 @@ use gateway_common::{PASS_TO_USER, RelayEntry};
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
-use super::watch::{first_error, shutdown_write, write_all};
+use super::watch::first_error;
 use super::{ConnCounters, DataPath, RelayError, Side, copy, splice};
 use crate::ebpf::{KernelPair, KernelRelay};
+use crate::sockets::{shutdown_write, write_all};
 use crate::sys;
 
 /// How often an idle direction looks at its counters (the verdict program

@@ -9,8 +9,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
-use super::watch::{both_directions, shutdown_write};
+use super::watch::both_directions;
 use super::{ConnCounters, RelayError};
+use crate::sockets::shutdown_write;
 use crate::sys::{self, Pipe};
 
 /// Pipe buffer per direction.

@@ -1,16 +1,14 @@
-//! Helpers shared by the data paths: waiting for a socket error (a reset)
-//! while the paths move bytes, half-closing, and resetting.
+//! What the relay's data paths share: running both directions until both
+//! end or either socket reports an error (a reset), as a [`RelayError`]
+//! naming the side (the socket helpers themselves are `crate::sockets`).
 use std::future::Future;
 use std::io;
-use std::net::Shutdown;
 use std::sync::atomic::AtomicU64;
 
-use socket2::SockRef;
-use tokio::io::Interest;
 use tokio::net::TcpStream;
 
 use super::{ConnCounters, RelayError, Side};
-use crate::sys;
+use crate::sockets::{self, Reported};
 
 /// Runs `direction` client -> server and server -> client at once until both
 /// ended, or until either socket reports an error.
@@ -46,55 +44,17 @@ where
     }
 }
 
-/// Resolves with the first error (RST, timeout) reported on either socket.
+/// Resolves with the first error (RST, timeout) reported on either socket,
+/// as the relay's error naming the side.
 pub(super) async fn first_error(client: &TcpStream, server: &TcpStream) -> RelayError {
-    tokio::select! {
-        err = socket_error(client) => RelayError::Io { side: Side::Client, source: err },
-        err = socket_error(server) => RelayError::Io { side: Side::Server, source: err },
+    match sockets::first_error(client, server).await {
+        Reported::First(source) => RelayError::Io {
+            side: Side::Client,
+            source,
+        },
+        Reported::Second(source) => RelayError::Io {
+            side: Side::Server,
+            source,
+        },
     }
-}
-
-async fn socket_error(socket: &TcpStream) -> io::Error {
-    loop {
-        if let Err(err) = socket.ready(Interest::ERROR).await {
-            return err;
-        }
-        match sys::take_socket_error(sys::fd_of(socket)) {
-            Ok(Some(err)) => return err,
-            Err(err) => return err,
-            // EPOLLERR without a pending error: clear the readiness and wait on.
-            Ok(None) => {
-                let _ = socket.try_io(Interest::ERROR, || {
-                    Err::<(), _>(io::ErrorKind::WouldBlock.into())
-                });
-            }
-        }
-    }
-}
-
-/// Sends FIN after everything written so far.
-pub(super) fn shutdown_write(socket: &TcpStream) -> io::Result<()> {
-    match SockRef::from(socket).shutdown(Shutdown::Write) {
-        // The peer is already gone: nothing left to tell it.
-        Err(err) if err.kind() == io::ErrorKind::NotConnected => Ok(()),
-        other => other,
-    }
-}
-
-/// Makes the coming close send RST instead of FIN.
-pub(super) fn reset(socket: &TcpStream) {
-    let _ = SockRef::from(socket).set_linger(Some(std::time::Duration::ZERO));
-}
-
-/// Writes all of `data`, waiting for room as needed.
-pub(super) async fn write_all(to: &TcpStream, mut data: &[u8]) -> io::Result<()> {
-    while !data.is_empty() {
-        to.writable().await?;
-        match to.try_write(data) {
-            Ok(n) => data = &data[n..],
-            Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
-            Err(err) => return Err(err),
-        }
-    }
-    Ok(())
 }

@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use control::Role;
-use socket2::SockRef;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tracing::Instrument as _;
@@ -171,7 +170,7 @@ pub(super) async fn connection(
             }
         };
         if let Err(pinned) = shared.check_pin(peer.ip()) {
-            let _ = SockRef::from(&authenticated.socket).set_linger(Some(Duration::ZERO));
+            crate::sockets::reset_on_close(&authenticated.socket);
             if let Some(secure) = &shared.secure {
                 secure.config.failures().record_detail(
                     FailureReason::NotPinnedPeer,
@@ -182,7 +181,7 @@ pub(super) async fn connection(
             return;
         }
         let Some(slot) = shared.relay_limit.try_take() else {
-            let _ = SockRef::from(&authenticated.socket).set_linger(Some(Duration::ZERO));
+            crate::sockets::reset_on_close(&authenticated.socket);
             return;
         };
         let permit = tokio::select! {

@@ -251,7 +251,7 @@ impl ConnGuard {
         let table = self.shared.table();
         if let Some(conn) = table.open.get(&self.id) {
             for fd in &conn.sockets {
-                let _ = SockRef::from(fd).set_linger(Some(Duration::ZERO));
+                crate::sockets::reset_on_close(fd);
             }
         }
     }
@@ -284,6 +284,6 @@ pub(super) fn dup_socket(socket: &impl AsFd) -> Result<OwnedFd, ConnError> {
 /// Closes `socket` with a reset rather than a FIN: nothing of ours stays
 /// in TIME_WAIT, and the peer learns at once.
 pub(super) fn reset(socket: TcpStream) {
-    let _ = SockRef::from(&socket).set_linger(Some(Duration::ZERO));
+    crate::sockets::reset_on_close(&socket);
     drop(socket);
 }
