@@ -1,5 +1,7 @@
 //! Authentication with the token file and with RFC 7662 introspection
 //! against a real HTTP server started here; authorization by owner/admin.
+// Test code: a failed unwrap or expect is the test failing, with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

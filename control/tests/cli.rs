@@ -1,4 +1,6 @@
 //! The `s2uc` and `appctrl` binaries against real servers.
+// Test code: a failed unwrap or expect is the test failing, with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

@@ -1,6 +1,8 @@
 //! 1,000 sessions created and released concurrently: each req gets its own
 //! listeners, hello answers go to the right req, and the port range is fully
 //! free afterwards.
+// Test code: a failed unwrap or expect is the test failing, with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

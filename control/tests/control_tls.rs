@@ -6,6 +6,8 @@
 //! client certificate is the problem. Checked with the library client and
 //! with the real `s2uc` binary (`--client-cert`/`--client-key`, or
 //! `$S2UC_CLIENT_CERT`/`$S2UC_CLIENT_KEY`).
+// Test code: a failed unwrap or expect is the test failing, with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

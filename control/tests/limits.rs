@@ -4,6 +4,8 @@
 //! Each refusal is RESOURCE_EXHAUSTED with a message naming the limit and
 //! the setting that raises it, and the server serves again once the load
 //! is gone. A real server with TLS on loopback.
+// Test code: a failed unwrap or expect is the test failing, with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 mod common;
 
 use std::time::Duration;

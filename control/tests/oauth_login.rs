@@ -13,6 +13,8 @@
 //! access token is refreshed before use, that the control server knows the
 //! user, that logout revokes both tokens at the server, and that bad input
 //! (a wrong code, an untrusted server, http) is refused with a clear line.
+// Test code: a failed unwrap or expect is the test failing, with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

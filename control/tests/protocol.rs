@@ -1,5 +1,7 @@
 //! The old client's sequence and every error class, against a real server
 //! with TLS on loopback.
+// Test code: a failed unwrap or expect is the test failing, with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

@@ -3,6 +3,8 @@
 //! operator honors it; our client caps only when asked; the operator's
 //! maxima per session and per identity hold; `status` (and `s2uc status`)
 //! shows the cap in force and where it came from, also after a restart.
+// Test code: a failed unwrap or expect is the test failing, with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

@@ -3,6 +3,8 @@
 //! calls; the control certificate replaced in place is presented by new
 //! connections while an open connection goes on; a reload that changes a
 //! key needing a restart, or brings a broken certificate, changes nothing.
+// Test code: a failed unwrap or expect is the test failing, with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 mod common;
 
 use std::os::unix::fs::PermissionsExt as _;

@@ -5,6 +5,8 @@
 //! from each source (the login-written file, `--token`, `$S2UC_TOKEN`) and
 //! says the token was refused (UNAUTHENTICATED) for a bad one. No output of
 //! any run contains a token.
+// Test code: a failed unwrap or expect is the test failing, with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

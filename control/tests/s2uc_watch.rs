@@ -11,6 +11,8 @@
 //! eBPF; the `e2e` suites cover the kernel one). What is tested here is the
 //! `s2uc` side, which reads the counters through the same
 //! `DataPlane::counters` and `ControlExt.watch` either way.
+// Test code: a failed unwrap or expect is the test failing, with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

@@ -6,6 +6,8 @@
 //! to one in the file and name the server (CA verification); a server with
 //! another certificate is refused, saying so in one line. Real control
 //! servers over TLS with certificates made here with rcgen.
+// Test code: a failed unwrap or expect is the test failing, with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

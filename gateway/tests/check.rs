@@ -2,6 +2,8 @@
 //! a run without privileges explains itself instead of failing obscurely.
 //! Needs root (CI runs as root); the kernel must have BPF and sockmap, as
 //! every kernel this project targets does.
+// Test code: a failed unwrap or expect is the test failing, with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 use std::process::Command;
 
 use gateway::check::{self, BPF_LOAD, SOCKMAP, SPLICE, TCP, UDP_FAST};

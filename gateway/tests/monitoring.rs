@@ -5,6 +5,8 @@
 //! really exports, in PromQL that parses, with every exported family shown on
 //! the dashboard. promtool comes from Debian's prometheus package
 //! (`cargo xtask setup` installs it).
+// Test code: a failed unwrap or expect is the test failing, with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;

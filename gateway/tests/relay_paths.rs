@@ -3,6 +3,8 @@
 //! in order, full duplex, half-close, resets, early bytes, many connections.
 //! Needs root for the sockmap path (CI runs as root). The same cases run again
 //! through network namespaces in the `e2e` crate.
+// Test code: a failed unwrap or expect is the test failing, with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 mod common;
 
 use common::{expect_pattern, send_pattern, send_rest};

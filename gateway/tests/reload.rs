@@ -5,6 +5,8 @@
 //! in place is rotated, a file that changes what cannot change
 //! live (the port range) is refused by name and changes nothing, a file
 //! that no longer parses is refused too, and SIGTERM still drains.
+// Test code: a failed unwrap or expect is the test failing, with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 use std::io::Write as _;
 use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt as _;

@@ -21,6 +21,8 @@
 //!
 //! Needs root and the built binaries (`cargo build -p gateway -p control`).
 //! Every wait is bounded; a failing test prints both gateways' output.
+// Test code: a failed unwrap or expect is the test failing, with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 use std::io::{ErrorKind, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::os::unix::fs::OpenOptionsExt as _;

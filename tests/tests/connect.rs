@@ -45,6 +45,8 @@
 //! loopback (counters, rate, stop and reset), without the control server.
 //!
 //! Needs root (namespaces, eBPF). Every wait is bounded.
+// Test code: a failed unwrap or expect is the test failing, with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 use std::io::ErrorKind;
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::path::Path;

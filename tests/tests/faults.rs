@@ -22,6 +22,8 @@
 //!
 //! Needs root (namespaces, mounts). Every wait is bounded; the bounds prove
 //! "did not hang", they are not timings.
+// Test code: a failed unwrap or expect is the test failing, with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 mod support;
 
 use std::io::{self, Read, Write};

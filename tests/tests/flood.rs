@@ -23,6 +23,8 @@
 //! No XDP guard here: these are the defences behind it (a peer allow-list
 //! would drop the attacker before the socket layer; see `xdp.rs`).
 //! Needs root. Every wait is bounded.
+// Test code: a failed unwrap or expect is the test failing, with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 mod support;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};

@@ -1,6 +1,8 @@
 //! Tests of the harness itself: the topology isolates what it should, connects
 //! what it should, cleans up after panics and in parallel, and the stream
 //! source/sink catch every kind of damage. Needs root (as CI runs).
+// Test code: a failed unwrap or expect is the test failing, with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};

@@ -11,6 +11,8 @@
 //! ```
 //!
 //! Needs root. Every wait is bounded.
+// Test code: a failed unwrap or expect is the test failing, with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 mod support;
 
 use std::sync::Arc;

@@ -8,6 +8,8 @@
 //! descriptor limit for a moment (the gateways inherit it), which would
 //! disturb tests running beside it. Needs root (namespaces, prlimit on
 //! another process). Every wait is bounded.
+// Test code: a failed unwrap or expect is the test failing, with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 mod support;
 
 use std::net::SocketAddr;

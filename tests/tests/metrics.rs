@@ -6,6 +6,8 @@
 //! sessions leave their bytes in the process totals.
 //!
 //! Needs root and the built binaries (`cargo build -p gateway -p control`).
+// Test code: a failed unwrap or expect is the test failing, with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 mod support;
 
 use std::time::Duration;

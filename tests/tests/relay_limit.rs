@@ -7,6 +7,8 @@
 //! them ends a new connection streams again.
 //!
 //! Needs root (namespaces). Every wait is bounded.
+// Test code: a failed unwrap or expect is the test failing, with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 mod support;
 
 use std::io::Read as _;

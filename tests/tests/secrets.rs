@@ -8,6 +8,8 @@
 //! secrets the gateways hold are none of what they printed or serve.
 //!
 //! Needs root. Every wait is bounded.
+// Test code: a failed unwrap or expect is the test failing, with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 mod support;
 
 use std::time::Duration;

@@ -23,6 +23,8 @@
 //! and draws the samples; `soak_smoke` is a short run in the test suite.
 //! Environment: `SOAK_SECONDS` (length), `SOAK_SEED`, `SOAK_OUT` (the JSON
 //! report; default `target/tmp/soak.json`).
+// Test code: a failed unwrap or expect is the test failing, with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 mod support;
 
 use std::io::{self, Read, Write};

@@ -7,6 +7,8 @@
 //! guard is attached.
 //!
 //! Needs root (namespaces, XDP). Every wait is bounded.
+// Test code: a failed unwrap or expect is the test failing, with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 mod support;
 
 use std::net::SocketAddr;

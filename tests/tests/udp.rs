@@ -24,6 +24,8 @@
 //! pair both ways. A rate-capped session in the plaintext mode stays off
 //! the kernel path, and its cap drops (and counts) what exceeds it. Needs
 //! root. Every wait is bounded.
+// Test code: a failed unwrap or expect is the test failing, with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 mod support;
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};

@@ -1,6 +1,8 @@
 //! The Vagrant topology cannot boot here (no boxes can be downloaded), so this
 //! checks what can be checked: the Vagrantfile parses as Ruby, and it defines
 //! the four roles with the addresses the bench script uses.
+// Test code: a failed unwrap or expect is the test failing, with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 use std::path::Path;
 use std::process::Command;
 

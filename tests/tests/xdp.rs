@@ -18,6 +18,8 @@
 //! metrics) moves. After release, the port drops gwb too.
 //!
 //! Needs root and the built binaries (`cargo build -p gateway -p control`).
+// Test code: a failed unwrap or expect is the test failing, with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 mod support;
 
 use std::io::ErrorKind;
