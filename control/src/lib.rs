@@ -1,38 +1,9 @@
-//! SciStream-compatible control plane.
+//! SciStream-compatible control plane: the gRPC protocol, sessions, auth,
+//! and the `s2uc` / `appctrl` clients; it builds without any eBPF toolchain.
 //!
-//! Layout (each module owns one thing):
-//! - [`proto`]: code generated from `proto/scistream.proto` (wire format).
-//! - [`types`]: validated newtypes (session id, role, identity) and the
-//!   address parser.
-//! - [`errors`]: the one error enum and its single mapping to gRPC status.
-//! - [`session`]: the per-session state machine.
-//! - [`registry`]: the concurrent session table (hello signalling, expiry,
-//!   persistence hooks).
-//! - [`ports`]: the operator port range; allocation by binding.
-//! - [`auth`] / [`authz`]: who is calling, and what they may touch.
-//! - [`allowlist`]: which update targets are allowed.
-//! - [`secret`]: data-channel session secrets.
-//! - [`persist`]: atomic JSON session files.
-//! - [`state_lock`]: one running gateway per state directory.
-//! - [`tls`]: control-channel certificate (operator or self-signed).
-//! - [`config`]: TOML configuration and the server's clap flags.
-//! - [`dataplane`]: the trait the gateway's data plane implements, and a
-//!   plain userspace relay for tests.
-//! - [`live`]: what a reload (SIGHUP) changes while serving: authentication,
-//!   allow-list, rate limits; every other change is refused by name.
-//! - [`server`]: the gRPC services and `serve()`.
-//! - [`observe`]: hooks for metrics (call latency, auth failures).
-//! - [`cli`]: clap definitions and commands of `s2uc` and `appctrl`.
-//! - [`cli_docs`]: man pages and shell completions made from the clap definitions.
-//! - [`cli_login`]: `s2uc login` (OAuth2 with PKCE) and `logout`, and which token a command sends.
-//! - [`client`]: client connection and the s2uc/appctrl operations.
-//! - [`tls_accept`]: the control server's TLS acceptor (handshakes with a
-//!   deadline, ALPN h2) and its certificate, rotated by a reload.
-//! - `tls_probe` (private): why a server closed a client's connection (a
-//!   refused TLS handshake: client certificate missing or not accepted).
-//! - [`watch_view`]: how `s2uc watch` renders live counters (terminal or
-//!   plain lines).
-//! - [`mock`]: a mock producer application for `appctrl mock` and tests.
+//! Its modules, each owning one thing, are listed in dependency order in
+//! docs/ARCHITECTURE.md, the one module map (xtask's layering test checks
+//! the code against it).
 #![forbid(unsafe_code)]
 
 pub mod allowlist;
@@ -47,6 +18,7 @@ pub mod config;
 pub mod dataplane;
 pub mod errors;
 pub mod live;
+pub mod logging;
 pub mod mock;
 pub mod observe;
 pub mod persist;
@@ -60,7 +32,6 @@ pub mod state_lock;
 pub mod status_text;
 pub mod tls;
 pub mod tls_accept;
-mod tls_probe;
 pub mod types;
 pub mod watch_view;
 

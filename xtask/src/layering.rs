@@ -1,5 +1,7 @@
-//! The module layering rule, checked by a test: no import cycles between
-//! the modules of any crate of the workspace.
+//! The module layering rules, checked by tests: no import cycles between
+//! the modules of any crate of the workspace; and for the crates whose
+//! modules docs/ARCHITECTURE.md lists in dependency order, every top-level
+//! module is listed there and uses only modules listed above it.
 //!
 //! A module is a source file (`a/b.rs` and `a/b/mod.rs` are `a::b`). It
 //! depends on every module it names through `crate::…` or `super::…`
@@ -223,6 +225,76 @@ fn resolve(modules: &BTreeSet<String>, path: &str) -> Option<String> {
         .find(|candidate| modules.contains(candidate))
 }
 
+/// The top-level modules of `graph` (`a::b` counts as `a`) with the
+/// top-level modules each uses; the crate root is left out.
+pub fn top_level(graph: &Graph) -> Graph {
+    let head = |m: &str| m.split("::").next().unwrap_or_default().to_owned();
+    let mut top = Graph::new();
+    for (module, deps) in graph {
+        if module.is_empty() {
+            continue;
+        }
+        let entry = top.entry(head(module)).or_default();
+        for dep in deps {
+            let dep = head(dep);
+            if !dep.is_empty() && dep != head(module) {
+                entry.insert(dep);
+            }
+        }
+    }
+    top
+}
+
+/// The order in which the crate's section of docs/ARCHITECTURE.md (from
+/// its heading, bold `` `krate` ``, to the next heading) first names each of
+/// `modules` in backticks outside parentheses (inside them are children and
+/// types).
+pub fn documented_order(doc: &str, krate: &str, modules: &BTreeSet<String>) -> Vec<String> {
+    let heading = format!("**`{krate}`**");
+    let Some(start) = doc.find(&heading) else {
+        return Vec::new();
+    };
+    let section = &doc[start + heading.len()..];
+    let section = &section[..section.find("\n**`").unwrap_or(section.len())];
+    let mut order: Vec<String> = Vec::new();
+    // Names inside parentheses are a module's children or its types: only
+    // those outside any count, each at its first mention.
+    let mut depth = 0usize;
+    for (i, piece) in section.split('`').enumerate() {
+        if i % 2 == 0 {
+            for c in piece.chars() {
+                match c {
+                    '(' => depth += 1,
+                    ')' => depth = depth.saturating_sub(1),
+                    _ => {}
+                }
+            }
+        } else if depth == 0 && modules.contains(piece) && !order.iter().any(|m| m == piece) {
+            order.push(piece.to_owned());
+        }
+    }
+    order
+}
+
+/// What breaks the documented order: modules the doc does not list, and
+/// uses of a module listed below the user.
+pub fn order_violations(top: &Graph, order: &[String]) -> Vec<String> {
+    let position = |m: &str| order.iter().position(|o| o == m);
+    let mut found = Vec::new();
+    for (module, deps) in top {
+        let Some(at) = position(module) else {
+            found.push(format!("{module} is not listed"));
+            continue;
+        };
+        for dep in deps {
+            if position(dep).is_some_and(|d| d > at) {
+                found.push(format!("{module} uses {dep}, listed below it"));
+            }
+        }
+    }
+    found
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -303,5 +375,53 @@ mod tests {
             }
         }
         assert!(found.is_empty(), "import cycles:\n{}", found.join("\n"));
+    }
+
+    #[test]
+    fn order_needs_every_module_listed_and_uses_only_above() {
+        let g = graph(&[("a", &[]), ("b", &["a"]), ("b::x", &["c"]), ("c", &["a"])]);
+        let top = top_level(&g);
+        assert_eq!(top["b"], ["a", "c"].iter().map(|s| s.to_string()).collect());
+        let modules: BTreeSet<String> = top.keys().cloned().collect();
+        let doc = "**`k`**\n- `a`: x (not `b`)\n- `c` uses `a`\n- `b`: `Thing`\n\n**`other`** `z`";
+        let order = documented_order(doc, "k", &modules);
+        assert_eq!(order, ["a", "c", "b"]);
+        assert!(order_violations(&top, &order).is_empty());
+        let wrong = ["b".to_owned(), "a".to_owned(), "c".to_owned()];
+        assert_eq!(
+            order_violations(&top, &wrong),
+            ["b uses a, listed below it", "b uses c, listed below it"]
+        );
+        assert_eq!(
+            order_violations(&top, &wrong[..2]),
+            ["b uses a, listed below it", "c is not listed"]
+        );
+    }
+
+    /// The documented order, on the crates docs/ARCHITECTURE.md lists
+    /// module by module.
+    #[test]
+    fn modules_follow_the_documented_order() {
+        let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .expect("workspace root");
+        let doc = std::fs::read_to_string(workspace.join("docs/ARCHITECTURE.md"))
+            .expect("docs/ARCHITECTURE.md");
+        let mut found = Vec::new();
+        for krate in ["gateway", "control"] {
+            let src = workspace.join(krate).join("src");
+            let g = import_graph(&src).unwrap_or_else(|e| panic!("reading {}: {e}", src.display()));
+            let top = top_level(&g);
+            let modules: BTreeSet<String> = top.keys().cloned().collect();
+            let order = documented_order(&doc, krate, &modules);
+            for problem in order_violations(&top, &order) {
+                found.push(format!("{krate}: {problem}"));
+            }
+        }
+        assert!(
+            found.is_empty(),
+            "docs/ARCHITECTURE.md's module order does not hold:\n{}",
+            found.join("\n")
+        );
     }
 }

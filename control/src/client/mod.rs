@@ -28,6 +28,7 @@ mod error;
 pub mod login;
 mod login_store;
 pub(crate) mod server_tls;
+mod tls_probe;
 mod token;
 mod transport;
 
@@ -41,8 +42,8 @@ use crate::proto;
 use crate::proto::control_client::ControlClient;
 use crate::proto::control_ext_client::ControlExtClient;
 use crate::secret::SessionSecret;
-use crate::tls_probe::{self, ProbeTarget};
 use crate::types::{Role, SessionId};
+use tls_probe::ProbeTarget;
 
 /// Both services over one channel.
 #[derive(Clone)]
@@ -102,6 +103,10 @@ pub fn new_uid() -> SessionId {
         &h[16..20],
         &h[20..32]
     );
+    #[allow(
+        clippy::expect_used,
+        reason = "a UUID (hex digits and dashes) is always a valid session id"
+    )]
     SessionId::parse(&uuid).expect("a UUID is a valid session id")
 }
 

@@ -50,7 +50,7 @@ fn config(t: &ProbeTarget) -> Option<rustls::ClientConfig> {
         .identity
         .as_ref()
         .map(|(cert, key)| (cert.as_slice(), key.as_slice()));
-    crate::client::server_tls::client_config(&t.server_cert_pem, identity).ok()
+    super::server_tls::client_config(&t.server_cert_pem, identity).ok()
 }
 
 fn probe(t: &ProbeTarget) -> Option<String> {
