@@ -9,12 +9,12 @@ use anyhow::Context as _;
 use clap::parser::ValueSource;
 use clap::{ArgMatches, CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 use gateway::check;
-use gateway::ebpf::KernelRelay;
 use gateway::proxy::{self, ProxyPlan, ProxyStats};
-use gateway::relay::{AUTO_PATH, AUTO_REASON, DataPath, RelayEngine};
+use gateway::relay::DataPath;
 use gateway::session::config_file;
 use gateway::session::reload::Reloader;
 use gateway::session::serve::{Gateway, ServeArgs, raise_descriptor_limit, shutdown_signals};
+use gateway::session::{PathChoice, engine_for};
 
 #[derive(Parser)]
 #[command(
@@ -53,9 +53,10 @@ enum Command {
         listen: SocketAddr,
         #[arg(long)]
         target: SocketAddr,
-        /// Data path: auto (splice; see `s2cs check`), sockmap, splice or copy.
+        /// Data path: auto (splice; see `s2cs check`), sockmap, splice or
+        /// copy (as `serve --data-path`).
         #[arg(long, default_value = "auto")]
-        path: String,
+        path: PathChoice,
         /// Pacing cap per socket, in bytes per second.
         #[arg(long)]
         rate: Option<u64>,
@@ -143,17 +144,7 @@ fn given(matches: &ArgMatches, id: &str) -> bool {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        // Colours only for a person at a terminal: log files and pipes get plain text.
-        .with_ansi(
-            std::io::IsTerminal::is_terminal(&std::io::stderr())
-                && std::env::var_os("NO_COLOR").is_none(),
-        )
-        .init();
+    control::logging::init("info");
     let matches = Cli::command().get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|err| err.exit());
     match run(cli, &matches) {
@@ -205,7 +196,7 @@ fn run(cli: Cli, matches: &ArgMatches) -> anyhow::Result<ExitCode> {
             rate,
         } => {
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-            runtime.block_on(relay(listen, target, &path, rate))?;
+            runtime.block_on(relay(listen, target, path, rate))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Config {
@@ -311,24 +302,10 @@ async fn serve(args: ServeArgs, reloader: Reloader) -> anyhow::Result<()> {
 async fn relay(
     listen: SocketAddr,
     target: SocketAddr,
-    path: &str,
+    choice: PathChoice,
     rate: Option<u64>,
 ) -> anyhow::Result<()> {
-    let wanted: Option<DataPath> = match path {
-        "auto" => None,
-        other => Some(other.parse().map_err(anyhow::Error::msg)?),
-    };
-    let engine = match wanted {
-        Some(DataPath::Copy | DataPath::Splice) => RelayEngine::userspace(),
-        Some(DataPath::Sockmap) => RelayEngine::with_kernel(Arc::new(
-            KernelRelay::load().context("--path sockmap needs the kernel relay")?,
-        )),
-        None => {
-            tracing::info!(path = %AUTO_PATH, reason = AUTO_REASON, "data path auto");
-            RelayEngine::userspace()
-        }
-    };
-    let path = wanted.unwrap_or(AUTO_PATH);
+    let (engine, path) = engine_for(choice).context("--path")?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding {listen}"))?;
