@@ -17,9 +17,9 @@ use crate::config::TlsConfig;
 use crate::errors::ControlError;
 
 /// File names inside the self-signed directory.
-pub const SELF_SIGNED_CERT: &str = "control-cert.pem";
+pub const CONTROL_CERT_FILE: &str = "control-cert.pem";
 /// Key file name inside the self-signed directory.
-pub const SELF_SIGNED_KEY: &str = "control-key.pem";
+pub const CONTROL_KEY_FILE: &str = "control-key.pem";
 
 /// Loaded certificate, key and optional client CA.
 pub struct TlsMaterial {
@@ -104,8 +104,8 @@ pub fn load_or_generate(
             });
         }
     };
-    let cert_path = dir.join(SELF_SIGNED_CERT);
-    let key_path = dir.join(SELF_SIGNED_KEY);
+    let cert_path = dir.join(CONTROL_CERT_FILE);
+    let key_path = dir.join(CONTROL_KEY_FILE);
     if !cert_path.exists() {
         generate_self_signed(&dir, &cfg.names)?;
     }
@@ -153,9 +153,9 @@ fn generate_self_signed(dir: &Path, extra: &[String]) -> Result<(), ControlError
     };
     // Key first: a crash in between leaves no certificate, so the next start
     // regenerates (create_new would then fail on the key: remove a stray one).
-    let _ = std::fs::remove_file(dir.join(SELF_SIGNED_KEY));
-    write(SELF_SIGNED_KEY, key_pem.as_bytes(), 0o600)?;
-    write(SELF_SIGNED_CERT, ck.cert.pem().as_bytes(), 0o644)?;
+    let _ = std::fs::remove_file(dir.join(CONTROL_KEY_FILE));
+    write(CONTROL_KEY_FILE, key_pem.as_bytes(), 0o600)?;
+    write(CONTROL_CERT_FILE, ck.cert.pem().as_bytes(), 0o644)?;
     tracing::info!(
         dir = %dir.display(),
         fingerprint = %fingerprint_der(ck.cert.der()),
@@ -174,7 +174,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let cfg = TlsConfig::default();
         let a = load_or_generate(&cfg, Some(d.path())).unwrap();
-        let key = d.path().join("tls").join(SELF_SIGNED_KEY);
+        let key = d.path().join("tls").join(CONTROL_KEY_FILE);
         let mode = std::fs::metadata(&key).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
         let b = load_or_generate(&cfg, Some(d.path())).unwrap();

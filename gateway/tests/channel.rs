@@ -10,6 +10,8 @@
 //! plaintext mode runs over the kernel relay (needs root, as CI has). The
 //! TLS 1.2 opt-in and CA verification end to end (accepted and refused),
 //! and TLS 1.3 KeyUpdates from a plain rustls peer followed mid-stream.
+// Test code: a failed unwrap or expect is the test failing, with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 mod common;
 
 use common::{Consumer, Pattern, expect_pattern, expect_pattern_as, send_pattern, send_rest};
@@ -1604,8 +1606,8 @@ async fn a_rotated_certificate_serves_new_handshakes_and_drops_no_stream() {
         let base = dir.path().join(name);
         (
             cfg.fingerprint(),
-            base.join(gateway::channel::config::SELF_SIGNED_CERT),
-            base.join(gateway::channel::config::SELF_SIGNED_KEY),
+            base.join(gateway::channel::config::CHANNEL_CERT_FILE),
+            base.join(gateway::channel::config::CHANNEL_KEY_FILE),
         )
     };
     let (fp_old, old_cert, old_key) = make("old");

@@ -23,7 +23,7 @@ use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use super::error::{ChannelError, ChannelFailures};
 use super::identity::ChannelIdentity;
 pub use super::identity::{
-    BadFingerprint, CertSource, Fingerprint, SELF_SIGNED_CERT, SELF_SIGNED_KEY,
+    BadFingerprint, CHANNEL_CERT_FILE, CHANNEL_KEY_FILE, CertSource, Fingerprint,
 };
 use super::key_updates::KeyUpdates;
 use super::pem;
@@ -419,7 +419,7 @@ mod tests {
     fn self_signed_once_with_private_key_and_fingerprint_round_trip() {
         let dir = tempfile::tempdir().unwrap();
         let a = ChannelConfig::new(ChannelSettings::self_signed(dir.path().join("tls"))).unwrap();
-        let mode = std::fs::metadata(dir.path().join("tls").join(SELF_SIGNED_KEY))
+        let mode = std::fs::metadata(dir.path().join("tls").join(CHANNEL_KEY_FILE))
             .unwrap()
             .permissions()
             .mode();
@@ -437,7 +437,7 @@ mod tests {
     fn world_readable_key_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         ChannelConfig::new(ChannelSettings::self_signed(dir.path())).unwrap();
-        let key = dir.path().join(SELF_SIGNED_KEY);
+        let key = dir.path().join(CHANNEL_KEY_FILE);
         std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
         let err = ChannelConfig::new(ChannelSettings::self_signed(dir.path())).unwrap_err();
         assert!(err.to_string().contains("chmod 600"), "{err}");

@@ -126,9 +126,9 @@ impl ResolvesClientCert for ChannelIdentity {
 }
 
 /// Certificate file name in a self-signed directory.
-pub const SELF_SIGNED_CERT: &str = "channel-cert.pem";
+pub const CHANNEL_CERT_FILE: &str = "channel-cert.pem";
 /// Key file name in a self-signed directory (mode 0600).
-pub const SELF_SIGNED_KEY: &str = "channel-key.pem";
+pub const CHANNEL_KEY_FILE: &str = "channel-key.pem";
 /// Where this gateway's certificate and key come from.
 #[derive(Clone, Debug)]
 pub enum CertSource {
@@ -217,8 +217,8 @@ pub(super) fn load_identity(
     let (cert, key) = match source {
         CertSource::Files { cert, key } => (cert.clone(), key.clone()),
         CertSource::SelfSigned { dir, names } => {
-            let cert = dir.join(SELF_SIGNED_CERT);
-            let key = dir.join(SELF_SIGNED_KEY);
+            let cert = dir.join(CHANNEL_CERT_FILE);
+            let key = dir.join(CHANNEL_KEY_FILE);
             if !cert.exists() {
                 generate_self_signed(dir, names)?;
             }
@@ -260,9 +260,9 @@ fn generate_self_signed(dir: &Path, extra: &[String]) -> Result<(), ChannelError
     };
     // The key first: a crash in between leaves no certificate, so the next
     // start generates again (after removing the stray key).
-    let _ = std::fs::remove_file(dir.join(SELF_SIGNED_KEY));
-    write(SELF_SIGNED_KEY, key_pem.as_bytes(), 0o600)?;
-    write(SELF_SIGNED_CERT, generated.cert.pem().as_bytes(), 0o644)?;
+    let _ = std::fs::remove_file(dir.join(CHANNEL_KEY_FILE));
+    write(CHANNEL_KEY_FILE, key_pem.as_bytes(), 0o600)?;
+    write(CHANNEL_CERT_FILE, generated.cert.pem().as_bytes(), 0o644)?;
     tracing::info!(
         dir = %dir.display(),
         fingerprint = %Fingerprint::of_der(generated.cert.der()),

@@ -447,7 +447,7 @@ fn channel_config(
     let cert = match &settings.certs {
         crate::channel::CertSource::Files { cert, .. } => cert.clone(),
         crate::channel::CertSource::SelfSigned { dir, .. } => {
-            dir.join(crate::channel::config::SELF_SIGNED_CERT)
+            dir.join(crate::channel::config::CHANNEL_CERT_FILE)
         }
     };
     let verification = describe_verification(&settings.verify);
@@ -476,7 +476,7 @@ fn cert_path(cfg: &ServerConfig) -> Option<PathBuf> {
         (None, Some(state)) => state.join("tls"),
         (None, None) => return None,
     };
-    Some(dir.join(control::tls::SELF_SIGNED_CERT))
+    Some(dir.join(control::tls::CONTROL_CERT_FILE))
 }
 
 /// The name of the next SIGINT or SIGTERM (a stream that is gone is not
