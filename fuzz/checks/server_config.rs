@@ -7,7 +7,7 @@
 //! operator wrote).
 
 use control::ServerConfig;
-use gateway::session::config_file::GatewayFile;
+use gateway::daemon::config_file::GatewayFile;
 
 /// Checks one input (the fuzz target's body); false when the bytes do not
 /// decode into an input, which libFuzzer then leaves out of the corpus.

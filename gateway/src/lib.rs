@@ -17,6 +17,7 @@ extern crate self as gateway;
 pub mod admission;
 pub mod channel;
 pub mod check;
+pub mod daemon;
 pub mod drain;
 pub mod ebpf;
 pub mod error_chain;

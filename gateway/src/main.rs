@@ -9,11 +9,11 @@ use anyhow::Context as _;
 use clap::parser::ValueSource;
 use clap::{ArgMatches, CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 use gateway::check;
+use gateway::daemon::config_file;
+use gateway::daemon::reload::Reloader;
+use gateway::daemon::serve::{Gateway, ServeArgs, raise_descriptor_limit, shutdown_signals};
 use gateway::proxy::{self, ProxyPlan, ProxyStats};
 use gateway::relay::DataPath;
-use gateway::session::config_file;
-use gateway::session::reload::Reloader;
-use gateway::session::serve::{Gateway, ServeArgs, raise_descriptor_limit, shutdown_signals};
 use gateway::session::{PathChoice, engine_for};
 
 #[derive(Parser)]

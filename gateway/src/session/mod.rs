@@ -47,12 +47,9 @@
 #![forbid(unsafe_code)]
 
 mod accept;
-pub mod config_file;
 mod errors;
 mod options;
 mod path_choice;
-pub mod reload;
-pub mod serve;
 mod shared;
 pub mod wan;
 

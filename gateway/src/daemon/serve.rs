@@ -24,9 +24,6 @@ use std::time::Duration;
 
 use control::{ControlError, ControlServer, ServerArgs, ServerConfig, StateLock};
 
-use super::{
-    ChannelMode, KernelDataPlane, PathChoice, SessionError, SessionOptions, WanLiveness, engine_for,
-};
 use crate::admission::{Admission, AdmissionLimits};
 use crate::channel::args::{ChannelArgs, ChannelOptionError, describe_verification};
 use crate::channel::identity::ChannelIdentity;
@@ -34,6 +31,9 @@ use crate::channel::{ChannelConfig, ChannelFailures, Fingerprint, KernelCaps};
 use crate::metrics::{self, Metrics, MetricsError};
 use crate::relay::DataPath;
 use crate::relay_limit::DEFAULT_MAX_RELAYED;
+use crate::session::{
+    ChannelMode, KernelDataPlane, PathChoice, SessionError, SessionOptions, WanLiveness, engine_for,
+};
 use crate::xdp::{AttachMode, PeerNet, XdpError, XdpGuard};
 
 /// Flags of `s2cs serve`.
