@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 
 use gateway::channel::args::KtlsWithoutRekey;
 use gateway::channel::{
-    self, ChannelConfig, ChannelPath, ChannelSettings, FailureReason, KernelCaps, KtlsSupport,
+    self, ChannelConfig, ChannelPath, ChannelPaths, ChannelSettings, FailureReason, KtlsSupport,
 };
 use gateway::relay::{ConnCounters, DataPath, RelayEngine};
 use ring::digest::{Context, SHA256};
@@ -62,7 +62,7 @@ struct Pair {
 /// One gateway of a pair: its kernel TLS and its `--ktls-without-rekey`.
 #[derive(Clone)]
 struct End {
-    caps: KernelCaps,
+    caps: ChannelPaths,
     policy: KtlsWithoutRekey,
 }
 
@@ -78,8 +78,8 @@ fn settings(dir: std::path::PathBuf, end: &End, record_limit: Option<u64>) -> Ch
 
 async fn start(
     dir: &std::path::Path,
-    caps_a: KernelCaps,
-    caps_b: KernelCaps,
+    caps_a: ChannelPaths,
+    caps_b: ChannelPaths,
     secret_a: [u8; 32],
 ) -> Result<Pair, String> {
     let end = |caps| End {
@@ -510,12 +510,12 @@ async fn case_key_updates(
 /// Key updates at a lowered limit, on every pairing, as this kernel allows.
 async fn key_update_cases(
     dir: &std::path::Path,
-    user: &KernelCaps,
-    ktls: &KernelCaps,
+    user: &ChannelPaths,
+    ktls: &ChannelPaths,
     len: usize,
 ) -> Result<(), String> {
     let rekey = ktls.ktls.rekey;
-    let end = |caps: &KernelCaps, policy| End {
+    let end = |caps: &ChannelPaths, policy| End {
         caps: caps.clone(),
         policy,
     };
@@ -622,8 +622,8 @@ async fn run(mib: usize) -> Result<(), String> {
         return Err("kernel TLS is not available".into());
     }
     let dir = std::env::temp_dir().join(format!("ktls-selftest-{}", std::process::id()));
-    let user = KernelCaps::without_ktls(RelayEngine::userspace(), DataPath::Splice);
-    let ktls = KernelCaps {
+    let user = ChannelPaths::without_ktls(RelayEngine::userspace(), DataPath::Splice);
+    let ktls = ChannelPaths {
         ktls: support.clone(),
         ..user.clone()
     };

@@ -14,7 +14,6 @@
 #[cfg(test)]
 extern crate self as gateway;
 
-pub mod admission;
 pub mod channel;
 pub mod check;
 pub mod daemon;
@@ -35,4 +34,5 @@ mod sockets;
 pub mod sys;
 pub mod udp;
 pub mod udp_fastpath;
+pub mod wan_admission;
 pub mod xdp;

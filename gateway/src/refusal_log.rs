@@ -9,8 +9,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::admission::Admission;
 use crate::channel::{ChannelFailures, FailureReason};
+use crate::wan_admission::Admission;
 
 /// How often the summary is written (when something was refused).
 pub const PERIOD: Duration = Duration::from_secs(1);

@@ -22,8 +22,8 @@ use std::time::Duration;
 
 use control::Role;
 use gateway::channel::{
-    self, CertSource, ChannelConfig, ChannelInfo, ChannelPath, ChannelSettings, FailureReason,
-    KernelCaps, PeerVerification,
+    self, CertSource, ChannelConfig, ChannelInfo, ChannelPath, ChannelPaths, ChannelSettings,
+    FailureReason, PeerVerification,
 };
 use gateway::ebpf::KernelRelay;
 use gateway::relay::{ConnCounters, DataPath, RelayEngine};
@@ -52,7 +52,7 @@ struct Options {
     settings_a: Box<dyn Fn(&std::path::Path) -> ChannelSettings>,
     settings_b: Box<dyn Fn(&std::path::Path) -> ChannelSettings>,
     secret_a: [u8; 32],
-    caps: KernelCaps,
+    caps: ChannelPaths,
     /// gwA speaks TLS 1.2 only (`ChannelConfig::new_tls12_only`).
     tls12_only_a: bool,
     /// gwB speaks TLS 1.2 only.
@@ -65,7 +65,7 @@ impl Default for Options {
             settings_a: Box::new(|dir| ChannelSettings::self_signed(dir)),
             settings_b: Box::new(|dir| ChannelSettings::self_signed(dir)),
             secret_a: SECRET,
-            caps: KernelCaps::detect(RelayEngine::userspace(), DataPath::Splice),
+            caps: ChannelPaths::detect(RelayEngine::userspace(), DataPath::Splice),
             tls12_only_a: false,
             tls12_only_b: false,
         }
@@ -223,7 +223,7 @@ impl Pair {
     }
 }
 
-fn expected_tls_path(caps: &KernelCaps) -> ChannelPath {
+fn expected_tls_path(caps: &ChannelPaths) -> ChannelPath {
     if caps.ktls.available() {
         ChannelPath::KernelTls
     } else {
@@ -1098,7 +1098,7 @@ async fn plaintext_after_auth_uses_the_plaintext_relay() {
     let mut pair = Pair::start(Options {
         settings_a: Box::new(plain),
         settings_b: Box::new(plain),
-        caps: KernelCaps::detect(engine, DataPath::Splice),
+        caps: ChannelPaths::detect(engine, DataPath::Splice),
         ..Options::default()
     })
     .await;
@@ -1118,7 +1118,7 @@ async fn plaintext_after_auth_uses_the_plaintext_relay() {
         settings_a: Box::new(plain),
         settings_b: Box::new(plain),
         secret_a: [1; 32],
-        caps: KernelCaps::detect(RelayEngine::userspace(), DataPath::Splice),
+        caps: ChannelPaths::detect(RelayEngine::userspace(), DataPath::Splice),
         ..Options::default()
     })
     .await;
@@ -1131,7 +1131,7 @@ async fn plaintext_after_auth_uses_the_plaintext_relay() {
 }
 
 /// The plaintext mode relays on the data path the gateway chose
-/// (`KernelCaps::path`, from `s2cs serve --data-path`), not on the engine's
+/// (`ChannelPaths::path`, from `s2cs serve --data-path`), not on the engine's
 /// default: copy, and sockmap through the kernel relay.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plaintext_after_auth_relays_on_the_chosen_data_path() {
@@ -1143,7 +1143,7 @@ async fn plaintext_after_auth_relays_on_the_chosen_data_path() {
         let mut pair = Pair::start(Options {
             settings_a: Box::new(plain),
             settings_b: Box::new(plain),
-            caps: KernelCaps::detect(kernel_engine(), path),
+            caps: ChannelPaths::detect(kernel_engine(), path),
             ..Options::default()
         })
         .await;

@@ -41,7 +41,7 @@
 //! message, and one older than its sources prints a warning. Each gateway's
 //! stdout and log are printed when a test fails.
 //!
-//! The `data_plane` module at the end tests `KernelDataPlane` in-process on
+//! The `data_plane` module at the end tests `SessionDataPlane` in-process on
 //! loopback (counters, rate, stop and reset), without the control server.
 //!
 //! Needs root (namespaces, eBPF). Every wait is bounded.
@@ -715,7 +715,7 @@ fn rate_is_enforced_copy() {
 // The data plane in-process
 // ---------------------------------------------------------------------------
 
-/// `KernelDataPlane` in-process on loopback (splice and copy paths, no root
+/// `SessionDataPlane` in-process on loopback (splice and copy paths, no root
 /// needed): a session relays to its target with live counters, the rate caps
 /// throughput, and stopping it closes the listener at once and resets a
 /// connection still open after the grace period.
@@ -725,19 +725,19 @@ mod data_plane {
 
     use control::{DataPlane, Link, Role, SessionId, SessionPlan, SessionSecret};
     use gateway::relay::{DataPath, RelayEngine};
-    use gateway::session::{ChannelMode, KernelDataPlane, PathChoice, SessionOptions};
+    use gateway::session::{ChannelMode, PathChoice, SessionDataPlane, SessionOptions};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     fn uid(n: u8) -> SessionId {
         SessionId::parse(&format!("00000000-0000-4000-8000-0000000000{n:02x}")).expect("valid uid")
     }
 
-    fn plane(path: DataPath) -> KernelDataPlane {
+    fn plane(path: DataPath) -> SessionDataPlane {
         let options = SessionOptions {
             stop_grace: Duration::from_millis(300),
             ..SessionOptions::default()
         };
-        KernelDataPlane::new(RelayEngine::userspace(), path, ChannelMode::Plain, options)
+        SessionDataPlane::new(RelayEngine::userspace(), path, ChannelMode::Plain, options)
     }
 
     /// A session with one listener on 127.0.0.1 relaying to `target`.

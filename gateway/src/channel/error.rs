@@ -87,12 +87,12 @@ impl FailureReason {
     }
 }
 
-impl From<crate::admission::Refusal> for FailureReason {
-    fn from(refusal: crate::admission::Refusal) -> Self {
+impl From<crate::wan_admission::Refusal> for FailureReason {
+    fn from(refusal: crate::wan_admission::Refusal) -> Self {
         match refusal {
-            crate::admission::Refusal::GatewayBusy => FailureReason::GatewayBusy,
-            crate::admission::Refusal::SourceBusy => FailureReason::SourceBusy,
-            crate::admission::Refusal::QueueTimeout => FailureReason::QueueTimeout,
+            crate::wan_admission::Refusal::GatewayBusy => FailureReason::GatewayBusy,
+            crate::wan_admission::Refusal::SourceBusy => FailureReason::SourceBusy,
+            crate::wan_admission::Refusal::QueueTimeout => FailureReason::QueueTimeout,
         }
     }
 }

@@ -16,7 +16,7 @@
 //! 1. kernel TLS fed and drained by splice ([`ktls`]);
 //! 2. our userspace record layer with large batches ([`userspace`]);
 //! 3. in the opt-in plaintext mode, the plaintext relay engine end to end
-//!    on the gateway's data path ([`KernelCaps::path`], e.g. sockmap), after
+//!    on the gateway's data path ([`ChannelPaths::path`], e.g. sockmap), after
 //!    both sides left TLS with close_notify.
 //!
 //! Sockmap redirect into a kTLS socket is not used: it failed (EINVAL when
@@ -274,7 +274,7 @@ async fn establish(
 /// What the kernel offers the channel relay, and the plaintext data path the
 /// gateway chose.
 #[derive(Clone)]
-pub struct KernelCaps {
+pub struct ChannelPaths {
     /// Kernel TLS, as probed.
     pub ktls: KtlsSupport,
     /// The plaintext relay engine for the plaintext-after-authentication mode.
@@ -286,10 +286,10 @@ pub struct KernelCaps {
     pub path: DataPath,
 }
 
-impl KernelCaps {
+impl ChannelPaths {
     /// Probes kernel TLS now (blocking, a few milliseconds).
     pub fn detect(engine: RelayEngine, path: DataPath) -> Self {
-        KernelCaps {
+        ChannelPaths {
             ktls: probe_ktls(),
             engine,
             path,
@@ -298,7 +298,7 @@ impl KernelCaps {
 
     /// Never uses kernel TLS.
     pub fn without_ktls(engine: RelayEngine, path: DataPath) -> Self {
-        KernelCaps {
+        ChannelPaths {
             ktls: KtlsSupport::unavailable("kernel TLS disabled by configuration"),
             engine,
             path,
@@ -344,7 +344,7 @@ pub async fn relay_channel(
     channel: Channel,
     lan: TcpStream,
     counters: &ConnCounters,
-    caps: &KernelCaps,
+    caps: &ChannelPaths,
 ) -> Result<ChannelPath, ChannelRelayError> {
     let Channel {
         tcp,

@@ -1,5 +1,5 @@
 //! `s2cs serve`: the SciStream control server (from the `control` crate) on
-//! top of [`KernelDataPlane`], with the command-line flags of both.
+//! top of [`SessionDataPlane`], with the command-line flags of both.
 //!
 //! [`Gateway::prepare`] reads and validates the whole configuration, loads
 //! the relay engine, builds the control server (TLS certificate, persisted
@@ -24,16 +24,17 @@ use std::time::Duration;
 
 use control::{ControlError, ControlServer, ServerArgs, ServerConfig, StateLock};
 
-use crate::admission::{Admission, AdmissionLimits};
 use crate::channel::args::{ChannelArgs, ChannelOptionError, describe_verification};
 use crate::channel::identity::ChannelIdentity;
-use crate::channel::{ChannelConfig, ChannelFailures, Fingerprint, KernelCaps};
+use crate::channel::{ChannelConfig, ChannelFailures, ChannelPaths, Fingerprint};
 use crate::metrics::{self, Metrics, MetricsError};
 use crate::relay::DataPath;
 use crate::relay_limit::DEFAULT_MAX_RELAYED;
 use crate::session::{
-    ChannelMode, KernelDataPlane, PathChoice, SessionError, SessionOptions, WanLiveness, engine_for,
+    ChannelMode, PathChoice, SessionDataPlane, SessionError, SessionOptions, WanLiveness,
+    engine_for,
 };
+use crate::wan_admission::{Admission, AdmissionLimits};
 use crate::xdp::{AttachMode, PeerNet, XdpError, XdpGuard};
 
 /// Flags of `s2cs serve`.
@@ -249,7 +250,7 @@ impl Gateway {
                 channel_failures = Some(Arc::clone(config.failures()));
                 // Plaintext after authentication relays on the same data
                 // path as every plaintext leg (--data-path).
-                let caps = KernelCaps {
+                let caps = ChannelPaths {
                     ktls: ktls.clone(),
                     engine: engine.clone(),
                     path,
@@ -278,7 +279,7 @@ impl Gateway {
                 }))
             }
         };
-        let mut data_plane = KernelDataPlane::new(engine, path, mode, options)
+        let mut data_plane = SessionDataPlane::new(engine, path, mode, options)
             .with_metrics(Arc::clone(&metrics))
             .with_admission(admission)
             .with_relay_limit(args.max_relayed_connections);

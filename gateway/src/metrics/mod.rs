@@ -26,7 +26,7 @@
 //! Layout:
 //! - `observer`: the [`control::Observer`] hook (call latency by method and
 //!   code, auth failures by reason);
-//! - `live`: the scrape-time collector of live values and the catalogue of
+//! - `scrape`: the scrape-time collector of live values and the catalogue of
 //!   its families;
 //! - `http`: [`bind`] and [`serve_http`], the `GET /metrics` endpoint;
 //! - this file: [`Metrics`] (the registry, the event series, the live
@@ -48,13 +48,13 @@ use crate::ebpf::KernelRelay;
 use crate::xdp::XdpGuard;
 
 mod http;
-mod live;
 mod observer;
+mod scrape;
 
 pub use http::{bind, serve_http};
 
-use live::{LIVE, Live};
 use observer::ControlObserver;
+use scrape::{LIVE, Live};
 
 /// Why metrics could not be set up or served.
 #[derive(Debug, thiserror::Error)]

@@ -19,11 +19,11 @@ use super::ConnError;
 use super::options::ACCEPT_BACKOFF;
 use super::shared::{ConnGuard, Phase, Shared, dup_socket, reset};
 use super::wan::{Leg, WanLegError, WanSide};
-use crate::admission::{Refusal, Ticket};
 use crate::channel::FailureReason;
 use crate::drain::InFlight;
 use crate::error_chain::error_chain;
 use crate::relay_limit::RelaySlot;
+use crate::wan_admission::{Refusal, Ticket};
 
 /// Completes once the session's phase is `at` or later (or the data plane
 /// is gone).

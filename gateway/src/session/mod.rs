@@ -1,4 +1,4 @@
-//! The gateway's data plane for SciStream sessions: [`KernelDataPlane`]
+//! The gateway's data plane for SciStream sessions: [`SessionDataPlane`]
 //! implements [`control::DataPlane`] with the relay engine.
 //!
 //! For each link of a session (one listener, one target) a task accepts
@@ -19,11 +19,11 @@
 //! the ones still open (RST to both peers) and waits until every task of the
 //! session is gone.
 //!
-//! With an XDP guard ([`KernelDataPlane::with_xdp`]), a PROD session's
+//! With an XDP guard ([`SessionDataPlane::with_xdp`]), a PROD session's
 //! WAN listener ports are opened in the guard's allow-list when the session
 //! starts (for the configured peer gateways, or for every source when none is
 //! configured) and closed again once the session has fully stopped. With
-//! [`KernelDataPlane::with_metrics`], connections are counted and the live
+//! [`SessionDataPlane::with_metrics`], connections are counted and the live
 //! counters are exported at scrape time. Every task of a session runs in a
 //! `session` tracing span carrying its uid and role.
 //!
@@ -36,7 +36,7 @@
 //! - `shared`: what a running session's tasks share (settings, budgets,
 //!   phase, connection table, counters, pacing, the legacy pin);
 //! - `accept`: the accept loop and one connection's life;
-//! - this file: [`KernelDataPlane`], the session table, start and stop, XDP
+//! - this file: [`SessionDataPlane`], the session table, start and stop, XDP
 //!   port bookkeeping, metric labels;
 //! - [`serve`]: `s2cs serve`, the control server on top of this data plane;
 //! - [`config_file`]: the `[gateway]` table of the configuration file;
@@ -70,20 +70,20 @@ pub use options::{SessionOptions, WanLiveness};
 pub use path_choice::{PathChoice, engine_for};
 pub use wan::{ChannelMode, Leg, SecureWan, WanLegError, WanSide};
 
-use crate::admission::{Admission, AdmissionLimits};
 use crate::drain::{Drain, DrainOutcome};
 use crate::error_chain::error_chain;
 use crate::metrics::{DataPlaneView, Metrics, SessionSample};
 use crate::relay::{DataPath, RelayEngine};
 use crate::relay_limit::{DEFAULT_MAX_RELAYED, RelayLimit};
 use crate::udp::{UdpPlan, UdpRelay, UdpWan};
+use crate::wan_admission::{Admission, AdmissionLimits};
 use crate::xdp::{PeerNet, XdpGuard};
 use accept::accept_loop;
 use options::RESET_WAIT;
 use shared::{ConnTable, Phase, Shared};
 
 /// The data plane of `s2cs serve`: sessions relayed by the [`RelayEngine`].
-pub struct KernelDataPlane {
+pub struct SessionDataPlane {
     engine: RelayEngine,
     path: DataPath,
     channel: ChannelMode,
@@ -116,7 +116,7 @@ struct RunningSession {
     udp: Option<UdpRelay>,
 }
 
-impl KernelDataPlane {
+impl SessionDataPlane {
     /// A data plane relaying over `path` with `engine`.
     /// Sets the secure channel used by the TLS channel modes.
     pub fn with_secure_channel(mut self, secure: Arc<SecureWan>) -> Self {
@@ -130,7 +130,7 @@ impl KernelDataPlane {
         channel: ChannelMode,
         options: SessionOptions,
     ) -> Self {
-        KernelDataPlane {
+        SessionDataPlane {
             engine,
             path,
             channel,
@@ -459,7 +459,7 @@ impl KernelDataPlane {
     }
 }
 
-impl Drop for KernelDataPlane {
+impl Drop for SessionDataPlane {
     fn drop(&mut self) {
         // Sessions still running end at once: listeners close, connections reset.
         for running in self.table().values() {
@@ -472,9 +472,9 @@ impl Drop for KernelDataPlane {
     }
 }
 
-impl DataPlaneView for KernelDataPlane {
+impl DataPlaneView for SessionDataPlane {
     fn metrics_samples(&self) -> Vec<SessionSample> {
-        KernelDataPlane::metrics_samples(self)
+        SessionDataPlane::metrics_samples(self)
     }
 
     fn relay_limit_counts(&self) -> (u64, u64) {
@@ -482,7 +482,7 @@ impl DataPlaneView for KernelDataPlane {
     }
 }
 
-impl DataPlane for KernelDataPlane {
+impl DataPlane for SessionDataPlane {
     fn start_session(&self, plan: SessionPlan) -> BoxFuture<'_, Result<(), DataPlaneError>> {
         let started = self.start(plan).map_err(DataPlaneError::from);
         Box::pin(async move { started })

@@ -20,12 +20,12 @@ use tokio::sync::{Semaphore, watch};
 use super::ConnError;
 use super::options::WanLiveness;
 use super::wan::{self, ChannelMode, Leg, SecureWan, WanSide};
-use crate::admission::{Admission, Refusal};
 use crate::channel::FailureReason;
 use crate::metrics::Metrics;
 use crate::relay::{ConnCounters, DataPath, RelayEngine};
 use crate::relay_limit::RelayLimit;
 use crate::sys;
+use crate::wan_admission::{Admission, Refusal};
 
 /// Where a session is in its life; tasks watch it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]

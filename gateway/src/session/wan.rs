@@ -54,7 +54,7 @@ pub enum Leg {
 /// by every session of a gateway.
 pub struct SecureWan {
     pub config: crate::channel::ChannelConfig,
-    pub caps: crate::channel::KernelCaps,
+    pub caps: crate::channel::ChannelPaths,
     /// The datagram channel of UDP flows, on `config`'s TLS settings.
     pub quic: std::sync::Arc<crate::channel::quic::QuicChannel>,
     /// The kernel fast path of UDP flows (plaintext after authentication,
