@@ -649,6 +649,41 @@ async fn silent_client_times_out() {
     assert_eq!(pair.cfg_b.failures().get(FailureReason::Timeout), 1);
 }
 
+/// The PROD side is no oracle: a peer that completes TLS with its data
+/// port (any certificate is accepted without `--channel-peer-*`) and proves
+/// nothing receives no application byte, so no MAC over an exporter it
+/// knows to test guessed secrets against offline. It is refused at the
+/// proof deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_proves_nothing_receives_no_application_byte() {
+    let timeout = Duration::from_millis(800);
+    let settings = move |dir: &std::path::Path| ChannelSettings {
+        proof_timeout: timeout,
+        ..ChannelSettings::self_signed(dir)
+    };
+    let mut pair = Pair::start(Options {
+        settings_b: Box::new(settings),
+        ..Options::default()
+    })
+    .await;
+    let addr = pair.wan_addr;
+    let received =
+        tokio::task::spawn_blocking(move || raw_client::application_bytes_without_proof(addr));
+    match pair.outcome_b().await {
+        Outcome::Refused(Some(FailureReason::Timeout), _) => {}
+        other => panic!("expected Timeout, got {other:?}"),
+    }
+    let received = tokio::time::timeout(DEADLINE, received)
+        .await
+        .expect("gwB closed the connection in time")
+        .expect("client thread");
+    assert_eq!(
+        received, 0,
+        "gwB sent {received} bytes of application data (its proof) before the peer proved anything"
+    );
+    pair.assert_sink_untouched().await;
+}
+
 /// A hand-made TLS client that sends a given proof (or computes one).
 mod raw_client {
     use std::io::{Read, Write};
@@ -727,6 +762,32 @@ mod raw_client {
         )
         .unwrap();
         (conn, tcp, exporter)
+    }
+
+    /// Completes the handshake with gwB and proves nothing: how many bytes
+    /// of application data gwB sent before it closed the connection (or the
+    /// 10 s read timeout passed).
+    pub fn application_bytes_without_proof(addr: std::net::SocketAddr) -> usize {
+        let (mut conn, mut tcp, _) = handshake(addr);
+        let mut got = 0;
+        let mut buf = [0u8; 1024];
+        loop {
+            match conn.reader().read(&mut buf) {
+                Ok(0) => return got,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    match conn.read_tls(&mut tcp) {
+                        Ok(0) | Err(_) => return got,
+                        Ok(_) => {
+                            if conn.process_new_packets().is_err() {
+                                return got;
+                            }
+                        }
+                    }
+                }
+                Err(_) => return got,
+            }
+        }
     }
 
     /// The fingerprint of the certificate gwB presents to a new handshake.

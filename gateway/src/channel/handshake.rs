@@ -63,7 +63,12 @@ pub(super) async fn establish(
         .and_then(|chain| chain.first())
         .map(|cert| super::Fingerprint::of_der(cert.as_ref()));
 
-    // 2. The proofs: ours out at once, then the peer's in.
+    // 2. The proofs. The connecting side (CONS) sends its proof at once,
+    //    then reads the peer's; the accepting side (PROD), which anyone who
+    //    completes TLS with a data port reaches, reads and verifies the
+    //    peer's proof first and only then sends its own: before the proof
+    //    it has sent no byte of application data, so a stranger gets no
+    //    MAC over an exporter it knows to test guessed secrets against.
     let mut exporter = [0u8; EXPORTER_LEN];
     conn.export_keying_material(&mut exporter[..], EXPORTER_LABEL, None)
         .map_err(|source| ChannelError::Handshake { source })?;
@@ -73,12 +78,32 @@ pub(super) async fn establish(
         0
     };
     let ours = proof::compute(secret, role, flags, &exporter);
-    conn.writer()
-        .write_all(&ours)
-        .map_err(|source| ChannelError::Io { source })?;
-    driver.flush(&mut conn).await?;
+    let proves_first = role == Role::Cons;
+    if proves_first {
+        send_proof(&mut driver, &mut conn, &ours).await?;
+    }
     let mut theirs = [0u8; PROOF_LEN];
-    driver.read_plaintext(&mut conn, &mut theirs).await?;
+    match driver.read_plaintext(&mut conn, &mut theirs).await {
+        // The PROD side answers a proof it refuses by closing, never with a
+        // proof of its own: say so rather than "closed during the handshake".
+        Err(ChannelError::PeerClosed) if proves_first => {
+            return Err(ChannelError::BadProof {
+                detail: "the PROD gateway closed the connection after our proof without sending \
+                         its own: it refused ours (wrong session secret?) or its proof deadline \
+                         passed",
+            });
+        }
+        Err(ChannelError::Io { source })
+            if proves_first && source.kind() == io::ErrorKind::ConnectionReset =>
+        {
+            return Err(ChannelError::BadProof {
+                detail: "the PROD gateway reset the connection after our proof without sending \
+                         its own: it refused ours (wrong session secret?) or its proof deadline \
+                         passed",
+            });
+        }
+        other => other?,
+    }
     let their_flags = proof::verify(secret, role.peer(), &exporter, &theirs).map_err(|err| match err {
         ProofError::Malformed => ChannelError::BadProof { detail: "malformed proof message" },
         ProofError::Mismatch => ChannelError::BadProof {
@@ -94,6 +119,9 @@ pub(super) async fn establish(
                 detail: "bytes after the proof in its record",
             });
         }
+    }
+    if !proves_first {
+        send_proof(&mut driver, &mut conn, &ours).await?;
     }
     if their_flags != flags {
         let mode = |f: u8| {
@@ -144,6 +172,18 @@ pub(super) async fn establish(
         cipher,
         peer_fingerprint,
     })
+}
+
+/// Sends our proof message and everything rustls has queued before it.
+async fn send_proof(
+    driver: &mut Driver<'_>,
+    conn: &mut Connection,
+    ours: &[u8],
+) -> Result<(), ChannelError> {
+    conn.writer()
+        .write_all(ours)
+        .map_err(|source| ChannelError::Io { source })?;
+    driver.flush(conn).await
 }
 
 /// Takes the traffic keys out of rustls, and for TLS 1.3 the traffic
