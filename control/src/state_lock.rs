@@ -34,6 +34,7 @@ impl StateLock {
             .mode(0o700)
             .create(dir)
             .map_err(|e| ControlError::io(format!("creating state dir {}", dir.display()), e))?;
+        owner_only(dir)?;
         let path = dir.join(LOCK_FILE);
         let open_err = |e| ControlError::io(format!("opening the lock file {}", path.display()), e);
         // Created if missing, then held open read-only: flock does not need
@@ -94,9 +95,61 @@ impl StateLock {
     }
 }
 
+/// Makes an existing state directory the owner's alone (mode 0700): a
+/// directory made beforehand with the usual 0755 would show every session's
+/// uid (its file names) to every local user. Says so when it changes it.
+fn owner_only(dir: &Path) -> Result<(), ControlError> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(dir)
+        .map_err(|e| {
+            ControlError::io(
+                format!("reading the mode of state dir {}", dir.display()),
+                e,
+            )
+        })?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(|e| {
+            ControlError::io(
+                format!(
+                    "state dir {} is open to others (mode {:o}) and could not be made 0700",
+                    dir.display(),
+                    mode & 0o7777
+                ),
+                e,
+            )
+        })?;
+        tracing::warn!(
+            dir = %dir.display(),
+            was = format!("{:o}", mode & 0o7777),
+            "the state directory was open to other users (it names every session); its mode is now 0700"
+        );
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_state_dir_open_to_others_is_made_owner_only() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let base = tempfile::tempdir().unwrap();
+        let dir = base.path().join("state");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let lock = StateLock::acquire(&dir).unwrap();
+        let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700, "mode {mode:o}");
+        drop(lock);
+        // A new one is made 0700 too.
+        let fresh = base.path().join("fresh");
+        let _lock = StateLock::acquire(&fresh).unwrap();
+        let mode = std::fs::metadata(&fresh).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700, "mode {mode:o}");
+    }
 
     #[test]
     fn a_second_lock_names_the_holder_and_the_first_release_frees_it() {
