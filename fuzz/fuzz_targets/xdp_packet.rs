@@ -3,15 +3,7 @@
 //! function over the committed seeds and crash regressions.
 #![no_main]
 
-use libfuzzer_sys::{Corpus, fuzz_target};
-
 #[path = "../checks/xdp_packet.rs"]
 mod check;
 
-fuzz_target!(|data: &[u8]| -> Corpus {
-    if check::check_input(data) {
-        Corpus::Keep
-    } else {
-        Corpus::Reject
-    }
-});
+include!("../checks/entry.rs");

@@ -9,7 +9,6 @@
 //! `cargo xtask fuzz`. The checks name the crates as the fuzz crate does
 //! (`gateway::...`), which `extern crate self as gateway` in `lib.rs` makes
 //! work inside this crate.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
 
@@ -63,7 +62,8 @@ fn replay(target: &str, check: fn(&[u8]) -> bool) {
     let mut failed = Vec::new();
     let mut decoded = 0usize;
     for file in &files {
-        let data = std::fs::read(file).unwrap();
+        let data =
+            std::fs::read(file).unwrap_or_else(|e| panic!("reading {}: {e}", file.display()));
         match std::panic::catch_unwind(|| check(&data)) {
             Ok(true) => decoded += 1,
             Ok(false) => {}
@@ -89,40 +89,28 @@ fn replay(target: &str, check: fn(&[u8]) -> bool) {
     );
 }
 
-#[test]
-fn channel_proof_corpus() {
-    replay("channel_proof", channel_proof::check_input);
+/// One test per target, named after it, and the list of replayed targets.
+macro_rules! replayed {
+    ($($target:ident),* $(,)?) => {
+        const REPLAYED: &[&str] = &[$(stringify!($target)),*];
+        $(
+            #[test]
+            fn $target() {
+                replay(stringify!($target), $target::check_input);
+            }
+        )*
+    };
 }
 
-#[test]
-fn client_inputs_corpus() {
-    replay("client_inputs", client_inputs::check_input);
-}
-
-#[test]
-fn control_calls_corpus() {
-    replay("control_calls", control_calls::check_input);
-}
-
-#[test]
-fn operator_inputs_corpus() {
-    replay("operator_inputs", operator_inputs::check_input);
-}
-
-#[test]
-fn server_config_corpus() {
-    replay("server_config", server_config::check_input);
-}
-
-#[test]
-fn tls_records_corpus() {
-    replay("tls_records", tls_records::check_input);
-}
-
-#[test]
-fn xdp_packet_corpus() {
-    replay("xdp_packet", xdp_packet::check_input);
-}
+replayed!(
+    channel_proof,
+    client_inputs,
+    control_calls,
+    operator_inputs,
+    server_config,
+    tls_records,
+    xdp_packet,
+);
 
 /// Every target of `fuzz/Cargo.toml` is replayed here (a new target without
 /// a test above fails this), and runs the very check replayed here (its
@@ -130,16 +118,8 @@ fn xdp_packet_corpus() {
 /// the fuzz crate itself.
 #[test]
 fn every_target_is_replayed() {
-    let manifest = std::fs::read_to_string(fuzz_dir().join("Cargo.toml")).unwrap();
-    let replayed = [
-        "channel_proof",
-        "client_inputs",
-        "control_calls",
-        "operator_inputs",
-        "server_config",
-        "tls_records",
-        "xdp_packet",
-    ];
+    let manifest = std::fs::read_to_string(fuzz_dir().join("Cargo.toml"))
+        .unwrap_or_else(|e| panic!("reading fuzz/Cargo.toml: {e}"));
     let targets: Vec<&str> = manifest
         .lines()
         .filter_map(|l| l.trim().strip_prefix("name = \""))
@@ -149,21 +129,22 @@ fn every_target_is_replayed() {
     assert!(!targets.is_empty(), "no [[bin]] in fuzz/Cargo.toml");
     for target in &targets {
         assert!(
-            replayed.contains(target),
+            REPLAYED.contains(target),
             "fuzz target {target} is not replayed by gateway/src/fuzz_replay.rs"
         );
         let source = fuzz_dir().join(format!("fuzz_targets/{target}.rs"));
-        let text = std::fs::read_to_string(&source).unwrap();
+        let text = std::fs::read_to_string(&source)
+            .unwrap_or_else(|e| panic!("reading {}: {e}", source.display()));
         assert!(
             text.contains(&format!("#[path = \"../checks/{target}.rs\"]"))
-                && text.contains("check::check_input(data)"),
+                && text.contains("include!(\"../checks/entry.rs\")"),
             "{} does not run fuzz/checks/{target}.rs",
             source.display()
         );
     }
     assert_eq!(
         targets.len(),
-        replayed.len(),
+        REPLAYED.len(),
         "a replayed target left fuzz/Cargo.toml"
     );
 }

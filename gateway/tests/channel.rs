@@ -620,18 +620,23 @@ async fn non_tls_garbage_is_refused() {
     pair.assert_sink_untouched().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn silent_client_times_out() {
-    let timeout = Duration::from_millis(800);
+/// A pair whose gwB (PROD) gives handshake and proof `timeout`.
+async fn pair_with_proof_timeout(timeout: Duration) -> Pair {
     let settings = move |dir: &std::path::Path| ChannelSettings {
         proof_timeout: timeout,
         ..ChannelSettings::self_signed(dir)
     };
-    let mut pair = Pair::start(Options {
+    Pair::start(Options {
         settings_b: Box::new(settings),
         ..Options::default()
     })
-    .await;
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_client_times_out() {
+    let timeout = Duration::from_millis(800);
+    let mut pair = pair_with_proof_timeout(timeout).await;
     let started = std::time::Instant::now();
     let mut raw = TcpStream::connect(pair.wan_addr)
         .await
@@ -656,16 +661,7 @@ async fn silent_client_times_out() {
 /// proof deadline.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_that_proves_nothing_receives_no_application_byte() {
-    let timeout = Duration::from_millis(800);
-    let settings = move |dir: &std::path::Path| ChannelSettings {
-        proof_timeout: timeout,
-        ..ChannelSettings::self_signed(dir)
-    };
-    let mut pair = Pair::start(Options {
-        settings_b: Box::new(settings),
-        ..Options::default()
-    })
-    .await;
+    let mut pair = pair_with_proof_timeout(Duration::from_millis(800)).await;
     let addr = pair.wan_addr;
     let received =
         tokio::task::spawn_blocking(move || raw_client::application_bytes_without_proof(addr));
