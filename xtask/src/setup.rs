@@ -3,9 +3,10 @@
 //! toolchains, and nothing more: the demo needs the eBPF toolchain (nightly's
 //! rust-src for -Z build-std=core, bpf-linker built against nightly's own
 //! LLVM, since no prebuilt binary can be downloaded here) and iproute2; the
-//! tests add the Debian packages and Python's grpcio they drive; benchmarks
-//! their peers (HAProxy, nginx, stunnel, ...); fuzzing cargo-fuzz; the VM
-//! tests qemu and busybox; the package its install test's debootstrap.
+//! tests add the Debian packages and Python's grpcio they drive; fuzzing
+//! cargo-fuzz; the VM tests qemu and busybox; the package its install
+//! test's debootstrap. The benchmarks' peers (HAProxy, nginx, stunnel, ...)
+//! are installed by each bench suite from its own list.
 //! Every command of `cargo xtask` asks for its own purpose; `setup` without
 //! one prepares for all of them.
 use std::path::{Path, PathBuf};
@@ -24,7 +25,7 @@ pub enum Purpose {
     Demo,
     /// `cargo xtask test`: every test stage, the package and VM stages included.
     Test,
-    /// `cargo xtask bench` and `soak`: the peers measured beside us.
+    /// `cargo xtask bench`: namespaces (each suite installs its peers).
     Bench,
     /// `cargo xtask fuzz`: cargo-fuzz on nightly.
     Fuzz,
@@ -70,18 +71,10 @@ impl Purpose {
                 "xz-utils",
                 "zstd",
             ],
-            Purpose::Bench => &[
-                "iproute2",
-                "libc6-dev",
-                "iperf3",
-                "haproxy",
-                "socat",
-                "stunnel4",
-                "nginx-light",
-                "libnginx-mod-stream",
-                "openssh-client",
-                "openssh-server",
-            ],
+            // Each bench suite installs the peers it measures itself (its
+            // own list, `--no-install` to refuse): HAProxy, nginx, socat,
+            // stunnel, ssh, iperf3.
+            Purpose::Bench => &["iproute2", "libc6-dev"],
             Purpose::Fuzz => &["libc6-dev"],
             Purpose::Vm => &[
                 "libc6-dev",
