@@ -73,6 +73,13 @@ pub struct IntrospectionConfig {
     /// A scope the token must carry (space-separated `scope` field).
     #[serde(default)]
     pub required_scope: Option<String>,
+    /// An audience the token must have been issued for (the answer's `aud`,
+    /// one string or a list), e.g. this resource server's name. Without it
+    /// and without `required_scope` any active token of the authorization
+    /// server is accepted, tokens issued to other services included: the
+    /// gateway warns at start.
+    #[serde(default)]
+    pub required_audience: Option<String>,
     /// Upper bound on how long a positive answer is cached (seconds).
     #[serde(default = "default_cache_secs")]
     pub cache_max_secs: u64,
@@ -97,6 +104,7 @@ impl std::fmt::Debug for IntrospectionConfig {
             )
             .field("client_secret_file", &self.client_secret_file)
             .field("required_scope", &self.required_scope)
+            .field("required_audience", &self.required_audience)
             .field("cache_max_secs", &self.cache_max_secs)
             .field("ca_file", &self.ca_file)
             .finish()
@@ -209,6 +217,25 @@ struct IntrospectionAnswer {
     sub: Option<String>,
     #[serde(default)]
     exp: Option<u64>,
+    #[serde(default)]
+    aud: Option<Audience>,
+}
+
+/// RFC 7662's `aud`: one audience or several.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Audience {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Audience {
+    fn contains(&self, wanted: &str) -> bool {
+        match self {
+            Audience::One(aud) => aud == wanted,
+            Audience::Many(auds) => auds.iter().any(|aud| aud == wanted),
+        }
+    }
 }
 
 /// What the identity provider said of a token: who it is, or why it is
@@ -249,6 +276,7 @@ pub struct Introspector {
     client_id: String,
     client_secret: Zeroizing<String>,
     required_scope: Option<String>,
+    required_audience: Option<String>,
     cache_max: Duration,
     cache: Mutex<HashMap<[u8; 32], CacheEntry>>,
     in_flight: Mutex<HashMap<[u8; 32], Arc<tokio::sync::Mutex<()>>>>,
@@ -277,6 +305,14 @@ impl Introspector {
                 });
             }
         };
+        if cfg.required_scope.is_none() && cfg.required_audience.is_none() {
+            tracing::warn!(
+                url = %cfg.url,
+                "token introspection checks neither a scope nor an audience: any active token of \
+                 this authorization server is accepted, including tokens issued to other \
+                 services; set required_scope or required_audience"
+            );
+        }
         if !cfg.url.starts_with("https://") {
             tracing::warn!(url = %cfg.url, "token introspection endpoint is not https; use this only for local tests");
         }
@@ -298,6 +334,7 @@ impl Introspector {
             client_id: cfg.client_id.clone(),
             client_secret: secret,
             required_scope: cfg.required_scope.clone(),
+            required_audience: cfg.required_audience.clone(),
             cache_max: Duration::from_secs(cfg.cache_max_secs),
             cache: Mutex::new(HashMap::new()),
             in_flight: Mutex::new(HashMap::new()),
@@ -436,6 +473,15 @@ impl Introspector {
                     reason: format!("the token lacks the required scope {req:?}"),
                 });
             }
+        }
+        if let Some(wanted) = &self.required_audience
+            && !ans.aud.as_ref().is_some_and(|aud| aud.contains(wanted))
+        {
+            return Err(ControlError::Unauthenticated {
+                reason: format!(
+                    "the token was not issued for this gateway (audience {wanted:?} required)"
+                ),
+            });
         }
         let identity = match ans.username.or(ans.sub) {
             Some(u) if !u.is_empty() => Identity(u),

@@ -264,6 +264,10 @@ pub struct ServerArgs {
     /// Scope the tokens must carry.
     #[arg(long)]
     pub required_scope: Option<String>,
+    /// Audience the tokens must be issued for (the introspection answer's
+    /// `aud`), e.g. this resource server's name.
+    #[arg(long, requires = "introspect_url")]
+    pub required_audience: Option<String>,
     /// CA certificates (PEM) to trust for the introspection endpoint
     /// besides the web PKI.
     #[arg(long, requires = "introspect_url", value_name = "FILE")]
@@ -358,6 +362,7 @@ impl ServerArgs {
                 client_secret: None,
                 client_secret_file: self.client_secret_file,
                 required_scope: self.required_scope,
+                required_audience: self.required_audience,
                 cache_max_secs: 300,
                 ca_file: self.introspect_ca,
             }));

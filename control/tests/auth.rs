@@ -114,6 +114,8 @@ struct Idp {
     calls: AtomicUsize,
     /// token -> (username, scope, absolute exp in Unix seconds)
     tokens: std::sync::Mutex<HashMap<String, (String, String, i64)>>,
+    /// token -> its `aud` (a string or a list); none without an entry.
+    audiences: std::sync::Mutex<HashMap<String, serde_json::Value>>,
 }
 
 async fn introspect(
@@ -134,10 +136,22 @@ async fn introspect(
         .unwrap_or_else(|poison| poison.into_inner())
         .get(&tok)
         .cloned();
+    let aud = idp
+        .audiences
+        .lock()
+        .unwrap_or_else(|poison| poison.into_inner())
+        .get(&tok)
+        .cloned();
     Ok(axum::Json(match known {
-        Some((user, scope, exp)) => serde_json::json!({
-            "active": true, "username": user, "sub": "uuid-1", "scope": scope, "exp": exp,
-        }),
+        Some((user, scope, exp)) => {
+            let mut answer = serde_json::json!({
+                "active": true, "username": user, "sub": "uuid-1", "scope": scope, "exp": exp,
+            });
+            if let Some(aud) = aud {
+                answer["aud"] = aud;
+            }
+            answer
+        }
         None => serde_json::json!({"active": false}),
     }))
 }
@@ -225,6 +239,69 @@ async fn introspection_with_scope_and_cache() {
     let g1 = uid("g1");
     full_session(&good, &g1).await;
     good.release(&g1).await.unwrap();
+    srv.stop().await;
+}
+
+/// With `required_audience`, only tokens issued for this gateway pass: an
+/// active token of the same authorization server issued to another service
+/// (or naming no audience) is refused, naming the audience, whatever its
+/// scope.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn introspection_checks_the_audience_when_configured() {
+    let now = unix_now();
+    let idp = Arc::new(Idp::default());
+    let issue = |token: &str, user: &str, aud: Option<serde_json::Value>| {
+        idp.tokens
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .insert(token.into(), (user.into(), "scistream".into(), now + 3600));
+        if let Some(aud) = aud {
+            idp.audiences
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner())
+                .insert(token.into(), aud);
+        }
+    };
+    issue(
+        "ours",
+        "alice@example.org",
+        Some(serde_json::json!(["other", "s2cs-gw"])),
+    );
+    issue(
+        "ours-one",
+        "carol@example.org",
+        Some(serde_json::json!("s2cs-gw")),
+    );
+    issue(
+        "theirs",
+        "bob@example.org",
+        Some(serde_json::json!("other-service")),
+    );
+    issue("no-aud", "dave@example.org", None);
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = base_config(port_range(BASE + 40, 10), dir.path());
+    let mut auth = introspection(serve_idp(&idp).await, dir.path(), Some("scistream"));
+    if let AuthConfig::Introspection(c) = &mut auth {
+        c.required_audience = Some("s2cs-gw".into());
+    }
+    cfg.auth = Some(auth);
+    let srv = TestServer::start(cfg).await;
+
+    for (token, who) in [
+        ("ours", "alice@example.org"),
+        ("ours-one", "carol@example.org"),
+    ] {
+        let client = srv.client(Some(token)).await;
+        assert_eq!(client.version().await.unwrap().identity, who, "{token}");
+    }
+    for token in ["theirs", "no-aud"] {
+        let (k, m) = rpc_code(srv.client(Some(token)).await.list().await);
+        assert_eq!(k, Code::Unauthenticated, "{token}: {m}");
+        assert!(
+            m.contains("audience") && m.contains("s2cs-gw"),
+            "{token}: {m}"
+        );
+    }
     srv.stop().await;
 }
 

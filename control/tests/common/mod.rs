@@ -67,6 +67,7 @@ pub fn introspection(
         client_secret: None,
         client_secret_file: Some(secret_file),
         required_scope: required_scope.map(str::to_owned),
+        required_audience: None,
         cache_max_secs: 300,
         ca_file: None,
     })
