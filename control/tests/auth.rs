@@ -130,18 +130,8 @@ async fn introspect(
         return Err(StatusCode::UNAUTHORIZED);
     }
     let tok = form.get("token").cloned().unwrap_or_default();
-    let known = idp
-        .tokens
-        .lock()
-        .unwrap_or_else(|poison| poison.into_inner())
-        .get(&tok)
-        .cloned();
-    let aud = idp
-        .audiences
-        .lock()
-        .unwrap_or_else(|poison| poison.into_inner())
-        .get(&tok)
-        .cloned();
+    let known = entry(&idp.tokens, &tok);
+    let aud = entry(&idp.audiences, &tok);
     Ok(axum::Json(match known {
         Some((user, scope, exp)) => {
             let mut answer = serde_json::json!({
@@ -154,6 +144,14 @@ async fn introspect(
         }
         None => serde_json::json!({"active": false}),
     }))
+}
+
+/// The value `map` holds for `token`, if any.
+fn entry<T: Clone>(map: &std::sync::Mutex<HashMap<String, T>>, token: &str) -> Option<T> {
+    map.lock()
+        .unwrap_or_else(|poison| poison.into_inner())
+        .get(token)
+        .cloned()
 }
 
 /// Serves `idp`'s introspection endpoint on loopback; returns its address.
